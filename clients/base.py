@@ -1,0 +1,114 @@
+"""Shared machinery of the two client kinds: the wire format of parameter groups.
+
+The server tells a client, in the fit config, which task to run (``task``) and which
+parameter groups the arrays it sent belong to (``groups``, comma-separated, in order).
+Teacher copies of groups are sent as ``teacher/<group>``. The client answers with the
+groups it trained (metric ``groups``), nothing else.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from flwr.client import NumPyClient
+
+from data.partition import Partition
+from mirror_app.models import DualEncoder, flatten, get_groups, group_sizes, set_groups, unflatten
+
+TEACHER_PREFIX = "teacher/"
+
+
+class TaskError(ValueError):
+    """The server asked for something this client cannot do."""
+
+
+@dataclass
+class Workspace:
+    """What a client needs, built once per worker process and reused across calls."""
+
+    cache: Any  # data.cache.FeatureCache
+    model: DualEncoder
+    teacher: DualEncoder
+    device: torch.device
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one client trains the models at a time
+
+
+@dataclass
+class LocalSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    temperature: float
+    distill_ce_weight: float
+    seed: int
+
+
+def split_groups(parameters: list[np.ndarray], names: list[str], model: DualEncoder) -> dict[str, list]:
+    """Parameters as received -> {group name: arrays}, checked against the model layout."""
+    sizes = group_sizes(model, [n.removeprefix(TEACHER_PREFIX) for n in names])
+    return unflatten(list(parameters), names, sizes)
+
+
+@dataclass
+class GroupClient(NumPyClient):
+    """A NumPyClient that trains named parameter groups on one partition."""
+
+    partition: Partition
+    workspace: Workspace
+    settings: LocalSettings
+    modality: str = ""
+    tasks: dict[str, Callable] = field(default_factory=dict)
+
+    def get_properties(self, config: dict) -> dict:
+        return {
+            "modality": self.modality,
+            "partition-id": int(self.partition.partition_id),
+            "num-examples": int(len(self.partition.indices)),
+        }
+
+    def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
+        task = str(config.get("task", ""))
+        if task not in self.tasks:
+            raise TaskError(f"{type(self).__name__} cannot run task {task!r}; it runs {sorted(self.tasks)}")
+        names = [n for n in str(config.get("groups", "")).split(",") if n]
+        ws = self.workspace
+        received = split_groups(parameters, names, ws.model)
+        start = time.perf_counter()
+        seed = (self.settings.seed * 1_000_003 + int(config.get("server-round", 0)) * 1009
+                + self.partition.partition_id) % 2**32
+        with ws.lock:
+            torch.manual_seed(seed)
+            trained, loss = self.tasks[task](ws, received, seed)
+            out = get_groups(ws.model, trained)
+        metrics = {
+            "groups": ",".join(trained),
+            "task": task,
+            "modality": self.modality,
+            "partition-id": int(self.partition.partition_id),
+            "train-loss": float(loss),
+            "train-seconds": time.perf_counter() - start,
+        }
+        return flatten(out, trained), int(len(self.partition.indices)), metrics
+
+    # helpers for the task functions of subclasses
+    def load_student(self, ws: Workspace, received: dict) -> None:
+        set_groups(ws.model, {g: a for g, a in received.items() if not g.startswith(TEACHER_PREFIX)})
+
+    def load_teacher(self, ws: Workspace, received: dict) -> None:
+        teacher = {g.removeprefix(TEACHER_PREFIX): a for g, a in received.items() if g.startswith(TEACHER_PREFIX)}
+        set_groups(ws.teacher, teacher)
+
+    def train_kwargs(self, ws: Workspace, seed: int) -> dict:
+        s = self.settings
+        return dict(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, optimizer=s.optimizer,
+                    device=ws.device, seed=seed)
+
+    def evaluate(self, parameters, config):  # evaluation is server-side on the held-out split
+        raise TaskError("clients do not evaluate; the server evaluates on the held-out test split")
+

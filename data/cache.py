@@ -1,0 +1,124 @@
+"""On-disk feature cache, memory-mapped by every run.
+
+A cache is one directory::
+
+    meta.json     dataset name, settings fingerprint, class names, sizes
+    audio.npy     (N, frames, mel_bins) float32, normalised log-mel
+    video.npy     (N, 3, H, W) float32, transformed frame
+    labels.npy    (N,) int64
+    split.npy     (N,) uint8, 0 = train, 1 = test (held out, never given to clients)
+
+It is written into a temporary sibling directory and renamed into place only when
+complete, under a file lock, so concurrent processes never read a half-written cache
+and never build it twice. A cache made with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+import tempfile
+from contextlib import contextmanager
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+TRAIN, TEST = 0, 1
+SPLIT_NAMES = {"train": TRAIN, "test": TEST}
+
+
+class CacheMismatchError(RuntimeError):
+    """An existing cache was made with different settings."""
+
+
+class FeatureCache:
+    """Read-only, memory-mapped view of a finished cache directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        meta_file = self.path / "meta.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"no feature cache at {self.path} (meta.json missing)")
+        self.meta: dict[str, Any] = json.loads(meta_file.read_text())
+
+    def _load(self, name: str) -> np.ndarray:
+        return np.load(self.path / f"{name}.npy", mmap_mode="r")
+
+    @cached_property
+    def audio(self) -> np.ndarray:
+        return self._load("audio")
+
+    @cached_property
+    def video(self) -> np.ndarray:
+        return self._load("video")
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self._load("labels"))
+
+    @cached_property
+    def split(self) -> np.ndarray:
+        return np.asarray(self._load("split"))
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.meta["classes"])
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == SPLIT_NAMES[split])
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def ensure_cache(
+    path: str | Path,
+    fingerprint: dict[str, Any],
+    build: Callable[[Path], dict[str, Any]],
+) -> FeatureCache:
+    """Return the cache at ``path``, building it with ``build(tmp_dir) -> meta`` if absent.
+
+    ``fingerprint`` (JSON-serialisable settings) is stored in meta.json; an existing cache
+    with a different fingerprint raises :class:`CacheMismatchError` instead of being mixed.
+    """
+    path = Path(path)
+    fingerprint = json.loads(json.dumps(fingerprint))  # normalise tuples etc.
+    with _locked(path.parent / f".{path.name}.lock"):
+        if (path / "meta.json").is_file():
+            cache = FeatureCache(path)
+            if cache.meta.get("fingerprint") != fingerprint:
+                raise CacheMismatchError(
+                    f"feature cache {path} was made with settings {cache.meta.get('fingerprint')}, "
+                    f"not {fingerprint}; delete it or choose another data-dir"
+                )
+            return cache
+        if path.exists():  # a leftover without meta.json is not a cache
+            shutil.rmtree(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            meta = build(tmp)
+            meta["fingerprint"] = fingerprint
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            tmp.rename(path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return FeatureCache(path)

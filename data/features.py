@@ -1,0 +1,69 @@
+"""Feature front end shared by every dataset: log-mel fbank for audio, one transform for frames."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torchaudio.compliance.kaldi as kaldi
+from torchvision.transforms import v2
+
+SAMPLE_RATE = 16_000
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What the cache holds; a cache made with another spec is refused."""
+
+    num_mel_bins: int = 40
+    audio_seconds: float = 1.0
+    image_size: int = 32
+
+    @property
+    def num_frames(self) -> int:
+        # kaldi framing: 25 ms windows every 10 ms, snip_edges=True
+        samples = int(round(self.audio_seconds * SAMPLE_RATE))
+        return 1 + (samples - 400) // 160
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def log_mel(waveform: np.ndarray | torch.Tensor, spec: FeatureSpec) -> np.ndarray:
+    """Kaldi-compatible log-mel filterbank of a mono 16 kHz waveform, padded/cut to spec length.
+
+    Returns an array of shape (num_frames, num_mel_bins), float32. Dither is off so the
+    features are deterministic.
+    """
+    wav = torch.as_tensor(np.asarray(waveform, dtype=np.float32)).reshape(1, -1)
+    samples = int(round(spec.audio_seconds * SAMPLE_RATE))
+    if wav.shape[1] < samples:
+        wav = torch.nn.functional.pad(wav, (0, samples - wav.shape[1]))
+    wav = wav[:, :samples]
+    fb = kaldi.fbank(
+        wav,
+        sample_frequency=SAMPLE_RATE,
+        num_mel_bins=spec.num_mel_bins,
+        frame_length=25.0,
+        frame_shift=10.0,
+        dither=0.0,
+        window_type="hanning",
+        htk_compat=True,
+        use_energy=False,
+    )
+    return fb.numpy().astype(np.float32)
+
+
+def frame_transform(image_size: int) -> v2.Compose:
+    """uint8 HWC RGB frame -> normalised float CHW tensor of side ``image_size``."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize((image_size, image_size), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )

@@ -1,0 +1,107 @@
+"""Federated split: Dirichlet label partitions of the train split, and which ones lost video.
+
+Partitions are index lists into the memory-mapped cache, never copies. The held-out test
+split is never part of any partition.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+AUDIO, AUDIOVISUAL = "audio", "audiovisual"
+MODALITIES = (AUDIO, AUDIOVISUAL)
+
+
+class PartitionError(ValueError):
+    """The requested split cannot be made."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    partition_id: int
+    indices: np.ndarray  # sorted rows of the feature cache
+    modality: str
+
+
+def dirichlet_partitions(
+    labels: np.ndarray, num_partitions: int, alpha: float, seed: int
+) -> list[np.ndarray]:
+    """Split rows ``0..len(labels)-1`` into ``num_partitions`` by a Dirichlet label split.
+
+    Uses flwr-datasets' DirichletPartitioner on an in-memory dataset (no hub). Every row
+    lands in exactly one partition; each partition gets at least one row.
+    """
+    import datasets
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    if num_partitions < 1:
+        raise PartitionError(f"num-partitions must be >= 1, got {num_partitions}")
+    if num_partitions > len(labels):
+        raise PartitionError(
+            f"{num_partitions} partitions for {len(labels)} training samples: "
+            "each partition needs at least one sample"
+        )
+    table = datasets.Dataset.from_dict({"label": labels.tolist(), "row": list(range(len(labels)))})
+    last_error: Exception | None = None
+    for min_size in (2, 1):
+        partitioner = DirichletPartitioner(
+            num_partitions=num_partitions,
+            partition_by="label",
+            alpha=alpha,
+            min_partition_size=min_size,
+            self_balancing=False,
+            shuffle=True,
+            seed=seed,
+        )
+        partitioner.dataset = table
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return [
+                    np.sort(np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64))
+                    for i in range(num_partitions)
+                ]
+        except ValueError as exc:
+            last_error = exc
+    raise PartitionError(
+        f"could not split {len(labels)} samples into {num_partitions} non-empty Dirichlet "
+        f"partitions with dirichlet-alpha={alpha}; raise dirichlet-alpha or use fewer partitions"
+    ) from last_error
+
+
+def audio_only_partitions(num_partitions: int, missing_rate: float, seed: int) -> np.ndarray:
+    """Sorted ids of the partitions that lost video: round(missing_rate * P), seeded."""
+    count = int(round(missing_rate * num_partitions))
+    rng = np.random.default_rng([seed, 7919])
+    return np.sort(rng.permutation(num_partitions)[:count])
+
+
+@lru_cache(maxsize=8)
+def _split(cache_path: str, num_partitions: int, alpha: float, seed: int) -> tuple[np.ndarray, ...]:
+    from .cache import FeatureCache
+
+    cache = FeatureCache(cache_path)
+    train = cache.indices("train")
+    parts = dirichlet_partitions(cache.labels[train], num_partitions, alpha, seed)
+    return tuple(train[p] for p in parts)
+
+
+def get_partition(
+    cache_path: str,
+    partition_id: int,
+    num_partitions: int,
+    alpha: float,
+    missing_rate: float,
+    seed: int,
+) -> Partition:
+    """Partition ``partition_id`` of the cache's train split (computed once per process)."""
+    if not 0 <= partition_id < num_partitions:
+        raise PartitionError(f"partition-id {partition_id} is outside [0, {num_partitions})")
+    parts = _split(str(cache_path), num_partitions, float(alpha), int(seed))
+    audio_only = audio_only_partitions(num_partitions, missing_rate, seed)
+    modality = AUDIO if partition_id in audio_only else AUDIOVISUAL
+    return Partition(partition_id, parts[partition_id], modality)

@@ -1,0 +1,69 @@
+"""ClientApp: which client a node runs follows from its partition (simulation) or node config.
+
+Node config keys: ``partition-id`` and ``num-partitions`` (set by the simulation engine, or
+by ``flower-supernode --node-config``), optional ``modality`` (``audio`` | ``audiovisual``,
+overriding the run's seeded missing-rate assignment) and optional ``data-dir``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from flwr.client import Client, ClientApp
+from flwr.common import Context
+
+from clients import CLIENT_KINDS, LocalSettings, Workspace
+from data import load_dataset
+from data.partition import MODALITIES, Partition, get_partition
+from mirror_app.config import RunConfig
+from mirror_app.models import build_model
+from mirror_app.server_app import resolve_device
+
+
+@lru_cache(maxsize=4)
+def _workspace(dataset: str, data_dir: str, audio_backbone: str, video_backbone: str, embed_dim: int,
+               device: str) -> Workspace:
+    """Dataset (memory-mapped) and models, built once per worker process and reused."""
+    torch.set_num_threads(1)  # one simulated client per core
+    cache = load_dataset(dataset, data_dir)
+    shapes = (cache.audio.shape[1:], cache.video.shape[1:])
+
+    def make():
+        return build_model(cache.num_classes, *shapes, audio_backbone, video_backbone, embed_dim).to(dev)
+
+    dev = resolve_device(device)
+    return Workspace(cache=cache, model=make(), teacher=make(), device=dev)
+
+
+@lru_cache(maxsize=16)
+def _config(items: tuple) -> RunConfig:
+    return RunConfig.from_dict(dict(items))
+
+
+def make_client(context: Context):
+    """The NumPyClient for this node: AudioClient or AudioVisualClient."""
+    cfg = _config(tuple(sorted(context.run_config.items())))
+    node = context.node_config
+    if "partition-id" not in node or "num-partitions" not in node:
+        raise ValueError("node config needs 'partition-id' and 'num-partitions' "
+                         "(flower-supernode --node-config \"partition-id=0 num-partitions=2\")")
+    data_dir = str(node.get("data-dir") or cfg.data_path)
+    ws = _workspace(cfg.dataset, data_dir, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim, cfg.device)
+    part = get_partition(str(ws.cache.path), int(node["partition-id"]), int(node["num-partitions"]),
+                         cfg.dirichlet_alpha, cfg.missing_rate, cfg.seed)
+    modality = str(node.get("modality", part.modality))
+    if modality not in MODALITIES:
+        raise ValueError(f"node config 'modality' = {modality!r} is invalid: one of {list(MODALITIES)}")
+    settings = LocalSettings(cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.optimizer, cfg.temperature,
+                             cfg.distill_ce_weight, cfg.seed)
+    return CLIENT_KINDS[modality](
+        partition=Partition(part.partition_id, part.indices, modality), workspace=ws, settings=settings
+    )
+
+
+def client_fn(context: Context) -> Client:
+    return make_client(context).to_client()
+
+
+app = ClientApp(client_fn=client_fn)

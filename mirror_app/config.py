@@ -1,0 +1,155 @@
+"""Run configuration: every knob is a kebab-case key in ``[tool.flwr.app.config]``.
+
+``RunConfig.from_dict`` parses and validates the whole config once, so that a wrong
+value stops the run before any training with one line naming the key, the value and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A run config value is wrong. The message names the key, the value and what is allowed."""
+
+
+def _err(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"run config '{key}' = {value!r} is invalid: {allowed}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    strategy: str = "modality-mirror"
+    dataset: str = "embedded"
+    data_dir: str = "~/.cache/modality-mirror"
+    output_dir: str = "results"
+    missing_rate: float = 0.3
+    dirichlet_alpha: float = 0.1
+    num_server_rounds: int = 30
+    distill_rounds: int = 15
+    clients_per_round: int = 10
+    local_epochs: int = 1
+    batch_size: int = 16
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    temperature: float = 2.0
+    distill_ce_weight: float = 0.0
+    audio_backbone: str = "tdnn-small"
+    video_backbone: str = "cnn-small"
+    embed_dim: int = 64
+    seed: int = 0
+    eval_every: int = 1
+    device: str = "cpu"
+    init_checkpoint: str = ""
+
+    # ------------------------------------------------------------------ parsing
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "RunConfig":
+        """Parse a flat kebab-case mapping (a Flower ``context.run_config``)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in raw.items():
+            name = key.replace("-", "_")
+            if name not in fields:
+                known = ", ".join(sorted(f.replace("_", "-") for f in fields))
+                raise ConfigError(f"run config key '{key}' is unknown; known keys: {known}")
+            kwargs[name] = _coerce(key, value, type(fields[name].default))
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_context(cls, context: Any) -> "RunConfig":
+        return cls.from_dict(dict(context.run_config))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+    # --------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Check every value that does not need other parts of the app."""
+        from data import DATASETS  # local import: data imports nothing from here
+        from mirror_app.models import BACKBONES
+
+        from strategies import resolve_strategy
+
+        try:
+            resolve_strategy(self.strategy)
+        except (KeyError, ImportError, AttributeError, TypeError) as exc:
+            raise _err("strategy", self.strategy, str(exc).strip("'\"")) from None
+        if self.dataset not in DATASETS:
+            raise _err("dataset", self.dataset, f"one of {sorted(DATASETS)}")
+        if not 0.0 <= self.missing_rate < 1.0:
+            raise _err("missing-rate", self.missing_rate, "a fraction in [0, 1)")
+        if not self.dirichlet_alpha > 0:
+            raise _err("dirichlet-alpha", self.dirichlet_alpha, "a number > 0")
+        for key in ("num-server-rounds", "clients-per-round", "local-epochs", "batch-size",
+                    "embed-dim", "eval-every"):
+            value = getattr(self, key.replace("-", "_"))
+            if value < 1:
+                raise _err(key, value, "an integer >= 1")
+        if self.distill_rounds < 0:
+            raise _err("distill-rounds", self.distill_rounds, "an integer >= 0")
+        if not self.lr > 0:
+            raise _err("lr", self.lr, "a number > 0")
+        if self.optimizer not in ("adam", "sgd"):
+            raise _err("optimizer", self.optimizer, "one of ['adam', 'sgd']")
+        if not self.temperature > 0:
+            raise _err("temperature", self.temperature, "a number > 0")
+        if self.distill_ce_weight < 0:
+            raise _err("distill-ce-weight", self.distill_ce_weight, "a number >= 0")
+        for key in ("audio-backbone", "video-backbone"):
+            value = getattr(self, key.replace("-", "_"))
+            if value not in BACKBONES:
+                raise _err(key, value, f"one of {sorted(BACKBONES)}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise _err("device", self.device, "one of ['auto', 'cpu', 'cuda']")
+        if self.seed < 0:
+            raise _err("seed", self.seed, "an integer >= 0")
+        if self.init_checkpoint and not self.resolve(self.init_checkpoint).is_file():
+            raise _err("init-checkpoint", self.init_checkpoint, "a path to an existing model.pt")
+
+    def check_output_dir(self) -> Path:
+        """Create the output dir (if needed) and check it is writable."""
+        out = self.resolve(self.output_dir)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _err("output-dir", self.output_dir, f"a writable directory ({exc.strerror})") from None
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise _err("output-dir", self.output_dir, "a writable directory (permission denied)")
+        return out
+
+    @staticmethod
+    def resolve(path: str) -> Path:
+        return Path(path).expanduser().resolve()
+
+    @property
+    def data_path(self) -> Path:
+        return self.resolve(self.data_dir)
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Flower passes TOML values through; accept ints for floats, reject the rest."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise _err(key, value, "true or false")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise _err(key, value, "an integer")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _err(key, value, "a number")
+        return float(value)
+    if not isinstance(value, str):
+        raise _err(key, value, "a string")
+    return value

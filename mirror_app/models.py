@@ -1,0 +1,207 @@
+"""Dual-encoder late-fusion model and its parameter groups.
+
+The model has four submodules, and each one is a *parameter group*: the unit that clients
+train, send and that strategies average. A group is the set of ``state_dict`` entries whose
+key starts with ``"<group>."``; nothing else in the project hard-codes parameter indices.
+
+* ``audio_encoder``: log-mel (frames x mels) -> embedding
+* ``video_encoder``: frame (3 x H x W) -> embedding
+* ``fusion_head``: concatenated embeddings -> class logits (the audiovisual model)
+* ``audio_head``: audio embedding -> class logits (the audio-only model, the product)
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+AUDIO_ENCODER, VIDEO_ENCODER, FUSION_HEAD, AUDIO_HEAD = (
+    "audio_encoder",
+    "video_encoder",
+    "fusion_head",
+    "audio_head",
+)
+GROUPS = (AUDIO_ENCODER, VIDEO_ENCODER, FUSION_HEAD, AUDIO_HEAD)
+AUDIO_MODEL = (AUDIO_ENCODER, AUDIO_HEAD)  # what audio-only clients have
+AV_MODEL = (AUDIO_ENCODER, VIDEO_ENCODER, FUSION_HEAD)  # the audiovisual model
+
+
+# --------------------------------------------------------------------------- backbones
+def _conv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(4, cout), nn.ReLU(inplace=True), nn.MaxPool2d(2)
+    )
+
+
+class SmallTDNN(nn.Module):
+    """A CPU-sized 1-D CNN over time for log-mel input (mel bins as channels), as in TDNNs."""
+
+    def __init__(self, mel_bins: int, embed_dim: int, width: int = 64):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv1d(mel_bins, width, 5, padding=2), nn.GroupNorm(4, width), nn.ReLU(inplace=True),
+            nn.MaxPool1d(2),
+            nn.Conv1d(width, width, 3, padding=1), nn.GroupNorm(4, width), nn.ReLU(inplace=True),
+            nn.MaxPool1d(2),
+            nn.Conv1d(width, width, 3, padding=1), nn.GroupNorm(4, width), nn.ReLU(inplace=True),
+        )
+        self.proj = nn.Linear(width, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x.transpose(1, 2))  # (B, frames, mels) -> (B, mels, frames)
+        return torch.relu(self.proj(x.mean(dim=2)))
+
+
+class SmallCNN(nn.Module):
+    """A CPU-sized 2-D CNN; a spectrogram enters as one channel, a frame as three."""
+
+    def __init__(self, in_channels: int, embed_dim: int, widths: tuple[int, ...] = (16, 32, 64)):
+        super().__init__()
+        layers, cin = [], in_channels
+        for w in widths:
+            layers.append(_conv_block(cin, w))
+            cin = w
+        self.features = nn.Sequential(*layers)
+        self.proj = nn.Linear(cin, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # (B, frames, mels) -> (B, 1, frames, mels)
+            x = x.unsqueeze(1)
+        x = self.features(x)
+        return torch.relu(self.proj(x.mean(dim=(2, 3))))
+
+
+class TimmEncoder(nn.Module):
+    """A timm backbone (no classifier) followed by a projection to ``embed_dim``."""
+
+    def __init__(self, name: str, in_channels: int, embed_dim: int):
+        super().__init__()
+        import timm
+
+        self.backbone = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
+        self.proj = nn.Linear(self.backbone.num_features, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        return torch.relu(self.proj(self.backbone(x)))
+
+
+def _channels(shape: tuple[int, ...]) -> int:
+    """Image-like channels of an input: 1 for a (frames, mels) spectrogram, C for (C, H, W)."""
+    return 1 if len(shape) == 2 else shape[0]
+
+
+# name -> builder(input_shape, embed_dim); input_shape is one sample's shape without batch:
+# (frames, mel_bins) for audio, (3, H, W) for video.
+BACKBONES: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
+    "tdnn-small": lambda shape, dim: SmallTDNN(shape[-1], dim),
+    "cnn-small": lambda shape, dim: SmallCNN(_channels(shape), dim),
+    "resnet18": lambda shape, dim: TimmEncoder("resnet18", _channels(shape), dim),
+}
+
+
+# ------------------------------------------------------------------------------- model
+class DualEncoder(nn.Module):
+    def __init__(self, audio_encoder: nn.Module, video_encoder: nn.Module, embed_dim: int, num_classes: int):
+        super().__init__()
+        self.audio_encoder = audio_encoder
+        self.video_encoder = video_encoder
+        self.fusion_head = nn.Linear(2 * embed_dim, num_classes)
+        self.audio_head = nn.Linear(embed_dim, num_classes)
+
+    def audio_logits(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.audio_head(self.audio_encoder(audio))
+
+    def av_logits(self, audio: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
+        z = torch.cat([self.audio_encoder(audio), self.video_encoder(video)], dim=1)
+        return self.fusion_head(z)
+
+
+def build_model(
+    num_classes: int,
+    audio_shape: tuple[int, ...],
+    video_shape: tuple[int, ...],
+    audio_backbone: str = "tdnn-small",
+    video_backbone: str = "cnn-small",
+    embed_dim: int = 64,
+    seed: int | None = None,
+) -> DualEncoder:
+    """Make the dual encoder by backbone names; ``seed`` fixes the initial weights.
+
+    ``audio_shape``/``video_shape`` are one sample's feature shapes, e.g. (98, 40) and (3, 32, 32).
+    """
+    if len(audio_shape) != 2:
+        raise ValueError(f"audio_shape must be (frames, mel_bins), got {audio_shape}")
+    for key, name in (("audio-backbone", audio_backbone), ("video-backbone", video_backbone)):
+        if name not in BACKBONES:
+            raise ValueError(f"{key} {name!r} is unknown; available: {sorted(BACKBONES)}")
+    if seed is not None:
+        torch.manual_seed(seed)
+    return DualEncoder(
+        BACKBONES[audio_backbone](tuple(audio_shape), embed_dim),
+        BACKBONES[video_backbone](tuple(video_shape), embed_dim),
+        embed_dim,
+        num_classes,
+    )
+
+
+# ---------------------------------------------------------------------- parameter groups
+Arrays = list[np.ndarray]
+
+
+def group_keys(model: nn.Module, group: str) -> list[str]:
+    keys = [k for k in model.state_dict() if k.startswith(group + ".")]
+    if not keys:
+        raise KeyError(f"model has no parameter group {group!r}")
+    return keys
+
+
+def get_groups(model: nn.Module, groups: tuple[str, ...] | list[str]) -> "OrderedDict[str, Arrays]":
+    """The named groups as numpy arrays, in state_dict order (copies, safe to keep)."""
+    state = model.state_dict()
+    return OrderedDict(
+        (g, [state[k].detach().cpu().numpy().copy() for k in group_keys(model, g)]) for g in groups
+    )
+
+
+def set_groups(model: nn.Module, values: dict[str, Arrays]) -> None:
+    """Load the given groups into ``model``; shapes must match exactly."""
+    state = model.state_dict()
+    update = {}
+    for g, arrays in values.items():
+        keys = group_keys(model, g)
+        if len(keys) != len(arrays):
+            raise ValueError(f"group {g!r} has {len(keys)} tensors, got {len(arrays)}")
+        for k, a in zip(keys, arrays):
+            if tuple(state[k].shape) != tuple(a.shape):
+                raise ValueError(f"{k}: expected shape {tuple(state[k].shape)}, got {tuple(a.shape)}")
+            update[k] = torch.as_tensor(a, dtype=state[k].dtype)
+    model.load_state_dict(update, strict=False)
+
+
+def group_sizes(model: nn.Module, groups: tuple[str, ...] | list[str]) -> list[int]:
+    """Number of arrays in each group (to split a flat list of arrays back into groups)."""
+    return [len(group_keys(model, g)) for g in groups]
+
+
+def flatten(values: dict[str, Arrays], groups: tuple[str, ...] | list[str]) -> Arrays:
+    return [a for g in groups for a in values[g]]
+
+
+def unflatten(arrays: Arrays, groups: list[str], sizes: list[int]) -> "OrderedDict[str, Arrays]":
+    if len(arrays) != sum(sizes):
+        raise ValueError(f"expected {sum(sizes)} arrays for groups {groups}, got {len(arrays)}")
+    out, pos = OrderedDict(), 0
+    for g, n in zip(groups, sizes):
+        out[g] = list(arrays[pos : pos + n])
+        pos += n
+    return out
+
+
+def nbytes(arrays: Arrays) -> int:
+    return int(sum(a.nbytes for a in arrays))

@@ -1,0 +1,126 @@
+"""What a run leaves behind, one folder per run under ``output-dir``:
+
+    config.json        the resolved run config
+    metrics.csv        one row per evaluated round (round, phase, audio_top1, audio_top5,
+                       audio_macro_f1, av_top1, bytes, failures, seconds, ...)
+    clients.csv        one row per client per round: task, status, bytes sent and received
+    per_class_f1.csv   audio model per-class F1 at every evaluated round (long format)
+    phase1.pt          checkpoint at the end of phase 1 (two-phase strategies)
+    model.pt           final checkpoint: {"state": groups, "teacher": groups or None}
+    summary.json       final metrics; written last, so its presence marks a finished run
+
+Every file is written to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from flwr.common import log
+
+METRIC_COLUMNS = [
+    "round", "phase_index", "phase", "audio_top1", "audio_top5", "audio_macro_f1", "av_top1", "av_top5",
+    "clients", "failures", "bytes_to_clients", "bytes_from_clients", "seconds",
+]
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename the temp file onto ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2)))
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> None:
+    frame = pd.DataFrame(rows, columns=columns)
+    atomic_write(path, lambda p: frame.to_csv(p, index=False))
+
+
+class RunRecorder:
+    def __init__(self, run_dir: Path, config: dict, classes: list[str]):
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.classes = classes
+        self.metrics: list[dict] = []
+        self.clients: list[dict] = []
+        self.per_class: list[dict] = []
+        self._pending: dict[str, float] = {}
+        write_json(self.dir / "config.json", config)
+
+    def client_row(self, row: dict) -> None:
+        self.clients.append(row)
+
+    def round(self, server_round: int, total: int, phase_index: int, phase: str, metrics: dict,
+              stats: dict, seconds: float) -> None:
+        """Record one round; rounds without evaluation fold their counts into the next row."""
+        for key in ("clients", "failures", "bytes_to_clients", "bytes_from_clients"):
+            self._pending[key] = self._pending.get(key, 0) + stats.get(key, 0)
+        line = f"[phase {phase_index} {phase}] round {server_round}/{total}"
+        if metrics:
+            row = {"round": server_round, "phase_index": phase_index, "phase": phase, "seconds": round(seconds, 2)}
+            row.update({k: v for k, v in metrics.items() if k in METRIC_COLUMNS})
+            row.update(self._pending)
+            self._pending = {}
+            self.metrics.append(row)
+            for name, f1 in zip(self.classes, metrics.get("audio_per_class_f1", [])):
+                self.per_class.append({"round": server_round, "class": name, "f1": f1})
+            write_csv(self.dir / "metrics.csv", self.metrics, METRIC_COLUMNS)
+            write_csv(self.dir / "per_class_f1.csv", self.per_class, ["round", "class", "f1"])
+            line += f"  audio top-1 {metrics['audio_top1']:.3f}  AV top-1 {metrics['av_top1']:.3f}"
+        if self.clients:
+            write_csv(self.dir / "clients.csv", self.clients)
+        failures = stats.get("failures", 0)
+        if failures:
+            line += f"  failures {failures}"
+        log(INFO, "%s  %.1f s", line, seconds)
+
+    def checkpoint(self, name: str, state: dict, teacher: dict | None) -> None:
+        payload = {
+            "state": {g: [torch.from_numpy(a.copy()) for a in arrays] for g, arrays in state.items()},
+            "teacher": None if teacher is None else {
+                g: [torch.from_numpy(a.copy()) for a in arrays] for g, arrays in teacher.items()
+            },
+            "classes": self.classes,
+        }
+        atomic_write(self.dir / name, lambda p: torch.save(payload, p))
+
+    def finish(self, metrics: dict) -> None:
+        final = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+        first = self.metrics[0] if self.metrics else {}
+        summary = {"final": final, "initial_audio_top1": first.get("audio_top1")}
+        # where each phase left the audio model (last evaluated row of each phase)
+        by_phase: dict[str, dict] = {}
+        for row in self.metrics:
+            if row["round"] > 0:
+                by_phase[row["phase"]] = {"round": row["round"], "audio_top1": row.get("audio_top1"),
+                                          "av_top1": row.get("av_top1")}
+        summary["phases"] = by_phase
+        write_json(self.dir / "summary.json", summary)
+        log(INFO, "run finished; results in %s", self.dir)
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict, dict | None]:
+    """``model.pt`` -> (state groups, teacher groups or None) as numpy arrays."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+
+    def to_np(groups):
+        return None if groups is None else {g: [t.numpy() for t in ts] for g, ts in groups.items()}
+
+    return to_np(payload["state"]), to_np(payload.get("teacher"))

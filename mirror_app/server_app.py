@@ -1,0 +1,72 @@
+"""ServerApp: validates the run config, prepares the dataset, builds the strategy."""
+
+from __future__ import annotations
+
+import time
+from logging import INFO
+
+import torch
+from flwr.common import Context, log
+from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+
+from data import load_dataset
+from mirror_app.config import RunConfig
+from mirror_app.models import build_model, set_groups
+from mirror_app.results import RunRecorder, load_checkpoint
+from mirror_app.training import evaluate
+from strategies import resolve_strategy
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run config 'device' = 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+class Evaluator:
+    """Server-side evaluation of the audio and audiovisual models on the held-out test split."""
+
+    def __init__(self, model, cache, device: torch.device):
+        self.model = model.to(device)
+        self.cache = cache
+        self.indices = cache.indices("test")
+        self.device = device
+
+    def __call__(self, audio_state: dict, av_state: dict) -> dict:
+        set_groups(self.model, audio_state)
+        audio = evaluate(self.model, self.cache, self.indices, device=self.device)
+        set_groups(self.model, av_state)
+        av = evaluate(self.model, self.cache, self.indices, device=self.device)
+        return {k: v for k, v in audio.items() if k.startswith("audio")} | {
+            k: v for k, v in av.items() if k.startswith("av")
+        }
+
+
+def make_components(context: Context) -> ServerAppComponents:
+    cfg = RunConfig.from_context(context)  # one clear error for a bad config, before any work
+    out_root = cfg.check_output_dir()
+    device = resolve_device(cfg.device)
+    t0 = time.perf_counter()
+    cache = load_dataset(cfg.dataset, cfg.data_path)
+    log(INFO, "dataset %s: %d samples, %d classes (%s, %.1f s)", cfg.dataset, len(cache), cache.num_classes,
+        cache.path, time.perf_counter() - t0)
+    model = build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], cfg.audio_backbone,
+                        cfg.video_backbone, cfg.embed_dim, seed=cfg.seed)
+    teacher = None
+    if cfg.init_checkpoint:
+        state, teacher = load_checkpoint(cfg.resolve(cfg.init_checkpoint))
+        set_groups(model, state)
+    run_name = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.strategy.rsplit('.', 1)[-1]}-run{context.run_id}"
+    recorder = RunRecorder(out_root / run_name, cfg.to_dict(), cache.classes)
+    log(INFO, "writing results to %s", recorder.dir)
+    eval_model = build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], cfg.audio_backbone,
+                             cfg.video_backbone, cfg.embed_dim)
+    strategy = resolve_strategy(cfg.strategy)(
+        cfg=cfg, model=model, evaluator=Evaluator(eval_model, cache, device), recorder=recorder, teacher=teacher
+    )
+    return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=strategy.total_rounds))
+
+
+app = ServerApp(server_fn=make_components)

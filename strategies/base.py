@@ -1,0 +1,325 @@
+"""Shared pieces of every modality-aware strategy.
+
+* ``Instruction``: what one client does in a round (task, groups sent, groups returned);
+* ``Phase``: a stage of training that turns a client's modality into an instruction;
+* ``PhasedStrategy``: a Flower strategy that runs a schedule of phases, sends each client
+  only the parameter groups its instruction names, and averages each group over exactly
+  the clients that returned it (``aggregate_group``, Flower's weighted mean by default).
+
+A new method is a new ``PhasedStrategy`` subclass that returns its phase schedule from
+``build_phases`` (plus one registry line in ``strategies/__init__.py``).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from logging import INFO, WARNING
+from typing import Any, Callable
+
+import numpy as np
+from flwr.common import (
+    FitIns,
+    FitRes,
+    GetPropertiesIns,
+    Parameters,
+    Scalar,
+    log,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg
+from flwr.server.strategy.aggregate import aggregate
+
+from mirror_app.config import ConfigError, RunConfig
+from mirror_app.models import GROUPS, AV_MODEL, flatten, get_groups, group_sizes, nbytes, unflatten
+
+TEACHER_PREFIX = "teacher/"
+AUDIO, AUDIOVISUAL = "audio", "audiovisual"
+NODE_WAIT_SECONDS = 120.0  # longest wait for enough nodes before round 1
+NODE_SETTLE_SECONDS = 10.0  # stop waiting once the node count has not changed this long
+
+
+@dataclass(frozen=True)
+class Instruction:
+    task: str
+    send: tuple[str, ...]  # groups sent to the client ("teacher/<group>" for frozen teacher copies)
+    train: tuple[str, ...]  # groups the client trains and must return
+
+
+class Phase:
+    """A stage of training. Subclasses map a client modality to an instruction (or None)."""
+
+    name = "phase"
+
+    def instruction(self, modality: str) -> Instruction | None:
+        raise NotImplementedError
+
+    def start(self, strategy: "PhasedStrategy") -> None:
+        """Called once, before the phase's first round."""
+
+
+class PhasedStrategy(FedAvg):
+    """Runs ``build_phases(cfg)`` one after the other in a single Flower run."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        model,
+        evaluator: Callable[[dict, dict], dict] | None = None,
+        recorder=None,
+        teacher: dict | None = None,
+    ) -> None:
+        super().__init__(
+            fraction_fit=1.0,
+            fraction_evaluate=0.0,
+            min_fit_clients=1,
+            min_evaluate_clients=0,
+            min_available_clients=1,
+            accept_failures=True,
+        )
+        self.cfg = cfg
+        self.model = model  # layout reference and initial weights; never trained here
+        self.state: dict[str, list[np.ndarray]] = dict(get_groups(model, GROUPS))
+        self.teacher: dict[str, list[np.ndarray]] | None = teacher
+        self.evaluator = evaluator
+        self.recorder = recorder
+        self.phases: list[tuple[Phase, int]] = self.build_phases(cfg)
+        if self.total_rounds < 1:
+            raise ConfigError(f"strategy {cfg.strategy!r} has no rounds to run with this config")
+        self.properties: dict[str, dict] = {}  # cid -> {"modality", "partition-id", ...}
+        self._started: set[int] = set()
+        self._pending: dict[str, tuple[Instruction, int]] = {}
+        self._round_stats: dict[str, float] = {}
+        self._t0 = time.perf_counter()
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- schedule
+    def build_phases(self, cfg: RunConfig) -> list[tuple[Phase, int]]:
+        raise NotImplementedError
+
+    @property
+    def total_rounds(self) -> int:
+        return sum(r for _, r in self.phases)
+
+    def phase_at(self, server_round: int) -> tuple[int, Phase]:
+        """Phase index and phase of ``server_round`` (round 0 belongs to the first phase)."""
+        end = 0
+        for i, (phase, rounds) in enumerate(self.phases):
+            end += rounds
+            if server_round <= end:
+                return i, phase
+        return len(self.phases) - 1, self.phases[-1][0]
+
+    def phase_end(self, index: int) -> int:
+        return sum(r for _, r in self.phases[: index + 1])
+
+    # ------------------------------------------------------------ Flower hooks
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return ndarrays_to_parameters(flatten(self.state, GROUPS))
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
+        index, phase = self.phase_at(server_round)
+        if index not in self._started:
+            self._started.add(index)
+            phase.start(self)
+        self._refresh_properties(client_manager)
+        clients = client_manager.all()
+        eligible = sorted(
+            (cid for cid, p in self.properties.items() if cid in clients and phase.instruction(p["modality"])),
+            key=lambda cid: (self.properties[cid].get("partition-id", -1), cid),
+        )
+        if not eligible:
+            raise RuntimeError(f"no connected client can take part in phase {phase.name!r}")
+        rng = random.Random(self.cfg.seed * 100_003 + server_round)
+        chosen = rng.sample(eligible, min(self.cfg.clients_per_round, len(eligible)))
+        out = []
+        self._pending = {}
+        for cid in chosen:
+            ins = phase.instruction(self.properties[cid]["modality"])
+            arrays = self.arrays_for(ins.send)
+            self._pending[cid] = (ins, nbytes(arrays))
+            config: dict[str, Scalar] = {
+                "task": ins.task,
+                "groups": ",".join(ins.send),
+                "server-round": server_round,
+                "phase": phase.name,
+            }
+            out.append((clients[cid], FitIns(ndarrays_to_parameters(arrays), config)))
+        return out
+
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list):
+        _, phase = self.phase_at(server_round)
+        contributions: dict[str, list[tuple[list[np.ndarray], int]]] = {}
+        rejected = 0
+        bytes_down = bytes_up = 0
+        answered = set()
+        for proxy, res in results:
+            ins, down = self._pending.get(proxy.cid, (None, 0))
+            answered.add(proxy.cid)
+            bytes_down += down
+            arrays = parameters_to_ndarrays(res.parameters)
+            up = nbytes(arrays)
+            bytes_up += up
+            problem = self.check_update(ins, res, arrays) if ins else "client was not sent an instruction"
+            row = self._client_row(server_round, phase, proxy.cid, ins, down, up, res, problem)
+            if self.recorder:
+                self.recorder.client_row(row)
+            if problem:
+                rejected += 1
+                log(WARNING, "round %s: update of client %s rejected: %s", server_round, proxy.cid, problem)
+                continue
+            names = str(res.metrics["groups"]).split(",")
+            groups = unflatten(arrays, names, group_sizes(self.model, names))
+            if res.num_examples <= 0:
+                continue
+            for g in names:
+                contributions.setdefault(g, []).append((groups[g], int(res.num_examples)))
+        for cid, (ins, down) in self._pending.items():
+            if cid not in answered:  # failed clients still downloaded the model
+                bytes_down += down
+                if self.recorder:
+                    self.recorder.client_row(self._client_row(server_round, phase, cid, ins, down, 0, None, "failed"))
+        for g, contribs in contributions.items():
+            self.state[g] = self.aggregate_group(g, contribs, server_round)
+        self._round_stats = {
+            "clients": len(results) - rejected,
+            "failures": len(failures) + rejected,
+            "bytes_to_clients": bytes_down,
+            "bytes_from_clients": bytes_up,
+        }
+        for failure in failures:
+            if isinstance(failure, BaseException):
+                log(WARNING, "round %s: a client failed: %s", server_round, failure)
+        return ndarrays_to_parameters(flatten(self.state, GROUPS)), dict(self._round_stats)
+
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        return []  # evaluation is centralised on the held-out test split
+
+    def aggregate_evaluate(self, server_round, results, failures):
+        return None, {}
+
+    def evaluate(self, server_round: int, parameters: Parameters):
+        index, phase = self.phase_at(server_round)
+        last = server_round == self.total_rounds
+        metrics: dict[str, Any] = {}
+        if self.evaluator and (server_round % self.cfg.eval_every == 0 or last):
+            metrics = self.evaluator(self.audio_model_state(), self.av_model_state())
+        stats, self._round_stats = self._round_stats, {}
+        seconds = time.perf_counter() - self._t0
+        if self.recorder:
+            self.recorder.round(server_round, self.total_rounds, index + 1, phase.name, metrics, stats, seconds)
+            if server_round == self.phase_end(index) and server_round > 0:
+                self.recorder.checkpoint("model.pt" if last else f"phase{index + 1}.pt", self.state, self.teacher)
+            if last:
+                self.recorder.finish(metrics)
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        return (1.0 - scalars["audio_top1"], scalars) if "audio_top1" in scalars else None
+
+    # ------------------------------------------------------------ shared pieces
+    def aggregate_group(self, group: str, contributions: list[tuple[list[np.ndarray], int]],
+                        server_round: int) -> list[np.ndarray]:
+        """Weighted mean (by example count) of one group over the clients that returned it."""
+        dtypes = [a.dtype for a in contributions[0][0]]
+        return [np.asarray(a).astype(d, copy=False) for a, d in zip(aggregate(contributions), dtypes)]
+
+    def arrays_for(self, names: tuple[str, ...]) -> list[np.ndarray]:
+        out = []
+        for name in names:
+            if name.startswith(TEACHER_PREFIX):
+                if self.teacher is None:
+                    raise RuntimeError(f"{name} requested but no teacher is set")
+                out.extend(self.teacher[name.removeprefix(TEACHER_PREFIX)])
+            else:
+                out.extend(self.state[name])
+        return out
+
+    def audio_model_state(self) -> dict:
+        return {g: self.state[g] for g in ("audio_encoder", "audio_head")}
+
+    def av_model_state(self) -> dict:
+        """The audiovisual model: the frozen teacher once distillation started."""
+        return dict(self.teacher) if self.teacher is not None else {g: self.state[g] for g in AV_MODEL}
+
+    def snapshot_teacher(self) -> None:
+        self.teacher = {g: [a.copy() for a in self.state[g]] for g in AV_MODEL}
+
+    def check_update(self, ins: Instruction, res: FitRes, arrays: list[np.ndarray]) -> str:
+        """Why an update must not be averaged in ('' when it is fine)."""
+        names = [n for n in str(res.metrics.get("groups", "")).split(",") if n]
+        if sorted(names) != sorted(ins.train):
+            return f"returned groups {names}, expected {list(ins.train)}"
+        try:
+            groups = unflatten(arrays, names, group_sizes(self.model, names))
+        except (KeyError, ValueError) as exc:
+            return str(exc)
+        for g in names:
+            for a, ref in zip(groups[g], self.state[g]):
+                if a.shape != ref.shape:
+                    return f"group {g}: shape {a.shape} != {ref.shape}"
+                if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+                    return f"group {g} has NaN or Inf values"
+        return ""
+
+    # ------------------------------------------------------------------ helpers
+    def _client_row(self, server_round, phase, cid, ins, down, up, res, problem) -> dict:
+        props = self.properties.get(cid, {})
+        return {
+            "round": server_round,
+            "phase": phase.name,
+            "node_id": cid,
+            "partition_id": props.get("partition-id", -1),
+            "modality": props.get("modality", ""),
+            "task": ins.task if ins else "",
+            "status": "rejected" if problem and res is not None else ("failed" if problem else "ok"),
+            "num_examples": int(res.num_examples) if res is not None else 0,
+            "bytes_received": down,
+            "bytes_sent": up,
+            "train_loss": float(res.metrics.get("train-loss", float("nan"))) if res is not None else float("nan"),
+            "problem": problem,
+        }
+
+    def _refresh_properties(self, client_manager: ClientManager) -> None:
+        """Ask every newly connected client for its modality (once per client)."""
+        if not self.properties:  # first round: wait for nodes until their number settles
+            deadline = time.monotonic() + NODE_WAIT_SECONDS
+            seen, since = -1, time.monotonic()
+            while time.monotonic() < deadline:
+                count = client_manager.num_available()
+                if count >= self.cfg.clients_per_round:
+                    break
+                if count != seen:
+                    seen, since = count, time.monotonic()
+                elif time.monotonic() - since > NODE_SETTLE_SECONDS:
+                    break
+                time.sleep(0.5)
+        clients = client_manager.all()
+        if not self.properties and len(clients) < self.cfg.clients_per_round:
+            raise ConfigError(
+                f"run config 'clients-per-round' = {self.cfg.clients_per_round} is invalid: only "
+                f"{len(clients)} SuperNodes are connected (simulate more with "
+                f"`flwr run . --federation-config \"num-supernodes=N\"`, or lower clients-per-round)"
+            )
+        new = [cid for cid in clients if cid not in self.properties]
+        if not new:
+            return
+        ins = GetPropertiesIns(config={})
+
+        def ask(cid: str):
+            try:
+                return cid, clients[cid].get_properties(ins, timeout=None, group_id=0).properties
+            except Exception as exc:  # a client that cannot answer is skipped this round
+                log(WARNING, "client %s did not report its modality: %s", cid, exc)
+                return cid, None
+
+        with ThreadPoolExecutor(max_workers=min(32, len(new))) as pool:
+            for cid, props in pool.map(ask, new):
+                if props and props.get("modality") in (AUDIO, AUDIOVISUAL):
+                    self.properties[cid] = dict(props)
+        kinds = [p["modality"] for p in self.properties.values()]
+        log(INFO, "clients: %d audio-only, %d audiovisual", kinds.count(AUDIO), kinds.count(AUDIOVISUAL))

@@ -1,0 +1,31 @@
+"""Modality-aware federated averaging (ModalityMirror's phase 1, the paper's "MultiFL" row).
+
+Audio-only clients train the audio model (audio encoder + audio head); audiovisual clients
+train the late-fusion model (audio encoder + video encoder + fusion head). Each group is
+averaged, weighted by example counts, over exactly the clients that trained it, so the
+audio encoder is shared by all clients while the video encoder and fusion head only ever
+see audiovisual clients. Audio-only clients never receive video or fusion weights.
+"""
+
+from __future__ import annotations
+
+from mirror_app.config import RunConfig
+from mirror_app.models import AUDIO_MODEL, AV_MODEL
+
+from .base import AUDIO, Instruction, Phase, PhasedStrategy
+
+
+class ModalityAwarePhase(Phase):
+    name = "modality-aware-fl"
+
+    def instruction(self, modality: str) -> Instruction | None:
+        if modality == AUDIO:
+            return Instruction("train-audio", send=AUDIO_MODEL, train=AUDIO_MODEL)
+        return Instruction("train-av", send=AV_MODEL, train=AV_MODEL)
+
+
+class ModalityAwareFedAvg(PhasedStrategy):
+    """Paper Algorithm 1 for ``num-server-rounds`` rounds."""
+
+    def build_phases(self, cfg: RunConfig):
+        return [(ModalityAwarePhase(), cfg.num_server_rounds)]
