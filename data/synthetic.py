@@ -170,12 +170,12 @@ def make_frame(label: int, rng: np.random.Generator) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- cache
-def fingerprint(spec: FeatureSpec) -> dict:
+def fingerprint(spec: FeatureSpec, samples_per_class: int = SAMPLES_PER_CLASS) -> dict:
     return {
         "dataset": "embedded",
         "version": VERSION,
         "seed": DATA_SEED,
-        "samples_per_class": SAMPLES_PER_CLASS,
+        "samples_per_class": samples_per_class,
         "test_fraction": TEST_FRACTION,
         "features": spec.as_dict(),
     }
@@ -197,10 +197,10 @@ def _render_chunk(args: tuple) -> None:
     video.flush()
 
 
-def _build(tmp: Path, spec: FeatureSpec) -> dict:
+def _build(tmp: Path, spec: FeatureSpec, samples_per_class: int) -> dict:
     rng = np.random.default_rng(DATA_SEED)
     num_classes = len(CLASSES)
-    labels = np.repeat(np.arange(num_classes), SAMPLES_PER_CLASS)
+    labels = np.repeat(np.arange(num_classes), samples_per_class)
     rng.shuffle(labels)
     n = labels.size
     split = np.full(n, TRAIN, dtype=np.uint8)
@@ -241,8 +241,10 @@ def _build(tmp: Path, spec: FeatureSpec) -> dict:
     }
 
 
-def load(data_dir: str | Path, spec: FeatureSpec | None = None) -> FeatureCache:
+def load(data_dir: str | Path, spec: FeatureSpec | None = None,
+         samples_per_class: int = SAMPLES_PER_CLASS) -> FeatureCache:
     """The embedded dataset's cache under ``data_dir``, generated on first use."""
     spec = spec or FeatureSpec()
-    path = Path(data_dir) / f"embedded-v{VERSION}-mel{spec.num_mel_bins}-img{spec.image_size}"
-    return ensure_cache(path, fingerprint(spec), lambda tmp: _build(tmp, spec))
+    name = f"embedded-v{VERSION}-n{samples_per_class}-mel{spec.num_mel_bins}-img{spec.image_size}"
+    return ensure_cache(Path(data_dir) / name, fingerprint(spec, samples_per_class),
+                        lambda tmp: _build(tmp, spec, samples_per_class))

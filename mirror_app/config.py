@@ -33,9 +33,9 @@ class RunConfig:
     num_server_rounds: int = 30
     distill_rounds: int = 15
     clients_per_round: int = 10
-    local_epochs: int = 1
+    local_epochs: int = 5
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 2e-3
     optimizer: str = "adam"
     temperature: float = 2.0
     distill_ce_weight: float = 0.0

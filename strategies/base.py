@@ -13,7 +13,6 @@ A new method is a new ``PhasedStrategy`` subclass that returns its phase schedul
 from __future__ import annotations
 
 import random
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -94,10 +93,10 @@ class PhasedStrategy(FedAvg):
             raise ConfigError(f"strategy {cfg.strategy!r} has no rounds to run with this config")
         self.properties: dict[str, dict] = {}  # cid -> {"modality", "partition-id", ...}
         self._started: set[int] = set()
+        self._waited = False
         self._pending: dict[str, tuple[Instruction, int]] = {}
         self._round_stats: dict[str, float] = {}
         self._t0 = time.perf_counter()
-        self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- schedule
     def build_phases(self, cfg: RunConfig) -> list[tuple[Phase, int]]:
@@ -128,16 +127,21 @@ class PhasedStrategy(FedAvg):
         if index not in self._started:
             self._started.add(index)
             phase.start(self)
-        self._refresh_properties(client_manager)
-        clients = client_manager.all()
-        eligible = sorted(
-            (cid for cid, p in self.properties.items() if cid in clients and phase.instruction(p["modality"])),
-            key=lambda cid: (self.properties[cid].get("partition-id", -1), cid),
-        )
-        if not eligible:
-            raise RuntimeError(f"no connected client can take part in phase {phase.name!r}")
+        clients = self._connected_clients(client_manager)
         rng = random.Random(self.cfg.seed * 100_003 + server_round)
-        chosen = rng.sample(eligible, min(self.cfg.clients_per_round, len(eligible)))
+        order = sorted(clients)
+        rng.shuffle(order)
+        # Walk a random order of the clients, asking unknown ones for their modality only when
+        # they are reached, until enough clients that can take part in this phase are chosen.
+        chosen: list[str] = []
+        pos = 0
+        while len(chosen) < self.cfg.clients_per_round and pos < len(order):
+            batch = order[pos : pos + self.cfg.clients_per_round - len(chosen)]
+            pos += len(batch)
+            self._query_properties([c for c in batch if c not in self.properties], clients)
+            chosen += [c for c in batch if c in self.properties and phase.instruction(self.properties[c]["modality"])]
+        if not chosen:
+            raise RuntimeError(f"no connected client can take part in phase {phase.name!r}")
         out = []
         self._pending = {}
         for cid in chosen:
@@ -284,9 +288,10 @@ class PhasedStrategy(FedAvg):
             "problem": problem,
         }
 
-    def _refresh_properties(self, client_manager: ClientManager) -> None:
-        """Ask every newly connected client for its modality (once per client)."""
-        if not self.properties:  # first round: wait for nodes until their number settles
+    def _connected_clients(self, client_manager: ClientManager) -> dict[str, ClientProxy]:
+        """Connected clients; before round 1, wait until enough nodes are there or their number settles."""
+        if not self._waited:
+            self._waited = True
             deadline = time.monotonic() + NODE_WAIT_SECONDS
             seen, since = -1, time.monotonic()
             while time.monotonic() < deadline:
@@ -298,15 +303,18 @@ class PhasedStrategy(FedAvg):
                 elif time.monotonic() - since > NODE_SETTLE_SECONDS:
                     break
                 time.sleep(0.5)
-        clients = client_manager.all()
-        if not self.properties and len(clients) < self.cfg.clients_per_round:
-            raise ConfigError(
-                f"run config 'clients-per-round' = {self.cfg.clients_per_round} is invalid: only "
-                f"{len(clients)} SuperNodes are connected (simulate more with "
-                f"`flwr run . --federation-config \"num-supernodes=N\"`, or lower clients-per-round)"
-            )
-        new = [cid for cid in clients if cid not in self.properties]
-        if not new:
+            count = client_manager.num_available()
+            if count < self.cfg.clients_per_round:
+                raise ConfigError(
+                    f"run config 'clients-per-round' = {self.cfg.clients_per_round} is invalid: only "
+                    f"{count} SuperNodes are connected (simulate more with "
+                    f"`flwr run . --federation-config \"num-supernodes=N\"`, or lower clients-per-round)"
+                )
+        return client_manager.all()
+
+    def _query_properties(self, cids: list[str], clients: dict[str, ClientProxy]) -> None:
+        """Ask clients for their modality and partition (once per client, in parallel)."""
+        if not cids:
             return
         ins = GetPropertiesIns(config={})
 
@@ -317,9 +325,7 @@ class PhasedStrategy(FedAvg):
                 log(WARNING, "client %s did not report its modality: %s", cid, exc)
                 return cid, None
 
-        with ThreadPoolExecutor(max_workers=min(32, len(new))) as pool:
-            for cid, props in pool.map(ask, new):
+        with ThreadPoolExecutor(max_workers=min(32, len(cids))) as pool:
+            for cid, props in pool.map(ask, cids):
                 if props and props.get("modality") in (AUDIO, AUDIOVISUAL):
                     self.properties[cid] = dict(props)
-        kinds = [p["modality"] for p in self.properties.values()]
-        log(INFO, "clients: %d audio-only, %d audiovisual", kinds.count(AUDIO), kinds.count(AUDIOVISUAL))

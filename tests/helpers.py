@@ -56,3 +56,58 @@ class LocalProxy(ClientProxy):
 
     def reconnect(self, ins, timeout, group_id):
         raise NotImplementedError
+
+
+def tiny_federation(cache: FeatureCache, num_partitions: int, missing_rate: float, alpha: float = 1.0,
+                    seed: int = 0, failing: tuple[int, ...] = ()):
+    """In-process clients over ``cache`` registered in a SimpleClientManager.
+
+    Partitions listed in ``failing`` get a client whose training raises.
+    """
+    import torch
+    from flwr.server import SimpleClientManager
+
+    from clients import CLIENT_KINDS, LocalSettings, Workspace
+    from data.partition import get_partition
+    from mirror_app.models import build_model
+
+    def make():
+        return build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], seed=seed)
+
+    ws = Workspace(cache, make(), make(), torch.device("cpu"))
+    manager = SimpleClientManager()
+    proxies = {}
+    for pid in range(num_partitions):
+        part = get_partition(str(cache.path), pid, num_partitions, alpha, missing_rate, seed)
+        client = CLIENT_KINDS[part.modality](partition=part, workspace=ws,
+                                             settings=LocalSettings(1, 8, 1e-3, "adam", 2.0, 0.0, seed))
+        if pid in failing:
+            def boom(*args, **kwargs):
+                raise RuntimeError("simulated client crash")
+            client.tasks = {name: boom for name in client.tasks}
+        proxy = LocalProxy(f"node{pid}", client)
+        manager.register(proxy)
+        proxies[pid] = proxy
+    return manager, proxies
+
+
+def tiny_strategy(cls, cache: FeatureCache, tmp: Path, recorder: bool = True, evaluator: bool = True, **overrides):
+    """A strategy of class ``cls`` over ``cache`` with a small run config."""
+    import torch
+
+    from mirror_app.config import RunConfig
+    from mirror_app.models import build_model
+    from mirror_app.results import RunRecorder
+    from mirror_app.server_app import Evaluator
+
+    raw = {"num-server-rounds": 2, "distill-rounds": 1, "clients-per-round": 3, "missing-rate": 0.5,
+           "output-dir": str(tmp / "out"), "dirichlet-alpha": 1.0}
+    raw.update(overrides)
+    cfg = RunConfig.from_dict(raw)
+
+    def make(seed=None):
+        return build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], seed=seed)
+
+    rec = RunRecorder(tmp / "out" / "run", cfg.to_dict(), cache.classes) if recorder else None
+    ev = Evaluator(make(), cache, torch.device("cpu")) if evaluator else None
+    return cls(cfg=cfg, model=make(cfg.seed), evaluator=ev, recorder=rec)
