@@ -1,0 +1,81 @@
+"""End to end through `flwr run .`: a real SuperLink, Ray-backed simulation, both client kinds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from procs import SuperLink
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def superlink(tmp_path_factory):
+    link = SuperLink(tmp_path_factory.mktemp("flwr-home"))
+    yield link
+    survivors = link.stop()
+    assert not survivors, f"processes left running: {survivors}"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+def run_config(**overrides) -> str:
+    return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in overrides.items())
+
+
+@pytest.mark.timeout(900)
+def test_modality_mirror_runs_both_phases_with_both_client_kinds(superlink, data_dir, tmp_path):
+    out = tmp_path / "results"
+    cfg = run_config(**{"num-server-rounds": 2, "distill-rounds": 1, "clients-per-round": 4, "missing-rate": 0.5,
+                        "local-epochs": 1, "data-dir": str(data_dir), "output-dir": str(out)})
+    res = superlink.flwr_run(ROOT, "--federation-config", "num-supernodes=6", "--run-config", cfg)
+    log = res.stdout + res.stderr
+    runs = list(out.iterdir()) if out.exists() else []
+    assert len(runs) == 1, log[-4000:]
+    run = runs[0]
+    assert (run / "summary.json").is_file(), log[-4000:]
+
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics["round"]) == [0, 1, 2, 3]
+    assert list(metrics["phase"]) == ["modality-aware-fl"] * 3 + ["distillation"]
+    for col in ("audio_top1", "audio_top5", "audio_macro_f1", "av_top1"):
+        assert metrics[col].between(0, 1).all()
+    assert (metrics.loc[1:, "bytes_to_clients"] > 0).all() and (metrics.loc[1:, "bytes_from_clients"] > 0).all()
+    assert (metrics["failures"] == 0).all()
+
+    clients = pd.read_csv(run / "clients.csv")
+    assert (clients["status"] == "ok").all()
+    phase1 = clients[clients["phase"] == "modality-aware-fl"]
+    phase2 = clients[clients["phase"] == "distillation"]
+    assert set(phase1["modality"]) == {"audio", "audiovisual"}, clients
+    audio = phase1[phase1["modality"] == "audio"]
+    av = phase1[phase1["modality"] == "audiovisual"]
+    assert set(audio["task"]) == {"train-audio"} and set(av["task"]) == {"train-av"}
+    # audio-only clients download exactly the audio model, smaller than what audiovisual clients get
+    assert audio["bytes_received"].nunique() == 1
+    assert audio["bytes_received"].iloc[0] < av["bytes_received"].min()
+    assert set(phase2["modality"]) == {"audiovisual"} and set(phase2["task"]) == {"distill"}
+
+    per_class = pd.read_csv(run / "per_class_f1.csv")
+    assert per_class["class"].nunique() == 20 and "playing congas" in set(per_class["class"])
+    config = json.loads((run / "config.json").read_text())
+    assert config["distill-rounds"] == 1 and config["missing-rate"] == 0.5
+    assert (run / "phase1.pt").is_file() and (run / "model.pt").is_file()
+
+
+@pytest.mark.timeout(300)
+def test_bad_config_stops_before_training_with_one_clear_line(superlink, data_dir, tmp_path):
+    out = tmp_path / "results"
+    cfg = run_config(**{"temperature": 0.0, "data-dir": str(data_dir), "output-dir": str(out)})
+    res = superlink.flwr_run(ROOT, "--federation-config", "num-supernodes=3", "--run-config", cfg)
+    log = res.stdout + res.stderr
+    assert "run config 'temperature' = 0.0 is invalid: a number > 0" in log, log[-4000:]
+    assert "[ROUND 1]" not in log
+    assert not out.exists() or not any(out.iterdir())
