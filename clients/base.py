@@ -18,9 +18,15 @@ import torch
 from flwr.client import NumPyClient
 
 from data.partition import Partition
-from mirror_app.models import DualEncoder, flatten, get_groups, group_sizes, set_groups, unflatten
-
-TEACHER_PREFIX = "teacher/"
+from mirror_app.models import (
+    TEACHER_PREFIX,
+    DualEncoder,
+    flatten,
+    get_groups,
+    group_sizes,
+    set_groups,
+    unflatten,
+)
 
 
 class TaskError(ValueError):

@@ -26,6 +26,7 @@ AUDIO_ENCODER, VIDEO_ENCODER, FUSION_HEAD, AUDIO_HEAD = (
     "audio_head",
 )
 GROUPS = (AUDIO_ENCODER, VIDEO_ENCODER, FUSION_HEAD, AUDIO_HEAD)
+TEACHER_PREFIX = "teacher/"  # marks the frozen teacher's copy of a group on the wire
 AUDIO_MODEL = (AUDIO_ENCODER, AUDIO_HEAD)  # what audio-only clients have
 AV_MODEL = (AUDIO_ENCODER, VIDEO_ENCODER, FUSION_HEAD)  # the audiovisual model
 

@@ -36,10 +36,18 @@ from flwr.server.strategy import FedAvg
 from flwr.server.strategy.aggregate import aggregate
 
 from mirror_app.config import ConfigError, RunConfig
-from mirror_app.models import GROUPS, AV_MODEL, flatten, get_groups, group_sizes, nbytes, unflatten
-
-TEACHER_PREFIX = "teacher/"
-AUDIO, AUDIOVISUAL = "audio", "audiovisual"
+from data.partition import AUDIO, AUDIOVISUAL
+from mirror_app.models import (
+    AUDIO_MODEL,
+    AV_MODEL,
+    GROUPS,
+    TEACHER_PREFIX,
+    flatten,
+    get_groups,
+    group_sizes,
+    nbytes,
+    unflatten,
+)
 NODE_WAIT_SECONDS = 120.0  # longest wait for enough nodes before round 1
 NODE_SETTLE_SECONDS = 10.0  # stop waiting once the node count has not changed this long
 
@@ -244,7 +252,7 @@ class PhasedStrategy(FedAvg):
         return out
 
     def audio_model_state(self) -> dict:
-        return {g: self.state[g] for g in ("audio_encoder", "audio_head")}
+        return {g: self.state[g] for g in AUDIO_MODEL}
 
     def av_model_state(self) -> dict:
         """The audiovisual model: the frozen teacher once distillation started."""
