@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from data.partition import AUDIOVISUAL
-from mirror_app.models import AUDIO_MODEL, AV_MODEL
-from mirror_app.training import distill, train_av
+from mirror_app.models import AUDIO_MODEL, AV_MODEL, VIDEO_MODEL
+from mirror_app.training import distill, train_av, train_unimodal
 
 from .audio import require, run_train_audio
 from .base import TEACHER_PREFIX, GroupClient, Workspace
@@ -18,6 +18,14 @@ def run_train_av(client: GroupClient, ws: Workspace, received: dict, seed: int) 
     client.load_student(ws, received)
     loss = train_av(ws.model, ws.cache, client.partition.indices, **client.train_kwargs(ws, seed))
     return list(AV_MODEL), loss
+
+
+def run_train_unimodal(client: GroupClient, ws: Workspace, received: dict, seed: int) -> tuple[list[str], float]:
+    """Harmony stage 1: a unimodal audio model and a unimodal video model on the same data."""
+    require(received, AUDIO_MODEL + VIDEO_MODEL, "train-unimodal")
+    client.load_student(ws, received)
+    loss = train_unimodal(ws.model, ws.cache, client.partition.indices, **client.train_kwargs(ws, seed))
+    return list(AUDIO_MODEL + VIDEO_MODEL), loss
 
 
 def run_distill(client: GroupClient, ws: Workspace, received: dict, seed: int) -> tuple[list[str], float]:
@@ -40,5 +48,6 @@ class AudioVisualClient(GroupClient):
         self.tasks = {
             "train-av": lambda ws, rec, seed: run_train_av(self, ws, rec, seed),
             "train-audio": lambda ws, rec, seed: run_train_audio(self, ws, rec, seed),
+            "train-unimodal": lambda ws, rec, seed: run_train_unimodal(self, ws, rec, seed),
             "distill": lambda ws, rec, seed: run_distill(self, ws, rec, seed),
         }

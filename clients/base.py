@@ -53,6 +53,7 @@ class LocalSettings:
     temperature: float
     distill_ce_weight: float
     seed: int
+    mu: float = 0.0  # FedProx proximal weight
 
 
 def split_groups(parameters: list[np.ndarray], names: list[str], model: DualEncoder) -> dict[str, list]:
@@ -113,7 +114,7 @@ class GroupClient(NumPyClient):
     def train_kwargs(self, ws: Workspace, seed: int) -> dict:
         s = self.settings
         return dict(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, optimizer=s.optimizer,
-                    device=ws.device, seed=seed)
+                    device=ws.device, seed=seed, mu=s.mu)
 
     def evaluate(self, parameters, config):  # evaluation is server-side on the held-out split
         raise TaskError("clients do not evaluate; the server evaluates on the held-out test split")

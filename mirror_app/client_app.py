@@ -56,7 +56,7 @@ def make_client(context: Context):
     if modality not in MODALITIES:
         raise ValueError(f"node config 'modality' = {modality!r} is invalid: one of {list(MODALITIES)}")
     settings = LocalSettings(cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.optimizer, cfg.temperature,
-                             cfg.distill_ce_weight, cfg.seed)
+                             cfg.distill_ce_weight, cfg.seed, cfg.mu)
     return CLIENT_KINDS[modality](
         partition=Partition(part.partition_id, part.indices, modality), workspace=ws, settings=settings
     )

@@ -22,6 +22,9 @@ def _err(key: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"run config '{key}' = {value!r} is invalid: {allowed}")
 
 
+AGGREGATORS = ("fedavg", "fedprox", "fedadam", "fedavgm")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     strategy: str = "modality-mirror"
@@ -46,6 +49,10 @@ class RunConfig:
     eval_every: int = 1
     device: str = "cpu"
     init_checkpoint: str = ""
+    aggregator: str = "fedavg"
+    mu: float = 0.0
+    server_lr: float = 0.01
+    server_momentum: float = 0.9
 
     # ------------------------------------------------------------------ parsing
     @classmethod
@@ -109,6 +116,16 @@ class RunConfig:
                 raise _err(key, value, f"one of {sorted(BACKBONES)}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise _err("device", self.device, "one of ['auto', 'cpu', 'cuda']")
+        if self.aggregator not in AGGREGATORS:
+            raise _err("aggregator", self.aggregator, f"one of {list(AGGREGATORS)}")
+        if self.mu < 0:
+            raise _err("mu", self.mu, "a number >= 0")
+        if self.aggregator == "fedprox" and self.mu == 0:
+            raise _err("mu", self.mu, "a number > 0 with aggregator 'fedprox' (mu = 0 is FedAvg)")
+        if not self.server_lr > 0:
+            raise _err("server-lr", self.server_lr, "a number > 0")
+        if not 0 <= self.server_momentum < 1:
+            raise _err("server-momentum", self.server_momentum, "a number in [0, 1)")
         if self.seed < 0:
             raise _err("seed", self.seed, "an integer >= 0")
         if self.init_checkpoint and not self.resolve(self.init_checkpoint).is_file():

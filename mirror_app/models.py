@@ -8,6 +8,7 @@ key starts with ``"<group>."``; nothing else in the project hard-codes parameter
 * ``video_encoder``: frame (3 x H x W) -> embedding
 * ``fusion_head``: concatenated embeddings -> class logits (the audiovisual model)
 * ``audio_head``: audio embedding -> class logits (the audio-only model, the product)
+* ``video_head``: video embedding -> class logits (unimodal video model, used by Harmony)
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ import numpy as np
 import torch
 from torch import nn
 
-AUDIO_ENCODER, VIDEO_ENCODER, FUSION_HEAD, AUDIO_HEAD = (
+AUDIO_ENCODER, VIDEO_ENCODER, FUSION_HEAD, AUDIO_HEAD, VIDEO_HEAD = (
     "audio_encoder",
     "video_encoder",
     "fusion_head",
     "audio_head",
+    "video_head",
 )
-GROUPS = (AUDIO_ENCODER, VIDEO_ENCODER, FUSION_HEAD, AUDIO_HEAD)
+GROUPS = (AUDIO_ENCODER, VIDEO_ENCODER, FUSION_HEAD, AUDIO_HEAD, VIDEO_HEAD)
 TEACHER_PREFIX = "teacher/"  # marks the frozen teacher's copy of a group on the wire
 AUDIO_MODEL = (AUDIO_ENCODER, AUDIO_HEAD)  # what audio-only clients have
 AV_MODEL = (AUDIO_ENCODER, VIDEO_ENCODER, FUSION_HEAD)  # the audiovisual model
+VIDEO_MODEL = (VIDEO_ENCODER, VIDEO_HEAD)  # a unimodal video model (Harmony's stage 1)
 
 
 # --------------------------------------------------------------------------- backbones
@@ -114,9 +117,13 @@ class DualEncoder(nn.Module):
         self.video_encoder = video_encoder
         self.fusion_head = nn.Linear(2 * embed_dim, num_classes)
         self.audio_head = nn.Linear(embed_dim, num_classes)
+        self.video_head = nn.Linear(embed_dim, num_classes)
 
     def audio_logits(self, audio: torch.Tensor) -> torch.Tensor:
         return self.audio_head(self.audio_encoder(audio))
+
+    def video_logits(self, video: torch.Tensor) -> torch.Tensor:
+        return self.video_head(self.video_encoder(video))
 
     def av_logits(self, audio: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
         z = torch.cat([self.audio_encoder(audio), self.video_encoder(video)], dim=1)

@@ -11,7 +11,7 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 
 from data import load_dataset
 from mirror_app.config import RunConfig
-from mirror_app.models import build_model, set_groups
+from mirror_app.models import GROUPS, build_model, set_groups
 from mirror_app.results import RunRecorder, load_checkpoint
 from mirror_app.training import evaluate
 from strategies import resolve_strategy
@@ -57,7 +57,7 @@ def make_components(context: Context) -> ServerAppComponents:
     teacher = None
     if cfg.init_checkpoint:
         state, teacher = load_checkpoint(cfg.resolve(cfg.init_checkpoint))
-        set_groups(model, state)
+        set_groups(model, {g: a for g, a in state.items() if g in GROUPS})  # method-specific slots are skipped
     run_name = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.strategy.rsplit('.', 1)[-1]}-run{context.run_id}"
     recorder = RunRecorder(out_root / run_name, cfg.to_dict(), cache.classes)
     log(INFO, "writing results to %s", recorder.dir)

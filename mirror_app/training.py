@@ -45,9 +45,16 @@ def make_optimizer(params, name: str, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr)
 
 
+def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx's (mu / 2) * ||w - w_global||^2 over the trained parameters."""
+    return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
+
+
 def _run_epochs(model: nn.Module, loss_fn, trainable: list[nn.Module], cache, indices, *, epochs: int,
-                batch_size: int, lr: float, optimizer: str, with_video: bool, device, seed: int) -> float:
+                batch_size: int, lr: float, optimizer: str, with_video: bool, device, seed: int,
+                mu: float = 0.0) -> float:
     params = [p for m in trainable for p in m.parameters()]
+    anchor = [p.detach().clone() for p in params] if mu > 0 else []
     opt = make_optimizer(params, optimizer, lr)
     rng = np.random.default_rng(seed)
     model.train()
@@ -56,6 +63,8 @@ def _run_epochs(model: nn.Module, loss_fn, trainable: list[nn.Module], cache, in
         for b in batches(cache, indices, batch_size, with_video, device, rng):
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(b)
+            if mu > 0:
+                loss = loss + proximal_term(params, anchor, mu)
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(b.labels)
@@ -76,6 +85,18 @@ def train_av(model: DualEncoder, cache, indices, **kw) -> float:
     return _run_epochs(
         model, lambda b: F.cross_entropy(model.av_logits(b.audio, b.video), b.labels),
         [model.audio_encoder, model.video_encoder, model.fusion_head], cache, indices, with_video=True, **kw,
+    )
+
+
+def train_unimodal(model: DualEncoder, cache, indices, **kw) -> float:
+    """Harmony stage 1 on an audiovisual client: a unimodal audio model and a unimodal video model,
+    each trained with its own cross-entropy (no fusion)."""
+    return _run_epochs(
+        model,
+        lambda b: F.cross_entropy(model.audio_logits(b.audio), b.labels)
+        + F.cross_entropy(model.video_logits(b.video), b.labels),
+        [model.audio_encoder, model.audio_head, model.video_encoder, model.video_head],
+        cache, indices, with_video=True, **kw,
     )
 
 

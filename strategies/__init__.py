@@ -10,14 +10,18 @@ import importlib
 
 from .base import Instruction, Phase, PhasedStrategy
 from .distillation import FederatedDistillation
+from .harmony import Harmony
 from .modality_aware import ModalityAwareFedAvg
 from .modality_mirror import ModalityMirror
+from .unifl import UniFL
 
 STRATEGIES: dict[str, type[PhasedStrategy]] = {
     "modality-mirror": ModalityMirror,
     "multifl": ModalityAwareFedAvg,
     "modality-aware-fedavg": ModalityAwareFedAvg,
     "distill": FederatedDistillation,
+    "unifl": UniFL,
+    "harmony": Harmony,
 }
 
 
@@ -38,4 +42,4 @@ def resolve_strategy(name: str) -> type[PhasedStrategy]:
 
 
 __all__ = ["STRATEGIES", "resolve_strategy", "PhasedStrategy", "Phase", "Instruction", "ModalityMirror",
-           "ModalityAwareFedAvg", "FederatedDistillation"]
+           "ModalityAwareFedAvg", "FederatedDistillation", "UniFL", "Harmony"]

@@ -21,18 +21,20 @@ from typing import Any, Callable
 
 import numpy as np
 from flwr.common import (
+    Code,
     FitIns,
     FitRes,
     GetPropertiesIns,
     Parameters,
     Scalar,
+    Status,
     log,
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
-from flwr.server.strategy import FedAvg
+from flwr.server.strategy import FedAdam, FedAvg, FedAvgM
 from flwr.server.strategy.aggregate import aggregate
 
 from mirror_app.config import ConfigError, RunConfig
@@ -52,11 +54,30 @@ NODE_WAIT_SECONDS = 120.0  # longest wait for enough nodes before round 1
 NODE_SETTLE_SECONDS = 10.0  # stop waiting once the node count has not changed this long
 
 
+def make_server_optimizer(cfg: RunConfig, initial: list[np.ndarray]) -> FedAvg:
+    """A Flower strategy whose aggregate_fit applies its server-side rule to one group."""
+    params = ndarrays_to_parameters([a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
+                                     for a in initial])
+    if cfg.aggregator == "fedadam":
+        return FedAdam(initial_parameters=params, eta=cfg.server_lr, accept_failures=True)
+    if cfg.aggregator == "fedavgm":
+        return FedAvgM(initial_parameters=params, server_momentum=cfg.server_momentum, accept_failures=True)
+    raise ValueError(f"no server optimiser for aggregator {cfg.aggregator!r}")
+
+
 @dataclass(frozen=True)
 class Instruction:
+    """What one client does in a round.
+
+    ``slot`` names which copy of the groups on the server the client trains: "" is the main
+    model; a method that keeps a second copy (UniFL's and Harmony's audiovisual model keep
+    their own audio encoder) stores it under ``"<slot><group>"`` keys of the strategy state.
+    """
+
     task: str
     send: tuple[str, ...]  # groups sent to the client ("teacher/<group>" for frozen teacher copies)
     train: tuple[str, ...]  # groups the client trains and must return
+    slot: str = ""
 
 
 class Phase:
@@ -101,6 +122,7 @@ class PhasedStrategy(FedAvg):
             raise ConfigError(f"strategy {cfg.strategy!r} has no rounds to run with this config")
         self.properties: dict[str, dict] = {}  # cid -> {"modality", "partition-id", ...}
         self._started: set[int] = set()
+        self._inner: dict[str, FedAvg] = {}  # per-group Flower server optimisers (fedadam, fedavgm)
         self._waited = False
         self._pending: dict[str, tuple[Instruction, int]] = {}
         self._round_stats: dict[str, float] = {}
@@ -154,7 +176,7 @@ class PhasedStrategy(FedAvg):
         self._pending = {}
         for cid in chosen:
             ins = phase.instruction(self.properties[cid]["modality"])
-            arrays = self.arrays_for(ins.send)
+            arrays = self.arrays_for(ins.send, ins.slot)
             self._pending[cid] = (ins, nbytes(arrays))
             config: dict[str, Scalar] = {
                 "task": ins.task,
@@ -191,7 +213,7 @@ class PhasedStrategy(FedAvg):
             if res.num_examples <= 0:
                 continue
             for g in names:
-                contributions.setdefault(g, []).append((groups[g], int(res.num_examples)))
+                contributions.setdefault(ins.slot + g, []).append((groups[g], int(res.num_examples)))
         for cid, (ins, down) in self._pending.items():
             if cid not in answered:  # failed clients still downloaded the model
                 bytes_down += down
@@ -234,13 +256,28 @@ class PhasedStrategy(FedAvg):
         return (1.0 - scalars["audio_top1"], scalars) if "audio_top1" in scalars else None
 
     # ------------------------------------------------------------ shared pieces
-    def aggregate_group(self, group: str, contributions: list[tuple[list[np.ndarray], int]],
+    def aggregate_group(self, key: str, contributions: list[tuple[list[np.ndarray], int]],
                         server_round: int) -> list[np.ndarray]:
-        """Weighted mean (by example count) of one group over the clients that returned it."""
-        dtypes = [a.dtype for a in contributions[0][0]]
-        return [np.asarray(a).astype(d, copy=False) for a, d in zip(aggregate(contributions), dtypes)]
+        """Aggregate one group (state key) over exactly the clients that returned it.
 
-    def arrays_for(self, names: tuple[str, ...]) -> list[np.ndarray]:
+        ``aggregator`` fedavg/fedprox: Flower's weighted mean by example count. fedadam/fedavgm:
+        a Flower FedAdam/FedAvgM instance per group, fed only that group's updates, so each
+        group keeps its own server optimiser state.
+        """
+        dtypes = [a.dtype for a in self.state[key]]
+        if self.cfg.aggregator in ("fedavg", "fedprox"):
+            merged = aggregate(contributions)
+        else:
+            inner = self._inner.get(key)
+            if inner is None:
+                inner = self._inner[key] = make_server_optimizer(self.cfg, self.state[key])
+            results = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, {}))
+                       for arrays, n in contributions]
+            parameters, _ = inner.aggregate_fit(server_round, results, [])
+            merged = parameters_to_ndarrays(parameters)
+        return [np.asarray(a).astype(d, copy=False) for a, d in zip(merged, dtypes)]
+
+    def arrays_for(self, names: tuple[str, ...], slot: str = "") -> list[np.ndarray]:
         out = []
         for name in names:
             if name.startswith(TEACHER_PREFIX):
@@ -248,8 +285,14 @@ class PhasedStrategy(FedAvg):
                     raise RuntimeError(f"{name} requested but no teacher is set")
                 out.extend(self.teacher[name.removeprefix(TEACHER_PREFIX)])
             else:
-                out.extend(self.state[name])
+                out.extend(self.state[slot + name])
         return out
+
+    def copy_slot(self, groups: tuple[str, ...], slot: str) -> None:
+        """Start a second copy of ``groups`` under ``slot`` from the main model's current weights."""
+        for g in groups:
+            self.state[slot + g] = [a.copy() for a in self.state[g]]
+            self._inner.pop(slot + g, None)
 
     def audio_model_state(self) -> dict:
         return {g: self.state[g] for g in AUDIO_MODEL}
@@ -271,7 +314,7 @@ class PhasedStrategy(FedAvg):
         except (KeyError, ValueError) as exc:
             return str(exc)
         for g in names:
-            for a, ref in zip(groups[g], self.state[g]):
+            for a, ref in zip(groups[g], self.state[ins.slot + g]):
                 if a.shape != ref.shape:
                     return f"group {g}: shape {a.shape} != {ref.shape}"
                 if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():

@@ -25,7 +25,7 @@ class ModalityAwarePhase(Phase):
 
 
 class ModalityAwareFedAvg(PhasedStrategy):
-    """Paper Algorithm 1 for ``num-server-rounds`` rounds."""
+    """Paper Algorithm 1 for the whole round budget, ``num-server-rounds + distill-rounds``."""
 
     def build_phases(self, cfg: RunConfig):
-        return [(ModalityAwarePhase(), cfg.num_server_rounds)]
+        return [(ModalityAwarePhase(), cfg.num_server_rounds + cfg.distill_rounds)]

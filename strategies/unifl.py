@@ -1,0 +1,38 @@
+"""UniFL baseline: each modality group learns on its own.
+
+Audio-only clients train an audio model (audio encoder + audio head) among themselves;
+audiovisual clients train the audiovisual model among themselves, with an audio encoder of
+their own (state slot ``av/``). Nothing is shared between the two kinds. The audio model
+evaluated is the audio-only clients' model. It runs for the whole round budget,
+``num-server-rounds + distill-rounds``.
+"""
+
+from __future__ import annotations
+
+from mirror_app.config import RunConfig
+from mirror_app.models import AUDIO_MODEL, AV_MODEL
+
+from .base import AUDIO, Instruction, Phase, PhasedStrategy
+
+AV_SLOT = "av/"
+
+
+class UnimodalGroupsPhase(Phase):
+    name = "unimodal-groups-fl"
+
+    def instruction(self, modality: str) -> Instruction | None:
+        if modality == AUDIO:
+            return Instruction("train-audio", send=AUDIO_MODEL, train=AUDIO_MODEL)
+        return Instruction("train-av", send=AV_MODEL, train=AV_MODEL, slot=AV_SLOT)
+
+
+class UniFL(PhasedStrategy):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.copy_slot(AV_MODEL, AV_SLOT)
+
+    def build_phases(self, cfg: RunConfig):
+        return [(UnimodalGroupsPhase(), cfg.num_server_rounds + cfg.distill_rounds)]
+
+    def av_model_state(self) -> dict:
+        return {g: self.state[AV_SLOT + g] for g in AV_MODEL}
