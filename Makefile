@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 
-.PHONY: venv run test calibrate clean
+.PHONY: venv run test calibrate table1 table1-quick clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,16 @@ test: venv
 ## calibrate: centralised audio-only and audiovisual accuracy of the embedded dataset
 calibrate: venv
 	$(PY) -m mirror_app.centralized --dataset embedded --epochs 8
+
+## table1: methods x missing rates {0.1..0.5} x 3 seeds (+ Figure 3 rates), table and figures
+table1: venv
+	$(PY) -m mirror_app.sweep --out $(CURDIR)/results/table1 --num-supernodes $(NUM_CLIENTS) --run-config "$(RUN_CONFIG)"
+
+## table1-quick: the same pipeline, small and with one seed, as a smoke run (about 10 minutes)
+table1-quick: venv
+	$(PY) -m mirror_app.sweep --out $(CURDIR)/results/table1-quick --seeds 0 --rates 0.1,0.3,0.5 \
+		--fig3-rates 0.1,0.3,0.5,0.7,0.9 --num-supernodes 20 \
+		--run-config "num-server-rounds=6 distill-rounds=3 clients-per-round=5 $(RUN_CONFIG)"
 
 clean:
 	rm -rf results .pytest_cache

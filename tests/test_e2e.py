@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from procs import SuperLink
+from mirror_app.launch import SuperLink
 
 ROOT = Path(__file__).resolve().parents[1]
 

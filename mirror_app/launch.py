@@ -1,4 +1,8 @@
-"""Start a SuperLink for a test and stop every process it spawned (by PID and session, never by name)."""
+"""Start a private SuperLink and stop every process it spawned (by PID and session, never by name).
+
+Used by the sweep (``mirror_app.sweep``) and the end-to-end tests: an isolated FLWR_HOME,
+a free loopback port, and a clean stop even when interrupted.
+"""
 
 from __future__ import annotations
 
@@ -120,9 +124,21 @@ class SuperLink:
         self.stop()
         raise RuntimeError("flower-superlink did not become healthy within 60 s")
 
-    def flwr_run(self, app: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        return subprocess.run(["flwr", "run", str(app), "test", "--stream", *args], env=self.env, cwd=app,
-                              capture_output=True, text=True, timeout=timeout)
+    def flwr_run(self, app: Path, *args: str, timeout: float = 600, log_file: Path | None = None
+                 ) -> subprocess.CompletedProcess:
+        """``flwr run <app> <this superlink> --stream ARGS``; output captured, or written to ``log_file``."""
+        cmd = ["flwr", "run", str(app), "test", "--stream", *args]
+        if log_file is None:
+            return subprocess.run(cmd, env=self.env, cwd=app, capture_output=True, text=True, timeout=timeout)
+        with open(log_file, "w") as fh:
+            return subprocess.run(cmd, env=self.env, cwd=app, stdout=fh, stderr=subprocess.STDOUT, text=True,
+                                  timeout=timeout)
+
+    def __enter__(self) -> "SuperLink":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def stop(self) -> set[int]:
         survivors = stop_tree(self.proc)

@@ -1,0 +1,256 @@
+"""The paper's comparison as one command: methods x missing rates x seeds, then Table 1 and figures.
+
+    python -m mirror_app.sweep --out results/table1                 # what `make table1` runs
+    python -m mirror_app.sweep --out results/table1-quick --seeds 0 \\
+        --run-config "num-server-rounds=10 distill-rounds=5"        # what `make table1-quick` runs
+
+Every run goes through `flwr run .` on a private SuperLink (isolated FLWR_HOME, loopback,
+stopped at the end, also on Ctrl-C). A finished run leaves ``runs/<key>/summary.json`` and is
+never redone, so an interrupted sweep resumes where it stopped. A run that crashes is
+recorded as failed with its log path and the sweep goes on. Outputs under ``--out``:
+
+    runs.csv           every run: method, missing rate, seed, status, final metrics, log path
+    table1.md          mean +- std over seeds of audio top-1 (top-5) per method and missing rate
+    fig3_missing_rate.png   ModalityMirror audio top-1 for missing rates 0.1 ... 0.9
+    fig2_per_class_f1.png   the ten classes whose audio F1 changes most, Harmony -> ModalityMirror
+    curves.png         audio top-1 versus round for each method
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("modality-mirror", "harmony", "multifl", "unifl")
+RATES = (0.1, 0.2, 0.3, 0.4, 0.5)
+FIG3_RATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+LABELS = {"modality-mirror": "ModalityMirror", "harmony": "Harmony", "multifl": "MultiFL", "unifl": "UniFL"}
+
+
+class SweepError(ValueError):
+    """The sweep was asked for something it cannot run."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    rate: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}-mr{self.rate:g}-s{self.seed}"
+
+
+def plan(methods, rates, seeds, fig3_rates=()) -> list[Cell]:
+    """The cells to run: the Table 1 grid plus ModalityMirror at the extra Figure 3 rates."""
+    from strategies import STRATEGIES
+
+    methods, rates, seeds = list(methods), list(rates), list(seeds)
+    if not methods or not rates or not seeds:
+        raise SweepError("empty sweep: give at least one method, one missing rate and one seed")
+    for m in methods:
+        if m not in STRATEGIES:
+            raise SweepError(f"method {m!r} is unknown; available: {sorted(STRATEGIES)}")
+    for r in list(rates) + list(fig3_rates):
+        if not 0 <= r < 1:
+            raise SweepError(f"missing rate {r} is outside [0, 1)")
+    cells = [Cell(m, float(r), int(s)) for m in methods for r in rates for s in seeds]
+    if "modality-mirror" in methods:
+        cells += [Cell("modality-mirror", float(r), int(s)) for r in fig3_rates if r not in rates for s in seeds]
+    return cells
+
+
+def run_cells(cells: list[Cell], out: Path, runner: Callable[[Cell, Path, Path], bool]) -> pd.DataFrame:
+    """Run every cell not finished yet; ``runner(cell, output_dir, log) -> ok``. Returns runs.csv."""
+    from tqdm import tqdm
+
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    for cell in tqdm(cells, desc="sweep", unit="run"):
+        final = out / "runs" / cell.key
+        if (final / "summary.json").is_file():
+            continue  # finished earlier: resume
+        staging = out / "staging" / cell.key
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        log = out / "logs" / f"{cell.key}.log"
+        ok = False
+        try:
+            ok = runner(cell, staging, log)
+        except Exception as exc:  # a crash is recorded, the sweep goes on
+            with open(log, "a") as fh:
+                fh.write(f"\nsweep: run failed: {exc!r}\n")
+        done = [d for d in staging.iterdir() if (d / "summary.json").is_file()]
+        if ok and len(done) == 1:
+            shutil.rmtree(final, ignore_errors=True)
+            done[0].rename(final)  # only a finished run is ever moved into runs/
+        shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(out / "staging", ignore_errors=True)
+    from mirror_app.results import write_csv
+
+    table = collect(cells, out)
+    write_csv(out / "runs.csv", table.to_dict("records"), list(table.columns))
+    return table
+
+
+def collect(cells: list[Cell], out: Path) -> pd.DataFrame:
+    rows = []
+    for cell in cells:
+        summary = out / "runs" / cell.key / "summary.json"
+        row = {"method": cell.method, "missing_rate": cell.rate, "seed": cell.seed, "key": cell.key,
+               "log": str(out / "logs" / f"{cell.key}.log")}
+        if summary.is_file():
+            final = json.loads(summary.read_text())["final"]
+            row.update(status="ok", **{k: final.get(k) for k in ("audio_top1", "audio_top5", "audio_macro_f1",
+                                                               "av_top1")})
+        else:
+            row.update(status="failed")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table1(runs: pd.DataFrame, rates) -> str:
+    """Markdown shaped like the paper's Table 1: rows are methods, columns missing rates."""
+    ok = runs[(runs["status"] == "ok") & runs["missing_rate"].isin(list(rates))]
+    header = "| method | " + " | ".join(f"{r:g}" for r in rates) + " |"
+    lines = [header, "|" + " --- |" * (len(rates) + 1)]
+    for method in [m for m in METHODS if m in set(runs["method"])] + sorted(set(runs["method"]) - set(METHODS)):
+        cells = []
+        for r in rates:
+            sel = ok[(ok["method"] == method) & np.isclose(ok["missing_rate"], r)]
+            if sel.empty:
+                cells.append("n/a")
+                continue
+            t1, t5 = 100 * sel["audio_top1"], 100 * sel["audio_top5"]
+            std = f" +- {t1.std(ddof=0):.1f}" if len(sel) > 1 else ""
+            cells.append(f"{t1.mean():.1f}{std} ({t5.mean():.1f})")
+        lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Audio-only test top-1 in % (mean +- std over seeds), top-5 in parentheses; "
+                 f"n = {ok.groupby(['method', 'missing_rate']).size().max() if not ok.empty else 0} seeds.")
+    return "\n".join(lines) + "\n"
+
+
+def figures(runs: pd.DataFrame, out: Path, rates) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    ok = runs[runs["status"] == "ok"]
+    mm = ok[ok["method"] == "modality-mirror"]
+    if not mm.empty:  # Figure 3
+        g = mm.groupby("missing_rate")["audio_top1"].agg(["mean", "std"]).fillna(0)
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.errorbar(g.index, 100 * g["mean"], yerr=100 * g["std"], marker="o", capsize=3)
+        ax.set(xlabel="video-missing rate", ylabel="audio top-1 (%)", title="ModalityMirror vs missing rate")
+        made.append(_save(fig, out / "fig3_missing_rate.png"))
+    rate = 0.3 if any(np.isclose(ok["missing_rate"], 0.3)) else (rates[0] if len(rates) else None)
+    per_class = {}
+    for method in ("harmony", "modality-mirror"):
+        frames = []
+        for key in ok[(ok["method"] == method) & np.isclose(ok["missing_rate"], rate)]["key"]:
+            f = pd.read_csv(out / "runs" / key / "per_class_f1.csv")
+            frames.append(f[f["round"] == f["round"].max()].set_index("class")["f1"])
+        if frames:
+            per_class[method] = pd.concat(frames, axis=1).mean(axis=1)
+    if len(per_class) == 2:  # Figure 2
+        change = (per_class["modality-mirror"] - per_class["harmony"]).dropna()
+        top = change.reindex(change.abs().sort_values(ascending=False).index[:10]).sort_values()
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.barh(top.index, 100 * top.values, color=["tab:red" if v < 0 else "tab:green" for v in top.values])
+        ax.set(xlabel="audio F1 change, Harmony -> ModalityMirror (points)",
+               title=f"largest per-class changes, missing rate {rate:g}")
+        made.append(_save(fig, out / "fig2_per_class_f1.png"))
+    curves = {}
+    for method in sorted(set(ok["method"])):
+        keys = ok[(ok["method"] == method) & np.isclose(ok["missing_rate"], rate)]["key"]
+        frames = [pd.read_csv(out / "runs" / k / "metrics.csv").set_index("round")["audio_top1"] for k in keys]
+        if frames:
+            curves[method] = pd.concat(frames, axis=1).mean(axis=1)
+    if curves:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method, curve in curves.items():
+            ax.plot(curve.index, 100 * curve.values, label=LABELS.get(method, method))
+        ax.set(xlabel="round", ylabel="audio top-1 (%)", title=f"audio model per round, missing rate {rate:g}")
+        ax.legend()
+        made.append(_save(fig, out / "curves.png"))
+    return made
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def flwr_runner(link, num_supernodes: int, extra_config: str, timeout: float):
+    def run(cell: Cell, output_dir: Path, log: Path) -> bool:
+        config = (f"strategy='{cell.method}' missing-rate={cell.rate} seed={cell.seed} "
+                  f"output-dir='{output_dir}' {extra_config}")
+        res = link.flwr_run(ROOT, "--federation-config", f"num-supernodes={num_supernodes}", "--run-config",
+                            config, timeout=timeout, log_file=log)
+        return res.returncode == 0
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Run the Table 1 sweep and make its table and figures.")
+    p.add_argument("--out", default="results/table1")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--rates", default=",".join(map(str, RATES)))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--fig3-rates", default=",".join(map(str, FIG3_RATES)))
+    p.add_argument("--num-supernodes", type=int, default=100)
+    p.add_argument("--run-config", default="", help="extra run config for every run, e.g. \"num-server-rounds=10\"")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds before one run counts as failed")
+    args = p.parse_args(argv)
+
+    def floats(text):
+        return [float(x) for x in text.split(",") if x.strip()]
+
+    try:
+        rates = floats(args.rates)
+        cells = plan([m for m in args.methods.split(",") if m], rates,
+                     [int(s) for s in args.seeds.split(",") if s.strip()], floats(args.fig3_rates))
+    except (SweepError, ValueError) as exc:
+        print(f"sweep: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    from mirror_app.launch import SuperLink
+
+    with SuperLink(out / ".flwr") as link:
+        runs = run_cells(cells, out, flwr_runner(link, args.num_supernodes, args.run_config, args.timeout))
+    from mirror_app.results import atomic_write
+
+    markdown = table1(runs, rates)
+    atomic_write(out / "table1.md", lambda path: path.write_text(markdown))
+    made = figures(runs, out, rates)
+    failed = runs[runs["status"] != "ok"]
+    print((out / "table1.md").read_text())
+    print("figures:", ", ".join(str(m) for m in made) or "none")
+    for _, row in failed.iterrows():
+        print(f"failed: {row['key']} (log: {row['log']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
