@@ -111,3 +111,10 @@ def tiny_strategy(cls, cache: FeatureCache, tmp: Path, recorder: bool = True, ev
     rec = RunRecorder(tmp / "out" / "run", cfg.to_dict(), cache.classes) if recorder else None
     ev = Evaluator(make(), cache, torch.device("cpu")) if evaluator else None
     return cls(cfg=cfg, model=make(cfg.seed), evaluator=ev, recorder=rec)
+
+
+def fit_round(strategy, manager, server_round: int = 1):
+    """configure_fit, then every chosen client's fit, in-process: (instructions, results)."""
+    instructions = strategy.configure_fit(server_round, strategy.initialize_parameters(manager), manager)
+    results = [(proxy, proxy.fit(ins, None, server_round)) for proxy, ins in instructions]
+    return instructions, results

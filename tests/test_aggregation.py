@@ -8,7 +8,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.server import Server
 from flwr.server.strategy import FedAvg
 
-from helpers import tiny_cache, tiny_federation, tiny_strategy
+from helpers import fit_round, tiny_cache, tiny_federation, tiny_strategy
 from mirror_app.models import AUDIO_MODEL, AV_MODEL, GROUPS, flatten, get_groups, group_sizes, unflatten
 from strategies import ModalityAwareFedAvg, ModalityMirror
 
@@ -18,18 +18,12 @@ def cache(tmp_path_factory):
     return tiny_cache(tmp_path_factory.mktemp("cache") / "tiny")
 
 
-def _fit_round(strategy, manager, server_round=1):
-    instructions = strategy.configure_fit(server_round, strategy.initialize_parameters(manager), manager)
-    results = [(proxy, proxy.fit(ins, None, server_round)) for proxy, ins in instructions]
-    return instructions, results
-
-
 def test_equals_flower_fedavg_when_every_client_is_audiovisual(cache, tmp_path):
     manager, _ = tiny_federation(cache, 5, missing_rate=0.0)
     strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, missing_rate=0.0, clients_per_round=5,
                              recorder=False, evaluator=False)
     before = {g: [a.copy() for a in v] for g, v in strategy.state.items()}
-    _, results = _fit_round(strategy, manager)
+    _, results = fit_round(strategy, manager)
     assert len(results) == 5 and len({r.num_examples for _, r in results}) > 1  # unequal weights
     ours, _ = strategy.aggregate_fit(1, results, [])
 
@@ -52,7 +46,7 @@ def test_audio_only_clients_never_see_or_touch_video_and_fusion(cache, tmp_path)
     manager, proxies = tiny_federation(cache, 6, missing_rate=0.5)
     strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, clients_per_round=6, recorder=False,
                              evaluator=False)
-    instructions, results = _fit_round(strategy, manager)
+    instructions, results = fit_round(strategy, manager)
     kinds = {proxy.cid: proxy.client.modality for proxy, _ in instructions}
     assert sorted(kinds.values()).count("audio") == 3
     sizes = {g: len(strategy.state[g]) for g in GROUPS}
@@ -81,7 +75,7 @@ def test_each_group_is_averaged_over_exactly_its_clients(cache, tmp_path):
     manager, _ = tiny_federation(cache, 6, missing_rate=0.5)
     strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, clients_per_round=6, recorder=False,
                              evaluator=False)
-    _, results = _fit_round(strategy, manager)
+    _, results = fit_round(strategy, manager)
     updates = []
     for proxy, res in results:
         names = res.metrics["groups"].split(",")
@@ -102,7 +96,7 @@ def test_bad_updates_are_rejected_and_counted(cache, tmp_path, corrupt):
     manager, _ = tiny_federation(cache, 4, missing_rate=0.5)
     strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, clients_per_round=4, recorder=False,
                              evaluator=False)
-    _, results = _fit_round(strategy, manager)
+    _, results = fit_round(strategy, manager)
     proxy, res = next((p, r) for p, r in results if p.client.modality == "audio")
     arrays = parameters_to_ndarrays(res.parameters)
     metrics = dict(res.metrics)

@@ -9,7 +9,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from flwr.server import Server
 from flwr.server.strategy import FedAvgM
 
-from helpers import tiny_cache, tiny_federation, tiny_strategy
+from helpers import fit_round, tiny_cache, tiny_federation, tiny_strategy
 from mirror_app.config import ConfigError, RunConfig
 from mirror_app.models import AUDIO_MODEL, AV_MODEL, GROUPS, VIDEO_MODEL, group_sizes, unflatten
 from mirror_app.training import proximal_term, train_audio
@@ -22,8 +22,7 @@ def cache(tmp_path_factory):
 
 
 def one_round(strategy, manager, server_round=1):
-    instructions = strategy.configure_fit(server_round, strategy.initialize_parameters(manager), manager)
-    results = [(proxy, proxy.fit(ins, None, server_round)) for proxy, ins in instructions]
+    _, results = fit_round(strategy, manager, server_round)
     updates = {}
     for proxy, res in results:
         names = res.metrics["groups"].split(",")
