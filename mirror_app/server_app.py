@@ -36,12 +36,9 @@ class Evaluator:
 
     def __call__(self, audio_state: dict, av_state: dict) -> dict:
         set_groups(self.model, audio_state)
-        audio = evaluate(self.model, self.cache, self.indices, device=self.device)
+        audio = evaluate(self.model, self.cache, self.indices, device=self.device, parts=("audio",))
         set_groups(self.model, av_state)
-        av = evaluate(self.model, self.cache, self.indices, device=self.device)
-        return {k: v for k, v in audio.items() if k.startswith("audio")} | {
-            k: v for k, v in av.items() if k.startswith("av")
-        }
+        return audio | evaluate(self.model, self.cache, self.indices, device=self.device, parts=("av",))
 
 
 def make_components(context: Context) -> ServerAppComponents:

@@ -160,19 +160,16 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_class
     }
 
 
-def evaluate(model: DualEncoder, cache, indices, batch_size: int = 256, device="cpu") -> dict:
-    """Audio-only model (the product) and audiovisual model on the given rows."""
+def evaluate(model: DualEncoder, cache, indices, batch_size: int = 256, device="cpu",
+             parts: tuple[str, ...] = ("audio", "av")) -> dict:
+    """The audio-only model (the product) and/or the audiovisual model on the given rows."""
     indices = np.sort(indices)
     labels = torch.from_numpy(cache.labels[indices])
-    audio = classification_metrics(predict(model, cache, indices, batch_size, device, False), labels,
+    out: dict = {}
+    for part in parts:
+        m = classification_metrics(predict(model, cache, indices, batch_size, device, part == "av"), labels,
                                    cache.num_classes)
-    av = classification_metrics(predict(model, cache, indices, batch_size, device, True), labels,
-                                cache.num_classes)
-    return {
-        "audio_top1": audio["top1"],
-        "audio_top5": audio["top5"],
-        "audio_macro_f1": audio["macro_f1"],
-        "audio_per_class_f1": audio["per_class_f1"],
-        "av_top1": av["top1"],
-        "av_top5": av["top5"],
-    }
+        out.update({f"{part}_top1": m["top1"], f"{part}_top5": m["top5"]})
+        if part == "audio":
+            out.update(audio_macro_f1=m["macro_f1"], audio_per_class_f1=m["per_class_f1"])
+    return out

@@ -50,6 +50,7 @@ from mirror_app.models import (
     nbytes,
     unflatten,
 )
+AV_SLOT = "av/"  # state slot of a method's separate audiovisual model (UniFL, Harmony)
 NODE_WAIT_SECONDS = 120.0  # longest wait for enough nodes before round 1
 NODE_SETTLE_SECONDS = 10.0  # stop waiting once the node count has not changed this long
 
@@ -298,8 +299,12 @@ class PhasedStrategy(FedAvg):
         return {g: self.state[g] for g in AUDIO_MODEL}
 
     def av_model_state(self) -> dict:
-        """The audiovisual model: the frozen teacher once distillation started."""
-        return dict(self.teacher) if self.teacher is not None else {g: self.state[g] for g in AV_MODEL}
+        """The audiovisual model: the frozen teacher once distillation started, else the ``av/`` slot
+        where a method keeps a separate audiovisual model, else the main model."""
+        if self.teacher is not None:
+            return dict(self.teacher)
+        slot = AV_SLOT if AV_SLOT + AV_MODEL[0] in self.state else ""
+        return {g: self.state[slot + g] for g in AV_MODEL}
 
     def snapshot_teacher(self) -> None:
         self.teacher = {g: [a.copy() for a in self.state[g]] for g in AV_MODEL}

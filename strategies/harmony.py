@@ -17,9 +17,7 @@ from __future__ import annotations
 from mirror_app.config import RunConfig
 from mirror_app.models import AUDIO_MODEL, AV_MODEL, VIDEO_MODEL
 
-from .base import AUDIO, AUDIOVISUAL, Instruction, Phase, PhasedStrategy
-
-AV_SLOT = "av/"
+from .base import AUDIO, AUDIOVISUAL, AV_SLOT, Instruction, Phase, PhasedStrategy
 
 
 class ModalityWisePhase(Phase):
@@ -49,7 +47,3 @@ class Harmony(PhasedStrategy):
         if cfg.distill_rounds > 0:
             phases.append((FusionPhase(), cfg.distill_rounds))
         return phases
-
-    def av_model_state(self) -> dict:
-        slot = AV_SLOT if AV_SLOT + AV_MODEL[0] in self.state else ""
-        return {g: self.state[slot + g] for g in AV_MODEL}

@@ -12,9 +12,7 @@ from __future__ import annotations
 from mirror_app.config import RunConfig
 from mirror_app.models import AUDIO_MODEL, AV_MODEL
 
-from .base import AUDIO, Instruction, Phase, PhasedStrategy
-
-AV_SLOT = "av/"
+from .base import AUDIO, AV_SLOT, Instruction, Phase, PhasedStrategy
 
 
 class UnimodalGroupsPhase(Phase):
@@ -33,6 +31,3 @@ class UniFL(PhasedStrategy):
 
     def build_phases(self, cfg: RunConfig):
         return [(UnimodalGroupsPhase(), cfg.num_server_rounds + cfg.distill_rounds)]
-
-    def av_model_state(self) -> dict:
-        return {g: self.state[AV_SLOT + g] for g in AV_MODEL}
