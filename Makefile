@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 
-.PHONY: venv run test calibrate table1 table1-quick clean
+.PHONY: venv run test calibrate prepare table1 table1-quick clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,13 @@ test: venv
 ## calibrate: centralised audio-only and audiovisual accuracy of the embedded dataset
 calibrate: venv
 	$(PY) -m mirror_app.centralized --dataset embedded --epochs 8
+
+## prepare: decode a real dataset once into the feature cache runs read (DATASET=ucf101|activitynet|manifest SRC=...)
+DATA_DIR ?= ~/.cache/modality-mirror
+PREPARE_ARGS ?=
+prepare: venv
+	@test -n "$(DATASET)" -a -n "$(SRC)" || { echo "usage: make prepare DATASET=ucf101|activitynet|manifest SRC=<folder> [DATA_DIR=...] [PREPARE_ARGS='--image-size 112']"; exit 2; }
+	$(PY) -m data.prepare $(DATASET) --src "$(SRC)" --data-dir "$(DATA_DIR)" $(PREPARE_ARGS)
 
 ## table1: methods x missing rates {0.1..0.5} x 3 seeds (+ Figure 3 rates), table and figures
 table1: venv

@@ -1,6 +1,8 @@
 """Datasets, feature caches and federated partitions.
 
 ``DATASETS`` maps a run-config ``dataset`` name to a loader ``(data_dir) -> FeatureCache``.
+``embedded`` is generated on first use; the real datasets are prepared once with
+``python -m data.prepare <dataset> --src ...`` (see data/prepare.py) into ``<data_dir>/<dataset>``.
 """
 
 from __future__ import annotations
@@ -11,12 +13,36 @@ from typing import Callable
 from .cache import FeatureCache
 from . import synthetic
 
+PREPARED = ("ucf101", "activitynet", "manifest")
+
+
+class DatasetNotPrepared(FileNotFoundError):
+    """A real dataset's cache is not under data-dir yet."""
+
+
+def _prepared(name: str) -> Callable[[str | Path], FeatureCache]:
+    def load(data_dir: str | Path) -> FeatureCache:
+        path = Path(data_dir).expanduser() / name
+        if not (path / "meta.json").is_file():
+            raise DatasetNotPrepared(
+                f"dataset {name!r} is not prepared under data-dir {Path(data_dir).expanduser()}: run "
+                f"`make prepare DATASET={name} SRC=<folder> DATA_DIR={data_dir}` first"
+            )
+        return FeatureCache(path)
+
+    return load
+
+
 DATASETS: dict[str, Callable[[str | Path], FeatureCache]] = {
     "embedded": synthetic.load,
+    **{name: _prepared(name) for name in PREPARED},
 }
 
 
-def load_dataset(name: str, data_dir: str | Path) -> FeatureCache:
+def load_dataset(name: str, data_dir: str | Path, fold: int = 1, dev_fraction: float = 0.0,
+                 seed: int = 0) -> FeatureCache:
+    """The cache of dataset ``name`` with the chosen fold and a seeded dev split carved from train."""
     if name not in DATASETS:
         raise ValueError(f"dataset {name!r} is unknown; available: {sorted(DATASETS)}")
-    return DATASETS[name](data_dir)
+    cache = DATASETS[name](data_dir)
+    return FeatureCache(cache.path, fold=fold, dev_fraction=dev_fraction, dev_seed=seed)

@@ -7,6 +7,11 @@ A cache is one directory::
     video.npy     (N, 3, H, W) float32, transformed frame
     labels.npy    (N,) int64
     split.npy     (N,) uint8, 0 = train, 1 = test (held out, never given to clients)
+    folds.npy     optional (N, F) uint8: the split of each of F official folds (UCF101 has 3);
+                  255 = not used in that fold. When present it replaces split.npy.
+
+Video is float32 (already normalised) or uint8 RGB (normalised with ImageNet statistics when
+a batch is read, four times smaller on disk). Audio is a log-mel filterbank.
 
 It is written into a temporary sibling directory and renamed into place only when
 complete, under a file lock, so concurrent processes never read a half-written cache
@@ -26,23 +31,42 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-TRAIN, TEST = 0, 1
-SPLIT_NAMES = {"train": TRAIN, "test": TEST}
+TRAIN, TEST, DEV = 0, 1, 2
+UNUSED = 255
+SPLIT_NAMES = {"train": TRAIN, "test": TEST, "dev": DEV}
 
 
 class CacheMismatchError(RuntimeError):
     """An existing cache was made with different settings."""
 
 
-class FeatureCache:
-    """Read-only, memory-mapped view of a finished cache directory."""
+class SplitError(ValueError):
+    """A fold or dev split that this cache cannot give."""
 
-    def __init__(self, path: str | Path):
+
+class FeatureCache:
+    """Read-only, memory-mapped view of a finished cache directory.
+
+    ``fold`` picks one of the cache's official folds (1-based); ``dev_fraction`` carves a
+    stratified dev split out of that fold's train rows, seeded by ``dev_seed``.
+    """
+
+    def __init__(self, path: str | Path, fold: int = 1, dev_fraction: float = 0.0, dev_seed: int = 0):
         self.path = Path(path)
         meta_file = self.path / "meta.json"
         if not meta_file.is_file():
             raise FileNotFoundError(f"no feature cache at {self.path} (meta.json missing)")
         self.meta: dict[str, Any] = json.loads(meta_file.read_text())
+        if not 1 <= fold <= self.num_folds:
+            raise SplitError(f"run config 'fold' = {fold!r} is invalid: one of {list(range(1, self.num_folds + 1))} "
+                             f"(dataset {self.meta.get('dataset')!r} has {self.num_folds} fold(s))")
+        if not 0.0 <= dev_fraction < 1.0:
+            raise SplitError(f"run config 'dev-fraction' = {dev_fraction!r} is invalid: a fraction in [0, 1)")
+        self.fold, self.dev_fraction, self.dev_seed = int(fold), float(dev_fraction), int(dev_seed)
+
+    @property
+    def num_folds(self) -> int:
+        return int(self.meta.get("num_folds", 1))
 
     def _load(self, name: str) -> np.ndarray:
         return np.load(self.path / f"{name}.npy", mmap_mode="r")
@@ -61,7 +85,29 @@ class FeatureCache:
 
     @cached_property
     def split(self) -> np.ndarray:
-        return np.asarray(self._load("split"))
+        if (self.path / "folds.npy").is_file():
+            split = np.array(self._load("folds")[:, self.fold - 1])
+        else:
+            split = np.array(self._load("split"))
+        if self.dev_fraction > 0:
+            rng = np.random.default_rng([self.dev_seed, 104729])
+            for c in np.unique(self.labels):
+                rows = np.flatnonzero((split == TRAIN) & (self.labels == c))
+                take = min(int(np.floor(self.dev_fraction * rows.size)), rows.size - 1)  # keep >= 1 train row
+                if take > 0:
+                    split[rng.choice(rows, take, replace=False)] = DEV
+        return split
+
+    def frames(self, rows: np.ndarray) -> np.ndarray:
+        """Video rows as normalised float32 (C, H, W), whatever the stored dtype."""
+        video = np.ascontiguousarray(self.video[rows])
+        if video.dtype == np.uint8:
+            from .features import IMAGENET_MEAN, IMAGENET_STD
+
+            mean = np.asarray(IMAGENET_MEAN, np.float32)[:, None, None]
+            std = np.asarray(IMAGENET_STD, np.float32)[:, None, None]
+            return (video.astype(np.float32) / 255.0 - mean) / std
+        return video
 
     @property
     def classes(self) -> list[str]:

@@ -81,10 +81,11 @@ def audio_only_partitions(num_partitions: int, missing_rate: float, seed: int) -
 
 
 @lru_cache(maxsize=8)
-def _split(cache_path: str, num_partitions: int, alpha: float, seed: int) -> tuple[np.ndarray, ...]:
+def _split(cache_path: str, num_partitions: int, alpha: float, seed: int, fold: int,
+           dev_fraction: float) -> tuple[np.ndarray, ...]:
     from .cache import FeatureCache
 
-    cache = FeatureCache(cache_path)
+    cache = FeatureCache(cache_path, fold=fold, dev_fraction=dev_fraction, dev_seed=seed)
     train = cache.indices("train")
     parts = dirichlet_partitions(cache.labels[train], num_partitions, alpha, seed)
     return tuple(train[p] for p in parts)
@@ -97,11 +98,17 @@ def get_partition(
     alpha: float,
     missing_rate: float,
     seed: int,
+    fold: int = 1,
+    dev_fraction: float = 0.0,
 ) -> Partition:
-    """Partition ``partition_id`` of the cache's train split (computed once per process)."""
+    """Partition ``partition_id`` of the cache's train split (computed once per process).
+
+    ``fold`` and ``dev_fraction`` select the train rows as :class:`data.cache.FeatureCache` does
+    (the dev split is seeded by ``seed``).
+    """
     if not 0 <= partition_id < num_partitions:
         raise PartitionError(f"partition-id {partition_id} is outside [0, {num_partitions})")
-    parts = _split(str(cache_path), num_partitions, float(alpha), int(seed))
+    parts = _split(str(cache_path), num_partitions, float(alpha), int(seed), int(fold), float(dev_fraction))
     audio_only = audio_only_partitions(num_partitions, missing_rate, seed)
     modality = AUDIO if partition_id in audio_only else AUDIOVISUAL
     return Partition(partition_id, parts[partition_id], modality)

@@ -23,10 +23,10 @@ from mirror_app.server_app import resolve_device
 
 @lru_cache(maxsize=4)
 def _workspace(dataset: str, data_dir: str, audio_backbone: str, video_backbone: str, embed_dim: int,
-               device: str) -> Workspace:
+               device: str, fold: int = 1) -> Workspace:
     """Dataset (memory-mapped) and models, built once per worker process and reused."""
     torch.set_num_threads(1)  # one simulated client per core
-    cache = load_dataset(dataset, data_dir)
+    cache = load_dataset(dataset, data_dir, fold)
     shapes = (cache.audio.shape[1:], cache.video.shape[1:])
 
     def make():
@@ -49,9 +49,10 @@ def make_client(context: Context):
         raise ValueError("node config needs 'partition-id' and 'num-partitions' "
                          "(flower-supernode --node-config \"partition-id=0 num-partitions=2\")")
     data_dir = str(node.get("data-dir") or cfg.data_path)
-    ws = _workspace(cfg.dataset, data_dir, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim, cfg.device)
+    ws = _workspace(cfg.dataset, data_dir, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim, cfg.device,
+                    cfg.fold)
     part = get_partition(str(ws.cache.path), int(node["partition-id"]), int(node["num-partitions"]),
-                         cfg.dirichlet_alpha, cfg.missing_rate, cfg.seed)
+                         cfg.dirichlet_alpha, cfg.missing_rate, cfg.seed, cfg.fold, cfg.dev_fraction)
     modality = str(node.get("modality", part.modality))
     if modality not in MODALITIES:
         raise ValueError(f"node config 'modality' = {modality!r} is invalid: one of {list(MODALITIES)}")

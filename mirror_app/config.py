@@ -53,6 +53,10 @@ class RunConfig:
     mu: float = 0.0
     server_lr: float = 0.01
     server_momentum: float = 0.9
+    fold: int = 1
+    dev_fraction: float = 0.0
+    audio_pretrained: str = ""
+    video_pretrained: str = ""
 
     # ------------------------------------------------------------------ parsing
     @classmethod
@@ -110,10 +114,21 @@ class RunConfig:
             raise _err("temperature", self.temperature, "a number > 0")
         if self.distill_ce_weight < 0:
             raise _err("distill-ce-weight", self.distill_ce_weight, "a number >= 0")
-        for key in ("audio-backbone", "video-backbone"):
+        from mirror_app.models import AUDIO_ONLY_BACKBONES
+
+        if self.audio_backbone not in BACKBONES:
+            raise _err("audio-backbone", self.audio_backbone, f"one of {sorted(BACKBONES)}")
+        video_ok = sorted(set(BACKBONES) - set(AUDIO_ONLY_BACKBONES))
+        if self.video_backbone not in video_ok:
+            raise _err("video-backbone", self.video_backbone, f"one of {video_ok}")
+        if self.fold < 1:
+            raise _err("fold", self.fold, "an integer >= 1 (UCF101 has folds 1, 2, 3; other datasets 1)")
+        if not 0.0 <= self.dev_fraction < 1.0:
+            raise _err("dev-fraction", self.dev_fraction, "a fraction in [0, 1)")
+        for key in ("audio-pretrained", "video-pretrained"):
             value = getattr(self, key.replace("-", "_"))
-            if value not in BACKBONES:
-                raise _err(key, value, f"one of {sorted(BACKBONES)}")
+            if value and not self.resolve(value).is_file():
+                raise _err(key, value, "a path to an existing local checkpoint file (weights never come from a hub)")
         if self.device not in ("cpu", "cuda", "auto"):
             raise _err("device", self.device, "one of ['auto', 'cpu', 'cuda']")
         if self.aggregator not in AGGREGATORS:

@@ -95,6 +95,36 @@ class TimmEncoder(nn.Module):
         return torch.relu(self.proj(self.backbone(x)))
 
 
+class AudioTransformer(nn.Module):
+    """AST/SSAST-style audio transformer: a timm VisionTransformer over the log-mel "image".
+
+    Input (B, frames, mel_bins) of raw kaldi fbank is normalised as SSAST does,
+    ``(x - mean) / (2 * std)`` with its AudioSet statistics, transposed to (B, 1, mels, frames)
+    as in AST, cut into 16 x 16 patches by a single-channel patch embedding, and the class
+    token's output is projected to ``embed_dim``.
+    """
+
+    MEAN, STD = -4.2677393, 4.5689974  # SSAST / AST AudioSet fbank statistics
+    SIZES = {"ast": (768, 12, 12), "ast-small": (384, 12, 6), "ast-tiny": (192, 12, 3)}
+
+    def __init__(self, shape: tuple[int, ...], embed_dim: int, size: str = "ast", patch: int = 16):
+        super().__init__()
+        from timm.models.vision_transformer import VisionTransformer
+
+        frames, mels = shape
+        if frames < patch or mels < patch:
+            raise ValueError(f"audio transformer needs at least {patch} frames and {patch} mel bins, got {shape}")
+        width, depth, heads = self.SIZES[size]
+        self.backbone = VisionTransformer(img_size=(mels, frames), patch_size=patch, in_chans=1, num_classes=0,
+                                          embed_dim=width, depth=depth, num_heads=heads, global_pool="token")
+        self.proj = nn.Linear(width, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.MEAN) / (2 * self.STD)
+        x = x.transpose(1, 2).unsqueeze(1)  # (B, frames, mels) -> (B, 1, mels, frames)
+        return torch.relu(self.proj(self.backbone(x)))
+
+
 def _channels(shape: tuple[int, ...]) -> int:
     """Image-like channels of an input: 1 for a (frames, mels) spectrogram, C for (C, H, W)."""
     return 1 if len(shape) == 2 else shape[0]
@@ -106,7 +136,56 @@ BACKBONES: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
     "tdnn-small": lambda shape, dim: SmallTDNN(shape[-1], dim),
     "cnn-small": lambda shape, dim: SmallCNN(_channels(shape), dim),
     "resnet18": lambda shape, dim: TimmEncoder("resnet18", _channels(shape), dim),
+    "ast": lambda shape, dim: AudioTransformer(shape, dim, "ast"),
+    "ast-small": lambda shape, dim: AudioTransformer(shape, dim, "ast-small"),
+    "ast-tiny": lambda shape, dim: AudioTransformer(shape, dim, "ast-tiny"),
 }
+AUDIO_ONLY_BACKBONES = ("tdnn-small", "ast", "ast-small", "ast-tiny")  # need (frames, mels) input
+
+
+class PretrainedError(ValueError):
+    """A pretrained-weights file is missing or does not fit the backbone."""
+
+
+def load_pretrained(encoder: nn.Module, path: str, key: str) -> None:
+    """Load a local checkpoint into ``encoder.backbone`` (a timm model); never downloads.
+
+    Accepts a plain state dict or one wrapped as {"state_dict": ...} / {"model": ...}, as
+    saved by timm, torchvision or SSAST training (a "module." prefix is stripped). Classifier
+    weights (``fc.``, ``head.``) are ignored; anything else that is missing, unexpected or of
+    another shape is an error naming the first few keys.
+    """
+    from pathlib import Path
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise PretrainedError(f"run config '{key}' = {path!r} is invalid: no such file")
+    backbone = getattr(encoder, "backbone", None)
+    if backbone is None:
+        raise PretrainedError(f"run config '{key}' = {path!r} is invalid: this backbone takes no pretrained weights; "
+                              "use resnet18 or an ast variant")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same error for the user
+        raise PretrainedError(f"run config '{key}' = {path!r} is invalid: not a PyTorch checkpoint "
+                              f"({type(exc).__name__})") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise PretrainedError(f"run config '{key}' = {path!r} is invalid: expected a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith(("fc.", "head.", "module.fc.",
+                                                                                          "module.head."))}
+    own = backbone.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in own
+             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{name}: {v[:3]}{' ...' if len(v) > 3 else ''}"
+                           for name, v in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)) if v)
+        raise PretrainedError(f"run config '{key}' = {path!r} does not fit the backbone ({detail})")
+    backbone.load_state_dict(state)
 
 
 # ------------------------------------------------------------------------------- model
@@ -148,6 +227,9 @@ def build_model(
     for key, name in (("audio-backbone", audio_backbone), ("video-backbone", video_backbone)):
         if name not in BACKBONES:
             raise ValueError(f"{key} {name!r} is unknown; available: {sorted(BACKBONES)}")
+    if video_backbone in AUDIO_ONLY_BACKBONES:
+        raise ValueError(f"video-backbone {video_backbone!r} takes spectrograms only; "
+                         f"one of {sorted(set(BACKBONES) - set(AUDIO_ONLY_BACKBONES))}")
     if seed is not None:
         torch.manual_seed(seed)
     return DualEncoder(

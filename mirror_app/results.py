@@ -27,7 +27,7 @@ from flwr.common import log
 
 METRIC_COLUMNS = [
     "round", "phase_index", "phase", "audio_top1", "audio_top5", "audio_macro_f1", "av_top1", "av_top5",
-    "clients", "failures", "bytes_to_clients", "bytes_from_clients", "seconds",
+    "dev_audio_top1", "dev_audio_top5", "clients", "failures", "bytes_to_clients", "bytes_from_clients", "seconds",
 ]
 
 

@@ -11,7 +11,7 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 
 from data import load_dataset
 from mirror_app.config import RunConfig
-from mirror_app.models import GROUPS, build_model, set_groups
+from mirror_app.models import GROUPS, build_model, load_pretrained, set_groups
 from mirror_app.results import RunRecorder, load_checkpoint
 from mirror_app.training import evaluate
 from strategies import resolve_strategy
@@ -32,11 +32,15 @@ class Evaluator:
         self.model = model.to(device)
         self.cache = cache
         self.indices = cache.indices("test")
+        self.dev = cache.indices("dev")
         self.device = device
 
     def __call__(self, audio_state: dict, av_state: dict) -> dict:
         set_groups(self.model, audio_state)
         audio = evaluate(self.model, self.cache, self.indices, device=self.device, parts=("audio",))
+        if self.dev.size:  # the dev split, for choosing settings without looking at test
+            dev = evaluate(self.model, self.cache, self.dev, device=self.device, parts=("audio",))
+            audio |= {"dev_audio_top1": dev["audio_top1"], "dev_audio_top5": dev["audio_top5"]}
         set_groups(self.model, av_state)
         return audio | evaluate(self.model, self.cache, self.indices, device=self.device, parts=("av",))
 
@@ -46,11 +50,16 @@ def make_components(context: Context) -> ServerAppComponents:
     out_root = cfg.check_output_dir()
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
-    cache = load_dataset(cfg.dataset, cfg.data_path)
-    log(INFO, "dataset %s: %d samples, %d classes (%s, %.1f s)", cfg.dataset, len(cache), cache.num_classes,
-        cache.path, time.perf_counter() - t0)
+    cache = load_dataset(cfg.dataset, cfg.data_path, cfg.fold, cfg.dev_fraction, cfg.seed)
+    log(INFO, "dataset %s: %d samples, %d classes, fold %d: %d train / %d dev / %d test (%s, %.1f s)", cfg.dataset,
+        len(cache), cache.num_classes, cache.fold, cache.indices("train").size, cache.indices("dev").size,
+        cache.indices("test").size, cache.path, time.perf_counter() - t0)
     model = build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], cfg.audio_backbone,
                         cfg.video_backbone, cfg.embed_dim, seed=cfg.seed)
+    if cfg.audio_pretrained:  # the server's initial weights; clients receive them with round 1
+        load_pretrained(model.audio_encoder, str(cfg.resolve(cfg.audio_pretrained)), "audio-pretrained")
+    if cfg.video_pretrained:
+        load_pretrained(model.video_encoder, str(cfg.resolve(cfg.video_pretrained)), "video-pretrained")
     teacher = None
     if cfg.init_checkpoint:
         state, teacher = load_checkpoint(cfg.resolve(cfg.init_checkpoint))

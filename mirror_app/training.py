@@ -34,7 +34,7 @@ def batches(
     for start in range(0, len(order), batch_size):
         rows = np.sort(order[start : start + batch_size])  # sorted reads are memmap-friendly
         audio = torch.from_numpy(np.ascontiguousarray(cache.audio[rows])).to(device)
-        video = torch.from_numpy(np.ascontiguousarray(cache.video[rows])).to(device) if with_video else None
+        video = torch.from_numpy(cache.frames(rows)).to(device) if with_video else None
         labels = torch.from_numpy(cache.labels[rows]).to(device)
         yield Batch(audio, video, labels)
 
