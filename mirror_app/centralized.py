@@ -21,8 +21,9 @@ from mirror_app.models import build_model
 from mirror_app.training import evaluate, train_audio, train_av
 
 
-def centralized(dataset: str, data_dir: str, epochs: int, lr: float, batch_size: int, seed: int) -> dict:
-    cache = load_dataset(dataset, data_dir)
+def centralized(dataset: str, data_dir: str, epochs: int, lr: float, batch_size: int, seed: int,
+                fold: int = 1) -> dict:
+    cache = load_dataset(dataset, data_dir, fold=fold)
     train = cache.indices("train")
     test = cache.indices("test")
     model = build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], seed=seed)
@@ -33,6 +34,7 @@ def centralized(dataset: str, data_dir: str, epochs: int, lr: float, batch_size:
     metrics = evaluate(model, cache, test)
     return {
         "dataset": dataset,
+        "fold": fold,
         "epochs": epochs,
         "audio_top1": metrics["audio_top1"],
         "audio_top5": metrics["audio_top5"],
@@ -49,12 +51,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fold", type=int, default=1, help="official fold (UCF101: 1, 2, 3)")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from pathlib import Path
 
     result = centralized(args.dataset, str(Path(args.data_dir).expanduser()), args.epochs, args.lr,
-                         args.batch_size, args.seed)
+                         args.batch_size, args.seed, args.fold)
     print(json.dumps(result))
 
 
