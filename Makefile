@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 
-.PHONY: venv run test calibrate prepare table1 table1-quick clean
+.PHONY: venv run test calibrate prepare deploy-local table1 table1-quick clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -40,6 +40,14 @@ PREPARE_ARGS ?=
 prepare: venv
 	@test -n "$(DATASET)" -a -n "$(SRC)" || { echo "usage: make prepare DATASET=ucf101|activitynet|manifest SRC=<folder> [DATA_DIR=...] [PREPARE_ARGS='--image-size 112']"; exit 2; }
 	$(PY) -m data.prepare $(DATASET) --src "$(SRC)" --data-dir "$(DATA_DIR)" $(PREPARE_ARGS)
+
+## deploy-local: a real SuperLink and N SuperNodes on loopback (AUDIO_ONLY of them without video)
+N ?= 3
+AUDIO_ONLY ?= 1
+SECURE ?=
+deploy-local: venv
+	$(PY) -m mirror_app.deploy --nodes $(N) --audio-only $(AUDIO_ONLY) $(if $(SECURE),--secure) \
+		--out $(CURDIR)/results/deploy --run-config "$(RUN_CONFIG)"
 
 ## table1: methods x missing rates {0.1..0.5} x 3 seeds (+ Figure 3 rates), table and figures
 table1: venv

@@ -60,7 +60,8 @@ def features(item: Item, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
         frame = decode.middle_frame(item.video)
     else:
         wave = decode.audio(item.audio, spec.audio_seconds)
-        frame = decode.image(item.image)
+        # audio-only data keeps a black frame so every cache has the same layout
+        frame = decode.image(item.image) if item.image else np.zeros((spec.image_size, spec.image_size, 3), np.uint8)
     mel = log_mel(wave, spec)
     img = torch.from_numpy(np.array(frame, copy=True)).permute(2, 0, 1)
     img = v2.Resize((spec.image_size, spec.image_size), antialias=True)(img)
@@ -214,9 +215,11 @@ def _assemble(source: Source, spec: FeatureSpec, work: Path, tmp: Path, log) -> 
     counts = {f"fold{f + 1}": {"train": int((splits[:, f] == TRAIN).sum()), "test": int((splits[:, f] == TEST).sum()),
                                "unused": int((splits[:, f] == UNUSED).sum())} for f in range(source.num_folds)}
     return {"dataset": source.dataset, "classes": classes, "num_samples": n, "num_folds": source.num_folds,
+            "has_video": source.has_video,
             "splits": counts, "clips": [i.key for i in kept], "skipped": len(skipped),
             "audio": f"kaldi log-mel fbank, {spec.num_mel_bins} bins, first {spec.audio_seconds:g} s at 16 kHz mono",
-            "video": f"middle frame, uint8 RGB {spec.image_size}x{spec.image_size}"}
+            "video": f"middle frame, uint8 RGB {spec.image_size}x{spec.image_size}" if source.has_video
+            else "none (audio-only data; black frames)"}
 
 
 def _write_skips(path: Path, rows: list[tuple[str, str]]) -> None:

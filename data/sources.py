@@ -46,6 +46,7 @@ class Source:
     num_folds: int = 1
     expected_classes: int | None = None  # checked when the source is complete
     missing: list[tuple[str, str]] = field(default_factory=list)  # (id, reason): listed but absent
+    has_video: bool = True  # False: an audio-only collection (its nodes can only take the audio role)
 
     def check_test_labels(self) -> None:
         check_test_labels([i.label for i in self.items], np.array([i.splits for i in self.items]), self.dataset)
@@ -172,8 +173,9 @@ def read_activitynet(src: str | Path) -> Source:
 
 # ----------------------------------------------------------------------------- manifest
 def read_manifest(src: str | Path, seed: int = 0, test_fraction: float = 0.2) -> Source:
-    """``src/manifest.csv``: column ``label`` and either ``video`` or ``audio`` + ``image`` paths
-    (relative to ``src`` or absolute), optional ``split`` (train / test / dev). Without a split
+    """``src/manifest.csv``: column ``label`` and either ``video``, ``audio`` + ``image``, or ``audio``
+    alone (an audio-only device's data) as paths (relative to ``src`` or absolute), optional
+    ``split`` (train / test / dev). Without a split
     column a stratified ``test_fraction`` of each class (seeded) becomes the test split.
     """
     import pandas as pd
@@ -187,16 +189,16 @@ def read_manifest(src: str | Path, seed: int = 0, test_fraction: float = 0.2) ->
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise SourceError(f"manifest: {path} is not a readable CSV ({exc})") from None
     cols = set(table.columns)
-    has_video, has_pair = "video" in cols, {"audio", "image"} <= cols
-    if "label" not in cols or not (has_video or has_pair):
-        raise SourceError(f"manifest: {path.name} needs columns 'label' and either 'video' or 'audio' + 'image'; "
-                          f"found {sorted(cols)}")
+    has_video, has_pair, audio_only = "video" in cols, {"audio", "image"} <= cols, "audio" in cols
+    if "label" not in cols or not (has_video or has_pair or audio_only):
+        raise SourceError(f"manifest: {path.name} needs columns 'label' and either 'video', 'audio' + 'image', "
+                          f"or 'audio' alone (data without video); found {sorted(cols)}")
     if table.empty:
         raise SourceError(f"manifest: {path.name} has no rows")
     if (table["label"].str.strip() == "").any():
         row = int(np.flatnonzero(table["label"].str.strip() == "")[0]) + 2
         raise SourceError(f"manifest: {path.name} line {row} has an empty label")
-    kinds = ["video"] if has_video else ["audio", "image"]
+    kinds = ["video"] if has_video else ["audio", "image"] if has_pair else ["audio"]
 
     def resolve(value: str) -> Path:
         p = Path(value)
@@ -230,7 +232,8 @@ def read_manifest(src: str | Path, seed: int = 0, test_fraction: float = 0.2) ->
             raise SourceError(f"manifest: line {i + 2} repeats {key!r}; every clip must appear once")
         seen.add(key)
         items.append(Item(key, table.at[i, "label"].strip(), (int(split[i]),), **paths))
-    source = Source("manifest", src, items, sorted({i.label for i in items}), num_folds=1)
+    source = Source("manifest", src, items, sorted({i.label for i in items}), num_folds=1,
+                    has_video=kinds != ["audio"])
     source.check_test_labels()
     return source
 

@@ -1,8 +1,9 @@
 """ClientApp: which client a node runs follows from its partition (simulation) or node config.
 
 Node config keys: ``partition-id`` and ``num-partitions`` (set by the simulation engine, or
-by ``flower-supernode --node-config``), optional ``modality`` (``audio`` | ``audiovisual``,
-overriding the run's seeded missing-rate assignment) and optional ``data-dir``.
+by ``flower-supernode --node-config``; leave both out to train on all of the node's own
+data), optional ``modality`` (``audio`` | ``audiovisual``, overriding the run's seeded
+missing-rate assignment) and optional ``data-dir`` (where this node's feature caches are).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from flwr.common import Context
 
 from clients import CLIENT_KINDS, LocalSettings, Workspace
 from data import load_dataset
-from data.partition import MODALITIES, Partition, get_partition
+from data.partition import AUDIOVISUAL, MODALITIES, Partition, get_partition
 from mirror_app.config import RunConfig
 from mirror_app.models import build_model
 from mirror_app.server_app import resolve_device
@@ -42,20 +43,30 @@ def _config(items: tuple) -> RunConfig:
 
 
 def make_client(context: Context):
-    """The NumPyClient for this node: AudioClient or AudioVisualClient."""
+    """The NumPyClient for this node: AudioClient or AudioVisualClient.
+
+    Without ``partition-id``/``num-partitions`` the node trains on the whole train split of its
+    own data (``data-dir`` in its node config). A node whose data has no video refuses the
+    audiovisual role.
+    """
     cfg = _config(tuple(sorted(context.run_config.items())))
     node = context.node_config
-    if "partition-id" not in node or "num-partitions" not in node:
-        raise ValueError("node config needs 'partition-id' and 'num-partitions' "
-                         "(flower-supernode --node-config \"partition-id=0 num-partitions=2\")")
+    if ("partition-id" in node) != ("num-partitions" in node):
+        raise ValueError("node config needs both 'partition-id' and 'num-partitions' (a partition of a shared "
+                         "dataset), or neither (the node's own data-dir): "
+                         "flower-supernode --node-config \"partition-id=0 num-partitions=2\"")
+    pid, num = (int(node["partition-id"]), int(node["num-partitions"])) if "partition-id" in node else (0, 1)
     data_dir = str(node.get("data-dir") or cfg.data_path)
     ws = _workspace(cfg.dataset, data_dir, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim, cfg.device,
                     cfg.fold)
-    part = get_partition(str(ws.cache.path), int(node["partition-id"]), int(node["num-partitions"]),
-                         cfg.dirichlet_alpha, cfg.missing_rate, cfg.seed, cfg.fold, cfg.dev_fraction)
+    part = get_partition(str(ws.cache.path), pid, num, cfg.dirichlet_alpha, cfg.missing_rate, cfg.seed, cfg.fold,
+                         cfg.dev_fraction)
     modality = str(node.get("modality", part.modality))
     if modality not in MODALITIES:
         raise ValueError(f"node config 'modality' = {modality!r} is invalid: one of {list(MODALITIES)}")
+    if modality == AUDIOVISUAL and not ws.cache.meta.get("has_video", True):
+        raise ValueError(f"node config 'modality' = 'audiovisual' is invalid: this node's data ({ws.cache.path}) "
+                         "has no video; start it with modality=audio")
     settings = LocalSettings(cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.optimizer, cfg.temperature,
                              cfg.distill_ce_weight, cfg.seed, cfg.mu)
     return CLIENT_KINDS[modality](

@@ -94,35 +94,73 @@ def _zombie(pid: int) -> bool:
 
 
 class SuperLink:
-    """A simulation SuperLink on a free loopback port, with an isolated FLWR_HOME."""
+    """A SuperLink on a free loopback port, with an isolated FLWR_HOME.
 
-    def __init__(self, home: Path, simulation: bool = True):
+    ``simulation=True`` runs ClientApps in Ray (``flwr run`` simulations); ``False`` waits for
+    real SuperNodes. ``certs`` (a :class:`mirror_app.certs.Certs`) turns on TLS, and
+    ``node_auth`` accepts only SuperNodes whose public key was registered (``register``).
+    The connection is stored in FLWR_HOME/config.toml under the name ``test``.
+    """
+
+    def __init__(self, home: Path, simulation: bool = True, certs=None, node_auth: bool = False):
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.env = flwr_env(self.home)
+        self.certs = certs
+        security = (f'root-certificates = "{certs.ca_cert}"\n' if certs else "insecure = true\n")
         (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
+            f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{self.port}"\n{security}'
         )
-        cmd = ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
+        cmd = ["flower-superlink", "--host", "127.0.0.1", "--port", str(self.port),
                "--database", str(self.home / "state.db")]
+        if certs:
+            cmd += ["--ssl-ca-certfile", str(certs.ca_cert), "--ssl-certfile", str(certs.server_cert),
+                    "--ssl-keyfile", str(certs.server_key)]
+        else:
+            cmd.append("--insecure")
+        if node_auth:
+            cmd.append("--enable-supernode-auth")
         if simulation:
             cmd.append("--simulation")
         self.log = open(self.home / "superlink.log", "w")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
+        self.nodes: list[SuperNode] = []
+        import ssl
+
+        scheme, verify = ("https", ssl.create_default_context(cafile=str(certs.ca_cert))) if certs else ("http", True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"flower-superlink exited: {(self.home / 'superlink.log').read_text()[-2000:]}")
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=0.5).is_success:
+                if httpx.get(f"{scheme}://127.0.0.1:{self.port}/health", timeout=0.5, verify=verify).is_success:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
         self.stop()
         raise RuntimeError("flower-superlink did not become healthy within 60 s")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def register(self, public_key: Path) -> None:
+        """Register a SuperNode's public key (``flwr supernode register``), for ``node_auth``."""
+        res = subprocess.run(["flwr", "supernode", "register", str(public_key), "test"], env=self.env,
+                             capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            raise RuntimeError(f"flwr supernode register failed: {(res.stdout + res.stderr)[-1500:]}")
+
+    def start_node(self, name: str, node_config: str, tls: bool | None = None, private_key: Path | None = None,
+                   max_retries: int | None = None) -> "SuperNode":
+        """Start a SuperNode against this SuperLink (TLS when it has certificates, unless ``tls=False``)."""
+        node = SuperNode(self, name, node_config, self.certs is not None if tls is None else tls, private_key,
+                         max_retries)
+        self.nodes.append(node)
+        return node
 
     def flwr_run(self, app: Path, *args: str, timeout: float = 600, log_file: Path | None = None
                  ) -> subprocess.CompletedProcess:
@@ -141,6 +179,49 @@ class SuperLink:
         self.stop()
 
     def stop(self) -> set[int]:
-        survivors = stop_tree(self.proc)
+        survivors: set[int] = set()
+        for node in self.nodes:
+            survivors |= node.stop()
+        survivors |= stop_tree(self.proc)
         self.log.close()
         return survivors
+
+
+class SuperNode:
+    """One ``flower-supernode`` process in its own session, logging to FLWR_HOME/<name>.log."""
+
+    def __init__(self, link: SuperLink, name: str, node_config: str, tls: bool, private_key: Path | None = None,
+                 max_retries: int | None = None):
+        self.name = name
+        self.log_path = link.home / f"{name}.log"
+        cmd = ["flower-supernode", "--superlink", link.address, "--port", str(free_port()),
+               "--node-config", node_config]
+        cmd += ["--root-certificates", str(link.certs.ca_cert)] if tls else ["--insecure"]
+        if private_key is not None:
+            cmd += ["--auth-supernode-private-key", str(private_key)]
+        if max_retries is not None:
+            cmd += ["--max-retries", str(max_retries)]
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, env=link.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def kill(self) -> None:
+        """kill -9 of the node's whole process tree (a crashed machine)."""
+        table = _table()
+        tree = {self.proc.pid} | descendants(self.proc.pid)
+        sessions = {table[p][1] for p in tree if p in table}
+        for p in {p for p, (_, sid) in table.items() if sid in sessions} | tree:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+
+    def stop(self) -> set[int]:
+        survivors = stop_tree(self.proc)
+        self._log.close()
+        return survivors
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()

@@ -21,11 +21,6 @@ def superlink(tmp_path_factory):
     assert not survivors, f"processes left running: {survivors}"
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
 def run_config(**overrides) -> str:
     return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in overrides.items())
 

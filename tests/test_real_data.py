@@ -169,7 +169,7 @@ def test_manifest_without_split_column_gets_a_seeded_stratified_split(tmp_path):
 
 
 @pytest.mark.parametrize("case, match", [
-    ("columns", r"needs columns 'label' and either 'video' or 'audio' \+ 'image'"),
+    ("columns", r"needs columns 'label' and either 'video', 'audio' \+ 'image'"),
     ("path", r"1 path\(s\) in manifest.csv do not exist, first line 3 audio = 'nope.wav'"),
     ("unseen", r"labels in the test split of fold 1 never occur in its train split: \['cat'\]"),
     ("split", r"column 'split' has \['validation'\]; allowed"),

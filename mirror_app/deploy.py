@@ -1,0 +1,116 @@
+"""A real deployment on this machine: one SuperLink and N SuperNodes on loopback.
+
+    python -m mirror_app.deploy --nodes 3 --audio-only 1            # what `make deploy-local` runs
+    python -m mirror_app.deploy --nodes 3 --audio-only 1 --secure   # TLS + SuperNode authentication
+
+Unlike simulation, every client is its own ``flower-supernode`` process that connects to
+the SuperLink over the Fleet API, exactly as on separate machines. Node ``i`` gets
+``--node-config "partition-id=i num-partitions=N modality=audio|audiovisual"``: the first
+``--audio-only`` nodes lost their video. The connection is registered in an isolated
+FLWR_HOME, ModalityMirror (or ``--run-config "strategy=..."``) runs with
+``flwr run . <connection> --stream``, and the run folder lands under ``--out``. Every process
+started here is stopped at the end, also on Ctrl-C or SIGTERM.
+
+With ``--secure``, a CA, a server certificate and one key pair per node are made under
+FLWR_HOME (mirror_app/certs.py), the SuperLink serves TLS and accepts only SuperNodes whose
+public key was registered with ``flwr supernode register``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mirror_app.launch import SuperLink
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def node_configs(nodes: int, audio_only: int, data_dir: str | None = None) -> list[str]:
+    """``--node-config`` of each SuperNode: a partition of the shared dataset and a modality."""
+    if nodes < 1:
+        raise ValueError(f"--nodes {nodes}: at least 1")
+    if not 0 <= audio_only <= nodes:
+        raise ValueError(f"--audio-only {audio_only}: between 0 and --nodes ({nodes})")
+    extra = f" data-dir='{data_dir}'" if data_dir else ""
+    return [f"partition-id={i} num-partitions={nodes} modality='{'audio' if i < audio_only else 'audiovisual'}'"
+            + extra for i in range(nodes)]
+
+
+def deploy(nodes: int = 3, audio_only: int = 1, run_config: str = "", out: Path = ROOT / "results" / "deploy",
+           secure: bool = False, home: Path | None = None, data_dir: str | None = None,
+           on_started=None, log=print) -> Path:
+    """Start the deployment, run the app to completion, stop everything; returns the run folder."""
+    configs = node_configs(nodes, audio_only, data_dir)
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    home = Path(home) if home else Path(tempfile.mkdtemp(prefix="flwr-deploy-"))
+    certs = keys = None
+    if secure:
+        from mirror_app.certs import make_certs, make_node_key
+
+        certs = make_certs(home / "certs")
+        keys = [make_node_key(home / "certs", f"node{i}") for i in range(nodes)]
+    t0 = time.perf_counter()
+    with SuperLink(home, simulation=False, certs=certs, node_auth=secure) as link:
+        log(f"SuperLink at {link.address} ({'TLS, SuperNode authentication' if secure else 'insecure'}); "
+            f"FLWR_HOME {home}")
+        for i, cfg in enumerate(configs):
+            if keys:
+                link.register(keys[i][1])
+            link.start_node(f"node{i}", cfg, private_key=keys[i][0] if keys else None)
+            log(f"  SuperNode node{i}: {cfg}")
+        if on_started:
+            on_started(link)
+        before = set(out.iterdir())
+        given = {k.strip() for k in re.findall(r"(\S+?)=", run_config)}
+        defaults = {"output-dir": f"'{out}'", "clients-per-round": str(nodes)}
+        config = " ".join([f"{k}={v}" for k, v in defaults.items() if k not in given] + [run_config]).strip()
+        log_file = out / f"deploy-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        log(f"flwr run . test --stream --run-config \"{config}\"  (log: {log_file})")
+        res = link.flwr_run(ROOT, "--run-config", config, log_file=log_file, timeout=None)
+        runs = [d for d in set(out.iterdir()) - before if d.is_dir()]
+        if res.returncode != 0 or len(runs) != 1 or not (runs[0] / "summary.json").is_file():
+            raise RuntimeError(f"the deployed run did not finish; see {log_file} and the node logs in {home}")
+    log(f"finished in {time.perf_counter() - t0:.1f} s: {runs[0]}")
+    return runs[0]
+
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mirror_app.deploy", description=__doc__.split("\n\n")[0])
+    p.add_argument("--nodes", type=int, default=3, help="SuperNodes to start")
+    p.add_argument("--audio-only", type=int, default=1, help="how many of them lost their video")
+    p.add_argument("--secure", action="store_true", help="TLS and SuperNode authentication")
+    p.add_argument("--run-config", default="", help='e.g. "num-server-rounds=5 distill-rounds=2"')
+    p.add_argument("--out", default=str(ROOT / "results" / "deploy"), help="where the run folder goes")
+    p.add_argument("--data-dir", default=None, help="data-dir of every node (default: the run config's)")
+    p.add_argument("--home", default=None, help="FLWR_HOME for this deployment (default: a new temp folder)")
+    a = p.parse_args(argv)
+    try:
+        node_configs(a.nodes, a.audio_only)
+    except ValueError as exc:
+        p.error(str(exc))
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        deploy(a.nodes, a.audio_only, a.run_config, Path(a.out), a.secure, Path(a.home) if a.home else None,
+               a.data_dir)
+    except KeyboardInterrupt:
+        print("interrupted: every process of this deployment was stopped", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""A real deployment on loopback: SuperLink + SuperNodes as separate processes, secured, and with a node crash."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mirror_app.certs import make_certs, make_node_key
+from mirror_app.deploy import node_configs
+from mirror_app.launch import SuperLink
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def online_nodes(link: SuperLink) -> list[dict]:
+    res = subprocess.run(["flwr", "supernode", "list", "test", "--format", "json"], env=link.env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return [n for n in json.loads(res.stdout)["nodes"] if n.get("status") == "online"]
+
+
+def wait_online(link: SuperLink, count: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(online_nodes(link)) >= count:
+            return
+        time.sleep(2)
+    logs = "\n".join(f"--- {n.name}\n{n.output()[-800:]}" for n in link.nodes)
+    raise AssertionError(f"fewer than {count} SuperNodes online after {timeout} s\n{logs}")
+
+
+def run_app(link: SuperLink, data_dir: Path, out: Path, rounds: int = 2) -> tuple[Path, str]:
+    cfg = (f"num-server-rounds={rounds} distill-rounds=1 clients-per-round=3 local-epochs=1 "
+           f"data-dir='{data_dir}' output-dir='{out}'")
+    res = link.flwr_run(ROOT, "--run-config", cfg, timeout=900)
+    log = res.stdout + res.stderr
+    runs = list(out.iterdir()) if out.exists() else []
+    assert res.returncode == 0 and len(runs) == 1 and (runs[0] / "summary.json").is_file(), log[-4000:]
+    return runs[0], log
+
+
+@pytest.mark.timeout(900)
+def test_secure_deployment_runs_modality_mirror_and_refuses_strangers(tmp_path, data_dir):
+    certs = make_certs(tmp_path / "certs")
+    keys = [make_node_key(tmp_path / "certs", f"node{i}") for i in range(3)]
+    stranger, _ = make_node_key(tmp_path / "certs", "stranger")  # never registered
+    link = SuperLink(tmp_path / "home", simulation=False, certs=certs, node_auth=True)
+    try:
+        for (private, public), cfg in zip(keys, node_configs(3, 1)):
+            link.register(public)
+            link.start_node(f"node{len(link.nodes)}", cfg, private_key=private)
+        wait_online(link, 3)
+        run, _ = run_app(link, data_dir, tmp_path / "out")
+
+        metrics = pd.read_csv(run / "metrics.csv")
+        assert list(metrics["phase"]) == ["modality-aware-fl"] * 3 + ["distillation"]
+        assert (metrics["failures"] == 0).all() and metrics["audio_top1"].between(0, 1).all()
+        assert list(metrics["clients"]) == [0, 3, 3, 2]  # phase 2: the two audiovisual nodes
+        clients = pd.read_csv(run / "clients.csv")
+        phase1 = clients[clients["phase"] == "modality-aware-fl"]
+        assert sorted(phase1.groupby("modality")["node_id"].nunique().items()) == [("audio", 1), ("audiovisual", 2)]
+
+        # an unregistered key is refused by the SuperLink; a plaintext connection cannot talk to TLS
+        bad = link.start_node("stranger", "partition-id=0 num-partitions=3", private_key=stranger, max_retries=0)
+        plain = link.start_node("plaintext", "partition-id=0 num-partitions=3", tls=False, max_retries=0)
+        for node, reason in ((bad, "[code: 2004]"), (plain, "Exit Code: 305")):
+            assert node.proc.wait(timeout=120) != 0
+            assert reason in node.output(), node.output()[-2000:]
+        assert len(online_nodes(link)) == 3
+    finally:
+        survivors = link.stop()
+    assert not survivors, f"processes left running: {survivors}"
+
+
+@pytest.mark.timeout(900)
+def test_a_supernode_killed_mid_run_is_counted_and_the_run_completes(tmp_path, data_dir):
+    link = SuperLink(tmp_path / "home", simulation=False)
+    out = tmp_path / "out"
+    try:
+        for i, cfg in enumerate(node_configs(3, 1, str(data_dir))):
+            link.start_node(f"node{i}", cfg)
+        wait_online(link, 3)
+        victim = link.nodes[2]  # audiovisual: the teacher side loses a client
+
+        def kill_after_round_one():
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                for f in out.glob("*/metrics.csv"):
+                    if len(pd.read_csv(f)) >= 2:  # rounds 0 and 1 are written: kill during round 2
+                        victim.kill()
+                        return
+                time.sleep(0.5)
+
+        killer = threading.Thread(target=kill_after_round_one, daemon=True)
+        killer.start()
+        run, log = run_app(link, data_dir, out, rounds=3)
+        killer.join(timeout=5)
+        assert victim.proc.returncode is not None, "the node was never killed"
+
+        metrics = pd.read_csv(run / "metrics.csv")
+        assert list(metrics["round"]) == [0, 1, 2, 3, 4]
+        assert metrics.loc[1, "failures"] == 0 and metrics["failures"].sum() >= 1, metrics
+        clients = pd.read_csv(run / "clients.csv")
+        assert (clients["status"] == "failed").sum() >= 1
+        # the last rounds still aggregate the surviving nodes
+        assert metrics.loc[4, "clients"] >= 1 and (run / "model.pt").is_file()
+    finally:
+        survivors = link.stop()
+    assert not survivors, f"processes left running: {survivors}"
