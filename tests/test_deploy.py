@@ -113,3 +113,40 @@ def test_a_supernode_killed_mid_run_is_counted_and_the_run_completes(tmp_path, d
     finally:
         survivors = link.stop()
     assert not survivors, f"processes left running: {survivors}"
+
+
+@pytest.mark.timeout(600)
+def test_deploy_local_stops_every_process_on_ctrl_c(tmp_path, data_dir):
+    import os
+    import signal
+    import sys
+
+    from mirror_app.launch import _zombie, descendants
+
+    cmd = [sys.executable, "-m", "mirror_app.deploy", "--nodes", "2", "--audio-only", "1", "--home",
+           str(tmp_path / "home"), "--out", str(tmp_path / "out"), "--data-dir", str(data_dir),
+           "--run-config", f"num-server-rounds=50 local-epochs=1 data-dir='{data_dir}'"]
+    log = tmp_path / "deploy.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def run_log() -> str:  # the streamed `flwr run` output
+            return "".join(f.read_text() for f in (tmp_path / "out").glob("deploy-*.log"))
+
+        deadline = time.monotonic() + 300  # interrupt once the run is submitted and its ServerApp starts
+        while time.monotonic() < deadline and "Starting logstream" not in run_log():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(1)
+        assert "Starting logstream" in run_log(), log.read_text()[-3000:] + run_log()[-3000:]
+        time.sleep(5)
+        started = descendants(proc.pid)
+        assert len(started) >= 6  # SuperLink, 2 SuperNodes, their SuperExecs, flwr run, ...
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+        assert proc.wait(timeout=120) == 130
+        time.sleep(1)
+        alive = {p for p in started if Path(f"/proc/{p}").exists() and not _zombie(p)}
+        assert not alive, f"left running: {alive}"
+        assert "every process of this deployment was stopped" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -239,3 +239,34 @@ def test_modality_mirror_runs_on_each_prepared_dataset(superlink, which, extra, 
     assert config["dataset"] == cache.meta["dataset"]
     if "dev-fraction=0.3" in extra:
         assert metrics["dev_audio_top1"].between(0, 1).all()
+
+
+# ------------------------------------------------------------- a node on its own data
+def _context(node_config: dict, run_config: dict):
+    from flwr.app import RecordDict
+    from flwr.common import Context
+
+    return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=run_config)
+
+
+def test_a_node_on_its_own_audio_only_data_refuses_the_audiovisual_role(tmp_path):
+    from mirror_app.client_app import make_client
+
+    src = tmp_path / "device"
+    rows = ["label,audio"] + [f"{lab},a/{lab}{k}.wav" for lab in ("dog", "cat") for k in range(4)]
+    for li, lab in enumerate(("dog", "cat")):
+        for k in range(4):
+            write_wav(src / "a" / f"{lab}{k}.wav", li + k)
+    (src / "manifest.csv").write_text("\n".join(rows) + "\n")
+    cache = prepare("manifest", src, tmp_path / "data", SPEC, workers=1, log=lambda m: None)
+    assert cache.meta["has_video"] is False and len(cache) == 8
+
+    run = {"dataset": "manifest", "data-dir": str(tmp_path / "elsewhere")}
+    own = {"data-dir": str(tmp_path / "data")}  # no partition: all of this node's train data
+    client = make_client(_context({**own, "modality": "audio"}, run))
+    assert client.partition.modality == "audio"
+    assert sorted(client.partition.indices) == sorted(cache.indices("train"))
+    with pytest.raises(ValueError, match="'modality' = 'audiovisual' is invalid: this node's data .* has no video"):
+        make_client(_context({**own, "modality": "audiovisual"}, run))
+    with pytest.raises(ValueError, match="needs both 'partition-id' and 'num-partitions'"):
+        make_client(_context({**own, "partition-id": 0}, run))
