@@ -31,4 +31,9 @@ class AudioClient(GroupClient):
     tasks: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.tasks = {"train-audio": lambda ws, rec, seed: run_train_audio(self, ws, rec, seed)}
+        from .fedcmi import run_fedcmi_audio
+
+        self.tasks = {
+            "train-audio": lambda ws, rec, seed: run_train_audio(self, ws, rec, seed),
+            "fedcmi-audio": lambda ws, rec, seed: run_fedcmi_audio(self, ws, rec, seed),
+        }

@@ -10,6 +10,7 @@ from mirror_app.training import distill, train_av, train_unimodal
 
 from .audio import require, run_train_audio
 from .base import TEACHER_PREFIX, GroupClient, Workspace
+from .fedcmi import run_fedcmi_av
 
 
 def run_train_av(client: GroupClient, ws: Workspace, received: dict, seed: int) -> tuple[list[str], float]:
@@ -50,4 +51,5 @@ class AudioVisualClient(GroupClient):
             "train-audio": lambda ws, rec, seed: run_train_audio(self, ws, rec, seed),
             "train-unimodal": lambda ws, rec, seed: run_train_unimodal(self, ws, rec, seed),
             "distill": lambda ws, rec, seed: run_distill(self, ws, rec, seed),
+            "fedcmi-av": lambda ws, rec, seed: run_fedcmi_av(self, ws, rec, seed),
         }

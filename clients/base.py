@@ -91,7 +91,7 @@ class GroupClient(NumPyClient):
                 + self.partition.partition_id) % 2**32
         with ws.lock:
             torch.manual_seed(seed)
-            trained, loss = self.tasks[task](ws, received, seed)
+            trained, loss, *extra = self.tasks[task](ws, received, seed)  # extra: optional metrics dict
             out = get_groups(ws.model, trained)
         metrics = {
             "groups": ",".join(trained),
@@ -100,6 +100,7 @@ class GroupClient(NumPyClient):
             "partition-id": int(self.partition.partition_id),
             "train-loss": float(loss),
             "train-seconds": time.perf_counter() - start,
+            **(extra[0] if extra else {}),
         }
         return flatten(out, trained), int(len(self.partition.indices)), metrics
 

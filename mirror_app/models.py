@@ -9,6 +9,10 @@ key starts with ``"<group>."``; nothing else in the project hard-codes parameter
 * ``fusion_head``: concatenated embeddings -> class logits (the audiovisual model)
 * ``audio_head``: audio embedding -> class logits (the audio-only model, the product)
 * ``video_head``: video embedding -> class logits (unimodal video model, used by Harmony)
+* ``audio_self``, ``audio_inf``, ``video_self``, ``video_inf``: FedCMI's Self-Projector and
+  Infiltration Projector per modality (embedding -> embedding). A modality's prediction is
+  ``head(self(z) + inf(z))``. They start as identity and zero, so for every other method
+  (which never sends or trains them) ``head(self(z) + inf(z)) == head(z)`` exactly.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ AUDIO_ENCODER, VIDEO_ENCODER, FUSION_HEAD, AUDIO_HEAD, VIDEO_HEAD = (
     "audio_head",
     "video_head",
 )
-GROUPS = (AUDIO_ENCODER, VIDEO_ENCODER, FUSION_HEAD, AUDIO_HEAD, VIDEO_HEAD)
+AUDIO_SELF, AUDIO_INF, VIDEO_SELF, VIDEO_INF = "audio_self", "audio_inf", "video_self", "video_inf"
+GROUPS = (AUDIO_ENCODER, VIDEO_ENCODER, FUSION_HEAD, AUDIO_HEAD, VIDEO_HEAD, AUDIO_SELF, AUDIO_INF, VIDEO_SELF,
+          VIDEO_INF)
 TEACHER_PREFIX = "teacher/"  # marks the frozen teacher's copy of a group on the wire
 AUDIO_MODEL = (AUDIO_ENCODER, AUDIO_HEAD)  # what audio-only clients have
 AV_MODEL = (AUDIO_ENCODER, VIDEO_ENCODER, FUSION_HEAD)  # the audiovisual model
@@ -189,6 +195,16 @@ def load_pretrained(encoder: nn.Module, path: str, key: str) -> None:
 
 
 # ------------------------------------------------------------------------------- model
+def _projector(dim: int, identity: bool) -> nn.Linear:
+    """A dim x dim linear map initialised to identity or zero, without drawing random numbers."""
+    with torch.random.fork_rng(devices=[]):
+        layer = nn.Linear(dim, dim)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(dim) if identity else torch.zeros(dim, dim))
+        layer.bias.zero_()
+    return layer
+
+
 class DualEncoder(nn.Module):
     def __init__(self, audio_encoder: nn.Module, video_encoder: nn.Module, embed_dim: int, num_classes: int):
         super().__init__()
@@ -197,12 +213,22 @@ class DualEncoder(nn.Module):
         self.fusion_head = nn.Linear(2 * embed_dim, num_classes)
         self.audio_head = nn.Linear(embed_dim, num_classes)
         self.video_head = nn.Linear(embed_dim, num_classes)
+        # FedCMI's projectors (see the module docstring); created last so that they do not
+        # change the random initialisation of the groups above
+        self.audio_self, self.audio_inf = _projector(embed_dim, True), _projector(embed_dim, False)
+        self.video_self, self.video_inf = _projector(embed_dim, True), _projector(embed_dim, False)
+
+    def audio_features(self, z: torch.Tensor) -> torch.Tensor:
+        return self.audio_self(z) + self.audio_inf(z)
+
+    def video_features(self, z: torch.Tensor) -> torch.Tensor:
+        return self.video_self(z) + self.video_inf(z)
 
     def audio_logits(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.audio_head(self.audio_encoder(audio))
+        return self.audio_head(self.audio_features(self.audio_encoder(audio)))
 
     def video_logits(self, video: torch.Tensor) -> torch.Tensor:
-        return self.video_head(self.video_encoder(video))
+        return self.video_head(self.video_features(self.video_encoder(video)))
 
     def av_logits(self, audio: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
         z = torch.cat([self.audio_encoder(audio), self.video_encoder(video)], dim=1)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -30,10 +31,13 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("modality-mirror", "harmony", "multifl", "unifl")
+METHODS = ("modality-mirror", "harmony", "multifl", "unifl", "fedcmi")
 RATES = (0.1, 0.2, 0.3, 0.4, 0.5)
 FIG3_RATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-LABELS = {"modality-mirror": "ModalityMirror", "harmony": "Harmony", "multifl": "MultiFL", "unifl": "UniFL"}
+LABELS = {"modality-mirror": "ModalityMirror", "harmony": "Harmony", "multifl": "MultiFL", "unifl": "UniFL",
+          "fedcmi": "FedCMI"}
+# run config a method needs beyond the shared one (unless the sweep's --run-config sets the key)
+METHOD_CONFIG = {"fedcmi": {"mu": "0.01"}}
 
 
 class SweepError(ValueError):
@@ -136,8 +140,12 @@ def table1(runs: pd.DataFrame, rates) -> str:
             cells.append(f"{t1.mean():.1f}{std} ({t5.mean():.1f})")
         lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Audio-only test top-1 in % (mean +- std over seeds), top-5 in parentheses; "
-                 f"n = {ok.groupby(['method', 'missing_rate']).size().max() if not ok.empty else 0} seeds.")
+    seeds = ok.groupby("method")["seed"].nunique() if not ok.empty else pd.Series(dtype=int)
+    if seeds.nunique() <= 1:
+        n = f"n = {int(seeds.iloc[0]) if len(seeds) else 0} seeds"
+    else:
+        n = "seeds per method: " + ", ".join(f"{LABELS.get(m, m)} {k}" for m, k in seeds.items())
+    lines.append(f"Audio-only test top-1 in % (mean +- std over seeds), top-5 in parentheses; {n}.")
     return "\n".join(lines) + "\n"
 
 
@@ -202,8 +210,10 @@ def _save(fig, path: Path) -> Path:
 
 def flwr_runner(link, num_supernodes: int, extra_config: str, timeout: float):
     def run(cell: Cell, output_dir: Path, log: Path) -> bool:
+        given = set(re.findall(r"(\S+?)=", extra_config))
+        own = " ".join(f"{k}={v}" for k, v in METHOD_CONFIG.get(cell.method, {}).items() if k not in given)
         config = (f"strategy='{cell.method}' missing-rate={cell.rate} seed={cell.seed} "
-                  f"output-dir='{output_dir}' {extra_config}")
+                  f"output-dir='{output_dir}' {own} {extra_config}")
         res = link.flwr_run(ROOT, "--federation-config", f"num-supernodes={num_supernodes}", "--run-config",
                             config, timeout=timeout, log_file=log)
         return res.returncode == 0

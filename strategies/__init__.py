@@ -10,6 +10,7 @@ import importlib
 
 from .base import Instruction, Phase, PhasedStrategy
 from .distillation import FederatedDistillation
+from .fedcmi import FedCMI
 from .harmony import Harmony
 from .modality_aware import ModalityAwareFedAvg
 from .modality_mirror import ModalityMirror
@@ -22,6 +23,7 @@ STRATEGIES: dict[str, type[PhasedStrategy]] = {
     "distill": FederatedDistillation,
     "unifl": UniFL,
     "harmony": Harmony,
+    "fedcmi": FedCMI,
 }
 
 
@@ -42,4 +44,4 @@ def resolve_strategy(name: str) -> type[PhasedStrategy]:
 
 
 __all__ = ["STRATEGIES", "resolve_strategy", "PhasedStrategy", "Phase", "Instruction", "ModalityMirror",
-           "ModalityAwareFedAvg", "FederatedDistillation", "UniFL", "Harmony"]
+           "ModalityAwareFedAvg", "FederatedDistillation", "UniFL", "Harmony", "FedCMI"]

@@ -47,7 +47,7 @@ def unchanged(before, strategy, key):
     return all(np.array_equal(a, b) for a, b in zip(before[key], strategy.state[key]))
 
 
-@pytest.mark.parametrize("name", ["modality-mirror", "multifl", "unifl", "harmony"])
+@pytest.mark.parametrize("name", ["modality-mirror", "multifl", "unifl", "harmony", "fedcmi"])
 def test_every_method_gets_the_same_round_budget(cache, tmp_path, name):
     strategy = tiny_strategy(STRATEGIES[name], cache, tmp_path, recorder=False, evaluator=False,
                              num_server_rounds=3, distill_rounds=2)
