@@ -74,6 +74,19 @@ def plan(methods, rates, seeds, fig3_rates=()) -> list[Cell]:
     return cells
 
 
+def check_settings(out: Path, settings: dict) -> None:
+    """Finished runs are reused by key (method, rate, seed): refuse to mix runs made with other settings."""
+    marker = out / "sweep.json"
+    if marker.is_file():
+        before = json.loads(marker.read_text())
+        if before != settings:
+            raise SweepError(f"{out} holds runs made with {before}, not {settings}; use another --out")
+    else:
+        from mirror_app.results import atomic_write
+
+        atomic_write(marker, lambda path: path.write_text(json.dumps(settings)))
+
+
 def run_cells(cells: list[Cell], out: Path, runner: Callable[[Cell, Path, Path], bool]) -> pd.DataFrame:
     """Run every cell not finished yet; ``runner(cell, output_dir, log) -> ok``. Returns runs.csv."""
     from tqdm import tqdm
@@ -245,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        check_settings(out, {"run-config": args.run_config.strip(), "num-supernodes": args.num_supernodes})
+    except SweepError as exc:
+        print(f"sweep: {exc}", file=sys.stderr)
+        return 2
     from mirror_app.launch import SuperLink
 
     with SuperLink(out / ".flwr") as link:

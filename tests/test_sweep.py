@@ -91,3 +91,12 @@ def test_table_and_figures(tmp_path):
     names = {p.name for p in made}
     assert names == {"fig3_missing_rate.png", "fig2_per_class_f1.png", "curves.png"}
     assert all(p.stat().st_size > 1000 for p in made)
+
+
+def test_a_sweep_folder_refuses_runs_made_with_other_settings(tmp_path):
+    from mirror_app.sweep import SweepError, check_settings
+
+    check_settings(tmp_path, {"run-config": "num-server-rounds=6", "num-supernodes": 20})
+    check_settings(tmp_path, {"run-config": "num-server-rounds=6", "num-supernodes": 20})  # same: resume
+    with pytest.raises(SweepError, match="holds runs made with"):
+        check_settings(tmp_path, {"run-config": "num-server-rounds=30", "num-supernodes": 20})
