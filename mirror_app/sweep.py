@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import shutil
 import sys
 from dataclasses import dataclass
@@ -265,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from mirror_app.launch import SuperLink
 
+    def interrupt(signum, frame):  # `kill` (SIGTERM), or Ctrl-C where a shell ignored SIGINT for background jobs
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     with SuperLink(out / ".flwr") as link:
         runs = run_cells(cells, out, flwr_runner(link, args.num_supernodes, args.run_config, args.timeout))
     from mirror_app.results import atomic_write
