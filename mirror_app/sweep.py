@@ -131,8 +131,10 @@ def collect(cells: list[Cell], out: Path) -> pd.DataFrame:
             final = json.loads(summary.read_text())["final"]
             row.update(status="ok", **{k: final.get(k) for k in ("audio_top1", "audio_top5", "audio_macro_f1",
                                                                "av_top1")})
-        else:
+        elif (out / "logs" / f"{cell.key}.log").is_file():
             row.update(status="failed")
+        else:
+            row.update(status="not-run")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -245,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-supernodes", type=int, default=100)
     p.add_argument("--run-config", default="", help="extra run config for every run, e.g. \"num-server-rounds=10\"")
     p.add_argument("--timeout", type=float, default=3600, help="seconds before one run counts as failed")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: write the table and figures from the runs finished so far")
     args = p.parse_args(argv)
 
     def floats(text):
@@ -269,16 +273,24 @@ def main(argv: list[str] | None = None) -> int:
     def interrupt(signum, frame):  # `kill` (SIGTERM), or Ctrl-C where a shell ignored SIGINT for background jobs
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGINT, interrupt)
-    with SuperLink(out / ".flwr") as link:
-        runs = run_cells(cells, out, flwr_runner(link, args.num_supernodes, args.run_config, args.timeout))
-    from mirror_app.results import atomic_write
+    from mirror_app.results import atomic_write, write_csv
+
+    if args.report_only:
+        runs = collect(cells, out)
+        write_csv(out / "runs.csv", runs.to_dict("records"), list(runs.columns))
+    else:
+        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            with SuperLink(out / ".flwr") as link:
+                runs = run_cells(cells, out, flwr_runner(link, args.num_supernodes, args.run_config, args.timeout))
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     markdown = table1(runs, rates)
     atomic_write(out / "table1.md", lambda path: path.write_text(markdown))
     made = figures(runs, out, rates)
-    failed = runs[runs["status"] != "ok"]
+    failed = runs[runs["status"] == "failed"]
     print((out / "table1.md").read_text())
     print("figures:", ", ".join(str(m) for m in made) or "none")
     for _, row in failed.iterrows():

@@ -100,3 +100,16 @@ def test_a_sweep_folder_refuses_runs_made_with_other_settings(tmp_path):
     check_settings(tmp_path, {"run-config": "num-server-rounds=6", "num-supernodes": 20})  # same: resume
     with pytest.raises(SweepError, match="holds runs made with"):
         check_settings(tmp_path, {"run-config": "num-server-rounds=30", "num-supernodes": 20})
+
+
+def test_report_only_tables_finished_runs_and_marks_the_rest_not_run(tmp_path):
+    cells = plan(["modality-mirror", "harmony"], [0.3], [0, 1])
+    calls: list = []
+    run_cells(cells[:2], tmp_path, fake_runner(calls))  # half the sweep finished
+    rc = main(["--out", str(tmp_path), "--methods", "modality-mirror,harmony", "--rates", "0.3", "--seeds", "0,1",
+               "--fig3-rates", "", "--report-only"])
+    assert rc == 0
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert sorted(runs["status"]) == ["not-run", "not-run", "ok", "ok"]
+    table = (tmp_path / "table1.md").read_text()
+    assert "| ModalityMirror |" in table and "| Harmony | n/a |" in table
