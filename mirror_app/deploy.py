@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         node_configs(a.nodes, a.audio_only)
     except ValueError as exc:
         p.error(str(exc))
+    # SIGTERM, and SIGINT even where the shell started us with SIGINT ignored (background jobs)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    signal.signal(signal.SIGINT, _sigterm_as_interrupt)
     try:
         deploy(a.nodes, a.audio_only, a.run_config, Path(a.out), a.secure, Path(a.home) if a.home else None,
                a.data_dir)

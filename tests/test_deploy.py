@@ -148,5 +148,7 @@ def test_deploy_local_stops_every_process_on_ctrl_c(tmp_path, data_dir):
         assert not alive, f"left running: {alive}"
         assert "every process of this deployment was stopped" in log.read_text()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:  # the test failed: stop the deployment's processes anyway
+            from mirror_app.launch import stop_tree
+
+            stop_tree(proc)
