@@ -6,8 +6,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torchaudio.compliance.kaldi as kaldi
-from torchvision.transforms import v2
+
+# torchaudio and torchvision are imported where they are used: a deployed ClientApp starts a
+# fresh process for every message, and importing them costs seconds it does not need.
 
 SAMPLE_RATE = 16_000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,6 +39,8 @@ def log_mel(waveform: np.ndarray | torch.Tensor, spec: FeatureSpec) -> np.ndarra
     Returns an array of shape (num_frames, num_mel_bins), float32. Dither is off so the
     features are deterministic.
     """
+    import torchaudio.compliance.kaldi as kaldi
+
     wav = torch.as_tensor(np.asarray(waveform, dtype=np.float32)).reshape(1, -1)
     samples = int(round(spec.audio_seconds * SAMPLE_RATE))
     if wav.shape[1] < samples:
@@ -57,8 +60,10 @@ def log_mel(waveform: np.ndarray | torch.Tensor, spec: FeatureSpec) -> np.ndarra
     return fb.numpy().astype(np.float32)
 
 
-def frame_transform(image_size: int) -> v2.Compose:
-    """uint8 HWC RGB frame -> normalised float CHW tensor of side ``image_size``."""
+def frame_transform(image_size: int):
+    """uint8 HWC RGB frame -> normalised float CHW tensor of side ``image_size`` (a torchvision v2.Compose)."""
+    from torchvision.transforms import v2
+
     return v2.Compose(
         [
             v2.ToImage(),

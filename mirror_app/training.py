@@ -9,7 +9,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 
 from .models import DualEncoder
 
@@ -245,6 +244,8 @@ def predict(model: DualEncoder, cache, indices, batch_size: int, device, with_vi
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
     """top-1, top-5, macro-F1 and per-class F1 of logits against integer labels."""
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
     top5 = min(5, num_classes)
     return {
         "top1": float(multiclass_accuracy(logits, labels, num_classes, average="micro", top_k=1)),
