@@ -156,11 +156,13 @@ def table1(runs: pd.DataFrame, rates) -> str:
             cells.append(f"{t1.mean():.1f}{std} ({t5.mean():.1f})")
         lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
     lines.append("")
-    seeds = ok.groupby("method")["seed"].nunique() if not ok.empty else pd.Series(dtype=int)
-    if seeds.nunique() <= 1:
-        n = f"n = {int(seeds.iloc[0]) if len(seeds) else 0} seeds"
+    per_cell = ok.groupby(["method", "missing_rate"])["seed"].nunique() if not ok.empty else pd.Series(dtype=int)
+    if per_cell.nunique() <= 1:
+        n = f"n = {int(per_cell.iloc[0]) if len(per_cell) else 0} seeds"
     else:
-        n = "seeds per method: " + ", ".join(f"{LABELS.get(m, m)} {k}" for m, k in seeds.items())
+        spans = per_cell.groupby(level=0).agg(["min", "max"])
+        n = "seeds per cell: " + ", ".join(
+            f"{LABELS.get(m, m)} {lo}" + (f"-{hi}" if hi != lo else "") for m, (lo, hi) in spans.iterrows())
     lines.append(f"Audio-only test top-1 in % (mean +- std over seeds), top-5 in parentheses; {n}.")
     return "\n".join(lines) + "\n"
 
