@@ -31,9 +31,16 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .features import IMAGENET_MEAN, IMAGENET_STD
+
 TRAIN, TEST, DEV = 0, 1, 2
 UNUSED = 255
 SPLIT_NAMES = {"train": TRAIN, "test": TEST, "dev": DEV}
+
+
+# frames stored as uint8 are normalised with the shared statistics, shaped for (C, H, W)
+_MEAN = np.asarray(IMAGENET_MEAN, np.float32)[:, None, None]
+_STD = np.asarray(IMAGENET_STD, np.float32)[:, None, None]
 
 
 class CacheMismatchError(RuntimeError):
@@ -102,11 +109,7 @@ class FeatureCache:
         """Video rows as normalised float32 (C, H, W), whatever the stored dtype."""
         video = np.ascontiguousarray(self.video[rows])
         if video.dtype == np.uint8:
-            from .features import IMAGENET_MEAN, IMAGENET_STD
-
-            mean = np.asarray(IMAGENET_MEAN, np.float32)[:, None, None]
-            std = np.asarray(IMAGENET_STD, np.float32)[:, None, None]
-            return (video.astype(np.float32) / 255.0 - mean) / std
+            return (video.astype(np.float32) / 255.0 - _MEAN) / _STD
         return video
 
     @property
@@ -135,6 +138,21 @@ def _locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def finished_cache(path: str | Path, fingerprint: dict[str, Any]) -> FeatureCache | None:
+    """The finished cache at ``path``, None if there is none; CacheMismatchError if its settings differ."""
+    path = Path(path)
+    if not (path / "meta.json").is_file():
+        return None
+    cache = FeatureCache(path)
+    fingerprint = json.loads(json.dumps(fingerprint))  # normalise tuples etc.
+    if cache.meta.get("fingerprint") != fingerprint:
+        raise CacheMismatchError(
+            f"feature cache {path} was made with settings {cache.meta.get('fingerprint')}, not {fingerprint} "
+            "(other settings or clips); delete it or choose another data-dir"
+        )
+    return cache
+
+
 def ensure_cache(
     path: str | Path,
     fingerprint: dict[str, Any],
@@ -146,22 +164,16 @@ def ensure_cache(
     with a different fingerprint raises :class:`CacheMismatchError` instead of being mixed.
     """
     path = Path(path)
-    fingerprint = json.loads(json.dumps(fingerprint))  # normalise tuples etc.
     with _locked(path.parent / f".{path.name}.lock"):
-        if (path / "meta.json").is_file():
-            cache = FeatureCache(path)
-            if cache.meta.get("fingerprint") != fingerprint:
-                raise CacheMismatchError(
-                    f"feature cache {path} was made with settings {cache.meta.get('fingerprint')}, "
-                    f"not {fingerprint}; delete it or choose another data-dir"
-                )
+        cache = finished_cache(path, fingerprint)
+        if cache is not None:
             return cache
         if path.exists():  # a leftover without meta.json is not a cache
             shutil.rmtree(path)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
         try:
             meta = build(tmp)
-            meta["fingerprint"] = fingerprint
+            meta["fingerprint"] = json.loads(json.dumps(fingerprint))
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
             tmp.rename(path)
         except BaseException:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import TEST, TRAIN, UNUSED, CacheMismatchError, FeatureCache, ensure_cache
+from .cache import TEST, TRAIN, UNUSED, CacheMismatchError, FeatureCache, ensure_cache, finished_cache
 from .features import FeatureSpec
 from .sources import READERS, Item, Source, SourceError, check_test_labels
 
@@ -138,13 +138,10 @@ def prepare(dataset: str, src: str | Path, data_dir: str | Path, spec: FeatureSp
     data_dir.mkdir(parents=True, exist_ok=True)
     final = data_dir / dataset
     fp = fingerprint(source, spec, seed)
-    if (final / "meta.json").is_file():
-        existing = FeatureCache(final).meta.get("fingerprint")
-        if existing != json.loads(json.dumps(fp)):
-            raise CacheMismatchError(f"{final} holds a cache made with other settings or clips ({existing}); "
-                                     "delete it or choose another --data-dir")
+    done = finished_cache(final, fp)  # refuses a cache made with other settings or clips
+    if done is not None:
         log(f"{dataset}: cache {final} is already complete")
-        return FeatureCache(final)
+        return done
 
     work = data_dir / f".{dataset}.work"
     settings = {k: v for k, v in fp.items() if k != "clips"}

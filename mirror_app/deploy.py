@@ -19,14 +19,12 @@ public key was registered with ``flwr supernode register``.
 from __future__ import annotations
 
 import argparse
-import re
-import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from mirror_app.launch import SuperLink
+from mirror_app.launch import SuperLink, interrupt_on_signals, with_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,9 +66,7 @@ def deploy(nodes: int = 3, audio_only: int = 1, run_config: str = "", out: Path 
         if on_started:
             on_started(link)
         before = set(out.iterdir())
-        given = {k.strip() for k in re.findall(r"(\S+?)=", run_config)}
-        defaults = {"output-dir": f"'{out}'", "clients-per-round": str(nodes)}
-        config = " ".join([f"{k}={v}" for k, v in defaults.items() if k not in given] + [run_config]).strip()
+        config = with_defaults(run_config, {"output-dir": f"'{out}'", "clients-per-round": str(nodes)})
         log_file = out / f"deploy-{time.strftime('%Y%m%d-%H%M%S')}.log"
         log(f"flwr run . test --stream --run-config \"{config}\"  (log: {log_file})")
         res = link.flwr_run(ROOT, "--run-config", config, log_file=log_file, timeout=None)
@@ -79,10 +75,6 @@ def deploy(nodes: int = 3, audio_only: int = 1, run_config: str = "", out: Path 
             raise RuntimeError(f"the deployed run did not finish; see {log_file} and the node logs in {home}")
     log(f"finished in {time.perf_counter() - t0:.1f} s: {runs[0]}")
     return runs[0]
-
-
-def _sigterm_as_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,12 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         node_configs(a.nodes, a.audio_only)
     except ValueError as exc:
         p.error(str(exc))
-    # SIGTERM, and SIGINT even where the shell started us with SIGINT ignored (background jobs)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    signal.signal(signal.SIGINT, _sigterm_as_interrupt)
     try:
-        deploy(a.nodes, a.audio_only, a.run_config, Path(a.out), a.secure, Path(a.home) if a.home else None,
-               a.data_dir)
+        with interrupt_on_signals():
+            deploy(a.nodes, a.audio_only, a.run_config, Path(a.out), a.secure, Path(a.home) if a.home else None,
+                   a.data_dir)
     except KeyboardInterrupt:
         print("interrupted: every process of this deployment was stopped", file=sys.stderr)
         return 130

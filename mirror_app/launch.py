@@ -7,12 +7,15 @@ a free loopback port, and a clean stop even when interrupted.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
@@ -23,6 +26,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def with_defaults(run_config: str, defaults: dict[str, str]) -> str:
+    """``run_config`` ("key=value ...") preceded by the ``defaults`` it does not set itself.
+
+    Flower refuses a key given twice, so a default is only added when the user left it out.
+    """
+    given = set(re.findall(r"(\S+?)=", run_config))
+    return " ".join([f"{k}={v}" for k, v in defaults.items() if k not in given] + [run_config]).strip()
+
+
+@contextmanager
+def interrupt_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into KeyboardInterrupt while inside, so ``with`` blocks clean up.
+
+    SIGINT is set explicitly because a shell starts background jobs with SIGINT ignored.
+    """
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def flwr_env(flwr_home: Path) -> dict:
@@ -62,13 +91,19 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def stop_tree(proc: subprocess.Popen, timeout: float = 15.0) -> set[int]:
-    """Stop ``proc``, everything it spawned and the sessions those started; return what survived."""
+def tree_members(pid: int) -> set[int]:
+    """``pid``, everything it spawned, and every member of the sessions those started."""
     table = _table()
-    tree = {proc.pid} | descendants(proc.pid)
+    tree = {pid} | descendants(pid)
     sessions = {table[p][1] for p in tree if p in table}
     members = {p for p, (_, sid) in table.items() if sid in sessions} | tree
     members.discard(os.getpid())
+    return members
+
+
+def stop_tree(proc: subprocess.Popen, timeout: float = 15.0) -> set[int]:
+    """Stop ``proc``, everything it spawned and the sessions those started; return what survived."""
+    members = tree_members(proc.pid)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for p in members:
             try:
@@ -207,10 +242,7 @@ class SuperNode:
 
     def kill(self) -> None:
         """kill -9 of the node's whole process tree (a crashed machine)."""
-        table = _table()
-        tree = {self.proc.pid} | descendants(self.proc.pid)
-        sessions = {table[p][1] for p in tree if p in table}
-        for p in {p for p, (_, sid) in table.items() if sid in sessions} | tree:
+        for p in tree_members(self.proc.pid):
             try:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import signal
 import shutil
 import sys
 from dataclasses import dataclass
@@ -228,10 +226,10 @@ def _save(fig, path: Path) -> Path:
 
 def flwr_runner(link, num_supernodes: int, extra_config: str, timeout: float):
     def run(cell: Cell, output_dir: Path, log: Path) -> bool:
-        given = set(re.findall(r"(\S+?)=", extra_config))
-        own = " ".join(f"{k}={v}" for k, v in METHOD_CONFIG.get(cell.method, {}).items() if k not in given)
-        config = (f"strategy='{cell.method}' missing-rate={cell.rate} seed={cell.seed} "
-                  f"output-dir='{output_dir}' {own} {extra_config}")
+        from mirror_app.launch import with_defaults
+
+        config = (f"strategy='{cell.method}' missing-rate={cell.rate} seed={cell.seed} output-dir='{output_dir}' "
+                  + with_defaults(extra_config, METHOD_CONFIG.get(cell.method, {})))
         res = link.flwr_run(ROOT, "--federation-config", f"num-supernodes={num_supernodes}", "--run-config",
                             config, timeout=timeout, log_file=log)
         return res.returncode == 0
@@ -270,10 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     except SweepError as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return 2
-    from mirror_app.launch import SuperLink
-
-    def interrupt(signum, frame):  # `kill` (SIGTERM), or Ctrl-C where a shell ignored SIGINT for background jobs
-        raise KeyboardInterrupt
+    from mirror_app.launch import SuperLink, interrupt_on_signals
 
     from mirror_app.results import atomic_write, write_csv
 
@@ -281,13 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = collect(cells, out)
         write_csv(out / "runs.csv", runs.to_dict("records"), list(runs.columns))
     else:
-        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            with SuperLink(out / ".flwr") as link:
-                runs = run_cells(cells, out, flwr_runner(link, args.num_supernodes, args.run_config, args.timeout))
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        with interrupt_on_signals(), SuperLink(out / ".flwr") as link:
+            runs = run_cells(cells, out, flwr_runner(link, args.num_supernodes, args.run_config, args.timeout))
 
     markdown = table1(runs, rates)
     atomic_write(out / "table1.md", lambda path: path.write_text(markdown))
