@@ -53,7 +53,7 @@ deploy-local: venv
 table1: venv
 	$(PY) -m mirror_app.sweep --out $(CURDIR)/results/table1 --num-supernodes $(NUM_CLIENTS) --run-config "$(RUN_CONFIG)"
 
-## table1-quick: the same pipeline, small and with one seed, as a smoke run (about 25 minutes on 2 cores)
+## table1-quick: the same pipeline, small and with one seed, as a smoke run (about 35 minutes on 2 cores)
 table1-quick: venv
 	$(PY) -m mirror_app.sweep --out $(CURDIR)/results/table1-quick --seeds 0 --rates 0.1,0.3,0.5 \
 		--fig3-rates 0.1,0.3,0.5,0.7,0.9 --num-supernodes 20 \

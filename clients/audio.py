@@ -31,9 +31,11 @@ class AudioClient(GroupClient):
     tasks: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from .align import run_align_audio
         from .fedcmi import run_fedcmi_audio
 
         self.tasks = {
             "train-audio": lambda ws, rec, seed: run_train_audio(self, ws, rec, seed),
             "fedcmi-audio": lambda ws, rec, seed: run_fedcmi_audio(self, ws, rec, seed),
+            "align-audio": lambda ws, rec, seed: run_align_audio(self, ws, rec, seed),
         }

@@ -8,6 +8,7 @@ from data.partition import AUDIOVISUAL
 from mirror_app.models import AUDIO_MODEL, AV_MODEL, VIDEO_MODEL
 from mirror_app.training import distill, train_av, train_unimodal
 
+from .align import run_align_audio, run_align_av
 from .audio import require, run_train_audio
 from .base import TEACHER_PREFIX, GroupClient, Workspace
 from .fedcmi import run_fedcmi_av
@@ -52,4 +53,6 @@ class AudioVisualClient(GroupClient):
             "train-unimodal": lambda ws, rec, seed: run_train_unimodal(self, ws, rec, seed),
             "distill": lambda ws, rec, seed: run_distill(self, ws, rec, seed),
             "fedcmi-av": lambda ws, rec, seed: run_fedcmi_av(self, ws, rec, seed),
+            "align-av": lambda ws, rec, seed: run_align_av(self, ws, rec, seed),
+            "align-audio": lambda ws, rec, seed: run_align_audio(self, ws, rec, seed),
         }

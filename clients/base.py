@@ -42,6 +42,8 @@ class Workspace:
     teacher: DualEncoder
     device: torch.device
     lock: threading.Lock = field(default_factory=threading.Lock)  # one client trains the models at a time
+    make_base: Callable[[int], DualEncoder] | None = None  # seed -> a fresh dual encoder (on the CPU)
+    extras: dict = field(default_factory=dict)  # models of other layouts a method builds once (alignment)
 
 
 @dataclass
@@ -54,6 +56,10 @@ class LocalSettings:
     distill_ce_weight: float
     seed: int
     mu: float = 0.0  # FedProx proximal weight
+    lora_rank: int = 8  # modality alignment: LoRA rank of the adapters
+    align_av_weight: float = 0.5  # modality alignment: weight of the audio-video contrastive term
+    audio_pretrained: str = ""  # local checkpoint files the frozen base is built from
+    video_pretrained: str = ""
 
 
 def split_groups(parameters: list[np.ndarray], names: list[str], model: DualEncoder) -> dict[str, list]:
@@ -85,14 +91,15 @@ class GroupClient(NumPyClient):
             raise TaskError(f"{type(self).__name__} cannot run task {task!r}; it runs {sorted(self.tasks)}")
         names = [n for n in str(config.get("groups", "")).split(",") if n]
         ws = self.workspace
-        received = split_groups(parameters, names, ws.model)
         start = time.perf_counter()
         seed = (self.settings.seed * 1_000_003 + int(config.get("server-round", 0)) * 1009
                 + self.partition.partition_id) % 2**32
         with ws.lock:
+            model = self.layout(ws, task, config)
+            received = split_groups(parameters, names, model)
             torch.manual_seed(seed)
             trained, loss, *extra = self.tasks[task](ws, received, seed)  # extra: optional metrics dict
-            out = get_groups(ws.model, trained)
+            out = get_groups(model, trained)
         metrics = {
             "groups": ",".join(trained),
             "task": task,
@@ -103,6 +110,12 @@ class GroupClient(NumPyClient):
             **(extra[0] if extra else {}),
         }
         return flatten(out, trained), int(len(self.partition.indices)), metrics
+
+    def layout(self, ws: Workspace, task: str, config: dict):
+        """The model whose parameter groups ``task`` receives and returns."""
+        from .align import ALIGN_TASKS, align_model
+
+        return align_model(self, ws, config) if task in ALIGN_TASKS else ws.model
 
     # helpers for the task functions of subclasses
     def load_student(self, ws: Workspace, received: dict) -> None:

@@ -33,8 +33,11 @@ def _workspace(dataset: str, data_dir: str, audio_backbone: str, video_backbone:
     def make():
         return build_model(cache.num_classes, *shapes, audio_backbone, video_backbone, embed_dim).to(dev)
 
+    def make_base(seed: int):  # the seeded initial model, as the server builds it (on the CPU)
+        return build_model(cache.num_classes, *shapes, audio_backbone, video_backbone, embed_dim, seed=seed)
+
     dev = resolve_device(device)
-    return Workspace(cache=cache, model=make(), teacher=make(), device=dev)
+    return Workspace(cache=cache, model=make(), teacher=make(), device=dev, make_base=make_base)
 
 
 @lru_cache(maxsize=16)
@@ -68,7 +71,9 @@ def make_client(context: Context):
         raise ValueError(f"node config 'modality' = 'audiovisual' is invalid: this node's data ({ws.cache.path}) "
                          "has no video; start it with modality=audio")
     settings = LocalSettings(cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.optimizer, cfg.temperature,
-                             cfg.distill_ce_weight, cfg.seed, cfg.mu)
+                             cfg.distill_ce_weight, cfg.seed, cfg.mu, cfg.lora_rank, cfg.align_av_weight,
+                             str(cfg.resolve(cfg.audio_pretrained)) if cfg.audio_pretrained else "",
+                             str(cfg.resolve(cfg.video_pretrained)) if cfg.video_pretrained else "")
     return CLIENT_KINDS[modality](
         partition=Partition(part.partition_id, part.indices, modality), workspace=ws, settings=settings
     )

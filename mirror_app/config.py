@@ -57,6 +57,8 @@ class RunConfig:
     dev_fraction: float = 0.0
     audio_pretrained: str = ""
     video_pretrained: str = ""
+    lora_rank: int = 8
+    align_av_weight: float = 0.5
 
     # ------------------------------------------------------------------ parsing
     @classmethod
@@ -100,7 +102,7 @@ class RunConfig:
         if not self.dirichlet_alpha > 0:
             raise _err("dirichlet-alpha", self.dirichlet_alpha, "a number > 0")
         for key in ("num-server-rounds", "clients-per-round", "local-epochs", "batch-size",
-                    "embed-dim", "eval-every"):
+                    "embed-dim", "eval-every", "lora-rank"):
             value = getattr(self, key.replace("-", "_"))
             if value < 1:
                 raise _err(key, value, "an integer >= 1")
@@ -141,6 +143,8 @@ class RunConfig:
             raise _err("server-lr", self.server_lr, "a number > 0")
         if not 0 <= self.server_momentum < 1:
             raise _err("server-momentum", self.server_momentum, "a number in [0, 1)")
+        if self.align_av_weight < 0:
+            raise _err("align-av-weight", self.align_av_weight, "a number >= 0")
         if self.seed < 0:
             raise _err("seed", self.seed, "an integer >= 0")
         if self.init_checkpoint and not self.resolve(self.init_checkpoint).is_file():

@@ -271,7 +271,13 @@ Arrays = list[np.ndarray]
 
 
 def group_keys(model: nn.Module, group: str) -> list[str]:
-    keys = [k for k in model.state_dict() if k.startswith(group + ".")]
+    """State-dict keys of ``group``: those starting with ``"<group>."``, or, for a model that
+    defines ``in_group(group, key)`` (adapters living inside an encoder), those it selects."""
+    selector = getattr(model, "in_group", None)
+    if selector is not None:
+        keys = [k for k in model.state_dict() if selector(group, k)]
+    else:
+        keys = [k for k in model.state_dict() if k.startswith(group + ".")]
     if not keys:
         raise KeyError(f"model has no parameter group {group!r}")
     return keys

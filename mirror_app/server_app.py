@@ -11,7 +11,7 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 
 from data import load_dataset
 from mirror_app.config import RunConfig
-from mirror_app.models import GROUPS, build_model, load_pretrained, set_groups
+from mirror_app.models import build_model, load_pretrained, set_groups
 from mirror_app.results import RunRecorder, load_checkpoint
 from mirror_app.training import evaluate
 from strategies import resolve_strategy
@@ -60,16 +60,20 @@ def make_components(context: Context) -> ServerAppComponents:
         load_pretrained(model.audio_encoder, str(cfg.resolve(cfg.audio_pretrained)), "audio-pretrained")
     if cfg.video_pretrained:
         load_pretrained(model.video_encoder, str(cfg.resolve(cfg.video_pretrained)), "video-pretrained")
+    strategy_cls = resolve_strategy(cfg.strategy)
+    model = strategy_cls.server_model(model, cfg, cache.classes)
     teacher = None
     if cfg.init_checkpoint:
         state, teacher = load_checkpoint(cfg.resolve(cfg.init_checkpoint))
-        set_groups(model, {g: a for g, a in state.items() if g in GROUPS})  # method-specific slots are skipped
+        groups = strategy_cls.model_groups  # method-specific slots are skipped
+        set_groups(model, {g: a for g, a in state.items() if g in groups})
     run_name = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.strategy.rsplit('.', 1)[-1]}-run{context.run_id}"
     recorder = RunRecorder(out_root / run_name, cfg.to_dict(), cache.classes)
     log(INFO, "writing results to %s", recorder.dir)
-    eval_model = build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], cfg.audio_backbone,
-                             cfg.video_backbone, cfg.embed_dim)
-    strategy = resolve_strategy(cfg.strategy)(
+    eval_model = strategy_cls.server_model(build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:],
+                                                       cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim),
+                                           cfg, cache.classes)
+    strategy = strategy_cls(
         cfg=cfg, model=model, evaluator=Evaluator(eval_model, cache, device), recorder=recorder, teacher=teacher
     )
     return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=strategy.total_rounds))

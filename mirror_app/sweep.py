@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("modality-mirror", "harmony", "multifl", "unifl", "fedcmi")
+METHODS = ("modality-mirror", "harmony", "multifl", "unifl", "fedcmi", "modality-align")
 RATES = (0.1, 0.2, 0.3, 0.4, 0.5)
 FIG3_RATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 LABELS = {"modality-mirror": "ModalityMirror", "harmony": "Harmony", "multifl": "MultiFL", "unifl": "UniFL",
-          "fedcmi": "FedCMI"}
+          "fedcmi": "FedCMI", "modality-align": "ModalityAlign (text anchors + LoRA)"}
 # run config a method needs beyond the shared one (unless the sweep's --run-config sets the key)
 METHOD_CONFIG = {"fedcmi": {"mu": "0.01"}}
 
@@ -128,7 +128,7 @@ def collect(cells: list[Cell], out: Path) -> pd.DataFrame:
         if summary.is_file():
             final = json.loads(summary.read_text())["final"]
             row.update(status="ok", **{k: final.get(k) for k in ("audio_top1", "audio_top5", "audio_macro_f1",
-                                                               "av_top1")})
+                                                               "av_top1")}, mb_per_round=_mb_per_round(out, cell))
         elif (out / "logs" / f"{cell.key}.log").is_file():
             row.update(status="failed")
         else:
@@ -137,11 +137,23 @@ def collect(cells: list[Cell], out: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _mb_per_round(out: Path, cell: Cell) -> float | None:
+    """Mean megabytes on the wire per round (to plus from the clients) of a finished run."""
+    metrics = out / "runs" / cell.key / "metrics.csv"
+    if not metrics.is_file():
+        return None
+    m = pd.read_csv(metrics)
+    if not {"bytes_to_clients", "bytes_from_clients"} <= set(m.columns):
+        return None
+    m = m[m["round"] > 0]
+    return float((m["bytes_to_clients"] + m["bytes_from_clients"]).mean() / 1e6) if len(m) else None
+
+
 def table1(runs: pd.DataFrame, rates) -> str:
     """Markdown shaped like the paper's Table 1: rows are methods, columns missing rates."""
     ok = runs[(runs["status"] == "ok") & runs["missing_rate"].isin(list(rates))]
-    header = "| method | " + " | ".join(f"{r:g}" for r in rates) + " |"
-    lines = [header, "|" + " --- |" * (len(rates) + 1)]
+    header = "| method | " + " | ".join(f"{r:g}" for r in rates) + " | MB / round |"
+    lines = [header, "|" + " --- |" * (len(rates) + 2)]
     for method in [m for m in METHODS if m in set(runs["method"])] + sorted(set(runs["method"]) - set(METHODS)):
         cells = []
         for r in rates:
@@ -152,6 +164,8 @@ def table1(runs: pd.DataFrame, rates) -> str:
             t1, t5 = 100 * sel["audio_top1"], 100 * sel["audio_top5"]
             std = f" +- {t1.std(ddof=0):.1f}" if len(sel) > 1 else ""
             cells.append(f"{t1.mean():.1f}{std} ({t5.mean():.1f})")
+        mb = ok.loc[ok["method"] == method, "mb_per_round"] if "mb_per_round" in ok else pd.Series(dtype=float)
+        cells.append(f"{mb.mean():.2f}" if mb.notna().any() else "n/a")
         lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
     lines.append("")
     per_cell = ok.groupby(["method", "missing_rate"])["seed"].nunique() if not ok.empty else pd.Series(dtype=int)
@@ -161,7 +175,8 @@ def table1(runs: pd.DataFrame, rates) -> str:
         spans = per_cell.groupby(level=0).agg(["min", "max"])
         n = "seeds per cell: " + ", ".join(
             f"{LABELS.get(m, m)} {lo}" + (f"-{hi}" if hi != lo else "") for m, (lo, hi) in spans.iterrows())
-    lines.append(f"Audio-only test top-1 in % (mean +- std over seeds), top-5 in parentheses; {n}.")
+    lines.append(f"Audio-only test top-1 in % (mean +- std over seeds), top-5 in parentheses; {n}. "
+                 "MB / round: parameters sent to plus received from the clients, mean over rounds and runs.")
     return "\n".join(lines) + "\n"
 
 

@@ -52,7 +52,7 @@ def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor], mu: fl
 def _run_epochs(model: nn.Module, loss_fn, trainable: list[nn.Module], cache, indices, *, epochs: int,
                 batch_size: int, lr: float, optimizer: str, with_video: bool, device, seed: int,
                 mu: float = 0.0) -> float:
-    params = [p for m in trainable for p in m.parameters()]
+    params = [p for m in trainable for p in m.parameters() if p.requires_grad]  # frozen base weights stay out
     anchor = [p.detach().clone() for p in params] if mu > 0 else []
     opt = make_optimizer(params, optimizer, lr)
     rng = np.random.default_rng(seed)
@@ -268,3 +268,15 @@ def evaluate(model: DualEncoder, cache, indices, batch_size: int = 256, device="
         if part == "audio":
             out.update(audio_macro_f1=m["macro_f1"], audio_per_class_f1=m["per_class_f1"])
     return out
+
+
+def train_align(model, cache, indices, *, with_video: bool, av_weight: float, **kw) -> float:
+    """Modality alignment (mirror_app.align): only the LoRA adapters and projections of the
+    modalities the client has are trained; the encoders' base weights are frozen."""
+    from .align import align_loss
+
+    trainable = [model.audio_encoder, model.audio_proj]
+    if with_video:
+        trainable += [model.video_encoder, model.video_proj]
+    return _run_epochs(model, lambda b: align_loss(model, b.audio, b.video, b.labels, av_weight), trainable, cache,
+                       indices, with_video=with_video, **kw)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 
+from .align import ModalityAlign
 from .base import Instruction, Phase, PhasedStrategy
 from .distillation import FederatedDistillation
 from .fedcmi import FedCMI
@@ -24,6 +25,7 @@ STRATEGIES: dict[str, type[PhasedStrategy]] = {
     "unifl": UniFL,
     "harmony": Harmony,
     "fedcmi": FedCMI,
+    "modality-align": ModalityAlign,
 }
 
 
@@ -44,4 +46,5 @@ def resolve_strategy(name: str) -> type[PhasedStrategy]:
 
 
 __all__ = ["STRATEGIES", "resolve_strategy", "PhasedStrategy", "Phase", "Instruction", "ModalityMirror",
-           "ModalityAwareFedAvg", "FederatedDistillation", "UniFL", "Harmony", "FedCMI"]
+           "ModalityAwareFedAvg", "FederatedDistillation", "UniFL", "Harmony", "FedCMI",
+           "ModalityAlign"]

@@ -96,6 +96,13 @@ class Phase:
 class PhasedStrategy(FedAvg):
     """Runs ``build_phases(cfg)`` one after the other in a single Flower run."""
 
+    model_groups: tuple[str, ...] = GROUPS  # the parameter groups of the model this method trains
+
+    @classmethod
+    def server_model(cls, model, cfg: RunConfig, classes: list[str]):
+        """The model this method trains, made from the server's dual encoder (itself by default)."""
+        return model
+
     def __init__(
         self,
         cfg: RunConfig,
@@ -114,7 +121,7 @@ class PhasedStrategy(FedAvg):
         )
         self.cfg = cfg
         self.model = model  # layout reference and initial weights; never trained here
-        self.state: dict[str, list[np.ndarray]] = dict(get_groups(model, GROUPS))
+        self.state: dict[str, list[np.ndarray]] = dict(get_groups(model, self.model_groups))
         self.teacher: dict[str, list[np.ndarray]] | None = teacher
         self.evaluator = evaluator
         self.recorder = recorder
@@ -151,7 +158,7 @@ class PhasedStrategy(FedAvg):
 
     # ------------------------------------------------------------ Flower hooks
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
-        return ndarrays_to_parameters(flatten(self.state, GROUPS))
+        return ndarrays_to_parameters(flatten(self.state, self.model_groups))
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
         index, phase = self.phase_at(server_round)
@@ -184,6 +191,7 @@ class PhasedStrategy(FedAvg):
                 "groups": ",".join(ins.send),
                 "server-round": server_round,
                 "phase": phase.name,
+                **self.fit_config_extra(),
             }
             out.append((clients[cid], FitIns(ndarrays_to_parameters(arrays), config)))
         return out
@@ -231,7 +239,7 @@ class PhasedStrategy(FedAvg):
         for failure in failures:
             if isinstance(failure, BaseException):
                 log(WARNING, "round %s: a client failed: %s", server_round, failure)
-        return ndarrays_to_parameters(flatten(self.state, GROUPS)), dict(self._round_stats)
+        return ndarrays_to_parameters(flatten(self.state, self.model_groups)), dict(self._round_stats)
 
     def configure_evaluate(self, server_round, parameters, client_manager):
         return []  # evaluation is centralised on the held-out test split
@@ -255,6 +263,10 @@ class PhasedStrategy(FedAvg):
                 self.recorder.finish(metrics)
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         return (1.0 - scalars["audio_top1"], scalars) if "audio_top1" in scalars else None
+
+    def fit_config_extra(self) -> dict[str, Scalar]:
+        """Extra entries of every fit config (a method's own settings for its clients)."""
+        return {}
 
     # ------------------------------------------------------------ shared pieces
     def aggregate_group(self, key: str, contributions: list[tuple[list[np.ndarray], int]],

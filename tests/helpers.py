@@ -74,7 +74,10 @@ def tiny_federation(cache: FeatureCache, num_partitions: int, missing_rate: floa
     def make():
         return build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], seed=seed)
 
-    ws = Workspace(cache, make(), make(), torch.device("cpu"))
+    def make_base(base_seed: int):
+        return build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], seed=base_seed)
+
+    ws = Workspace(cache, make(), make(), torch.device("cpu"), make_base=make_base)
     manager = SimpleClientManager()
     proxies = {}
     for pid in range(num_partitions):
@@ -109,8 +112,8 @@ def tiny_strategy(cls, cache: FeatureCache, tmp: Path, recorder: bool = True, ev
         return build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], seed=seed)
 
     rec = RunRecorder(tmp / "out" / "run", cfg.to_dict(), cache.classes) if recorder else None
-    ev = Evaluator(make(), cache, torch.device("cpu")) if evaluator else None
-    return cls(cfg=cfg, model=make(cfg.seed), evaluator=ev, recorder=rec)
+    ev = Evaluator(cls.server_model(make(), cfg, cache.classes), cache, torch.device("cpu")) if evaluator else None
+    return cls(cfg=cfg, model=cls.server_model(make(cfg.seed), cfg, cache.classes), evaluator=ev, recorder=rec)
 
 
 def fit_round(strategy, manager, server_round: int = 1):

@@ -29,6 +29,8 @@ from strategies import ModalityAwareFedAvg, resolve_strategy
         ("device", "tpu", "one of"),
         ("local-epochs", 1.5, "an integer"),
         ("seed", "seven", "an integer"),
+        ("lora-rank", 0, ">= 1"),
+        ("align-av-weight", -0.5, ">= 0"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(key, value, allowed):

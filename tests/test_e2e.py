@@ -65,6 +65,28 @@ def test_modality_mirror_runs_both_phases_with_both_client_kinds(superlink, data
     assert (run / "phase1.pt").is_file() and (run / "model.pt").is_file()
 
 
+@pytest.mark.timeout(900)
+def test_modality_alignment_runs_on_the_embedded_dataset(superlink, data_dir, tmp_path):
+    """Text anchors on the server, adapters and projections on the wire, both client kinds."""
+    out = tmp_path / "results"
+    cfg = run_config(**{"strategy": "modality-align", "num-server-rounds": 2, "distill-rounds": 0,
+                        "clients-per-round": 4, "missing-rate": 0.5, "local-epochs": 1, "data-dir": str(data_dir),
+                        "output-dir": str(out)})
+    res = superlink.flwr_run(ROOT, "--federation-config", "num-supernodes=6", "--run-config", cfg)
+    log = res.stdout + res.stderr
+    runs = list(out.iterdir()) if out.exists() else []
+    assert len(runs) == 1 and (runs[0] / "summary.json").is_file(), log[-4000:]
+    assert "text anchors: 20 classes x 384 dims" in log
+    metrics = pd.read_csv(runs[0] / "metrics.csv")
+    assert list(metrics["phase"]) == ["align"] * 3 and (metrics["failures"] == 0).all()
+    assert metrics["audio_top1"].between(0, 1).all()
+    clients = pd.read_csv(runs[0] / "clients.csv")
+    assert (clients["status"] == "ok").all()
+    assert set(zip(clients["modality"], clients["task"])) == {("audio", "align-audio"), ("audiovisual", "align-av")}
+    audio, av = clients[clients["modality"] == "audio"], clients[clients["modality"] == "audiovisual"]
+    assert audio["bytes_sent"].max() < av["bytes_sent"].min()
+
+
 @pytest.mark.timeout(300)
 def test_bad_config_stops_before_training_with_one_clear_line(superlink, data_dir, tmp_path):
     out = tmp_path / "results"

@@ -24,7 +24,9 @@ def fake_runner(calls: list, fail: set = frozenset(), crash: set = frozenset()):
         run_dir = output_dir / "20260101-000000-run1"
         run_dir.mkdir()
         score = {"modality-mirror": 0.5, "harmony": 0.4}.get(cell.method, 0.3) + 0.1 * cell.rate + 0.01 * cell.seed
-        pd.DataFrame({"round": [0, 1, 2], "audio_top1": [0.05, score / 2, score]}).to_csv(run_dir / "metrics.csv")
+        mb = {"harmony": 2.0}.get(cell.method, 1.0)  # MB per round (to + from clients)
+        pd.DataFrame({"round": [0, 1, 2], "audio_top1": [0.05, score / 2, score], "bytes_to_clients": [0, 6e5 * mb, 6e5 * mb],
+                      "bytes_from_clients": [0, 4e5 * mb, 4e5 * mb]}).to_csv(run_dir / "metrics.csv")
         pd.DataFrame([{"round": 2, "class": c, "f1": score * (i + 1) / 3} for i, c in enumerate(CLASSES)]).to_csv(
             run_dir / "per_class_f1.csv", index=False)
         if cell.key in fail:
@@ -83,9 +85,11 @@ def test_table_and_figures(tmp_path):
     runs = run_cells(cells, tmp_path, fake_runner([]))
     md = table1(runs, [0.1, 0.3])
     lines = md.splitlines()
-    assert lines[0] == "| method | 0.1 | 0.3 |"
+    assert lines[0] == "| method | 0.1 | 0.3 | MB / round |"
     mm = next(line for line in lines if line.startswith("| ModalityMirror"))
     assert "51.5 +- 0.5 (90.0)" in mm and "53.5 +- 0.5 (90.0)" in mm  # mean of 0.51/0.52 and 0.53/0.54
+    assert mm.endswith("| 1.00 |")  # round 0 (no traffic) is not a round of training
+    assert next(line for line in lines if line.startswith("| Harmony")).endswith("| 2.00 |")
     assert "n = 2 seeds" in md
     made = figures(runs, tmp_path, [0.1, 0.3])
     names = {p.name for p in made}
