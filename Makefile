@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 
-.PHONY: venv run test calibrate prepare deploy-local table1 table1-quick clean
+.PHONY: venv run test bench calibrate prepare deploy-local table1 table1-quick clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,11 @@ run: venv
 ## test: the whole suite (unit tests and end-to-end `flwr run` tests)
 test: venv
 	$(PY) -m pytest -q tests
+
+## bench: Flower + Ray overhead against a bare loop, start-up, client set-up, memory at 10/100/1000
+## partitions, preprocessing against the ffmpeg CLI, bytes per client kind -> results/bench/bench.{md,json}
+bench: venv
+	$(PY) -m mirror_app.bench --out $(CURDIR)/results/bench --run-config "$(RUN_CONFIG)"
 
 ## calibrate: centralised audio-only and audiovisual accuracy of the embedded dataset
 calibrate: venv

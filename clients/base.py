@@ -77,6 +77,8 @@ class GroupClient(NumPyClient):
     settings: LocalSettings
     modality: str = ""
     tasks: dict[str, Callable] = field(default_factory=dict)
+    setup_seconds: float = 0.0  # time the ClientApp spent making this client (set by client_app)
+    workspace_built: bool = False  # whether that included building the worker's dataset and models
 
     def get_properties(self, config: dict) -> dict:
         return {
@@ -107,6 +109,8 @@ class GroupClient(NumPyClient):
             "partition-id": int(self.partition.partition_id),
             "train-loss": float(loss),
             "train-seconds": time.perf_counter() - start,
+            "setup-seconds": float(self.setup_seconds),
+            "workspace-built": int(self.workspace_built),
             **(extra[0] if extra else {}),
         }
         return flatten(out, trained), int(len(self.partition.indices)), metrics

@@ -8,6 +8,7 @@ missing-rate assignment) and optional ``data-dir`` (where this node's feature ca
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 
 import torch
@@ -52,6 +53,7 @@ def make_client(context: Context):
     own data (``data-dir`` in its node config). A node whose data has no video refuses the
     audiovisual role.
     """
+    start, builds = time.perf_counter(), _workspace.cache_info().misses
     cfg = _config(tuple(sorted(context.run_config.items())))
     node = context.node_config
     if ("partition-id" in node) != ("num-partitions" in node):
@@ -74,9 +76,12 @@ def make_client(context: Context):
                              cfg.distill_ce_weight, cfg.seed, cfg.mu, cfg.lora_rank, cfg.align_av_weight,
                              str(cfg.resolve(cfg.audio_pretrained)) if cfg.audio_pretrained else "",
                              str(cfg.resolve(cfg.video_pretrained)) if cfg.video_pretrained else "")
-    return CLIENT_KINDS[modality](
+    client = CLIENT_KINDS[modality](
         partition=Partition(part.partition_id, part.indices, modality), workspace=ws, settings=settings
     )
+    client.setup_seconds = time.perf_counter() - start
+    client.workspace_built = _workspace.cache_info().misses > builds
+    return client
 
 
 def client_fn(context: Context) -> Client:

@@ -3,7 +3,8 @@
     config.json        the resolved run config
     metrics.csv        one row per evaluated round (round, phase, audio_top1, audio_top5,
                        audio_macro_f1, av_top1, bytes, failures, seconds, ...)
-    clients.csv        one row per client per round: task, status, bytes sent and received
+    clients.csv        one row per client per round: task, status, bytes sent and received,
+                       training and client set-up seconds
     per_class_f1.csv   audio model per-class F1 at every evaluated round (long format)
     phase1.pt          checkpoint at the end of phase 1 (two-phase strategies)
     model.pt           final checkpoint: {"state": groups, "teacher": groups or None}

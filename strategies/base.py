@@ -353,6 +353,9 @@ class PhasedStrategy(FedAvg):
             "bytes_received": down,
             "bytes_sent": up,
             "train_loss": float(res.metrics.get("train-loss", float("nan"))) if res is not None else float("nan"),
+            "train_seconds": float(res.metrics.get("train-seconds", float("nan"))) if res is not None else float("nan"),
+            "setup_seconds": float(res.metrics.get("setup-seconds", float("nan"))) if res is not None else float("nan"),
+            "workspace_built": int(res.metrics.get("workspace-built", 0)) if res is not None else 0,
             "problem": problem,
         }
 

@@ -14,7 +14,7 @@ from data.cache import DEV, TEST, TRAIN, CacheMismatchError, FeatureCache, Split
 from data.features import FeatureSpec
 from data.prepare import PrepareError, main as prepare_main, prepare
 from data.sources import SourceError, read_manifest, read_ucf101, readable_name
-from media import make_activitynet, make_manifest, make_ucf101, write_png, write_wav
+from data.media import make_activitynet, make_manifest, make_ucf101, write_png, write_wav
 
 SPEC = FeatureSpec(num_mel_bins=40, audio_seconds=1.0, image_size=32)
 ROOT = Path(__file__).resolve().parents[1]

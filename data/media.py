@@ -1,4 +1,4 @@
-"""Tiny real media files made with PyAV: fixtures for the dataset readers and preprocessing."""
+"""Tiny real media files made with PyAV, for the tests (dataset readers, preprocessing) and `make bench`."""
 
 from __future__ import annotations
 

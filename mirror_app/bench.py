@@ -1,0 +1,379 @@
+"""``make bench``: what Flower and Ray add to the training itself, and how the app scales.
+
+One invocation measures, side by side on this machine, so that ratios are comparable:
+
+1. rounds: per-round wall time of a ``flwr run .`` simulation (modality-aware FL rounds,
+   default settings) against a bare in-process loop doing the same local training,
+   aggregation and evaluation with plain PyTorch and NumPy (no Flower, no Ray);
+2. start-up: the SuperLink on its own, and ``flwr run`` until the initial evaluation
+   (SuperExec, Ray, ServerApp, dataset, model), and the first round (Ray workers start);
+3. client set-up: time each ClientApp call spends making its client (the dataset and models
+   are built once per worker and reused), against the client's training time;
+4. memory: peak proportional set size (PSS: shared memory-mapped pages counted once) and RSS
+   of everything the SuperLink runs, with 10, 100 and 1000 partitions;
+5. preprocessing: videos per second of ``data.prepare`` on generated clips, against
+   decoding the same audio and middle frame with the ffmpeg command line (imageio-ffmpeg);
+6. bytes on the wire per round and per client kind (from ``clients.csv``).
+
+Writes ``bench.json`` and ``bench.md`` to ``--out`` (each written atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"round_ratio": 1.3, "setup_share": 0.05, "memory_ratio": 1.5}
+
+
+class BenchError(ValueError):
+    """The benchmark was asked for something it cannot run."""
+
+
+# ------------------------------------------------------------------------ bare loop
+def bare_loop(cfg, num_partitions: int, rounds: int) -> list[float]:
+    """Seconds per round of modality-aware FedAvg with no Flower and no Ray: the same local
+    training functions, a NumPy weighted mean per parameter group, and the same evaluation."""
+    import torch
+
+    from data import load_dataset
+    from data.partition import AUDIO, get_partition
+    from mirror_app.models import AUDIO_MODEL, AV_MODEL, GROUPS, build_model, get_groups, set_groups
+    from mirror_app.server_app import Evaluator
+    from mirror_app.training import train_audio, train_av
+
+    cache = load_dataset(cfg.dataset, cfg.data_path, cfg.fold, cfg.dev_fraction, cfg.seed)
+    shapes = (cache.audio.shape[1:], cache.video.shape[1:])
+
+    def make(seed=None):
+        return build_model(cache.num_classes, *shapes, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim,
+                           seed=seed)
+
+    state = dict(get_groups(make(cfg.seed), GROUPS))
+    work, evaluator = make(), Evaluator(make(), cache, torch.device("cpu"))
+    parts = [get_partition(str(cache.path), pid, num_partitions, cfg.dirichlet_alpha, cfg.missing_rate, cfg.seed,
+                           cfg.fold, cfg.dev_fraction) for pid in range(num_partitions)]
+    rng = random.Random(cfg.seed)
+    times = []
+    for r in range(1, rounds + 1):
+        t0 = time.perf_counter()
+        contributions: dict[str, list] = {}
+        for part in rng.sample(parts, min(cfg.clients_per_round, num_partitions)):
+            audio_only = part.modality == AUDIO
+            groups = AUDIO_MODEL if audio_only else AV_MODEL
+            set_groups(work, {g: state[g] for g in groups})
+            (train_audio if audio_only else train_av)(
+                work, cache, part.indices, epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                optimizer=cfg.optimizer, device=torch.device("cpu"), seed=cfg.seed * 1009 + r, mu=0.0)
+            for g, arrays in get_groups(work, groups).items():
+                contributions.setdefault(g, []).append((arrays, len(part.indices)))
+        for g, contribs in contributions.items():
+            total = sum(n for _, n in contribs)
+            state[g] = [sum(arrays[i] * (n / total) for arrays, n in contribs).astype(state[g][i].dtype)
+                        for i in range(len(state[g]))]
+        evaluator({g: state[g] for g in AUDIO_MODEL}, {g: state[g] for g in AV_MODEL})
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+# ----------------------------------------------------------------------- simulation
+class Monitor(threading.Thread):
+    """Samples the memory of a SuperLink's process tree and notes when the run's first row appears."""
+
+    def __init__(self, root_pid: int, out_dir: Path, every: float = 0.25):
+        super().__init__(daemon=True)
+        self.root_pid, self.out_dir, self.every = root_pid, out_dir, every
+        self.peak_pss = self.peak_rss = 0
+        self.first_row_at: float | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        from mirror_app.launch import tree_members
+
+        while not self.done.is_set():
+            pss = rss = 0
+            for pid in tree_members(self.root_pid):
+                try:
+                    info = psutil.Process(pid).memory_full_info()
+                except (psutil.Error, OSError):
+                    continue
+                pss += getattr(info, "pss", info.rss)
+                rss += info.rss
+            self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
+            if self.first_row_at is None and any(self.out_dir.glob("*/metrics.csv")):
+                self.first_row_at = time.perf_counter()
+            self.done.wait(self.every)
+
+
+def simulate(link, out_dir: Path, num_supernodes: int, run_config: str, timeout: float) -> dict:
+    """One ``flwr run .`` on ``link``: its run folder's metrics and clients, peak memory, start-up."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    monitor = Monitor(link.proc.pid, out_dir)
+    monitor.start()
+    t0 = time.perf_counter()
+    try:
+        res = link.flwr_run(ROOT, "--federation-config", f"num-supernodes={num_supernodes}", "--run-config",
+                            f"output-dir='{out_dir}' {run_config}", timeout=timeout,
+                            log_file=out_dir.parent / f"{out_dir.name}.log")
+    finally:
+        monitor.done.set()
+        monitor.join()
+    wall = time.perf_counter() - t0
+    runs = [p for p in out_dir.iterdir() if (p / "summary.json").is_file()]
+    if res.returncode != 0 or len(runs) != 1:
+        log = (out_dir.parent / f"{out_dir.name}.log").read_text()[-3000:]
+        raise RuntimeError(f"flwr run with {num_supernodes} SuperNodes did not finish:\n{log}")
+    metrics = pd.read_csv(runs[0] / "metrics.csv")
+    return {"wall": wall, "metrics": metrics, "clients": pd.read_csv(runs[0] / "clients.csv"),
+            "app_start": (monitor.first_row_at - t0) if monitor.first_row_at else float("nan"),
+            "peak_pss": monitor.peak_pss, "peak_rss": monitor.peak_rss}
+
+
+def round_seconds(metrics: pd.DataFrame) -> pd.Series:
+    """Seconds each round took, from metrics.csv's cumulative ``seconds`` (index: round)."""
+    m = metrics.set_index("round")["seconds"].sort_index()
+    return m.diff().dropna()
+
+
+# --------------------------------------------------------------------- preprocessing
+def make_clips(root: Path, count: int, seconds: float, size: tuple[int, int], fps: int) -> Path:
+    """``count`` (>= 8) clips (MPEG-4 + MP3 in AVI, like UCF101) in a manifest over 4 labels, 1 in 4 for test."""
+    from data.media import write_video
+
+    rows = ["label,video,split"]
+    for i in range(count):
+        label = i % 4
+        clip = write_video(root / "clips" / f"clip{i:04d}.avi", label, seconds=seconds, size=size, fps=fps)
+        rows.append(f"class{label},{clip.relative_to(root)},{'test' if i % 8 >= 6 else 'train'}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def ffmpeg_decode(clips: list[Path], seconds: float, audio_seconds: float, image_size: int, workers: int) -> float:
+    """Seconds for the ffmpeg CLI to decode what preprocessing needs from each clip: the first
+    ``audio_seconds`` of audio as 16 kHz mono float PCM, and the middle frame scaled to
+    ``image_size`` squared RGB (one ffmpeg process per clip, ``workers`` at a time)."""
+    import imageio_ffmpeg
+
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+
+    def one(clip: Path) -> None:
+        cmd = [exe, "-v", "error", "-nostdin", "-i", str(clip),
+               "-map", "0:a:0", "-t", str(audio_seconds), "-ac", "1", "-ar", "16000", "-f", "f32le", "-y", "/dev/null",
+               "-map", "0:v:0", "-ss", str(seconds / 2), "-frames:v", "1", "-s", f"{image_size}x{image_size}",
+               "-pix_fmt", "rgb24", "-f", "rawvideo", "-y", "/dev/null"]
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(one, clips))
+    return time.perf_counter() - t0
+
+
+def preprocessing(work: Path, count: int, workers: int, seconds: float = 4.0) -> dict:
+    from data.features import FeatureSpec
+    from data.prepare import prepare
+
+    src = make_clips(work / "src", count, seconds, (320, 240), 25)
+    spec = FeatureSpec(num_mel_bins=128, audio_seconds=5.0, image_size=224)
+    t0 = time.perf_counter()
+    prepare("manifest", src, work / "data", spec=spec, workers=workers, log=lambda *a, **k: None)
+    ours = time.perf_counter() - t0
+    ref = ffmpeg_decode(sorted((src / "clips").glob("*.avi")), seconds, spec.audio_seconds, spec.image_size, workers)
+    return {"videos": count, "workers": workers, "clip": f"{seconds:g} s, 320x240, 25 fps, MPEG-4 + MP3",
+            "prepare_videos_per_s": count / ours, "ffmpeg_cli_videos_per_s": count / ref,
+            "ratio_prepare_over_ffmpeg": (count / ours) / (count / ref)}
+
+
+# ------------------------------------------------------------------------- the report
+def bytes_per_kind(clients: pd.DataFrame) -> list[dict]:
+    ok = clients[clients["status"] == "ok"]
+    table = ok.groupby(["phase", "modality", "task"])[["bytes_received", "bytes_sent"]].mean().reset_index()
+    return table.to_dict("records")
+
+
+def setup_cost(clients: pd.DataFrame) -> dict:
+    ok = clients[clients["status"] == "ok"]
+    warm, cold = ok[ok["workspace_built"] == 0], ok[ok["workspace_built"] == 1]
+    return {"calls": int(len(ok)), "workspace_builds": int(len(cold)),
+            "setup_s_mean": float(warm["setup_seconds"].mean()), "train_s_mean": float(warm["train_seconds"].mean()),
+            "setup_share": float((warm["setup_seconds"] / (warm["setup_seconds"] + warm["train_seconds"])).mean()),
+            "first_call_setup_s": float(cold["setup_seconds"].mean()) if len(cold) else float("nan")}
+
+
+def markdown(report: dict) -> str:
+    r, s, m, p = report["rounds"], report["client_setup"], report["memory"], report.get("preprocessing")
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    lines = [
+        "# Benchmark", "",
+        f"{report['machine']}; {report['settings']}.", "",
+        "| measure | figure | target | |", "| --- | --- | --- | --- |",
+        f"| `flwr run` round / bare loop round (median, rounds 2..{r['rounds']}) | {r['ratio']:.2f}x "
+        f"({r['flwr_round_s']:.2f} s vs {r['bare_round_s']:.2f} s) | <= {TARGETS['round_ratio']}x | "
+        f"{verdict(r['ratio'] <= TARGETS['round_ratio'])} |",
+        f"| SuperLink start | {report['startup']['superlink_s']:.1f} s | | |",
+        f"| `flwr run` until the initial evaluation (SuperExec, Ray, ServerApp, data, model) | "
+        f"{report['startup']['app_start_s']:.1f} s | | |",
+        f"| first round (Ray workers start, ClientApp import, modality queries) | "
+        f"{report['startup']['first_round_s']:.1f} s | | |",
+        f"| client set-up / (set-up + training), per ClientApp call | {100 * s['setup_share']:.2f} % "
+        f"({1000 * s['setup_s_mean']:.1f} ms vs {s['train_s_mean']:.2f} s) | <= {100 * TARGETS['setup_share']:.0f} % | "
+        f"{verdict(s['setup_share'] <= TARGETS['setup_share'])} |",
+        f"| training calls that had to build the dataset and models | {s['workspace_builds']} of {s['calls']} "
+        "(each worker builds them once, at its first call: round 1's modality query) | 0 | "
+        f"{verdict(s['workspace_builds'] == 0)} |",
+    ]
+    sizes = sorted(m, key=int)
+    for n in sizes:
+        lines.append(f"| peak memory, {n} partitions | PSS {m[n]['peak_pss'] / 2**20:.0f} MiB, "
+                     f"RSS {m[n]['peak_rss'] / 2**20:.0f} MiB | | |")
+    if len(sizes) > 1:
+        ratio = m[sizes[-1]]["peak_pss"] / m[sizes[0]]["peak_pss"]
+        lines.append(f"| peak PSS, {sizes[-1]} / {sizes[0]} partitions | {ratio:.2f}x | "
+                     f"<= {TARGETS['memory_ratio']}x | {verdict(ratio <= TARGETS['memory_ratio'])} |")
+    if p:
+        lines.append(f"| preprocessing ({p['videos']} clips of {p['clip']}, {p['workers']} workers) | "
+                     f"{p['prepare_videos_per_s']:.1f} videos/s; ffmpeg CLI decode alone "
+                     f"{p['ffmpeg_cli_videos_per_s']:.1f} videos/s ({p['ratio_prepare_over_ffmpeg']:.2f}x) | | |")
+    lines.append(f"| GPU sharing | {report['gpu']} | | |")
+    lines += ["", "Bytes on the wire per client and round:", "",
+              "| phase | client | task | received | sent |", "| --- | --- | --- | --- | --- |"]
+    for row in report["bytes_per_client"]:
+        lines.append(f"| {row['phase']} | {row['modality']} | {row['task']} | {row['bytes_received'] / 1e3:.1f} kB | "
+                     f"{row['bytes_sent'] / 1e3:.1f} kB |")
+    lines += ["", f"Per round: {report['rounds']['bytes_per_round'] / 1e6:.2f} MB to plus from the clients "
+              "(mean over the training rounds).", ""]
+    return "\n".join(lines)
+
+
+def run_bench(out: Path, num_supernodes: int, rounds: int, distill_rounds: int, memory_partitions: list[int],
+              videos: int, run_config: str, timeout: float, log=print) -> dict:
+    import os
+
+    import torch
+
+    from mirror_app.config import RunConfig
+    from mirror_app.launch import SuperLink, interrupt_on_signals, with_defaults
+    from mirror_app.results import atomic_write
+
+    if rounds < 2:
+        raise BenchError(f"--rounds {rounds} is too few: at least 2 (round 1 includes start-up)")
+    if 0 < videos < 8:
+        raise BenchError(f"--videos {videos} is too few: 0 (skip) or at least 8 (every label in train and test)")
+    if min(memory_partitions, default=1) < 1:
+        raise BenchError(f"--memory-partitions {memory_partitions} must be positive")
+    base = with_defaults(run_config, {"strategy": "'modality-mirror'", "num-server-rounds": str(rounds),
+                                      "distill-rounds": str(distill_rounds)})
+    cfg = RunConfig.from_dict(_parse(base))  # a bad value stops here, before anything starts
+    if cfg.clients_per_round > num_supernodes:
+        raise BenchError(f"clients-per-round {cfg.clients_per_round} > --num-supernodes {num_supernodes}")
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-", dir=out))
+    report: dict = {"machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, "
+                               f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}",
+                    "settings": f"{num_supernodes} SuperNodes, {cfg.clients_per_round} clients per round, "
+                                f"{cfg.local_epochs} local epochs, {cfg.audio_backbone} + {cfg.video_backbone}, "
+                                f"dataset {cfg.dataset}, missing rate {cfg.missing_rate}"}
+    try:
+        with interrupt_on_signals():
+            log("bench: starting a SuperLink")
+            t0 = time.perf_counter()
+            with SuperLink(work / "flwr-home") as link:
+                report["startup"] = {"superlink_s": time.perf_counter() - t0}
+                log(f"bench: flwr run, {num_supernodes} SuperNodes, {rounds} + {distill_rounds} rounds")
+                main = simulate(link, work / "main", num_supernodes, base, timeout)
+                memory = {num_supernodes: {"peak_pss": main["peak_pss"], "peak_rss": main["peak_rss"]}}
+                for n in memory_partitions:
+                    if n in memory:
+                        continue
+                    log(f"bench: memory with {n} partitions")
+                    small = with_defaults(run_config, {"num-server-rounds": "2", "distill-rounds": "0",
+                                                       "local-epochs": "1",
+                                                       "clients-per-round": str(min(cfg.clients_per_round, n))})
+                    run = simulate(link, work / f"mem{n}", n, small, timeout)
+                    memory[n] = {"peak_pss": run["peak_pss"], "peak_rss": run["peak_rss"]}
+            report["memory"] = {n: memory[n] for n in sorted(set(memory_partitions) | {num_supernodes})
+                                if n in memory_partitions}
+            per_round = round_seconds(main["metrics"])
+            train_rounds = per_round.loc[2:rounds]
+            log("bench: bare loop")
+            bare = bare_loop(cfg, num_supernodes, rounds)
+            flwr_s, bare_s = float(train_rounds.median()), float(np.median(bare[1:]))
+            metrics = main["metrics"][main["metrics"]["round"] > 0]
+            report["rounds"] = {"rounds": rounds, "flwr_round_s": flwr_s, "bare_round_s": bare_s,
+                                "ratio": flwr_s / bare_s, "flwr_rounds_s": per_round.tolist(), "bare_rounds_s": bare,
+                                "bytes_per_round": float((metrics["bytes_to_clients"]
+                                                          + metrics["bytes_from_clients"]).mean())}
+            report["startup"] |= {"app_start_s": main["app_start"], "first_round_s": float(per_round.loc[1])}
+            report["client_setup"] = setup_cost(main["clients"])
+            report["bytes_per_client"] = bytes_per_kind(main["clients"])
+            report["gpu"] = ("not measured: this machine has no GPU" if not torch.cuda.is_available() else
+                             "run with --federation-config client-resources-num-gpus=0.25 to share the GPU")
+            if videos > 0:
+                log(f"bench: preprocessing {videos} generated clips")
+                report["preprocessing"] = preprocessing(work / "prep", videos, workers=min(2, os.cpu_count() or 1))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report["memory"] = {str(k): v for k, v in report.get("memory", {}).items()}
+    atomic_write(out / "bench.json", lambda p: Path(p).write_text(json.dumps(report, indent=2, default=float)))
+    atomic_write(out / "bench.md", lambda p: Path(p).write_text(markdown(report)))
+    return report
+
+
+def _parse(run_config: str) -> dict:
+    """'key=value ...' as Flower parses it (TOML values)."""
+    from flwr.common.config import parse_config_args
+
+    return parse_config_args([run_config]) if run_config else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mirror_app.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="results/bench")
+    p.add_argument("--num-supernodes", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=6, help="modality-aware FL rounds timed (round 1 is start-up)")
+    p.add_argument("--distill-rounds", type=int, default=2, help="distillation rounds (for their bytes)")
+    p.add_argument("--memory-partitions", default="10,100,1000")
+    p.add_argument("--videos", type=int, default=24, help="generated clips to preprocess (0: skip)")
+    p.add_argument("--run-config", default="", help="extra run config, e.g. \"local-epochs=1\"")
+    p.add_argument("--timeout", type=float, default=1800)
+    args = p.parse_args(argv)
+    try:
+        sizes = [int(x) for x in args.memory_partitions.split(",") if x.strip()]
+    except ValueError:
+        print(f"error: --memory-partitions {args.memory_partitions!r} must be comma-separated integers",
+              file=sys.stderr)
+        return 2
+    try:
+        report = run_bench(Path(args.out).resolve(), args.num_supernodes, args.rounds, args.distill_rounds, sizes,
+                           args.videos, args.run_config, args.timeout)
+    except (BenchError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

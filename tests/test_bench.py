@@ -1,0 +1,65 @@
+"""`make bench` on a tiny setting: every figure of the report is produced and is plausible."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mirror_app.bench import BenchError, main, run_bench, setup_cost
+
+
+@pytest.mark.timeout(900)
+def test_tiny_bench_writes_every_figure(tmp_path, data_dir):
+    out = tmp_path / "bench"
+    report = run_bench(out, num_supernodes=4, rounds=2, distill_rounds=1, memory_partitions=[4], videos=8,
+                       run_config=f"clients-per-round=2 local-epochs=1 data-dir='{data_dir}'", timeout=600,
+                       log=lambda *a: None)
+    saved = json.loads((out / "bench.json").read_text())
+    assert saved["rounds"]["ratio"] == pytest.approx(report["rounds"]["ratio"])
+    r = saved["rounds"]
+    assert len(r["flwr_rounds_s"]) == 3 and len(r["bare_rounds_s"]) == 2  # 2 + 1 rounds simulated, 2 bare
+    assert r["flwr_round_s"] > 0 and r["bare_round_s"] > 0 and r["ratio"] == pytest.approx(
+        r["flwr_round_s"] / r["bare_round_s"])
+    s = saved["startup"]
+    assert 0 < s["superlink_s"] < 120 and 0 < s["app_start_s"] < 600 and s["first_round_s"] > 0
+    c = saved["client_setup"]
+    assert c["calls"] == 2 * 3 and c["workspace_builds"] == 0  # never rebuilt in a training call
+    assert 0 < c["setup_share"] < 1
+    assert saved["memory"]["4"]["peak_pss"] > 100 * 2**20  # Python + torch + Ray, at least
+    p = saved["preprocessing"]
+    assert p["videos"] == 8 and p["prepare_videos_per_s"] > 0 and p["ffmpeg_cli_videos_per_s"] > 0
+    kinds = {(row["phase"], row["modality"], row["task"]) for row in saved["bytes_per_client"]}
+    assert ("distillation", "audiovisual", "distill") in kinds
+    audio = next(row for row in saved["bytes_per_client"] if row["task"] == "train-audio")
+    av = next(row for row in saved["bytes_per_client"] if row["task"] == "train-av")
+    assert audio["bytes_sent"] < av["bytes_sent"]
+    md = (out / "bench.md").read_text()
+    for needle in ("bare loop", "SuperLink start", "client set-up", "peak memory, 4 partitions", "ffmpeg CLI",
+                   "Bytes on the wire"):
+        assert needle in md
+    assert not [p for p in out.iterdir() if p.name.startswith("bench-")]  # the work folder is gone
+
+
+def test_setup_cost_counts_only_calls_that_did_not_build_the_workspace():
+    import pandas as pd
+
+    clients = pd.DataFrame({"status": ["ok", "ok", "ok", "failed"], "workspace_built": [1, 0, 0, 0],
+                            "setup_seconds": [5.0, 0.1, 0.3, 0.0], "train_seconds": [1.0, 0.9, 0.7, 0.0]})
+    c = setup_cost(clients)
+    assert c["calls"] == 3 and c["workspace_builds"] == 1 and c["first_call_setup_s"] == 5.0
+    assert c["setup_share"] == pytest.approx((0.1 / 1.0 + 0.3 / 1.0) / 2)
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--rounds", "1"], "at least 2"),
+    (["--videos", "3"], "at least 8"),
+    (["--memory-partitions", "10,x"], "comma-separated integers"),
+    (["--num-supernodes", "4"], "clients-per-round 10 > --num-supernodes 4"),
+    (["--run-config", "lr=-1"], "'lr'"),
+])
+def test_bad_input_is_one_line_before_anything_starts(tmp_path, capsys, args, match):
+    assert main(["--out", str(tmp_path / "b"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and "\n" not in err
+    assert not (tmp_path / "b").exists()
