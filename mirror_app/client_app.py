@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from functools import lru_cache
 
-import torch
 from flwr.client import Client, ClientApp
 from flwr.common import Context
 
@@ -27,7 +26,8 @@ from mirror_app.server_app import resolve_device
 def _workspace(dataset: str, data_dir: str, audio_backbone: str, video_backbone: str, embed_dim: int,
                device: str, fold: int = 1) -> Workspace:
     """Dataset (memory-mapped) and models, built once per worker process and reused."""
-    torch.set_num_threads(1)  # one simulated client per core
+    # torch's thread count follows OMP_NUM_THREADS, which Ray sets to the client's share
+    # (client-resources-num-cpus, Flower's default 2); a SuperNode's ClientApp uses the device's cores
     cache = load_dataset(dataset, data_dir, fold)
     shapes = (cache.audio.shape[1:], cache.video.shape[1:])
 
