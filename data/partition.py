@@ -80,14 +80,35 @@ def audio_only_partitions(num_partitions: int, missing_rate: float, seed: int) -
     return np.sort(rng.permutation(num_partitions)[:count])
 
 
+def iid_partitions(num_samples: int, num_partitions: int, seed: int) -> list[np.ndarray]:
+    """Split rows ``0..num_samples-1`` into ``num_partitions`` near-equal random shares with
+    flwr-datasets' IidPartitioner (rows shuffled with ``seed`` first)."""
+    import datasets
+    from flwr_datasets.partitioner import IidPartitioner
+
+    if not 1 <= num_partitions <= num_samples:
+        raise PartitionError(f"{num_partitions} partitions for {num_samples} training samples: "
+                             "each partition needs at least one sample")
+    rows = np.random.default_rng([seed, 104729]).permutation(num_samples)
+    partitioner = IidPartitioner(num_partitions=num_partitions)
+    partitioner.dataset = datasets.Dataset.from_dict({"row": rows.tolist()})
+    return [np.sort(np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64)) for i in range(num_partitions)]
+
+
+PARTITIONERS = ("dirichlet", "iid")
+
+
 @lru_cache(maxsize=8)
 def _split(cache_path: str, num_partitions: int, alpha: float, seed: int, fold: int,
-           dev_fraction: float) -> tuple[np.ndarray, ...]:
+           dev_fraction: float, partitioner: str = "dirichlet") -> tuple[np.ndarray, ...]:
     from .cache import FeatureCache
 
     cache = FeatureCache(cache_path, fold=fold, dev_fraction=dev_fraction, dev_seed=seed)
     train = cache.indices("train")
-    parts = dirichlet_partitions(cache.labels[train], num_partitions, alpha, seed)
+    if partitioner == "iid":
+        parts = iid_partitions(len(train), num_partitions, seed)
+    else:
+        parts = dirichlet_partitions(cache.labels[train], num_partitions, alpha, seed)
     return tuple(train[p] for p in parts)
 
 
@@ -100,6 +121,7 @@ def get_partition(
     seed: int,
     fold: int = 1,
     dev_fraction: float = 0.0,
+    partitioner: str = "dirichlet",
 ) -> Partition:
     """Partition ``partition_id`` of the cache's train split (computed once per process).
 
@@ -108,7 +130,10 @@ def get_partition(
     """
     if not 0 <= partition_id < num_partitions:
         raise PartitionError(f"partition-id {partition_id} is outside [0, {num_partitions})")
-    parts = _split(str(cache_path), num_partitions, float(alpha), int(seed), int(fold), float(dev_fraction))
+    if partitioner not in PARTITIONERS:
+        raise PartitionError(f"partitioner {partitioner!r} is unknown; one of {list(PARTITIONERS)}")
+    parts = _split(str(cache_path), num_partitions, float(alpha), int(seed), int(fold), float(dev_fraction),
+                   partitioner)
     audio_only = audio_only_partitions(num_partitions, missing_rate, seed)
     modality = AUDIO if partition_id in audio_only else AUDIOVISUAL
     return Partition(partition_id, parts[partition_id], modality)

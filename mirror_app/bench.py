@@ -10,7 +10,8 @@ One invocation measures, side by side on this machine, so that ratios are compar
 3. client set-up: time each ClientApp call spends making its client (the dataset and models
    are built once per worker and reused), against the client's training time;
 4. memory: peak proportional set size (PSS: shared memory-mapped pages counted once) and RSS
-   of everything the SuperLink runs, with 10, 100 and 1000 partitions;
+   of everything the SuperLink runs, with 10, 100 and 1000 partitions (IID partitions, 2 short
+   rounds each: the embedded train split cannot make 1000 non-empty Dirichlet partitions);
 5. preprocessing: videos per second of ``data.prepare`` on generated clips, against
    decoding the same audio and middle frame with the ffmpeg command line (imageio-ffmpeg);
 6. bytes on the wire per round and per client kind (from ``clients.csv``).
@@ -65,7 +66,7 @@ def bare_loop(cfg, num_partitions: int, rounds: int) -> list[float]:
     state = dict(get_groups(make(cfg.seed), GROUPS))
     work, evaluator = make(), Evaluator(make(), cache, torch.device("cpu"))
     parts = [get_partition(str(cache.path), pid, num_partitions, cfg.dirichlet_alpha, cfg.missing_rate, cfg.seed,
-                           cfg.fold, cfg.dev_fraction) for pid in range(num_partitions)]
+                           cfg.fold, cfg.dev_fraction, cfg.partitioner) for pid in range(num_partitions)]
     rng = random.Random(cfg.seed)
     times = []
     for r in range(1, rounds + 1):
@@ -300,18 +301,16 @@ def run_bench(out: Path, num_supernodes: int, rounds: int, distill_rounds: int, 
                 report["startup"] = {"superlink_s": time.perf_counter() - t0}
                 log(f"bench: flwr run, {num_supernodes} SuperNodes, {rounds} + {distill_rounds} rounds")
                 main = simulate(link, work / "main", num_supernodes, base, timeout)
-                memory = {num_supernodes: {"peak_pss": main["peak_pss"], "peak_rss": main["peak_rss"]}}
+                memory = {}
                 for n in memory_partitions:
-                    if n in memory:
-                        continue
                     log(f"bench: memory with {n} partitions")
+                    # IID partitions: 4000 samples cannot make 1000 non-empty Dirichlet partitions
                     small = with_defaults(run_config, {"num-server-rounds": "2", "distill-rounds": "0",
-                                                       "local-epochs": "1",
+                                                       "local-epochs": "1", "partitioner": "'iid'",
                                                        "clients-per-round": str(min(cfg.clients_per_round, n))})
                     run = simulate(link, work / f"mem{n}", n, small, timeout)
                     memory[n] = {"peak_pss": run["peak_pss"], "peak_rss": run["peak_rss"]}
-            report["memory"] = {n: memory[n] for n in sorted(set(memory_partitions) | {num_supernodes})
-                                if n in memory_partitions}
+            report["memory"] = memory
             per_round = round_seconds(main["metrics"])
             train_rounds = per_round.loc[2:rounds]
             log("bench: bare loop")

@@ -65,7 +65,7 @@ def make_client(context: Context):
     ws = _workspace(cfg.dataset, data_dir, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim, cfg.device,
                     cfg.fold)
     part = get_partition(str(ws.cache.path), pid, num, cfg.dirichlet_alpha, cfg.missing_rate, cfg.seed, cfg.fold,
-                         cfg.dev_fraction)
+                         cfg.dev_fraction, cfg.partitioner)
     modality = str(node.get("modality", part.modality))
     if modality not in MODALITIES:
         raise ValueError(f"node config 'modality' = {modality!r} is invalid: one of {list(MODALITIES)}")

@@ -59,6 +59,9 @@ class RunConfig:
     video_pretrained: str = ""
     lora_rank: int = 8
     align_av_weight: float = 0.5
+    resume: str = ""
+    round_timeout: float = 0.0
+    partitioner: str = "dirichlet"
 
     # ------------------------------------------------------------------ parsing
     @classmethod
@@ -99,6 +102,10 @@ class RunConfig:
             raise _err("dataset", self.dataset, f"one of {sorted(DATASETS)}")
         if not 0.0 <= self.missing_rate < 1.0:
             raise _err("missing-rate", self.missing_rate, "a fraction in [0, 1)")
+        from data.partition import PARTITIONERS
+
+        if self.partitioner not in PARTITIONERS:
+            raise _err("partitioner", self.partitioner, f"one of {list(PARTITIONERS)}")
         if not self.dirichlet_alpha > 0:
             raise _err("dirichlet-alpha", self.dirichlet_alpha, "a number > 0")
         for key in ("num-server-rounds", "clients-per-round", "local-epochs", "batch-size",
@@ -145,6 +152,10 @@ class RunConfig:
             raise _err("server-momentum", self.server_momentum, "a number in [0, 1)")
         if self.align_av_weight < 0:
             raise _err("align-av-weight", self.align_av_weight, "a number >= 0")
+        if self.round_timeout < 0:
+            raise _err("round-timeout", self.round_timeout, "seconds >= 0 (0: wait for every client)")
+        if self.resume and not self.resolve(self.resume).is_dir():
+            raise _err("resume", self.resume, "the folder of an interrupted run (under output-dir)")
         if self.seed < 0:
             raise _err("seed", self.seed, "an integer >= 0")
         if self.init_checkpoint and not self.resolve(self.init_checkpoint).is_file():

@@ -65,6 +65,22 @@ class RunRecorder:
         self._pending: dict[str, float] = {}
         write_json(self.dir / "config.json", config)
 
+    def save_resume_state(self, server_round: int, strategy_state: dict, seconds: float) -> None:
+        """``resume.pt``: what ``resume`` needs to continue after ``server_round`` (atomic, every round)."""
+        payload = {"round": server_round, "seconds": seconds, "strategy": strategy_state,
+                   "recorder": {"metrics": self.metrics, "clients": self.clients, "per_class": self.per_class,
+                                "pending": self._pending}}
+        atomic_write(self.dir / RESUME_FILE, lambda p: torch.save(payload, p))
+
+    @classmethod
+    def reopen(cls, run_dir: Path, saved: dict, classes: list[str]) -> "RunRecorder":
+        """The recorder of an interrupted run, from its saved state (:func:`load_resume_state`)."""
+        rec = cls.__new__(cls)
+        rec.dir, rec.classes = Path(run_dir), classes
+        r = saved["recorder"]
+        rec.metrics, rec.clients, rec.per_class, rec._pending = r["metrics"], r["clients"], r["per_class"], r["pending"]
+        return rec
+
     def client_row(self, row: dict) -> None:
         self.clients.append(row)
 
@@ -114,7 +130,37 @@ class RunRecorder:
                                           "av_top1": row.get("av_top1")}
         summary["phases"] = by_phase
         write_json(self.dir / "summary.json", summary)
+        (self.dir / RESUME_FILE).unlink(missing_ok=True)  # a finished run is not resumed
         log(INFO, "run finished; results in %s", self.dir)
+
+
+RESUME_FILE = "resume.pt"
+RESUME_IGNORED = ("resume", "output-dir", "round-timeout", "device")  # may differ in a resumed run
+
+
+class ResumeError(ValueError):
+    """A run folder cannot be resumed; the message says why."""
+
+
+def load_resume_state(run_dir: Path, config: dict) -> dict:
+    """The state saved after the last completed round of ``run_dir``, checked against ``config``."""
+    run_dir = Path(run_dir)
+    key = f"run config 'resume' = {str(run_dir)!r} is invalid"
+    if (run_dir / "summary.json").is_file():
+        raise ResumeError(f"{key}: that run finished (summary.json exists); nothing to resume")
+    if not (run_dir / RESUME_FILE).is_file() or not (run_dir / "config.json").is_file():
+        raise ResumeError(f"{key}: no {RESUME_FILE} and config.json there (a run folder keeps them after its first "
+                          "round)")
+    before = json.loads((run_dir / "config.json").read_text())
+    changed = sorted(k for k in set(before) | set(config) if k not in RESUME_IGNORED and before.get(k) != config.get(k))
+    if changed:
+        diff = ", ".join(f"{k}: {before.get(k)!r} -> {config.get(k)!r}" for k in changed[:4])
+        raise ResumeError(f"{key}: the run was made with other settings ({diff}); resume with the same run config")
+    try:
+        saved = torch.load(run_dir / RESUME_FILE, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same error for the user
+        raise ResumeError(f"{key}: {RESUME_FILE} is unreadable ({type(exc).__name__})") from None
+    return saved
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict, dict | None]:

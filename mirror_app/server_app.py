@@ -12,7 +12,7 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 from data import load_dataset
 from mirror_app.config import RunConfig
 from mirror_app.models import build_model, load_pretrained, set_groups
-from mirror_app.results import RunRecorder, load_checkpoint
+from mirror_app.results import RunRecorder, load_checkpoint, load_resume_state
 from mirror_app.training import evaluate
 from strategies import resolve_strategy
 
@@ -48,6 +48,7 @@ class Evaluator:
 def make_components(context: Context) -> ServerAppComponents:
     cfg = RunConfig.from_context(context)  # one clear error for a bad config, before any work
     out_root = cfg.check_output_dir()
+    saved = load_resume_state(cfg.resolve(cfg.resume), cfg.to_dict()) if cfg.resume else None
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     cache = load_dataset(cfg.dataset, cfg.data_path, cfg.fold, cfg.dev_fraction, cfg.seed)
@@ -67,8 +68,12 @@ def make_components(context: Context) -> ServerAppComponents:
         state, teacher = load_checkpoint(cfg.resolve(cfg.init_checkpoint))
         groups = strategy_cls.model_groups  # method-specific slots are skipped
         set_groups(model, {g: a for g, a in state.items() if g in groups})
-    run_name = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.strategy.rsplit('.', 1)[-1]}-run{context.run_id}"
-    recorder = RunRecorder(out_root / run_name, cfg.to_dict(), cache.classes)
+    if saved is None:
+        run_name = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.strategy.rsplit('.', 1)[-1]}-run{context.run_id}"
+        recorder = RunRecorder(out_root / run_name, cfg.to_dict(), cache.classes)
+    else:
+        recorder = RunRecorder.reopen(cfg.resolve(cfg.resume), saved, cache.classes)
+        log(INFO, "resuming %s after round %d", recorder.dir, saved["round"])
     log(INFO, "writing results to %s", recorder.dir)
     eval_model = strategy_cls.server_model(build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:],
                                                        cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim),
@@ -76,7 +81,11 @@ def make_components(context: Context) -> ServerAppComponents:
     strategy = strategy_cls(
         cfg=cfg, model=model, evaluator=Evaluator(eval_model, cache, device), recorder=recorder, teacher=teacher
     )
-    return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=strategy.total_rounds))
+    if saved is not None:
+        strategy.restore(saved["round"], saved["strategy"], saved["seconds"])
+    config = ServerConfig(num_rounds=strategy.total_rounds - strategy.round_offset,
+                          round_timeout=cfg.round_timeout or None)
+    return ServerAppComponents(strategy=strategy, config=config)
 
 
 app = ServerApp(server_fn=make_components)

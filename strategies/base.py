@@ -52,7 +52,8 @@ from mirror_app.models import (
 )
 AV_SLOT = "av/"  # state slot of a method's separate audiovisual model (UniFL, Harmony)
 NODE_WAIT_SECONDS = 120.0  # longest wait for enough nodes before round 1
-NODE_SETTLE_SECONDS = 10.0  # stop waiting once the node count has not changed this long
+NODE_SETTLE_SECONDS = 10.0
+MAX_EXAMPLES = 10**9  # example-count bound for a client that did not report its partition size  # stop waiting once the node count has not changed this long
 
 
 def make_server_optimizer(cfg: RunConfig, initial: list[np.ndarray]) -> FedAvg:
@@ -135,6 +136,7 @@ class PhasedStrategy(FedAvg):
         self._pending: dict[str, tuple[Instruction, int]] = {}
         self._round_stats: dict[str, float] = {}
         self._t0 = time.perf_counter()
+        self.round_offset = 0  # rounds done before this process started (a resumed run)
 
     # ---------------------------------------------------------------- schedule
     def build_phases(self, cfg: RunConfig) -> list[tuple[Phase, int]]:
@@ -161,23 +163,20 @@ class PhasedStrategy(FedAvg):
         return ndarrays_to_parameters(flatten(self.state, self.model_groups))
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
+        server_round += self.round_offset  # Flower counts from 1 again in a resumed run
         index, phase = self.phase_at(server_round)
         if index not in self._started:
             self._started.add(index)
             phase.start(self)
         clients = self._connected_clients(client_manager)
+        # Every node is asked once for its modality and partition; clients are then drawn from
+        # the nodes ordered by partition id, so that a seed gives the same clients in every run
+        # (Flower draws node IDs at random per run).
+        self._query_properties([c for c in clients if c not in self.properties], clients)
+        eligible = sorted((c for c in clients if c in self.properties
+                           and phase.instruction(self.properties[c]["modality"])), key=self._order)
         rng = random.Random(self.cfg.seed * 100_003 + server_round)
-        order = sorted(clients)
-        rng.shuffle(order)
-        # Walk a random order of the clients, asking unknown ones for their modality only when
-        # they are reached, until enough clients that can take part in this phase are chosen.
-        chosen: list[str] = []
-        pos = 0
-        while len(chosen) < self.cfg.clients_per_round and pos < len(order):
-            batch = order[pos : pos + self.cfg.clients_per_round - len(chosen)]
-            pos += len(batch)
-            self._query_properties([c for c in batch if c not in self.properties], clients)
-            chosen += [c for c in batch if c in self.properties and phase.instruction(self.properties[c]["modality"])]
+        chosen = rng.sample(eligible, min(self.cfg.clients_per_round, len(eligible)))
         if not chosen:
             raise RuntimeError(f"no connected client can take part in phase {phase.name!r}")
         out = []
@@ -197,7 +196,9 @@ class PhasedStrategy(FedAvg):
         return out
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list):
+        server_round += self.round_offset
         _, phase = self.phase_at(server_round)
+        results = sorted(results, key=lambda r: self._order(r[0].cid))  # the same sum order in every run
         contributions: dict[str, list[tuple[list[np.ndarray], int]]] = {}
         rejected = 0
         bytes_down = bytes_up = 0
@@ -209,7 +210,8 @@ class PhasedStrategy(FedAvg):
             arrays = parameters_to_ndarrays(res.parameters)
             up = nbytes(arrays)
             bytes_up += up
-            problem = self.check_update(ins, res, arrays) if ins else "client was not sent an instruction"
+            limit = int(self.properties.get(proxy.cid, {}).get("num-examples", MAX_EXAMPLES))
+            problem = self.check_update(ins, res, arrays, limit) if ins else "client was not sent an instruction"
             row = self._client_row(server_round, phase, proxy.cid, ins, down, up, res, problem)
             if self.recorder:
                 self.recorder.client_row(row)
@@ -219,8 +221,6 @@ class PhasedStrategy(FedAvg):
                 continue
             names = str(res.metrics["groups"]).split(",")
             groups = unflatten(arrays, names, group_sizes(self.model, names))
-            if res.num_examples <= 0:
-                continue
             for g in names:
                 contributions.setdefault(ins.slot + g, []).append((groups[g], int(res.num_examples)))
         for cid, (ins, down) in self._pending.items():
@@ -248,6 +248,9 @@ class PhasedStrategy(FedAvg):
         return None, {}
 
     def evaluate(self, server_round: int, parameters: Parameters):
+        if self.round_offset and server_round == 0:
+            return None  # a resumed run: the rounds so far are already recorded
+        server_round += self.round_offset
         index, phase = self.phase_at(server_round)
         last = server_round == self.total_rounds
         metrics: dict[str, Any] = {}
@@ -259,10 +262,36 @@ class PhasedStrategy(FedAvg):
             self.recorder.round(server_round, self.total_rounds, index + 1, phase.name, metrics, stats, seconds)
             if server_round == self.phase_end(index) and server_round > 0:
                 self.recorder.checkpoint("model.pt" if last else f"phase{index + 1}.pt", self.state, self.teacher)
+            if not last:  # what a resumed run needs, after every round (written atomically)
+                self.recorder.save_resume_state(server_round, self.resume_state(), seconds)
             if last:
                 self.recorder.finish(metrics)
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         return (1.0 - scalars["audio_top1"], scalars) if "audio_top1" in scalars else None
+
+    def _order(self, cid: str) -> tuple[int, str]:
+        """Sort key of a node: its partition id (stable across runs), then its node id."""
+        return int(self.properties.get(cid, {}).get("partition-id", -1)), cid
+
+    # ------------------------------------------------------------------- resume
+    def resume_state(self) -> dict:
+        """Everything a resumed run needs besides the run config: weights, teacher, server optimisers."""
+        import pickle
+
+        return {"state": self.state, "teacher": self.teacher, "inner": pickle.dumps(self._inner)}
+
+    def restore(self, done_rounds: int, saved: dict, elapsed: float) -> None:
+        """Continue after round ``done_rounds`` from ``resume_state()`` as saved then."""
+        import pickle
+
+        if not 0 < done_rounds < self.total_rounds:
+            raise ValueError(f"cannot resume after round {done_rounds} of {self.total_rounds}")
+        self.state, self.teacher = dict(saved["state"]), saved["teacher"]
+        self._inner = pickle.loads(saved["inner"])
+        self.round_offset = done_rounds
+        self._t0 -= elapsed
+        # phases that already began must not run their start hook again (its effects are restored)
+        self._started = {i for i in range(len(self.phases)) if self.phase_end(i - 1) < done_rounds}
 
     def fit_config_extra(self) -> dict[str, Scalar]:
         """Extra entries of every fit config (a method's own settings for its clients)."""
@@ -321,9 +350,13 @@ class PhasedStrategy(FedAvg):
     def snapshot_teacher(self) -> None:
         self.teacher = {g: [a.copy() for a in self.state[g]] for g in AV_MODEL}
 
-    def check_update(self, ins: Instruction, res: FitRes, arrays: list[np.ndarray]) -> str:
-        """Why an update must not be averaged in ('' when it is fine)."""
+    def check_update(self, ins: Instruction, res: FitRes, arrays: list[np.ndarray],
+                     limit: int = MAX_EXAMPLES) -> str:
+        """Why an update must not be averaged in ('' when it is fine). ``limit``: the most examples
+        the client can have (the partition size it reported)."""
         names = [n for n in str(res.metrics.get("groups", "")).split(",") if n]
+        if not 0 < res.num_examples <= limit:
+            return f"example count {res.num_examples} is outside [1, {limit}] (the client's partition size)"
         if sorted(names) != sorted(ins.train):
             return f"returned groups {names}, expected {list(ins.train)}"
         try:

@@ -59,10 +59,11 @@ class LocalProxy(ClientProxy):
 
 
 def tiny_federation(cache: FeatureCache, num_partitions: int, missing_rate: float, alpha: float = 1.0,
-                    seed: int = 0, failing: tuple[int, ...] = ()):
+                    seed: int = 0, failing: tuple[int, ...] = (), node_ids: list[str] | None = None):
     """In-process clients over ``cache`` registered in a SimpleClientManager.
 
-    Partitions listed in ``failing`` get a client whose training raises.
+    Partitions listed in ``failing`` get a client whose training raises. ``node_ids`` names the
+    nodes (by default ``node<partition>``), e.g. at random like Flower does per run.
     """
     import torch
     from flwr.server import SimpleClientManager
@@ -88,7 +89,7 @@ def tiny_federation(cache: FeatureCache, num_partitions: int, missing_rate: floa
             def boom(*args, **kwargs):
                 raise RuntimeError("simulated client crash")
             client.tasks = {name: boom for name in client.tasks}
-        proxy = LocalProxy(f"node{pid}", client)
+        proxy = LocalProxy(node_ids[pid] if node_ids else f"node{pid}", client)
         manager.register(proxy)
         proxies[pid] = proxy
     return manager, proxies

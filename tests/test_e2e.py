@@ -96,3 +96,59 @@ def test_bad_config_stops_before_training_with_one_clear_line(superlink, data_di
     assert "run config 'temperature' = 0.0 is invalid: a number > 0" in log, log[-4000:]
     assert "[ROUND 1]" not in log
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.timeout(900)
+def test_killed_run_resumes_to_the_same_metrics(superlink, data_dir, tmp_path):
+    """kill -9 of the whole Flower process tree after round 2, then `resume`: the metrics of every
+    round equal an uninterrupted run's with the same seed (which also shows two runs agree)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from mirror_app.launch import tree_members
+
+    settings = {"num-server-rounds": 3, "distill-rounds": 1, "clients-per-round": 3, "missing-rate": 0.5,
+                "local-epochs": 1, "data-dir": str(data_dir)}
+    fed = ("--federation-config", "num-supernodes=5")
+    straight = tmp_path / "straight"
+    superlink.flwr_run(ROOT, *fed, "--run-config", run_config(**settings, **{"output-dir": str(straight)}))
+
+    cut = tmp_path / "cut"
+    link = SuperLink(tmp_path / "home-killed")
+    cmd = ["flwr", "run", str(ROOT), "test", "--stream", *fed, "--run-config",
+           run_config(**settings, **{"output-dir": str(cut)})]
+    cli = subprocess.Popen(cmd, env=link.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            done = [p for p in cut.glob("*/metrics.csv") if len(pd.read_csv(p)) >= 3]  # rounds 0, 1, 2
+            if done and (done[0].parent / "resume.pt").is_file():
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the run to kill never reached round 2")
+    finally:
+        for pid in tree_members(link.proc.pid) | tree_members(cli.pid):  # kill -9, no clean-up at all
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        cli.wait(timeout=30)
+        link.stop()
+    run_dir = done[0].parent
+    assert not (run_dir / "summary.json").exists()
+
+    with SuperLink(tmp_path / "home-resume") as again:
+        res = again.flwr_run(ROOT, *fed, "--run-config",
+                             run_config(**settings, **{"output-dir": str(cut), "resume": str(run_dir)}))
+    assert (run_dir / "summary.json").is_file(), (res.stdout + res.stderr)[-4000:]
+    assert "resuming" in res.stdout + res.stderr
+    resumed = pd.read_csv(run_dir / "metrics.csv")
+    reference = pd.read_csv(next(straight.glob("*/metrics.csv")))
+    assert list(resumed["round"]) == [0, 1, 2, 3, 4]
+    cols = ["round", "phase", "audio_top1", "audio_top5", "audio_macro_f1", "av_top1", "clients", "failures",
+            "bytes_to_clients", "bytes_from_clients"]
+    pd.testing.assert_frame_equal(resumed[cols], reference[cols])

@@ -65,3 +65,17 @@ def test_partitions_never_contain_the_test_split(tmp_path):
 def test_too_many_partitions_is_a_clear_error():
     with pytest.raises(PartitionError, match="each partition needs at least one sample"):
         dirichlet_partitions(labels(10), 11, alpha=1.0, seed=0)
+
+
+def test_iid_partitions_are_equal_random_shares_even_for_many_partitions():
+    from data.partition import iid_partitions
+
+    parts = iid_partitions(4000, 1000, seed=0)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(4000))
+    assert {len(p) for p in parts} == {4}
+    again, other = iid_partitions(4000, 1000, seed=0), iid_partitions(4000, 1000, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, other))
+    assert not all(np.array_equal(p, np.arange(4 * i, 4 * i + 4)) for i, p in enumerate(parts))  # shuffled
+    with pytest.raises(PartitionError, match="at least one sample"):
+        iid_partitions(10, 11, seed=0)
