@@ -23,7 +23,7 @@ venv: $(VENV)/.installed
 
 ## run: the default ModalityMirror simulation (100 clients) on the embedded dataset
 run: venv
-	flwr federation simulation-config --num-supernodes $(NUM_CLIENTS)
+	flwr federation simulation-config --num-supernodes $(NUM_CLIENTS) --client-resources-num-cpus 1
 	flwr run . --stream --run-config "output-dir='$(OUTPUT_DIR)' $(RUN_CONFIG)"
 
 ## test: the whole suite (unit tests and end-to-end `flwr run` tests)

@@ -35,6 +35,9 @@ RATES = (0.1, 0.2, 0.3, 0.4, 0.5)
 FIG3_RATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 LABELS = {"modality-mirror": "ModalityMirror", "harmony": "Harmony", "multifl": "MultiFL", "unifl": "UniFL",
           "fedcmi": "FedCMI", "modality-align": "ModalityAlign (text anchors + LoRA)"}
+# one CPU per simulated client: small CPU models train faster as parallel single-threaded
+# clients than one at a time on two threads (Flower's default); see `make bench`
+CLIENT_RESOURCES = "client-resources-num-cpus=1"
 # run config a method needs beyond the shared one (unless the sweep's --run-config sets the key)
 METHOD_CONFIG = {"fedcmi": {"mu": "0.01"}}
 
@@ -245,8 +248,8 @@ def flwr_runner(link, num_supernodes: int, extra_config: str, timeout: float):
 
         config = (f"strategy='{cell.method}' missing-rate={cell.rate} seed={cell.seed} output-dir='{output_dir}' "
                   + with_defaults(extra_config, METHOD_CONFIG.get(cell.method, {})))
-        res = link.flwr_run(ROOT, "--federation-config", f"num-supernodes={num_supernodes}", "--run-config",
-                            config, timeout=timeout, log_file=log)
+        res = link.flwr_run(ROOT, "--federation-config", f"num-supernodes={num_supernodes} {CLIENT_RESOURCES}",
+                            "--run-config", config, timeout=timeout, log_file=log)
         return res.returncode == 0
 
     return run

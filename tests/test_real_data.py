@@ -193,6 +193,28 @@ def test_manifest_bad_input_fails_before_any_work(tmp_path, case, match):
     assert not (tmp_path / "data" / "manifest").exists() and not (tmp_path / "data" / ".manifest.work").exists()
 
 
+@pytest.mark.parametrize("case, error, match", [
+    ("class-emptied", SourceError, r"after skipping unusable clips\): labels in the test split .* \['cat'\]"),
+    ("nothing-usable", PrepareError, r"no usable clip \(every file was skipped\); nothing written"),
+])
+def test_manifest_classes_emptied_by_unusable_files(tmp_path, case, error, match):
+    """Errors found only after decoding (a class whose train clips are all silent, or no usable clip)
+    also leave no cache behind, and the skip report says which files and why."""
+    src = tmp_path / "src"
+    png = write_png(src / "a.png", 0)
+    rows = ["label,audio,image,split"]
+    for label, k, split in [("dog", 0, "train"), ("dog", 1, "test"), ("cat", 2, "train"), ("cat", 3, "test")]:
+        silent = label == "cat" and split == "train" or case == "nothing-usable"
+        wav = write_wav(src / f"{label}{k}.wav", k, silent=silent)
+        rows.append(f"{label},{wav.name},{png.name},{split}")
+    (src / "manifest.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(error, match=match):
+        prepare("manifest", src, tmp_path / "data", SPEC, workers=1, log=lambda m: None)
+    assert not (tmp_path / "data" / "manifest").exists()
+    skipped = pd.read_csv(tmp_path / "data" / "manifest.skipped.csv")
+    assert set(skipped["reason"]) == {"silent"} and len(skipped) == (1 if case == "class-emptied" else 4)
+
+
 def test_unprepared_dataset_says_how_to_prepare(tmp_path):
     with pytest.raises(DatasetNotPrepared, match="make prepare DATASET=ucf101"):
         load_dataset("ucf101", tmp_path)
