@@ -39,7 +39,7 @@ def test_tiny_bench_writes_every_figure(tmp_path, data_dir):
     assert audio["bytes_sent"] < av["bytes_sent"]
     md = (out / "bench.md").read_text()
     for needle in ("bare loop", "SuperLink start", "client set-up", "peak memory of the timed run (4 partitions",
-                   "ffmpeg CLI", "Bytes on the wire"):
+                   "ffmpeg command line", "Bytes on the wire"):
         assert needle in md
     assert not [p for p in out.iterdir() if p.name.startswith("bench-")]  # the work folder is gone
 
