@@ -28,7 +28,7 @@ run: venv
 
 ## test: the whole suite (unit tests and end-to-end `flwr run` tests)
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 ## bench: Flower + Ray overhead against a bare loop, start-up, client set-up, memory at 10/100/1000
 ## partitions, preprocessing against the ffmpeg CLI, bytes per client kind -> results/bench/bench.{md,json}

@@ -262,7 +262,7 @@ class PhasedStrategy(FedAvg):
             self.recorder.round(server_round, self.total_rounds, index + 1, phase.name, metrics, stats, seconds)
             if server_round == self.phase_end(index) and server_round > 0:
                 self.recorder.checkpoint("model.pt" if last else f"phase{index + 1}.pt", self.state, self.teacher)
-            if not last:  # what a resumed run needs, after every round (written atomically)
+            if 0 < server_round and not last:  # what a resumed run needs, after every round (atomic)
                 self.recorder.save_resume_state(server_round, self.resume_state(), seconds)
             if last:
                 self.recorder.finish(metrics)
