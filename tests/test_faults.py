@@ -180,3 +180,15 @@ def test_slow_and_dataless_clients_fail_the_round_goes_on_and_metrics_record_it(
     assert (strategy.recorder.dir / "summary.json").is_file()
     if fault == "timeout":
         assert time.monotonic() - start < 30  # the server did not wait for the slow client
+
+
+def test_nothing_to_resume_before_round_1(cache, tmp_path):
+    """A run killed right after its initial evaluation has no resume state (it starts over)."""
+    manager, _ = tiny_federation(cache, 4, missing_rate=0.5)
+    strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, clients_per_round=2, num_server_rounds=3,
+                             distill_rounds=0)
+    strategy.evaluate(0, strategy.initialize_parameters(manager))
+    assert (strategy.recorder.dir / "metrics.csv").is_file()
+    assert not (strategy.recorder.dir / RESUME_FILE).exists()
+    with pytest.raises(ResumeError, match="no resume.pt"):
+        load_resume_state(strategy.recorder.dir, strategy.cfg.to_dict())
