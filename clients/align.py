@@ -23,7 +23,7 @@ from mirror_app.align import (
     build_align_model,
     model_fingerprint,
 )
-from mirror_app.models import load_pretrained, set_groups
+from mirror_app.models import set_groups
 from mirror_app.training import train_align
 
 from .base import GroupClient, TaskError, Workspace
@@ -44,11 +44,7 @@ def align_model(client: GroupClient, ws: Workspace, config: dict) -> AlignModel:
         if ws.make_base is None:
             raise TaskError("this workspace cannot build the frozen base model (no make_base)")
         with torch.random.fork_rng(devices=[]):
-            dual = ws.make_base(s.seed)
-        if s.audio_pretrained:
-            load_pretrained(dual.audio_encoder, s.audio_pretrained, "audio-pretrained")
-        if s.video_pretrained:
-            load_pretrained(dual.video_encoder, s.video_pretrained, "video-pretrained")
+            dual = ws.make_base(s.seed, s.audio_pretrained, s.video_pretrained)
         placeholder = torch.zeros(ws.cache.num_classes, text_dim)  # replaced by the server's anchors
         model = build_align_model(dual, placeholder, s.lora_rank).to(ws.device)
         entry = ws.extras["align"] = (key, model, model_fingerprint(model))

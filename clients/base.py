@@ -42,7 +42,8 @@ class Workspace:
     teacher: DualEncoder
     device: torch.device
     lock: threading.Lock = field(default_factory=threading.Lock)  # one client trains the models at a time
-    make_base: Callable[[int], DualEncoder] | None = None  # seed -> a fresh dual encoder (on the CPU)
+    # (seed, audio-pretrained, video-pretrained) -> the run's initial model (models.initial_model), on the CPU
+    make_base: Callable[[int, str, str], DualEncoder] | None = None
     extras: dict = field(default_factory=dict)  # models of other layouts a method builds once (alignment)
 
 

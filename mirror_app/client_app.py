@@ -18,7 +18,7 @@ from clients import CLIENT_KINDS, LocalSettings, Workspace
 from data import load_dataset
 from data.partition import AUDIOVISUAL, MODALITIES, Partition, get_partition
 from mirror_app.config import RunConfig
-from mirror_app.models import build_model
+from mirror_app.models import build_model, initial_model
 from mirror_app.server_app import resolve_device
 
 
@@ -34,8 +34,9 @@ def _workspace(dataset: str, data_dir: str, audio_backbone: str, video_backbone:
     def make():
         return build_model(cache.num_classes, *shapes, audio_backbone, video_backbone, embed_dim).to(dev)
 
-    def make_base(seed: int):  # the seeded initial model, as the server builds it (on the CPU)
-        return build_model(cache.num_classes, *shapes, audio_backbone, video_backbone, embed_dim, seed=seed)
+    def make_base(seed: int, audio_pretrained: str = "", video_pretrained: str = ""):  # as the server's (CPU)
+        return initial_model(cache.num_classes, *shapes, audio_backbone, video_backbone, embed_dim, seed,
+                             audio_pretrained, video_pretrained)
 
     dev = resolve_device(device)
     return Workspace(cache=cache, model=make(), teacher=make(), device=dev, make_base=make_base)
@@ -74,8 +75,7 @@ def make_client(context: Context):
                          "has no video; start it with modality=audio")
     settings = LocalSettings(cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.optimizer, cfg.temperature,
                              cfg.distill_ce_weight, cfg.seed, cfg.mu, cfg.lora_rank, cfg.align_av_weight,
-                             str(cfg.resolve(cfg.audio_pretrained)) if cfg.audio_pretrained else "",
-                             str(cfg.resolve(cfg.video_pretrained)) if cfg.video_pretrained else "")
+                             *cfg.pretrained_paths())
     client = CLIENT_KINDS[modality](
         partition=Partition(part.partition_id, part.indices, modality), workspace=ws, settings=settings
     )

@@ -176,6 +176,10 @@ class RunConfig:
     def resolve(path: str) -> Path:
         return Path(path).expanduser().resolve()
 
+    def pretrained_paths(self) -> tuple[str, str]:
+        """``audio-pretrained`` and ``video-pretrained`` as absolute paths ("" where unset)."""
+        return tuple(str(self.resolve(p)) if p else "" for p in (self.audio_pretrained, self.video_pretrained))
+
     @property
     def data_path(self) -> Path:
         return self.resolve(self.data_dir)

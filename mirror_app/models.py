@@ -266,6 +266,22 @@ def build_model(
     )
 
 
+def initial_model(num_classes: int, audio_shape: tuple[int, ...], video_shape: tuple[int, ...],
+                  audio_backbone: str, video_backbone: str, embed_dim: int, seed: int,
+                  audio_pretrained: str = "", video_pretrained: str = "") -> DualEncoder:
+    """The run's initial model: seeded weights plus the local pretrained files, if any.
+
+    The server starts from it, and every node rebuilds the same weights from it where they
+    must never travel (the frozen base of modality alignment).
+    """
+    model = build_model(num_classes, audio_shape, video_shape, audio_backbone, video_backbone, embed_dim, seed=seed)
+    if audio_pretrained:
+        load_pretrained(model.audio_encoder, audio_pretrained, "audio-pretrained")
+    if video_pretrained:
+        load_pretrained(model.video_encoder, video_pretrained, "video-pretrained")
+    return model
+
+
 # ---------------------------------------------------------------------- parameter groups
 Arrays = list[np.ndarray]
 

@@ -11,7 +11,7 @@ from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 
 from data import load_dataset
 from mirror_app.config import RunConfig
-from mirror_app.models import build_model, load_pretrained, set_groups
+from mirror_app.models import build_model, initial_model, set_groups
 from mirror_app.results import RunRecorder, load_checkpoint, load_resume_state
 from mirror_app.training import evaluate
 from strategies import resolve_strategy
@@ -55,12 +55,9 @@ def make_components(context: Context) -> ServerAppComponents:
     log(INFO, "dataset %s: %d samples, %d classes, fold %d: %d train / %d dev / %d test (%s, %.1f s)", cfg.dataset,
         len(cache), cache.num_classes, cache.fold, cache.indices("train").size, cache.indices("dev").size,
         cache.indices("test").size, cache.path, time.perf_counter() - t0)
-    model = build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], cfg.audio_backbone,
-                        cfg.video_backbone, cfg.embed_dim, seed=cfg.seed)
-    if cfg.audio_pretrained:  # the server's initial weights; clients receive them with round 1
-        load_pretrained(model.audio_encoder, str(cfg.resolve(cfg.audio_pretrained)), "audio-pretrained")
-    if cfg.video_pretrained:
-        load_pretrained(model.video_encoder, str(cfg.resolve(cfg.video_pretrained)), "video-pretrained")
+    # the server's initial weights (pretrained files included); clients receive them with round 1
+    model = initial_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], cfg.audio_backbone,
+                          cfg.video_backbone, cfg.embed_dim, cfg.seed, *cfg.pretrained_paths())
     strategy_cls = resolve_strategy(cfg.strategy)
     model = strategy_cls.server_model(model, cfg, cache.classes)
     teacher = None

@@ -52,8 +52,8 @@ from mirror_app.models import (
 )
 AV_SLOT = "av/"  # state slot of a method's separate audiovisual model (UniFL, Harmony)
 NODE_WAIT_SECONDS = 120.0  # longest wait for enough nodes before round 1
-NODE_SETTLE_SECONDS = 10.0
-MAX_EXAMPLES = 10**9  # example-count bound for a client that did not report its partition size  # stop waiting once the node count has not changed this long
+NODE_SETTLE_SECONDS = 10.0  # stop waiting once the node count has not changed this long
+MAX_EXAMPLES = 10**9  # example-count bound for a client that did not report its partition size
 
 
 def make_server_optimizer(cfg: RunConfig, initial: list[np.ndarray]) -> FedAvg:

@@ -70,13 +70,14 @@ def tiny_federation(cache: FeatureCache, num_partitions: int, missing_rate: floa
 
     from clients import CLIENT_KINDS, LocalSettings, Workspace
     from data.partition import get_partition
-    from mirror_app.models import build_model
+    from mirror_app.models import build_model, initial_model
 
     def make():
         return build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], seed=seed)
 
-    def make_base(base_seed: int):
-        return build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], seed=base_seed)
+    def make_base(base_seed: int, audio_pretrained: str = "", video_pretrained: str = ""):
+        return initial_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], "tdnn-small",
+                             "cnn-small", 64, base_seed, audio_pretrained, video_pretrained)
 
     ws = Workspace(cache, make(), make(), torch.device("cpu"), make_base=make_base)
     manager = SimpleClientManager()
