@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import shutil
 import subprocess
 import sys
@@ -55,6 +54,7 @@ def bare_loop(cfg, num_partitions: int, rounds: int) -> list[float]:
     from mirror_app.models import AUDIO_MODEL, AV_MODEL, GROUPS, build_model, get_groups, set_groups
     from mirror_app.server_app import Evaluator
     from mirror_app.training import train_audio, train_av
+    from strategies.base import draw_clients
 
     cache = load_dataset(cfg.dataset, cfg.data_path, cfg.fold, cfg.dev_fraction, cfg.seed)
     shapes = (cache.audio.shape[1:], cache.video.shape[1:])
@@ -71,9 +71,7 @@ def bare_loop(cfg, num_partitions: int, rounds: int) -> list[float]:
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
         contributions: dict[str, list] = {}
-        # the clients the strategy draws in round r (strategies.base.PhasedStrategy.configure_fit)
-        rng = random.Random(cfg.seed * 100_003 + r)
-        for part in rng.sample(parts, min(cfg.clients_per_round, num_partitions)):
+        for part in draw_clients(cfg.seed, r, parts, cfg.clients_per_round):  # the strategy's clients of round r
             audio_only = part.modality == AUDIO
             groups = AUDIO_MODEL if audio_only else AV_MODEL
             set_groups(work, {g: state[g] for g in groups})

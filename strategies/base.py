@@ -56,6 +56,11 @@ NODE_SETTLE_SECONDS = 10.0  # stop waiting once the node count has not changed t
 MAX_EXAMPLES = 10**9  # example-count bound for a client that did not report its partition size
 
 
+def draw_clients(seed: int, server_round: int, eligible: list, k: int) -> list:
+    """The clients of a round: ``k`` of ``eligible`` (ordered by partition id), drawn from the seed and round."""
+    return random.Random(seed * 100_003 + server_round).sample(eligible, min(k, len(eligible)))
+
+
 def make_server_optimizer(cfg: RunConfig, initial: list[np.ndarray]) -> FedAvg:
     """A Flower strategy whose aggregate_fit applies its server-side rule to one group."""
     params = ndarrays_to_parameters([a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
@@ -175,8 +180,7 @@ class PhasedStrategy(FedAvg):
         self._query_properties([c for c in clients if c not in self.properties], clients)
         eligible = sorted((c for c in clients if c in self.properties
                            and phase.instruction(self.properties[c]["modality"])), key=self._order)
-        rng = random.Random(self.cfg.seed * 100_003 + server_round)
-        chosen = rng.sample(eligible, min(self.cfg.clients_per_round, len(eligible)))
+        chosen = draw_clients(self.cfg.seed, server_round, eligible, self.cfg.clients_per_round)
         if not chosen:
             raise RuntimeError(f"no connected client can take part in phase {phase.name!r}")
         out = []
