@@ -8,7 +8,9 @@ missing-rate assignment) and optional ``data-dir`` (where this node's feature ca
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from functools import lru_cache
 
 from flwr.client import Client, ClientApp
@@ -22,10 +24,13 @@ from mirror_app.models import build_model, initial_model
 from mirror_app.server_app import resolve_device
 
 
-@lru_cache(maxsize=4)
-def _workspace(dataset: str, data_dir: str, audio_backbone: str, video_backbone: str, embed_dim: int,
-               device: str, fold: int = 1) -> Workspace:
-    """Dataset (memory-mapped) and models, built once per worker process and reused."""
+MAX_WORKSPACES = 2  # workspaces (dataset view + models) one worker process keeps, all of one run
+_workspaces: "OrderedDict[tuple, Workspace]" = OrderedDict()
+_workspaces_lock = threading.Lock()
+
+
+def _build_workspace(dataset: str, data_dir: str, audio_backbone: str, video_backbone: str, embed_dim: int,
+                     device: str, fold: int) -> Workspace:
     # torch's thread count follows OMP_NUM_THREADS, which Ray sets to the client's share
     # (client-resources-num-cpus, Flower's default 2); a SuperNode's ClientApp uses the device's cores
     cache = load_dataset(dataset, data_dir, fold)
@@ -42,6 +47,37 @@ def _workspace(dataset: str, data_dir: str, audio_backbone: str, video_backbone:
     return Workspace(cache=cache, model=make(), teacher=make(), device=dev, make_base=make_base)
 
 
+def _workspace(run_id: int, strategy: str, dataset: str, data_dir: str, audio_backbone: str, video_backbone: str,
+               embed_dim: int, device: str, fold: int = 1) -> tuple[Workspace, bool]:
+    """This run's dataset (memory-mapped) and models, built once per worker process and reused: (workspace,
+    whether this call built it).
+
+    Keyed by run and strategy: a client loads only the groups the server sends, so whatever else a
+    workspace's models hold (e.g. FedCMI's projectors, which other methods never send) must never reach
+    another run. Workspaces of other runs are dropped when a new run's is built.
+    """
+    key = (int(run_id), strategy, dataset, data_dir, audio_backbone, video_backbone, int(embed_dim), device,
+           int(fold))
+    with _workspaces_lock:
+        ws = _workspaces.get(key)
+        if ws is not None:
+            _workspaces.move_to_end(key)
+            return ws, False
+        for old in [k for k in _workspaces if k[0] != key[0]]:
+            del _workspaces[old]
+        ws = _workspaces[key] = _build_workspace(dataset, data_dir, audio_backbone, video_backbone, embed_dim,
+                                                 device, fold)
+        while len(_workspaces) > MAX_WORKSPACES:
+            _workspaces.popitem(last=False)
+        return ws, True
+
+
+def clear_workspaces() -> None:
+    """Forget every workspace of this process (as a fresh worker would start)."""
+    with _workspaces_lock:
+        _workspaces.clear()
+
+
 @lru_cache(maxsize=16)
 def _config(items: tuple) -> RunConfig:
     return RunConfig.from_dict(dict(items))
@@ -54,7 +90,7 @@ def make_client(context: Context):
     own data (``data-dir`` in its node config). A node whose data has no video refuses the
     audiovisual role.
     """
-    start, builds = time.perf_counter(), _workspace.cache_info().misses
+    start = time.perf_counter()
     cfg = _config(tuple(sorted(context.run_config.items())))
     node = context.node_config
     if ("partition-id" in node) != ("num-partitions" in node):
@@ -63,8 +99,8 @@ def make_client(context: Context):
                          "flower-supernode --node-config \"partition-id=0 num-partitions=2\"")
     pid, num = (int(node["partition-id"]), int(node["num-partitions"])) if "partition-id" in node else (0, 1)
     data_dir = str(node.get("data-dir") or cfg.data_path)
-    ws = _workspace(cfg.dataset, data_dir, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim, cfg.device,
-                    cfg.fold)
+    ws, built = _workspace(context.run_id, cfg.strategy, cfg.dataset, data_dir, cfg.audio_backbone,
+                           cfg.video_backbone, cfg.embed_dim, cfg.device, cfg.fold)
     part = get_partition(str(ws.cache.path), pid, num, cfg.dirichlet_alpha, cfg.missing_rate, cfg.seed, cfg.fold,
                          cfg.dev_fraction, cfg.partitioner)
     modality = str(node.get("modality", part.modality))
@@ -80,7 +116,7 @@ def make_client(context: Context):
         partition=Partition(part.partition_id, part.indices, modality), workspace=ws, settings=settings
     )
     client.setup_seconds = time.perf_counter() - start
-    client.workspace_built = _workspace.cache_info().misses > builds
+    client.workspace_built = built
     return client
 
 
