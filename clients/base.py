@@ -86,6 +86,7 @@ class GroupClient(NumPyClient):
             "modality": self.modality,
             "partition-id": int(self.partition.partition_id),
             "num-examples": int(len(self.partition.indices)),
+            "num-classes": int(np.unique(self.workspace.cache.labels[self.partition.indices]).size),
         }
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:

@@ -54,7 +54,7 @@ class RunConfig:
     server_lr: float = 0.01
     server_momentum: float = 0.9
     fold: int = 1
-    dev_fraction: float = 0.0
+    dev_fraction: float = 0.1
     audio_pretrained: str = ""
     video_pretrained: str = ""
     lora_rank: int = 8

@@ -8,7 +8,9 @@
     per_class_f1.csv   audio model per-class F1 at every evaluated round (long format)
     phase1.pt          checkpoint at the end of phase 1 (two-phase strategies)
     model.pt           final checkpoint: {"state": groups, "teacher": groups or None}
-    summary.json       final metrics; written last, so its presence marks a finished run
+    summary.json       final metrics, the evaluation protocol's results (last round, mean of the last
+                       5 evaluated rounds, test metrics at the best-dev round), collapsed rounds and the
+                       partition summary; written last, so its presence marks a finished run
 
 Every file is written to a temporary name and renamed into place.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,69 @@ from flwr.common import log
 
 METRIC_COLUMNS = [
     "round", "phase_index", "phase", "audio_top1", "audio_top5", "audio_macro_f1", "av_top1", "av_top5",
-    "dev_audio_top1", "dev_audio_top5", "clients", "failures", "bytes_to_clients", "bytes_from_clients", "seconds",
+    "dev_audio_top1", "dev_audio_top5", "dev_audio_macro_f1", "dev_av_top1", "audio_majority_share",
+    "av_majority_share", "clients", "failures", "bytes_to_clients", "bytes_from_clients", "seconds",
 ]
+TEST_KEYS = ("audio_top1", "audio_top5", "audio_macro_f1")  # the audio model's test metrics of the summary
+LAST_N = 5  # summary.json "last5_mean": mean over this many last evaluated rounds
+COLLAPSE_SHARE = 0.9  # a model whose most frequent predicted class takes this share of the test clips...
+COLLAPSE_FROM_ROUND = 3  # ...at an evaluated round >= this one is collapsed
+MODEL_NAMES = {"audio": "audio", "av": "audiovisual"}
+
+
+def _trained(rows: list[dict]) -> list[dict]:
+    """The evaluated rows after training started (round 0 is the initial model)."""
+    return [r for r in rows if r.get("round", 0) > 0]
+
+
+def _mean(values: list) -> float | None:
+    values = [float(v) for v in values if v is not None and v == v]  # v == v: not NaN
+    return sum(values) / len(values) if values else None
+
+
+def protocol_summary(rows: list[dict]) -> dict:
+    """``last``, ``last5_mean`` and ``best_dev`` of the audio model, derived from the metrics rows alone
+    (so a resumed run gets the same answer). Round 0, the initial model, is never chosen nor averaged."""
+    trained = _trained(rows)
+    last = trained[-1] if trained else (rows[-1] if rows else {})
+    tail = trained[-LAST_N:]
+    out: dict[str, Any] = {
+        "last": {"round": last.get("round"), **{k: last.get(k) for k in TEST_KEYS}},
+        "last5_mean": {"rounds": len(tail), "from_round": tail[0]["round"] if tail else None,
+                       "to_round": tail[-1]["round"] if tail else None,
+                       **{k: _mean([r.get(k) for r in tail]) for k in TEST_KEYS}},
+    }
+    best = None
+    for row in trained:  # strictly better only: the earliest round wins a tie
+        dev = row.get("dev_audio_top1")
+        if dev is not None and dev == dev and (best is None or dev > best["dev_audio_top1"]):
+            best = row
+    if best is None:
+        out["best_dev"] = None
+        out["best_dev_reason"] = ("no dev metrics were recorded: the run has no dev split (dev-fraction = 0, or too "
+                                  "few training clips per class to carve one)")
+    else:
+        out["best_dev"] = {"round": best["round"], "phase": best.get("phase"),
+                           "dev_audio_top1": best["dev_audio_top1"],
+                           **{k: best.get(k) for k in (*TEST_KEYS, "av_top1")}}
+    return out
+
+
+def is_collapsed(row: dict, model: str) -> bool:
+    """Whether ``model`` ("audio" or "av") predicts one class for >= COLLAPSE_SHARE of the test clips at
+    ``row``'s round (only rounds >= COLLAPSE_FROM_ROUND count)."""
+    share = row.get(f"{model}_majority_share")
+    return row.get("round", 0) >= COLLAPSE_FROM_ROUND and share is not None and share >= COLLAPSE_SHARE
+
+
+def collapse_summary(rows: list[dict]) -> dict:
+    """Per model: whether the last evaluated round is collapsed, and every collapsed round."""
+    out: dict[str, Any] = {"threshold": COLLAPSE_SHARE, "from_round": COLLAPSE_FROM_ROUND}
+    for model in MODEL_NAMES:
+        rounds = [r["round"] for r in rows if is_collapsed(r, model)]
+        out[model] = {"last_round_collapsed": bool(rows) and is_collapsed(rows[-1], model), "rounds": rounds,
+                      "last_share": rows[-1].get(f"{model}_majority_share") if rows else None}
+    return out
 
 
 def atomic_write(path: Path, write) -> None:
@@ -63,13 +126,14 @@ class RunRecorder:
         self.clients: list[dict] = []
         self.per_class: list[dict] = []
         self._pending: dict[str, float] = {}
+        self.partitions: dict | None = None  # set by the strategy once it knows the connected clients
         write_json(self.dir / "config.json", config)
 
     def save_resume_state(self, server_round: int, strategy_state: dict, seconds: float) -> None:
         """``resume.pt``: what ``resume`` needs to continue after ``server_round`` (atomic, every round)."""
         payload = {"round": server_round, "seconds": seconds, "strategy": strategy_state,
                    "recorder": {"metrics": self.metrics, "clients": self.clients, "per_class": self.per_class,
-                                "pending": self._pending}}
+                                "pending": self._pending, "partitions": self.partitions}}
         atomic_write(self.dir / RESUME_FILE, lambda p: torch.save(payload, p))
 
     @classmethod
@@ -79,6 +143,7 @@ class RunRecorder:
         rec.dir, rec.classes = Path(run_dir), classes
         r = saved["recorder"]
         rec.metrics, rec.clients, rec.per_class, rec._pending = r["metrics"], r["clients"], r["per_class"], r["pending"]
+        rec.partitions = r.get("partitions")
         return rec
 
     def client_row(self, row: dict) -> None:
@@ -101,12 +166,26 @@ class RunRecorder:
             write_csv(self.dir / "metrics.csv", self.metrics, METRIC_COLUMNS)
             write_csv(self.dir / "per_class_f1.csv", self.per_class, ["round", "class", "f1"])
             line += f"  audio top-1 {metrics['audio_top1']:.3f}  AV top-1 {metrics['av_top1']:.3f}"
+            if "dev_audio_top1" in metrics:
+                line += f"  dev audio top-1 {metrics['dev_audio_top1']:.3f}"
+            self._warn_collapse(row, metrics)
         if self.clients:
             write_csv(self.dir / "clients.csv", self.clients)
         failures = stats.get("failures", 0)
         if failures:
             line += f"  failures {failures}"
         log(INFO, "%s  %.1f s", line, seconds)
+
+    def _warn_collapse(self, row: dict, metrics: dict) -> None:
+        """One warning per model per run, at its first collapsed round (earlier rows, resumed ones included,
+        tell whether it was already given)."""
+        for model, name in MODEL_NAMES.items():
+            if not is_collapsed(row, model) or any(is_collapsed(r, model) for r in self.metrics[:-1]):
+                continue
+            index = metrics.get(f"{model}_majority_class")
+            label = self.classes[index] if isinstance(index, int) and 0 <= index < len(self.classes) else "?"
+            log(WARNING, "round %d: the %s model predicts one class (%r) for %.0f %% of the test clips: collapsed; "
+                "see README 'Label skew'", row["round"], name, label, 100 * row[f"{model}_majority_share"])
 
     def checkpoint(self, name: str, state: dict, teacher: dict | None) -> None:
         payload = {
@@ -129,6 +208,9 @@ class RunRecorder:
                 by_phase[row["phase"]] = {"round": row["round"], "audio_top1": row.get("audio_top1"),
                                           "av_top1": row.get("av_top1")}
         summary["phases"] = by_phase
+        summary |= protocol_summary(self.metrics)
+        summary["collapse"] = collapse_summary(self.metrics)
+        summary["partitions"] = self.partitions
         write_json(self.dir / "summary.json", summary)
         (self.dir / RESUME_FILE).unlink(missing_ok=True)  # a finished run is not resumed
         log(INFO, "run finished; results in %s", self.dir)

@@ -26,7 +26,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Evaluator:
-    """Server-side evaluation of the audio and audiovisual models on the held-out test split."""
+    """Server-side evaluation of the audio and audiovisual models on the held-out test split and, when
+    ``dev-fraction`` > 0, on the server-held dev split (carved from train, never given to a client), which
+    picks the best-dev round of ``summary.json`` without looking at test."""
 
     def __init__(self, model, cache, device: torch.device):
         self.model = model.to(device)
@@ -37,12 +39,16 @@ class Evaluator:
 
     def __call__(self, audio_state: dict, av_state: dict) -> dict:
         set_groups(self.model, audio_state)
-        audio = evaluate(self.model, self.cache, self.indices, device=self.device, parts=("audio",))
-        if self.dev.size:  # the dev split, for choosing settings without looking at test
+        out = evaluate(self.model, self.cache, self.indices, device=self.device, parts=("audio",))
+        if self.dev.size:
             dev = evaluate(self.model, self.cache, self.dev, device=self.device, parts=("audio",))
-            audio |= {"dev_audio_top1": dev["audio_top1"], "dev_audio_top5": dev["audio_top5"]}
+            out |= {f"dev_{k}": dev[k] for k in ("audio_top1", "audio_top5", "audio_macro_f1")}
         set_groups(self.model, av_state)
-        return audio | evaluate(self.model, self.cache, self.indices, device=self.device, parts=("av",))
+        out |= evaluate(self.model, self.cache, self.indices, device=self.device, parts=("av",))
+        if self.dev.size:
+            dev = evaluate(self.model, self.cache, self.dev, device=self.device, parts=("av",))
+            out["dev_av_top1"] = dev["av_top1"]
+        return out
 
 
 def make_components(context: Context) -> ServerAppComponents:
@@ -55,6 +61,13 @@ def make_components(context: Context) -> ServerAppComponents:
     log(INFO, "dataset %s: %d samples, %d classes, fold %d: %d train / %d dev / %d test (%s, %.1f s)", cfg.dataset,
         len(cache), cache.num_classes, cache.fold, cache.indices("train").size, cache.indices("dev").size,
         cache.indices("test").size, cache.path, time.perf_counter() - t0)
+    if cache.indices("dev").size:
+        log(INFO, "evaluation: test and server-held dev split every %d round(s); summary.json reports the last "
+            "round, the mean of the last 5 and the test metrics at the round with the best dev audio top-1",
+            cfg.eval_every)
+    else:
+        log(INFO, "evaluation: test split only (dev-fraction = %g gives no dev clips): summary.json has no best-dev "
+            "round", cfg.dev_fraction)
     # the server's initial weights (pretrained files included); clients receive them with round 1
     model = initial_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], cfg.audio_backbone,
                           cfg.video_backbone, cfg.embed_dim, cfg.seed, *cfg.pretrained_paths())

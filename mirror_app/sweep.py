@@ -9,8 +9,10 @@ stopped at the end, also on Ctrl-C). A finished run leaves ``runs/<key>/summary.
 never redone, so an interrupted sweep resumes where it stopped. A run that crashes is
 recorded as failed with its log path and the sweep goes on. Outputs under ``--out``:
 
-    runs.csv           every run: method, missing rate, seed, status, final metrics, log path
-    table1.md          mean +- std over seeds of audio top-1 (top-5) per method and missing rate
+    runs.csv           every run: method, missing rate, seed, status, log path, the audio model's test
+                       metrics at the last round, the best-dev round and the mean of the last 5 rounds
+    table1.md          mean +- std over seeds of audio top-1 / top-5 / macro-F1 per method and missing
+                       rate: at the best-dev round (the headline) and at the last round
     fig3_missing_rate.png   ModalityMirror audio top-1 for missing rates 0.1 ... 0.9
     fig2_per_class_f1.png   the ten classes whose audio F1 changes most, Harmony -> ModalityMirror
     curves.png         audio top-1 versus round for each method
@@ -122,6 +124,41 @@ def run_cells(cells: list[Cell], out: Path, runner: Callable[[Cell, Path, Path],
     return table
 
 
+RUN_COLUMNS = [
+    "method", "missing_rate", "seed", "key", "log", "status",
+    # the last round (summary.json "final")
+    "audio_top1", "audio_top5", "audio_macro_f1", "av_top1",
+    # test metrics at the round with the best dev audio top-1 (summary.json "best_dev")
+    "best_dev_round", "best_dev_dev_audio_top1", "best_dev_audio_top1", "best_dev_audio_top5",
+    "best_dev_audio_macro_f1", "best_dev_av_top1",
+    # mean of the last 5 evaluated rounds (summary.json "last5_mean")
+    "last5_rounds", "last5_audio_top1", "last5_audio_top5", "last5_audio_macro_f1",
+    # whether the last round is collapsed (summary.json "collapse")
+    "audio_collapsed", "av_collapsed",
+    "mb_per_round",
+]
+PROTOCOLS = {  # table1.md: runs.csv column prefix of each protocol, best-dev first (the headline)
+    "best_dev_": ("Best dev (headline)", "Test metrics of the audio-only model at the round with the best dev audio "
+                  "top-1 (the dev split is held by the server, carved from train, never given to a client)"),
+    "": ("Last round", "Test metrics of the audio-only model after the last round"),
+}
+
+
+def summary_row(summary: dict) -> dict:
+    """The runs.csv columns of one finished run's summary.json (None where an older run lacks a key)."""
+    final = summary.get("final") or {}
+    best = summary.get("best_dev") or {}
+    last5 = summary.get("last5_mean") or {}
+    collapse = summary.get("collapse") or {}
+    row = {k: final.get(k) for k in ("audio_top1", "audio_top5", "audio_macro_f1", "av_top1")}
+    row |= {"best_dev_round": best.get("round"), "best_dev_dev_audio_top1": best.get("dev_audio_top1")}
+    row |= {f"best_dev_{k}": best.get(k) for k in ("audio_top1", "audio_top5", "audio_macro_f1", "av_top1")}
+    row |= {"last5_rounds": last5.get("rounds")}
+    row |= {f"last5_{k}": last5.get(k) for k in ("audio_top1", "audio_top5", "audio_macro_f1")}
+    row |= {f"{m}_collapsed": (collapse.get(m) or {}).get("last_round_collapsed") for m in ("audio", "av")}
+    return row
+
+
 def collect(cells: list[Cell], out: Path) -> pd.DataFrame:
     rows = []
     for cell in cells:
@@ -129,15 +166,14 @@ def collect(cells: list[Cell], out: Path) -> pd.DataFrame:
         row = {"method": cell.method, "missing_rate": cell.rate, "seed": cell.seed, "key": cell.key,
                "log": str(out / "logs" / f"{cell.key}.log")}
         if summary.is_file():
-            final = json.loads(summary.read_text())["final"]
-            row.update(status="ok", **{k: final.get(k) for k in ("audio_top1", "audio_top5", "audio_macro_f1",
-                                                               "av_top1")}, mb_per_round=_mb_per_round(out, cell))
+            row.update(status="ok", **summary_row(json.loads(summary.read_text())),
+                       mb_per_round=_mb_per_round(out, cell))
         elif (out / "logs" / f"{cell.key}.log").is_file():
             row.update(status="failed")
         else:
             row.update(status="not-run")
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
 def _mb_per_round(out: Path, cell: Cell) -> float | None:
@@ -152,25 +188,39 @@ def _mb_per_round(out: Path, cell: Cell) -> float | None:
     return float((m["bytes_to_clients"] + m["bytes_from_clients"]).mean() / 1e6) if len(m) else None
 
 
+def _cell(sel: pd.DataFrame, prefix: str, runs: int) -> str:
+    """'top1 +- std / top5 / F1' in % over the runs of ``sel`` that have the protocol's metrics."""
+    t1 = 100 * pd.to_numeric(sel[f"{prefix}audio_top1"], errors="coerce").dropna()
+    if t1.empty:
+        return "n/a"
+    std = f" +- {t1.std(ddof=0):.1f}" if len(t1) > 1 else ""
+    parts = [f"{t1.mean():.1f}{std}"]
+    for key in ("audio_top5", "audio_macro_f1"):
+        values = 100 * pd.to_numeric(sel[f"{prefix}{key}"], errors="coerce").dropna()
+        parts.append(f"{values.mean():.1f}" if len(values) else "n/a")
+    fewer = f" (n = {len(t1)})" if len(t1) < runs else ""  # some runs of the cell lack this protocol's keys
+    return " / ".join(parts) + fewer
+
+
 def table1(runs: pd.DataFrame, rates) -> str:
-    """Markdown shaped like the paper's Table 1: rows are methods, columns missing rates."""
+    """Markdown shaped like the paper's Table 1, once per protocol (best dev, then last round): rows are
+    methods, columns missing rates, cells 'top-1 +- std / top-5 / macro-F1' of the audio model in %."""
     ok = runs[(runs["status"] == "ok") & runs["missing_rate"].isin(list(rates))]
-    header = "| method | " + " | ".join(f"{r:g}" for r in rates) + " | MB / round |"
-    lines = [header, "|" + " --- |" * (len(rates) + 2)]
-    for method in [m for m in METHODS if m in set(runs["method"])] + sorted(set(runs["method"]) - set(METHODS)):
-        cells = []
-        for r in rates:
-            sel = ok[(ok["method"] == method) & np.isclose(ok["missing_rate"], r)]
-            if sel.empty:
-                cells.append("n/a")
-                continue
-            t1, t5 = 100 * sel["audio_top1"], 100 * sel["audio_top5"]
-            std = f" +- {t1.std(ddof=0):.1f}" if len(sel) > 1 else ""
-            cells.append(f"{t1.mean():.1f}{std} ({t5.mean():.1f})")
-        mb = ok.loc[ok["method"] == method, "mb_per_round"] if "mb_per_round" in ok else pd.Series(dtype=float)
-        cells.append(f"{mb.mean():.2f}" if mb.notna().any() else "n/a")
-        lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
-    lines.append("")
+    methods = [m for m in METHODS if m in set(runs["method"])] + sorted(set(runs["method"]) - set(METHODS))
+    lines = []
+    for prefix, (title, meaning) in PROTOCOLS.items():
+        lines += [f"## {title}", "", f"{meaning}.", "",
+                  "| method | " + " | ".join(f"{r:g}" for r in rates) + " | MB / round |",
+                  "|" + " --- |" * (len(rates) + 2)]
+        for method in methods:
+            cells = []
+            for r in rates:
+                sel = ok[(ok["method"] == method) & np.isclose(ok["missing_rate"], r)]
+                cells.append(_cell(sel, prefix, len(sel)) if len(sel) else "n/a")
+            mb = pd.to_numeric(ok.loc[ok["method"] == method, "mb_per_round"], errors="coerce")
+            cells.append(f"{mb.mean():.2f}" if mb.notna().any() else "n/a")
+            lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+        lines.append("")
     per_cell = ok.groupby(["method", "missing_rate"])["seed"].nunique() if not ok.empty else pd.Series(dtype=int)
     if per_cell.nunique() <= 1:
         n = f"n = {int(per_cell.iloc[0]) if len(per_cell) else 0} seeds"
@@ -178,7 +228,11 @@ def table1(runs: pd.DataFrame, rates) -> str:
         spans = per_cell.groupby(level=0).agg(["min", "max"])
         n = "seeds per cell: " + ", ".join(
             f"{LABELS.get(m, m)} {lo}" + (f"-{hi}" if hi != lo else "") for m, (lo, hi) in spans.iterrows())
-    lines.append(f"Audio-only test top-1 in % (mean +- std over seeds), top-5 in parentheses; {n}. "
+    lines.append(f"Cells: audio-only test top-1 in % (mean +- std over seeds) / top-5 / macro-F1 (means, in %); {n}. "
+                 "Best dev is the headline: the test metrics of each run at the round whose dev audio top-1 is "
+                 "highest (the earliest on ties), so no round is picked by looking at test; last round is the "
+                 "model the run ended with. n/a: no finished run, or runs made without a dev split (dev-fraction "
+                 "= 0) or before dev evaluation existed; (n = k): only k runs of that cell have the metrics. "
                  "MB / round: parameters sent to plus received from the clients, mean over rounds and runs.")
     return "\n".join(lines) + "\n"
 

@@ -61,6 +61,32 @@ def draw_clients(seed: int, server_round: int, eligible: list, k: int) -> list:
     return random.Random(seed * 100_003 + server_round).sample(eligible, min(k, len(eligible)))
 
 
+def partition_summary(properties: list[dict]) -> dict:
+    """How the data is spread over the clients (their reported properties): counts per modality, clips per
+    client and distinct classes per client (min / median / max; None where no client reported it)."""
+    def spread(key: str) -> dict | None:
+        values = [int(p[key]) for p in properties if key in p]
+        if not values:
+            return None
+        return {"min": min(values), "median": float(np.median(values)), "max": max(values)}
+
+    modalities = [p.get("modality") for p in properties]
+    return {"clients": len(properties), "audio_only": modalities.count(AUDIO),
+            "audiovisual": modalities.count(AUDIOVISUAL), "clips": spread("num-examples"),
+            "classes": spread("num-classes")}
+
+
+def partition_line(summary: dict) -> str:
+    """``partition_summary`` as one log line."""
+    def span(what: str) -> str:
+        s = summary[what]
+        return "n/a" if s is None else f"min {s['min']} / median {s['median']:g} / max {s['max']}"
+
+    return (f"partitions: {summary['clients']} clients ({summary['audio_only']} audio-only, "
+            f"{summary['audiovisual']} audiovisual); clips per client {span('clips')}; "
+            f"classes per client {span('classes')}")
+
+
 def make_server_optimizer(cfg: RunConfig, initial: list[np.ndarray]) -> FedAvg:
     """A Flower strategy whose aggregate_fit applies its server-side rule to one group."""
     params = ndarrays_to_parameters([a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
@@ -138,6 +164,7 @@ class PhasedStrategy(FedAvg):
         self._started: set[int] = set()
         self._inner: dict[str, FedAvg] = {}  # per-group Flower server optimisers (fedadam, fedavgm)
         self._waited = False
+        self.partitions: dict | None = None  # partition_summary of the nodes first queried
         self._pending: dict[str, tuple[Instruction, int]] = {}
         self._round_stats: dict[str, float] = {}
         self._t0 = time.perf_counter()
@@ -178,6 +205,11 @@ class PhasedStrategy(FedAvg):
         # the nodes ordered by partition id, so that a seed gives the same clients in every run
         # (Flower draws node IDs at random per run).
         self._query_properties([c for c in clients if c not in self.properties], clients)
+        if self.partitions is None and self.properties:
+            self.partitions = partition_summary(list(self.properties.values()))
+            log(INFO, "%s", partition_line(self.partitions))
+            if self.recorder:
+                self.recorder.partitions = self.partitions
         eligible = sorted((c for c in clients if c in self.properties
                            and phase.instruction(self.properties[c]["modality"])), key=self._order)
         chosen = draw_clients(self.cfg.seed, server_round, eligible, self.cfg.clients_per_round)

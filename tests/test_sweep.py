@@ -13,8 +13,9 @@ from mirror_app.sweep import Cell, SweepError, figures, main, plan, run_cells, t
 CLASSES = ["playing congas", "drumming", "typing"]
 
 
-def fake_runner(calls: list, fail: set = frozenset(), crash: set = frozenset()):
-    """Writes a finished run folder like the ServerApp does; fails or crashes for chosen keys."""
+def fake_runner(calls: list, fail: set = frozenset(), crash: set = frozenset(), old: set = frozenset()):
+    """Writes a finished run folder like the ServerApp does; fails or crashes for chosen keys. Runs in ``old``
+    write a summary.json from before the evaluation protocol (``final`` only)."""
 
     def run(cell: Cell, output_dir: Path, log: Path) -> bool:
         calls.append(cell.key)
@@ -31,11 +32,29 @@ def fake_runner(calls: list, fail: set = frozenset(), crash: set = frozenset()):
             run_dir / "per_class_f1.csv", index=False)
         if cell.key in fail:
             return False  # the run died before writing summary.json
-        (run_dir / "summary.json").write_text(json.dumps({"final": {"audio_top1": score, "audio_top5": 0.9,
-                                                                    "audio_macro_f1": score, "av_top1": 0.8}}))
+        summary = {"final": {"audio_top1": score, "audio_top5": 0.9, "audio_macro_f1": score - 0.1, "av_top1": 0.8}}
+        if cell.key not in old:  # best dev at round 1, where test top-1 was 5 points above the last round's
+            summary |= {
+                "last": {"round": 2, "audio_top1": score, "audio_top5": 0.9, "audio_macro_f1": score - 0.1},
+                "last5_mean": {"rounds": 2, "from_round": 1, "to_round": 2, "audio_top1": score - 0.01,
+                               "audio_top5": 0.9, "audio_macro_f1": score - 0.1},
+                "best_dev": {"round": 1, "phase": "train", "dev_audio_top1": 0.7, "audio_top1": score + 0.05,
+                             "audio_top5": 0.95, "audio_macro_f1": score - 0.05, "av_top1": 0.8},
+                "collapse": {"audio": {"last_round_collapsed": cell.method == "unifl", "rounds": []},
+                             "av": {"last_round_collapsed": False, "rounds": []}},
+            }
+        (run_dir / "summary.json").write_text(json.dumps(summary))
         return True
 
     return run
+
+
+def section(md: str, title: str) -> list[str]:
+    """The lines of one protocol's table in table1.md."""
+    lines = md.splitlines()
+    start = lines.index(f"## {title}")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return [line for line in lines[start:end] if line.startswith("|")]
 
 
 def test_plan_covers_the_grid_and_the_figure3_rates():
@@ -84,17 +103,48 @@ def test_table_and_figures(tmp_path):
     cells = plan(["modality-mirror", "harmony", "multifl"], [0.1, 0.3], [0, 1], fig3_rates=[0.5])
     runs = run_cells(cells, tmp_path, fake_runner([]))
     md = table1(runs, [0.1, 0.3])
-    lines = md.splitlines()
-    assert lines[0] == "| method | 0.1 | 0.3 | MB / round |"
-    mm = next(line for line in lines if line.startswith("| ModalityMirror"))
-    assert "51.5 +- 0.5 (90.0)" in mm and "53.5 +- 0.5 (90.0)" in mm  # mean of 0.51/0.52 and 0.53/0.54
-    assert mm.endswith("| 1.00 |")  # round 0 (no traffic) is not a round of training
-    assert next(line for line in lines if line.startswith("| Harmony")).endswith("| 2.00 |")
-    assert "n = 2 seeds" in md
+    assert md.index("## Best dev (headline)") < md.index("## Last round")
+    best, last = section(md, "Best dev (headline)"), section(md, "Last round")
+    for table in (best, last):
+        assert table[0] == "| method | 0.1 | 0.3 | MB / round |"
+    mm_last = next(line for line in last if line.startswith("| ModalityMirror"))
+    # mean of 0.51/0.52 and 0.53/0.54 +- std / top-5 / macro-F1
+    assert "| 51.5 +- 0.5 / 90.0 / 41.5 |" in mm_last and "| 53.5 +- 0.5 / 90.0 / 43.5 |" in mm_last
+    mm_best = next(line for line in best if line.startswith("| ModalityMirror"))
+    assert "| 56.5 +- 0.5 / 95.0 / 46.5 |" in mm_best and "| 58.5 +- 0.5 / 95.0 / 48.5 |" in mm_best
+    assert mm_best.endswith("| 1.00 |") and mm_last.endswith("| 1.00 |")  # round 0 (no traffic) is not counted
+    assert next(line for line in last if line.startswith("| Harmony")).endswith("| 2.00 |")
+    assert "n = 2 seeds" in md and "round whose dev audio top-1 is highest" in md
     made = figures(runs, tmp_path, [0.1, 0.3])
     names = {p.name for p in made}
     assert names == {"fig3_missing_rate.png", "fig2_per_class_f1.png", "curves.png"}
     assert all(p.stat().st_size > 1000 for p in made)
+
+
+def test_runs_csv_has_last_best_dev_and_last5_columns(tmp_path):
+    cells = plan(["modality-mirror", "unifl"], [0.3], [0])
+    run_cells(cells, tmp_path, fake_runner([]))
+    runs = pd.read_csv(tmp_path / "runs.csv").set_index("method")
+    mm = runs.loc["modality-mirror"]
+    assert mm["audio_top1"] == pytest.approx(0.53) and mm["best_dev_audio_top1"] == pytest.approx(0.58)
+    assert mm["best_dev_round"] == 1 and mm["best_dev_dev_audio_top1"] == pytest.approx(0.7)
+    assert mm["best_dev_audio_macro_f1"] == pytest.approx(0.48) and mm["best_dev_av_top1"] == pytest.approx(0.8)
+    assert mm["last5_audio_top1"] == pytest.approx(0.52) and mm["last5_rounds"] == 2
+    assert not mm["audio_collapsed"] and runs.loc["unifl", "audio_collapsed"]
+
+
+def test_runs_without_the_protocol_keys_are_still_reported(tmp_path):
+    cells = plan(["modality-mirror", "harmony"], [0.3], [0, 1])
+    old = {"modality-mirror-mr0.3-s1", "harmony-mr0.3-s0", "harmony-mr0.3-s1"}  # made before best dev existed
+    runs = run_cells(cells, tmp_path, fake_runner([], old=old))
+    assert runs["status"].eq("ok").all()
+    assert runs.loc[runs["key"] == "harmony-mr0.3-s0", "best_dev_audio_top1"].isna().all()
+    md = table1(runs, [0.3])
+    best, last = section(md, "Best dev (headline)"), section(md, "Last round")
+    assert "| ModalityMirror | 58.0 / 95.0 / 48.0 (n = 1) | 1.00 |" in best  # seed 0 alone has a best dev
+    assert "| Harmony | n/a | 2.00 |" in best
+    assert "| ModalityMirror | 53.5 +- 0.5 / 90.0 / 43.5 | 1.00 |" in last
+    assert "| Harmony | 43.5 +- 0.5 / 90.0 / 33.5 | 2.00 |" in last
 
 
 def test_a_sweep_folder_refuses_runs_made_with_other_settings(tmp_path):
@@ -117,3 +167,4 @@ def test_report_only_tables_finished_runs_and_marks_the_rest_not_run(tmp_path):
     assert sorted(runs["status"]) == ["not-run", "not-run", "ok", "ok"]
     table = (tmp_path / "table1.md").read_text()
     assert "| ModalityMirror |" in table and "| Harmony | n/a |" in table
+    assert table.count("| Harmony | n/a | n/a |") == 2  # in both protocols' tables
