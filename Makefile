@@ -5,13 +5,15 @@ PY := $(VENV)/bin/python
 NUM_CLIENTS ?= 100
 RUN_CONFIG ?=
 OUTPUT_DIR ?= $(CURDIR)/results
+DATA_DIR ?= ~/.cache/modality-mirror
+PRETRAINED ?= $(DATA_DIR)/pretrained
 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # runs use this project's venv instead of a per-run env built with uv, and send no telemetry
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 
-.PHONY: venv run test bench calibrate prepare deploy-local table1 table1-quick clean
+.PHONY: venv run test bench calibrate pretrain prepare deploy-local table1 table1-quick clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,12 +37,15 @@ test: venv
 bench: venv
 	$(PY) -m mirror_app.bench --out $(CURDIR)/results/bench --run-config "$(RUN_CONFIG)"
 
-## calibrate: centralised audio-only and audiovisual accuracy of the embedded dataset
+## calibrate: centralised audio-only and audiovisual accuracy of the embedded dataset (two separate models)
 calibrate: venv
-	$(PY) -m mirror_app.centralized --dataset embedded --epochs 8
+	$(PY) -m mirror_app.centralized --dataset embedded --epochs 8 --data-dir "$(DATA_DIR)"
+
+## pretrain: encoders trained on the proxy set (classes disjoint from the task's) -> $(PRETRAINED)/*.pt
+pretrain: venv
+	$(PY) -m mirror_app.pretrain --out "$(PRETRAINED)" --data-dir "$(DATA_DIR)"
 
 ## prepare: decode a real dataset once into the feature cache runs read (DATASET=ucf101|activitynet|manifest SRC=...)
-DATA_DIR ?= ~/.cache/modality-mirror
 PREPARE_ARGS ?=
 prepare: venv
 	@test -n "$(DATASET)" -a -n "$(SRC)" || { echo "usage: make prepare DATASET=ucf101|activitynet|manifest SRC=<folder> [DATA_DIR=...] [PREPARE_ARGS='--image-size 112']"; exit 2; }

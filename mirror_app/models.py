@@ -154,9 +154,11 @@ class PretrainedError(ValueError):
 
 
 def load_pretrained(encoder: nn.Module, path: str, key: str) -> None:
-    """Load a local checkpoint into ``encoder.backbone`` (a timm model); never downloads.
+    """Load a local checkpoint into an encoder; never downloads.
 
-    Accepts a plain state dict or one wrapped as {"state_dict": ...} / {"model": ...}, as
+    A timm-based encoder (resnet18, ast*) loads it into ``encoder.backbone`` (the projection to
+    the embedding stays as initialised); the small CPU encoders (tdnn-small, cnn-small) load
+    the whole encoder, as ``python -m mirror_app.pretrain`` writes it. Accepts a plain state dict or one wrapped as {"state_dict": ...} / {"model": ...}, as
     saved by timm, torchvision or SSAST training (a "module." prefix is stripped). Classifier
     weights (``fc.``, ``head.``) are ignored; anything else that is missing, unexpected or of
     another shape is an error naming the first few keys.
@@ -166,10 +168,7 @@ def load_pretrained(encoder: nn.Module, path: str, key: str) -> None:
     file = Path(path).expanduser()
     if not file.is_file():
         raise PretrainedError(f"run config '{key}' = {path!r} is invalid: no such file")
-    backbone = getattr(encoder, "backbone", None)
-    if backbone is None:
-        raise PretrainedError(f"run config '{key}' = {path!r} is invalid: this backbone takes no pretrained weights; "
-                              "use resnet18 or an ast variant")
+    backbone = getattr(encoder, "backbone", encoder)
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same error for the user

@@ -27,15 +27,44 @@ def test_frame_transform_normalises_to_the_configured_size():
     assert tuple(out.shape) == (3, 32, 32) and abs(float(out.mean())) < 3
 
 
-def test_classes_are_readable_and_some_share_a_sound_but_no_two_share_a_look():
+def test_classes_are_readable_every_class_has_its_own_sound_and_no_two_share_a_look():
     names = synthetic.class_names()
     assert len(names) == len(set(names)) == 20
     assert all(n == n.lower() and n.replace(" ", "").isalpha() for n in names)
-    sources = [src for _, src in synthetic.CLASSES]
+    sources = [src for _, src, _ in synthetic.CLASSES]
     shared = {s for s in sources if sources.count(s) > 1}
-    assert len(shared) >= 4 and sources.count("membrane") == 3
+    assert len(shared) >= 4 and sources.count("membrane") == 3  # classes that share a sound source ...
+    sounds = [tuple(sorted(synthetic.class_sound(src, cue).items())) for _, src, cue in synthetic.CLASSES]
+    assert len(set(sounds)) == len(sounds)  # ... still differ by a cue: no two classes sound the same
     looks = {(i % len(synthetic.SHAPES), i // len(synthetic.SHAPES)) for i in range(len(names))}
     assert len(looks) == len(names)
+
+
+def test_proxy_classes_are_disjoint_from_the_task():
+    task = synthetic.TABLES["embedded"]()
+    proxy = synthetic.TABLES["proxy"]()
+    assert len(proxy) == 20
+    assert not {name for name, *_ in task} & {name for name, *_ in proxy}
+    assert not {look for *_, look in task} & {look for *_, look in proxy}  # other colours
+    assert not {tuple(sorted(s.items())) for _, _, s, _ in task} & {tuple(sorted(s.items())) for _, _, s, _ in proxy}
+
+
+def test_classes_sharing_a_source_differ_by_a_cue_that_the_noise_weakens():
+    """Congas vs drumming (one sound source): their clean clips differ on average by more than two
+    draws of congas do; at the dataset's SNR the difference shrinks to a weak cue."""
+    rng = np.random.default_rng(0)
+    spec = FeatureSpec()
+    congas, drums = (synthetic.class_sound(src, cue) for _, src, cue in synthetic.CLASSES[:2])
+
+    def mean_spectrum(sound, noisy: bool, n: int = 24) -> np.ndarray:
+        clip = synthetic.make_waveform if noisy else synthetic.render_sound
+        return np.mean([log_mel(clip(sound, rng, 1.0), spec).mean(0) for _ in range(n)], axis=0)
+
+    within = np.abs(mean_spectrum(congas, False) - mean_spectrum(congas, False)).mean()
+    across = np.abs(mean_spectrum(congas, False) - mean_spectrum(drums, False)).mean()
+    noisy_across = np.abs(mean_spectrum(congas, True) - mean_spectrum(drums, True)).mean()
+    assert across > 1.5 * within
+    assert noisy_across < 0.5 * across
 
 
 def test_embedded_dataset_is_deterministic_stratified_and_memory_mapped(tmp_path):

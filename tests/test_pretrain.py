@@ -1,0 +1,47 @@
+"""`make pretrain`: encoders trained on the disjoint proxy set, written as files the run config reads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from data import synthetic
+from mirror_app import pretrain as pretrain_module
+from mirror_app.config import RunConfig
+from mirror_app.models import initial_model
+
+
+def test_pretrain_writes_encoders_that_initial_model_loads(tmp_path):
+    report = pretrain_module.pretrain(tmp_path / "weights", tmp_path / "data", epochs=1, embed_dim=16,
+                                      samples_per_class=6)
+    audio_file, video_file = pretrain_module.weight_files(tmp_path / "weights", "tdnn-small", "cnn-small", 16)
+    assert report["audio_pretrained"] == str(audio_file) and audio_file.is_file() and video_file.is_file()
+    saved = json.loads((tmp_path / "weights" / "pretrain.json").read_text())
+    assert 0.0 <= saved["proxy_audio_top1"] <= 1.0 and saved["proxy_classes"][0] == "proxy 00"
+    assert not set(saved["proxy_classes"]) & set(synthetic.class_names())
+
+    task = synthetic.load(tmp_path / "data", samples_per_class=5)
+    shapes = (task.audio.shape[1:], task.video.shape[1:])
+    plain = initial_model(task.num_classes, *shapes, "tdnn-small", "cnn-small", 16, seed=0)
+    loaded = initial_model(task.num_classes, *shapes, "tdnn-small", "cnn-small", 16, 0, str(audio_file),
+                           str(video_file))
+    for part, file in (("audio_encoder", audio_file), ("video_encoder", video_file)):
+        weights = torch.load(file, weights_only=True)
+        state = getattr(loaded, part).state_dict()
+        assert set(weights) == set(state)
+        assert all(torch.equal(weights[k], state[k]) for k in state)
+        assert not all(torch.equal(state[k], getattr(plain, part).state_dict()[k]) for k in state)
+    # the heads are the task's own, from the seed: pretraining brings features, not the task's classifier
+    assert torch.equal(loaded.audio_head.weight, plain.audio_head.weight)
+    cfg = RunConfig.from_dict({"audio-pretrained": str(audio_file), "video-pretrained": str(video_file)})
+    assert cfg.pretrained_paths() == (str(audio_file), str(video_file))
+
+
+def test_pretrain_refuses_bad_backbones_in_one_line(tmp_path, capsys):
+    assert pretrain_module.main(["--out", str(tmp_path), "--video-backbone", "tdnn-small"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "video backbone 'tdnn-small' is invalid" in err
+    with pytest.raises(ValueError, match="epochs"):
+        pretrain_module.pretrain(tmp_path, tmp_path, epochs=0)
