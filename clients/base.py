@@ -61,6 +61,7 @@ class LocalSettings:
     align_av_weight: float = 0.5  # modality alignment: weight of the audio-video contrastive term
     audio_pretrained: str = ""  # local checkpoint files the frozen base is built from
     video_pretrained: str = ""
+    restricted_softmax: bool = False  # label cross-entropy over the classes of the client's partition only
 
 
 def split_groups(parameters: list[np.ndarray], names: list[str], model: DualEncoder) -> dict[str, list]:
@@ -133,8 +134,12 @@ class GroupClient(NumPyClient):
 
     def train_kwargs(self, ws: Workspace, seed: int) -> dict:
         s = self.settings
+        present = None
+        if s.restricted_softmax:
+            present = torch.zeros(ws.cache.num_classes, dtype=torch.bool, device=ws.device)
+            present[np.unique(ws.cache.labels[self.partition.indices])] = True
         return dict(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, optimizer=s.optimizer,
-                    device=ws.device, seed=seed, mu=s.mu)
+                    device=ws.device, seed=seed, mu=s.mu, present=present)
 
     def evaluate(self, parameters, config):  # evaluation is server-side on the held-out split
         raise TaskError("clients do not evaluate; the server evaluates on the held-out test split")

@@ -111,7 +111,7 @@ def make_client(context: Context):
                          "has no video; start it with modality=audio")
     settings = LocalSettings(cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.optimizer, cfg.temperature,
                              cfg.distill_ce_weight, cfg.seed, cfg.mu, cfg.lora_rank, cfg.align_av_weight,
-                             *cfg.pretrained_paths())
+                             *cfg.pretrained_paths(), restricted_softmax=cfg.restricted_softmax)
     client = CLIENT_KINDS[modality](
         partition=Partition(part.partition_id, part.indices, modality), workspace=ws, settings=settings
     )

@@ -62,6 +62,7 @@ class RunConfig:
     resume: str = ""
     round_timeout: float = 0.0
     partitioner: str = "dirichlet"
+    restricted_softmax: bool = False
 
     # ------------------------------------------------------------------ parsing
     @classmethod

@@ -296,6 +296,62 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+PER_CELL = ("strategy", "missing-rate", "seed", "output-dir")  # run config keys each sweep run sets
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("'", "") + "'"
+
+
+def merged_run_config(preset: str, run_config: str) -> str:
+    """A preset file's keys as ``key=value`` pairs, overridden by ``run_config``; checked as a run would be.
+
+    Flower takes either a TOML file or ``key=value`` pairs, never both, and every sweep run adds its own
+    pairs (strategy, missing rate, seed), so the preset is turned into pairs here. The result is
+    validated with RunConfig before anything starts: a typo or a missing pretrained file costs a second.
+    """
+    import re
+    import tomllib
+
+    from mirror_app.config import ConfigError, RunConfig
+
+    pairs: dict[str, str] = {}
+    if preset:
+        path = Path(preset).expanduser()
+        if not path.is_file():
+            raise SweepError(f"--preset {preset!r}: no such file (see conf/*.toml)")
+        try:
+            table = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise SweepError(f"--preset {preset!r} is not valid TOML: {exc}") from None
+        pairs = {k: _toml_value(v) for k, v in table.items() if k not in PER_CELL}  # the sweep sets these
+    for key, value in re.findall(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)", run_config):
+        if key in PER_CELL:
+            raise SweepError(f"--run-config {key}={value}: the sweep sets {', '.join(PER_CELL)} for each run itself")
+        pairs[key] = value
+    raw: dict = {}
+    for key, value in pairs.items():
+        text = value.strip("'\"")
+        if value[:1] in "'\"":
+            raw[key] = text
+        else:
+            try:
+                raw[key] = tomllib.loads(f"v = {value}")["v"]
+            except tomllib.TOMLDecodeError:
+                raise SweepError(f"run config {key}={value} is not a TOML value (quote strings: {key}='...')") \
+                    from None
+    try:
+        RunConfig.from_dict(raw)
+    except ConfigError as exc:
+        hint = " (run `make pretrain` first)" if "pretrained" in str(exc) else ""
+        raise SweepError(f"{exc}{hint}") from None
+    return " ".join(f"{k}={v}" for k, v in pairs.items())
+
+
 def flwr_runner(link, num_supernodes: int, extra_config: str, timeout: float):
     def run(cell: Cell, output_dir: Path, log: Path) -> bool:
         from mirror_app.launch import with_defaults
@@ -317,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--fig3-rates", default=",".join(map(str, FIG3_RATES)))
     p.add_argument("--num-supernodes", type=int, default=100)
+    p.add_argument("--preset", default="", help="a run-config TOML file (conf/*.toml) for every run; "
+                   "--run-config keys override it")
     p.add_argument("--run-config", default="", help="extra run config for every run, e.g. \"num-server-rounds=10\"")
     p.add_argument("--timeout", type=float, default=3600, help="seconds before one run counts as failed")
     p.add_argument("--report-only", action="store_true",
@@ -333,10 +391,15 @@ def main(argv: list[str] | None = None) -> int:
     except (SweepError, ValueError) as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return 2
+    try:
+        run_config = merged_run_config(args.preset, args.run_config)
+    except SweepError as exc:
+        print(f"sweep: {exc}", file=sys.stderr)
+        return 2
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        check_settings(out, {"run-config": args.run_config.strip(), "num-supernodes": args.num_supernodes})
+        check_settings(out, {"run-config": run_config, "num-supernodes": args.num_supernodes})
     except SweepError as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return 2
@@ -349,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(out / "runs.csv", runs.to_dict("records"), list(runs.columns))
     else:
         with interrupt_on_signals(), SuperLink(out / ".flwr") as link:
-            runs = run_cells(cells, out, flwr_runner(link, args.num_supernodes, args.run_config, args.timeout))
+            runs = run_cells(cells, out, flwr_runner(link, args.num_supernodes, run_config, args.timeout))
 
     markdown = table1(runs, rates)
     atomic_write(out / "table1.md", lambda path: path.write_text(markdown))

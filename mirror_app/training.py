@@ -18,6 +18,21 @@ class Batch:
     audio: torch.Tensor
     video: torch.Tensor | None
     labels: torch.Tensor
+    present: torch.Tensor | None = None  # classes the client holds (restricted softmax), None: all classes
+
+
+def label_ce(logits: torch.Tensor, b: Batch) -> torch.Tensor:
+    """Cross-entropy of ``logits`` against the batch's labels.
+
+    With ``b.present`` set (run config ``restricted-softmax``), the softmax runs over the classes
+    the client holds only: absent classes' logits are left out, so a client with 3 of 20 classes
+    does not push the other 17 down. Under strong label skew (Dirichlet alpha 0.1) and partial
+    participation this keeps the averaged heads from drifting towards the few classes of the
+    clients drawn in a round (restricted softmax, as in FedRS, Li and Zhan 2021, with alpha 0).
+    """
+    if b.present is not None:
+        logits = logits.masked_fill(~b.present, float("-inf"))
+    return F.cross_entropy(logits, b.labels)
 
 
 def batches(
@@ -51,7 +66,7 @@ def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor], mu: fl
 
 def _run_epochs(model: nn.Module, loss_fn, trainable: list[nn.Module], cache, indices, *, epochs: int,
                 batch_size: int, lr: float, optimizer: str, with_video: bool, device, seed: int,
-                mu: float = 0.0) -> float:
+                mu: float = 0.0, present: torch.Tensor | None = None) -> float:
     params = [p for m in trainable for p in m.parameters() if p.requires_grad]  # frozen base weights stay out
     anchor = [p.detach().clone() for p in params] if mu > 0 else []
     opt = make_optimizer(params, optimizer, lr)
@@ -60,6 +75,7 @@ def _run_epochs(model: nn.Module, loss_fn, trainable: list[nn.Module], cache, in
     total, count = 0.0, 0
     for _ in range(epochs):
         for b in batches(cache, indices, batch_size, with_video, device, rng):
+            b.present = present
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(b)
             if mu > 0:
@@ -74,7 +90,7 @@ def _run_epochs(model: nn.Module, loss_fn, trainable: list[nn.Module], cache, in
 def train_audio(model: DualEncoder, cache, indices, **kw) -> float:
     """Audio-only client: cross-entropy of the audio model (audio encoder + audio head)."""
     return _run_epochs(
-        model, lambda b: F.cross_entropy(model.audio_logits(b.audio), b.labels),
+        model, lambda b: label_ce(model.audio_logits(b.audio), b),
         [model.audio_encoder, model.audio_head], cache, indices, with_video=False, **kw,
     )
 
@@ -82,7 +98,7 @@ def train_audio(model: DualEncoder, cache, indices, **kw) -> float:
 def train_av(model: DualEncoder, cache, indices, **kw) -> float:
     """Audiovisual client: cross-entropy of the late-fusion model (both encoders + fusion head)."""
     return _run_epochs(
-        model, lambda b: F.cross_entropy(model.av_logits(b.audio, b.video), b.labels),
+        model, lambda b: label_ce(model.av_logits(b.audio, b.video), b),
         [model.audio_encoder, model.video_encoder, model.fusion_head], cache, indices, with_video=True, **kw,
     )
 
@@ -92,8 +108,7 @@ def train_unimodal(model: DualEncoder, cache, indices, **kw) -> float:
     each trained with its own cross-entropy (no fusion)."""
     return _run_epochs(
         model,
-        lambda b: F.cross_entropy(model.audio_logits(b.audio), b.labels)
-        + F.cross_entropy(model.video_logits(b.video), b.labels),
+        lambda b: label_ce(model.audio_logits(b.audio), b) + label_ce(model.video_logits(b.video), b),
         [model.audio_encoder, model.audio_head, model.video_encoder, model.video_head],
         cache, indices, with_video=True, **kw,
     )
@@ -209,13 +224,13 @@ def fedcmi_av(model: DualEncoder, global_model: DualEncoder, cache, indices, *, 
 
     def loss_fn(b: Batch) -> torch.Tensor:
         za, zv = model.audio_encoder(b.audio), model.video_encoder(b.video)
-        loss = F.cross_entropy(model.audio_head(model.audio_features(za)), b.labels) + \
-            F.cross_entropy(model.video_head(model.video_features(zv)), b.labels)
+        loss = label_ce(model.audio_head(model.audio_features(za)), b) + \
+            label_ce(model.video_head(model.video_features(zv)), b)
         with torch.no_grad():
             target = global_model.video_logits(b.video) if weak == "audio" else global_model.audio_logits(b.audio)
         branch = model.audio_head(model.audio_inf(za)) if weak == "audio" else model.video_head(model.video_inf(zv))
         loss = loss + classwise_distillation_loss(branch, target, temps[b.labels])
-        return loss + F.cross_entropy(model.fusion_head(torch.cat([za.detach(), zv.detach()], dim=1)), b.labels)
+        return loss + label_ce(model.fusion_head(torch.cat([za.detach(), zv.detach()], dim=1)), b)
 
     trainable = [model.audio_encoder, model.audio_self, model.audio_inf, model.audio_head, model.video_encoder,
                  model.video_self, model.video_inf, model.video_head, model.fusion_head]
@@ -227,7 +242,7 @@ def fedcmi_audio(model: DualEncoder, cache, indices, **kw) -> float:
     from labels; the infiltration branch is used as received and not trained."""
     def loss_fn(b: Batch) -> torch.Tensor:
         za = model.audio_encoder(b.audio)
-        return F.cross_entropy(model.audio_head(model.audio_self(za) + model.audio_inf(za).detach()), b.labels)
+        return label_ce(model.audio_head(model.audio_self(za) + model.audio_inf(za).detach()), b)
 
     return _run_epochs(model, loss_fn, [model.audio_encoder, model.audio_self, model.audio_head], cache, indices,
                        with_video=False, **kw)
