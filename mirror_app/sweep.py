@@ -53,10 +53,22 @@ class Cell:
     method: str
     rate: float
     seed: int
+    config: str = ""  # run config of this cell alone ("key=value ..."), over the sweep's (ablations)
+    tag: str = ""  # names the cell's own config in its key
 
     @property
     def key(self) -> str:
-        return f"{self.method}-mr{self.rate:g}-s{self.seed}"
+        return f"{self.method}-mr{self.rate:g}-s{self.seed}" + (f"-{self.tag}" if self.tag else "")
+
+
+def override_pairs(base: str, over: str) -> str:
+    """``key=value`` pairs of ``base`` with those of ``over`` replacing the same keys."""
+    import re
+
+    pattern = r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)"
+    pairs = dict(re.findall(pattern, base))
+    pairs.update(re.findall(pattern, over))
+    return " ".join(f"{k}={v}" for k, v in pairs.items())
 
 
 def plan(methods, rates, seeds, fig3_rates=()) -> list[Cell]:
@@ -357,7 +369,7 @@ def flwr_runner(link, num_supernodes: int, extra_config: str, timeout: float):
         from mirror_app.launch import with_defaults
 
         config = (f"strategy='{cell.method}' missing-rate={cell.rate} seed={cell.seed} output-dir='{output_dir}' "
-                  + with_defaults(extra_config, METHOD_CONFIG.get(cell.method, {})))
+                  + override_pairs(with_defaults(extra_config, METHOD_CONFIG.get(cell.method, {})), cell.config))
         res = link.flwr_run(ROOT, "--federation-config", f"num-supernodes={num_supernodes} {CLIENT_RESOURCES}",
                             "--run-config", config, timeout=timeout, log_file=log)
         return res.returncode == 0

@@ -1,0 +1,288 @@
+"""Ablations that explain Table 1, one command each (README, "Why the methods rank as they do"):
+
+    python -m mirror_app.ablations teacher --out results/ablation-teacher   # student vs teacher strength
+    python -m mirror_app.ablations drift --out results/ablation-drift       # local epochs x label skew
+    python -m mirror_app.ablations fig2 --sweep results/table1              # per-class F1 by sound source
+
+``teacher`` runs ModalityMirror with teachers of different strength: phase 1 of a quarter, a
+half and all of the preset's ``num-server-rounds``, each with and without the pretrained
+encoders; it tabulates the frozen teacher's audiovisual top-1 against the distilled student's
+audio top-1 and where phase 1 left the audio model. ``drift`` runs MultiFL, Harmony and
+ModalityMirror with 1 and 5 local epochs under Dirichlet alpha 0.1 and 1.0. Both go through
+``flwr run`` exactly as the Table 1 sweep does (same preset, private SuperLink, resumable; a
+finished run is never redone) and write ``runs.csv``, ``ablation.md`` and a figure under
+``--out``. ``fig2`` reads a finished Table 1 sweep and draws the paper's Figure 2: the change
+in per-class audio F1 from MultiFL to ModalityMirror and from Harmony to ModalityMirror, with
+the classes grouped by sound source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mirror_app.sweep import (
+    LABELS,
+    Cell,
+    SweepError,
+    _save,
+    check_settings,
+    collect,
+    flwr_runner,
+    merged_run_config,
+    run_cells,
+)
+
+DEFAULT_PRESET = "conf/paper-laptop.toml"
+
+
+def _pairs(run_config: str) -> dict[str, str]:
+    import re
+
+    return dict(re.findall(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)", run_config))
+
+
+def teacher_cells(run_config: str, rate: float, seeds: list[int]) -> list[Cell]:
+    """ModalityMirror with phase 1 of 1/4, 1/2 and 1/1 of the preset's rounds, with and without pretraining."""
+    pairs = _pairs(run_config)
+    rounds = int(pairs.get("num-server-rounds", 30))
+    lengths = sorted({max(1, rounds // 4), max(1, rounds // 2), rounds})
+    cells = []
+    for r in lengths:
+        for pretrained in (True, False):
+            config = f"num-server-rounds={r}"
+            if not pretrained:
+                config += " audio-pretrained='' video-pretrained=''"
+            tag = f"p1r{r}-{'pre' if pretrained else 'scratch'}"
+            cells += [Cell("modality-mirror", rate, s, config, tag) for s in seeds]
+    return cells
+
+
+def drift_cells(rate: float, seeds: list[int]) -> list[Cell]:
+    return [Cell(m, rate, s, f"local-epochs={e} dirichlet-alpha={a}", f"e{e}-a{a:g}")
+            for m in ("multifl", "harmony", "modality-mirror") for e in (1, 5) for a in (0.1, 1.0) for s in seeds]
+
+
+def _summary(out: Path, cell: Cell) -> dict:
+    path = out / "runs" / cell.key / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _fmt(values: list, digits: int = 1) -> str:
+    values = [100 * v for v in values if v is not None and not pd.isna(v)]
+    if not values:
+        return "n/a"
+    std = f" +- {np.std(values):.{digits}f}" if len(values) > 1 else ""
+    return f"{np.mean(values):.{digits}f}{std}"
+
+
+def teacher_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
+    rows = []
+    for cell in cells:
+        s = _summary(out, cell)
+        if not s:
+            continue
+        phases = s.get("phases") or {}
+        first = next(iter(phases.values()), {}) if phases else {}
+        best = s.get("best_dev") or {}
+        rows.append({"phase1_rounds": int(_pairs(cell.config)["num-server-rounds"]),
+                     "pretrained": cell.tag.endswith("-pre"), "seed": cell.seed,
+                     "teacher_av_top1": (s.get("final") or {}).get("av_top1"),
+                     "audio_after_phase1": first.get("audio_top1"),
+                     "student_best_dev_top1": best.get("audio_top1"),
+                     "student_last_top1": (s.get("final") or {}).get("audio_top1")})
+    frame = pd.DataFrame(rows)
+    lines = ["| phase-1 rounds | encoders | AV teacher top-1 | audio after phase 1 | student (best dev) | "
+             "student (last) | gain over phase 1 |", "|" + " --- |" * 7]
+    if not frame.empty:
+        for (r, pre), g in frame.groupby(["phase1_rounds", "pretrained"], sort=True):
+            gain = [a - b for a, b in zip(g["student_best_dev_top1"], g["audio_after_phase1"])
+                    if a is not None and b is not None]
+            lines.append(f"| {r} | {'pretrained' if pre else 'from scratch'} | {_fmt(list(g['teacher_av_top1']))} | "
+                         f"{_fmt(list(g['audio_after_phase1']))} | {_fmt(list(g['student_best_dev_top1']))} | "
+                         f"{_fmt(list(g['student_last_top1']))} | {_fmt(gain)} |")
+    lines += ["", "Top-1 on the test split in % (mean +- std over seeds). The teacher is the audiovisual model frozen "
+              "at the end of phase 1; the student is ModalityMirror's distilled audio model; 'audio after phase 1' "
+              "is the audio model before distillation (MultiFL at that length); the gain is student (best dev) "
+              "minus audio after phase 1."]
+    return "\n".join(lines) + "\n", frame
+
+
+def drift_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
+    rows = []
+    for cell in cells:
+        s = _summary(out, cell)
+        if not s:
+            continue
+        p = _pairs(cell.config)
+        best = s.get("best_dev") or {}
+        rows.append({"method": cell.method, "local_epochs": int(p["local-epochs"]),
+                     "alpha": float(p["dirichlet-alpha"]), "seed": cell.seed,
+                     "best_dev_audio_top1": best.get("audio_top1"), "av_top1": (s.get("final") or {}).get("av_top1")})
+    frame = pd.DataFrame(rows)
+    settings = [(e, a) for e in (1, 5) for a in (0.1, 1.0)]
+    lines = ["| method | " + " | ".join(f"{e} epoch{'s' if e > 1 else ''}, alpha {a:g}" for e, a in settings) + " |",
+             "|" + " --- |" * (len(settings) + 1)]
+    for method in ("multifl", "harmony", "modality-mirror"):
+        cells_md = []
+        for e, a in settings:
+            sel = frame[(frame["method"] == method) & (frame["local_epochs"] == e) & np.isclose(frame["alpha"], a)] \
+                if not frame.empty else frame
+            cells_md.append(_fmt(list(sel["best_dev_audio_top1"])) if len(sel) else "n/a")
+        lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells_md) + " |")
+    lines += ["", "Audio-only test top-1 in % at the round with the best dev audio top-1 (mean +- std over seeds)."]
+    return "\n".join(lines) + "\n", frame
+
+
+def teacher_figure(frame: pd.DataFrame, out: Path) -> Path | None:
+    if frame.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    for pre, marker in ((True, "o"), (False, "s")):
+        g = frame[frame["pretrained"] == pre]
+        ax.scatter(100 * g["teacher_av_top1"], 100 * g["student_best_dev_top1"], marker=marker,
+                   label="pretrained" if pre else "from scratch")
+        ax.scatter(100 * g["teacher_av_top1"], 100 * g["audio_after_phase1"], marker=marker, facecolors="none",
+                   edgecolors="grey")
+    ax.set(xlabel="AV teacher top-1 (%)", ylabel="audio top-1 (%)",
+           title="student (filled) and audio before distillation (hollow)")
+    ax.legend()
+    return _save(fig, out / "teacher_strength.png")
+
+
+def sound_sources(classes: list[str]) -> dict[str, str]:
+    """Class -> sound source for the embedded dataset's classes; other datasets: each class is its own group."""
+    from data.synthetic import CLASSES
+
+    known = {name: source for name, source, _ in CLASSES}
+    return {c: known.get(c, c) for c in classes}
+
+
+def _per_class(sweep: Path, runs: pd.DataFrame, method: str, rate: float) -> pd.Series | None:
+    """Mean per-class audio F1 of a method at a missing rate, each run at its best-dev round (else its last)."""
+    frames = []
+    for key in runs[(runs["method"] == method) & np.isclose(runs["missing_rate"], rate)
+                    & (runs["status"] == "ok")]["key"]:
+        f = pd.read_csv(sweep / "runs" / key / "per_class_f1.csv")
+        summary = json.loads((sweep / "runs" / key / "summary.json").read_text())
+        best = (summary.get("best_dev") or {}).get("round")
+        at = best if best is not None and best in set(f["round"]) else f["round"].max()
+        frames.append(f[f["round"] == at].set_index("class")["f1"])
+    return pd.concat(frames, axis=1).mean(axis=1) if frames else None
+
+
+def fig2(sweep: Path, rate: float) -> tuple[str, Path | None]:
+    """Per-class F1 change X -> ModalityMirror for X in MultiFL, Harmony, grouped by sound source."""
+    runs_csv = sweep / "runs.csv"
+    if not runs_csv.is_file():
+        raise SweepError(f"{sweep} has no runs.csv: run the Table 1 sweep first (make table1)")
+    runs = pd.read_csv(runs_csv)
+    mm = _per_class(sweep, runs, "modality-mirror", rate)
+    if mm is None:
+        raise SweepError(f"{sweep} has no finished modality-mirror run at missing rate {rate:g}")
+    sources = sound_sources(list(mm.index))
+    changes = {}
+    for base in ("multifl", "harmony"):
+        other = _per_class(sweep, runs, base, rate)
+        if other is not None:
+            changes[base] = (mm - other).reindex(mm.index)
+    if not changes:
+        raise SweepError(f"{sweep} has no finished multifl or harmony run at missing rate {rate:g}")
+    order = sorted(mm.index, key=lambda c: (sources[c], c))
+    shared = {s for s in sources.values() if list(sources.values()).count(s) > 1}
+    lines = ["| sound source | class | " + " | ".join(f"{LABELS[b]} -> ModalityMirror" for b in changes) + " |",
+             "|" + " --- |" * (len(changes) + 2)]
+    for c in order:
+        lines.append(f"| {sources[c]}{' (shared)' if sources[c] in shared else ''} | {c} | "
+                     + " | ".join(f"{100 * changes[b][c]:+.1f}" for b in changes) + " |")
+    group_rows = []
+    for label, members in (("classes sharing a sound source", [c for c in order if sources[c] in shared]),
+                           ("classes with a sound of their own", [c for c in order if sources[c] not in shared])):
+        if members:
+            group_rows.append(f"| {label} | mean | " + " | ".join(
+                f"{100 * changes[b][members].mean():+.1f}" for b in changes) + " |")
+    lines += group_rows
+    lines += ["", f"Change in audio F1 (points) at missing rate {rate:g}, each run at its best-dev round, mean over "
+              "seeds. Positive: ModalityMirror is better on that class."]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(changes), figsize=(5 * len(changes), 6), sharey=True, squeeze=False)
+    for ax, (base, change) in zip(axes[0], changes.items()):
+        values = [100 * change[c] for c in order]
+        ax.barh([f"{c} [{sources[c]}]" for c in order], values,
+                color=["tab:red" if v < 0 else "tab:green" for v in values])
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set(xlabel=f"audio F1 change, {LABELS[base]} -> ModalityMirror (points)")
+    fig.suptitle(f"Per-class change by sound source, missing rate {rate:g}")
+    return "\n".join(lines) + "\n", _save(fig, sweep / "fig2_by_source.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Ablations that explain Table 1.")
+    p.add_argument("which", choices=("teacher", "drift", "fig2"))
+    p.add_argument("--out", default="", help="results folder (default results/ablation-<which>)")
+    p.add_argument("--preset", default=DEFAULT_PRESET)
+    p.add_argument("--run-config", default="", help="extra run config for every run (over the preset)")
+    p.add_argument("--rate", type=float, default=0.3, help="missing rate")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--num-supernodes", type=int, default=100)
+    p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--sweep", default="results/table1", help="fig2: the finished Table 1 sweep to read")
+    args = p.parse_args(argv)
+    from mirror_app.results import atomic_write
+
+    try:
+        if args.which == "fig2":
+            markdown, figure = fig2(Path(args.sweep).expanduser().resolve(), args.rate)
+            atomic_write(Path(args.sweep) / "fig2_by_source.md", lambda path: path.write_text(markdown))
+            print(markdown)
+            print("figure:", figure)
+            return 0
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        run_config = merged_run_config(args.preset, args.run_config)
+        if not seeds or not 0 <= args.rate < 1:
+            raise SweepError("give at least one seed and a missing rate in [0, 1)")
+    except (SweepError, ValueError) as exc:
+        print(f"ablations: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out or f"results/ablation-{args.which}").expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cells = teacher_cells(run_config, args.rate, seeds) if args.which == "teacher" else drift_cells(args.rate, seeds)
+    try:
+        check_settings(out, {"run-config": run_config, "num-supernodes": args.num_supernodes, "which": args.which})
+    except SweepError as exc:
+        print(f"ablations: {exc}", file=sys.stderr)
+        return 2
+    from mirror_app.launch import SuperLink, interrupt_on_signals
+    from mirror_app.results import write_csv
+
+    with interrupt_on_signals(), SuperLink(out / ".flwr") as link:
+        runs = run_cells(cells, out, flwr_runner(link, args.num_supernodes, run_config, args.timeout))
+    write_csv(out / "runs.csv", runs.to_dict("records"), list(runs.columns))
+    if args.which == "teacher":
+        markdown, frame = teacher_table(cells, out)
+        teacher_figure(frame, out)
+    else:
+        markdown, frame = drift_table(cells, out)
+    atomic_write(out / "ablation.md", lambda path: path.write_text(markdown))
+    print(markdown)
+    for _, row in runs[runs["status"] == "failed"].iterrows():
+        print(f"failed: {row['key']} (log: {row['log']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

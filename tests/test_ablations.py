@@ -1,0 +1,104 @@
+"""Ablations (teacher strength, drift, Fig. 2 by sound source) and the sweep's presets, with fake runs (no Flower)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mirror_app import ablations
+from mirror_app.sweep import Cell, SweepError, merged_run_config, override_pairs, run_cells
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_preset_becomes_checked_pairs_that_the_command_line_overrides(tmp_path):
+    pairs = merged_run_config(str(ROOT / "conf" / "paper.toml"), "num-server-rounds=7")
+    assert "num-server-rounds=7" in pairs and "lr=0.0005" in pairs and "strategy" not in pairs  # per-cell key dropped
+    with pytest.raises(SweepError, match="'lr' = 0.0 is invalid"):
+        merged_run_config(str(ROOT / "conf" / "paper.toml"), "lr=0")
+    with pytest.raises(SweepError, match=r"run `make pretrain` first"):
+        merged_run_config("", f"audio-pretrained='{tmp_path / 'absent.pt'}'")
+    with pytest.raises(SweepError, match="sets strategy, missing-rate, seed, output-dir"):
+        merged_run_config("", "seed=3")
+    with pytest.raises(SweepError, match="no such file"):
+        merged_run_config(str(tmp_path / "none.toml"), "")
+    assert override_pairs("a=1 b='x y'", "b='z' c=3") == "a=1 b='z' c=3"
+
+
+def test_the_laptop_preset_is_the_papers_local_training():
+    import tomllib
+
+    laptop = tomllib.loads((ROOT / "conf" / "paper-laptop.toml").read_text())
+    paper = tomllib.loads((ROOT / "conf" / "paper.toml").read_text())
+    for key in ("local-epochs", "lr", "dirichlet-alpha", "clients-per-round"):
+        assert laptop[key] == paper[key], key
+    assert laptop["num-server-rounds"] < paper["num-server-rounds"]
+    assert laptop["audio-pretrained"].endswith("audio-tdnn-small-d64.pt")
+
+
+def test_teacher_and_drift_plans():
+    cells = ablations.teacher_cells("num-server-rounds=40 lr=0.0005", 0.3, [0, 1])
+    rounds = sorted({int(ablations._pairs(c.config)["num-server-rounds"]) for c in cells})
+    assert rounds == [10, 20, 40] and len(cells) == 3 * 2 * 2
+    scratch = [c for c in cells if c.tag.endswith("scratch")]
+    assert scratch and all("audio-pretrained=''" in c.config for c in scratch)
+    assert len({c.key for c in cells}) == len(cells)  # every variant has its own run folder
+    drift = ablations.drift_cells(0.3, [0])
+    assert {(c.method, c.config) for c in drift} >= {("harmony", "local-epochs=1 dirichlet-alpha=0.1"),
+                                                     ("multifl", "local-epochs=5 dirichlet-alpha=1.0")}
+    assert len(drift) == 3 * 2 * 2
+
+
+def fake(teacher_of: dict):
+    """A finished run: teacher AV top-1 and student audio top-1 grow with the phase-1 length."""
+    def run(cell: Cell, output_dir: Path, log: Path) -> bool:
+        log.write_text("ok")
+        r = int(ablations._pairs(cell.config).get("num-server-rounds", 0))
+        teacher = teacher_of.get(r, 0.5) + (0.1 if cell.tag.endswith("-pre") else 0.0)
+        run_dir = output_dir / "run"
+        run_dir.mkdir()
+        (run_dir / "summary.json").write_text(json.dumps({
+            "final": {"av_top1": teacher, "audio_top1": teacher / 2},
+            "phases": {"modality-aware-fl": {"round": r, "audio_top1": 0.1}, "distillation": {"audio_top1": 0.2}},
+            "best_dev": {"round": r + 1, "audio_top1": teacher / 2 + 0.01}}))
+        return True
+    return run
+
+
+def test_teacher_table_pairs_student_and_teacher(tmp_path):
+    cells = ablations.teacher_cells("num-server-rounds=8", 0.3, [0])
+    run_cells(cells, tmp_path, fake({2: 0.3, 4: 0.5, 8: 0.7}))
+    markdown, frame = ablations.teacher_table(cells, tmp_path)
+    rows = [line for line in markdown.splitlines() if line.startswith("| 8 | pretrained")]
+    assert rows == ["| 8 | pretrained | 80.0 | 10.0 | 41.0 | 40.0 | 31.0 |"]
+    assert len(frame) == 6 and ablations.teacher_figure(frame, tmp_path).is_file()
+
+
+def test_fig2_groups_classes_by_sound_source(tmp_path):
+    classes = ["playing congas", "drumming", "playing tabla", "typing"]
+    rows = []
+    for method, f1 in (("modality-mirror", [0.6, 0.5, 0.4, 0.9]), ("multifl", [0.3, 0.3, 0.3, 0.95]),
+                       ("harmony", [0.5, 0.5, 0.5, 0.9])):
+        key = f"{method}-mr0.3-s0"
+        run = tmp_path / "runs" / key
+        run.mkdir(parents=True)
+        pd.DataFrame([{"round": r, "class": c, "f1": v if r == 3 else 0.0} for r in (3, 5)
+                      for c, v in zip(classes, f1)]).to_csv(run / "per_class_f1.csv", index=False)
+        (run / "summary.json").write_text(json.dumps({"best_dev": {"round": 3}}))
+        rows.append({"method": method, "missing_rate": 0.3, "seed": 0, "key": key, "status": "ok"})
+    pd.DataFrame(rows).to_csv(tmp_path / "runs.csv", index=False)
+    markdown, figure = ablations.fig2(tmp_path, 0.3)
+    assert "| membrane (shared) | drumming | +20.0 | +0.0 |" in markdown  # at the best-dev round, not the last
+    assert "| clicks | typing | -5.0 | +0.0 |" in markdown
+    assert "| classes sharing a sound source | mean | +20.0 | +0.0 |" in markdown
+    assert figure.is_file()
+    with pytest.raises(SweepError, match="no finished modality-mirror run at missing rate 0.5"):
+        ablations.fig2(tmp_path, 0.5)
+
+
+def test_ablation_command_rejects_bad_input_before_starting(tmp_path, capsys):
+    assert ablations.main(["teacher", "--out", str(tmp_path / "o"), "--preset", str(tmp_path / "none.toml")]) == 2
+    assert "no such file" in capsys.readouterr().err and not (tmp_path / "o").exists()
