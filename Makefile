@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 NUM_CLIENTS ?= 100
 RUN_CONFIG ?=
 OUTPUT_DIR ?= $(CURDIR)/results
-DATA_DIR ?= ~/.cache/modality-mirror
+DATA_DIR ?= $(HOME)/.cache/modality-mirror
 PRETRAINED ?= $(DATA_DIR)/pretrained
 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 
-.PHONY: venv run test bench calibrate pretrain prepare deploy-local table1 table1-quick clean
+.PHONY: venv run test bench calibrate pretrain prepare deploy-local table1 table1-quick ablations clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -42,7 +42,11 @@ calibrate: venv
 	$(PY) -m mirror_app.centralized --dataset embedded --epochs 8 --data-dir "$(DATA_DIR)"
 
 ## pretrain: encoders trained on the proxy set (classes disjoint from the task's) -> $(PRETRAINED)/*.pt
+PRETRAINED_FILES := $(PRETRAINED)/audio-tdnn-small-d64.pt $(PRETRAINED)/video-cnn-small-d64.pt
 pretrain: venv
+	$(PY) -m mirror_app.pretrain --out "$(PRETRAINED)" --data-dir "$(DATA_DIR)"
+
+$(PRETRAINED_FILES): | venv
 	$(PY) -m mirror_app.pretrain --out "$(PRETRAINED)" --data-dir "$(DATA_DIR)"
 
 ## prepare: decode a real dataset once into the feature cache runs read (DATASET=ucf101|activitynet|manifest SRC=...)
@@ -59,15 +63,24 @@ deploy-local: venv
 	$(PY) -m mirror_app.deploy --nodes $(N) --audio-only $(AUDIO_ONLY) $(if $(SECURE),--secure) \
 		--out $(CURDIR)/results/deploy --run-config "$(RUN_CONFIG)"
 
-## table1: methods x missing rates {0.1..0.5} x 3 seeds (+ Figure 3 rates), table and figures
-table1: venv
-	$(PY) -m mirror_app.sweep --out $(CURDIR)/results/table1 --num-supernodes $(NUM_CLIENTS) --run-config "$(RUN_CONFIG)"
+## table1: the paper's setting at a laptop budget (conf/paper-laptop.toml, pretrained encoders):
+## 6 methods x missing rates 0.1/0.3/0.5 x 3 seeds, best-dev and last-round tables, figures
+TABLE1_RATES ?= 0.1,0.3,0.5
+table1: venv $(PRETRAINED_FILES)
+	$(PY) -m mirror_app.sweep --out $(CURDIR)/results/table1 --preset conf/paper-laptop.toml --rates $(TABLE1_RATES) \
+		--fig3-rates $(TABLE1_RATES) --seeds 0,1,2 --num-supernodes $(NUM_CLIENTS) --run-config "$(RUN_CONFIG)"
 
-## table1-quick: the same pipeline, small and with one seed, as a smoke run (about 35 minutes on 2 cores)
-table1-quick: venv
-	$(PY) -m mirror_app.sweep --out $(CURDIR)/results/table1-quick --seeds 0 --rates 0.1,0.3,0.5 \
-		--fig3-rates 0.1,0.3,0.5,0.7,0.9 --num-supernodes 20 \
-		--run-config "num-server-rounds=6 distill-rounds=3 clients-per-round=5 $(RUN_CONFIG)"
+## table1-quick: the same with one seed (about a third of the time)
+table1-quick: venv $(PRETRAINED_FILES)
+	$(PY) -m mirror_app.sweep --out $(CURDIR)/results/table1-quick --preset conf/paper-laptop.toml \
+		--rates $(TABLE1_RATES) --fig3-rates $(TABLE1_RATES) --seeds 0 --num-supernodes $(NUM_CLIENTS) \
+		--run-config "$(RUN_CONFIG)"
+
+## ablations: teacher strength, drift (local epochs x alpha), Fig. 2 by sound source (after table1)
+ablations: venv $(PRETRAINED_FILES)
+	$(PY) -m mirror_app.ablations teacher --out $(CURDIR)/results/ablation-teacher --run-config "$(RUN_CONFIG)"
+	$(PY) -m mirror_app.ablations drift --out $(CURDIR)/results/ablation-drift --run-config "$(RUN_CONFIG)"
+	$(PY) -m mirror_app.ablations fig2 --sweep $(CURDIR)/results/table1
 
 clean:
 	rm -rf results .pytest_cache

@@ -84,9 +84,10 @@ def plan(methods, rates, seeds, fig3_rates=()) -> list[Cell]:
     for r in list(rates) + list(fig3_rates):
         if not 0 <= r < 1:
             raise SweepError(f"missing rate {r} is outside [0, 1)")
-    cells = [Cell(m, float(r), int(s)) for m in methods for r in rates for s in seeds]
+    # seed-major: a sweep stopped part-way has whole seeds of every method, not all seeds of a few methods
+    cells = [Cell(m, float(r), int(s)) for s in seeds for m in methods for r in rates]
     if "modality-mirror" in methods:
-        cells += [Cell("modality-mirror", float(r), int(s)) for r in fig3_rates if r not in rates for s in seeds]
+        cells += [Cell("modality-mirror", float(r), int(s)) for s in seeds for r in fig3_rates if r not in rates]
     return cells
 
 
