@@ -3,6 +3,7 @@
     python -m mirror_app.ablations teacher --out results/ablation-teacher   # student vs teacher strength
     python -m mirror_app.ablations drift --out results/ablation-drift       # local epochs x label skew
     python -m mirror_app.ablations fig2 --sweep results/table1              # per-class F1 by sound source
+    python -m mirror_app.ablations skew --out results/ablation-skew         # label-skew collapse, 20 clients
 
 ``teacher`` runs ModalityMirror with teachers of different strength: phase 1 of a quarter, a
 half and all of the preset's ``num-server-rounds``, each with and without the pretrained
@@ -13,7 +14,9 @@ ModalityMirror with 1 and 5 local epochs under Dirichlet alpha 0.1 and 1.0. Both
 finished run is never redone) and write ``runs.csv``, ``ablation.md`` and a figure under
 ``--out``. ``fig2`` reads a finished Table 1 sweep and draws the paper's Figure 2: the change
 in per-class audio F1 from MultiFL to ModalityMirror and from Harmony to ModalityMirror, with
-the classes grouped by sound source.
+the classes grouped by sound source. ``skew`` runs MultiFL on 20 clients under alpha 0.1 with the
+default local training, from scratch or pretrained, with plain or restricted softmax, with 5 or
+10 clients per round: what a user's own label-skewed dataset needs (README, "Label skew").
 """
 
 from __future__ import annotations
@@ -66,6 +69,55 @@ def teacher_cells(run_config: str, rate: float, seeds: list[int]) -> list[Cell]:
 def drift_cells(rate: float, seeds: list[int]) -> list[Cell]:
     return [Cell(m, rate, s, f"local-epochs={e} dirichlet-alpha={a}", f"e{e}-a{a:g}")
             for m in ("multifl", "harmony", "modality-mirror") for e in (1, 5) for a in (0.1, 1.0) for s in seeds]
+
+
+PRETRAINED_PAIRS = ("audio-pretrained='~/.cache/modality-mirror/pretrained/audio-tdnn-small-d64.pt' "
+                    "video-pretrained='~/.cache/modality-mirror/pretrained/video-cnn-small-d64.pt'")
+SKEW_BASE = "num-server-rounds=20 distill-rounds=0 dirichlet-alpha=0.1"  # default local training (5 epochs)
+
+
+def skew_cells(rate: float, seeds: list[int]) -> list[Cell]:
+    """MultiFL (phase 1, where a collapse starts) on 20 clients under alpha 0.1: pretrained encoders x
+    restricted softmax x 5 or 10 clients per round."""
+    cells = []
+    for k in (5, 10):
+        for pretrained in (False, True):
+            for restricted in (False, True):
+                config = f"clients-per-round={k} restricted-softmax={'true' if restricted else 'false'}"
+                config += (" " + PRETRAINED_PAIRS) if pretrained else " audio-pretrained='' video-pretrained=''"
+                tag = f"k{k}-{'pre' if pretrained else 'scratch'}-{'rs' if restricted else 'ce'}"
+                cells += [Cell("multifl", rate, s, config, tag) for s in seeds]
+    return cells
+
+
+def skew_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
+    rows = []
+    for cell in cells:
+        s = _summary(out, cell)
+        if not s:
+            continue
+        p = _pairs(cell.config)
+        final, best, collapse = s.get("final") or {}, s.get("best_dev") or {}, s.get("collapse") or {}
+        rows.append({"clients_per_round": int(p["clients-per-round"]), "pretrained": "-pre-" in cell.tag,
+                     "restricted": p["restricted-softmax"] == "true", "seed": cell.seed,
+                     "av_top1": final.get("av_top1"), "av_majority_share": final.get("av_majority_share"),
+                     "audio_best_dev_top1": best.get("audio_top1"),
+                     "audio_majority_share": final.get("audio_majority_share"),
+                     "collapsed_rounds": len((collapse.get("av") or {}).get("rounds", []))
+                     + len((collapse.get("audio") or {}).get("rounds", []))})
+    frame = pd.DataFrame(rows)
+    lines = ["| clients per round | encoders | client loss | AV top-1 (last) | AV majority share | audio top-1 (best dev) "
+             "| audio majority share | collapsed evaluations (AV + audio) |", "|" + " --- |" * 8]
+    if not frame.empty:
+        for (k, pre, rs), g in frame.groupby(["clients_per_round", "pretrained", "restricted"], sort=True):
+            lines.append(f"| {k} of 20 | {'pretrained' if pre else 'from scratch'} | "
+                         f"{'restricted softmax' if rs else 'cross-entropy'} | {_fmt(list(g['av_top1']))} | "
+                         f"{_fmt(list(g['av_majority_share']), 0)} | {_fmt(list(g['audio_best_dev_top1']))} | "
+                         f"{_fmt(list(g['audio_majority_share']), 0)} | {g['collapsed_rounds'].sum()} |")
+    lines += ["", "MultiFL, 20 clients (missing rate as given), Dirichlet alpha 0.1, 20 rounds of 5 local Adam epochs "
+              "at lr 2e-3 (the defaults). Top-1 and majority share (the share of test clips given the most predicted "
+              "class) in %; a collapsed evaluation is one where that share is >= 90 % (from round 3)."]
+    return "\n".join(lines) + "\n", frame
 
 
 def _summary(out: Path, cell: Cell) -> dict:
@@ -232,7 +284,7 @@ def fig2(sweep: Path, rate: float) -> tuple[str, Path | None]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Ablations that explain Table 1.")
-    p.add_argument("which", choices=("teacher", "drift", "fig2"))
+    p.add_argument("which", choices=("teacher", "drift", "skew", "fig2"))
     p.add_argument("--out", default="", help="results folder (default results/ablation-<which>)")
     p.add_argument("--preset", default=DEFAULT_PRESET)
     p.add_argument("--run-config", default="", help="extra run config for every run (over the preset)")
@@ -252,7 +304,11 @@ def main(argv: list[str] | None = None) -> int:
             print("figure:", figure)
             return 0
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        run_config = merged_run_config(args.preset, args.run_config)
+        if args.which == "skew":  # the defaults' local training on 20 clients, not the preset
+            run_config = merged_run_config("", f"{SKEW_BASE} {args.run_config}")
+            args.num_supernodes = 20
+        else:
+            run_config = merged_run_config(args.preset, args.run_config)
         if not seeds or not 0 <= args.rate < 1:
             raise SweepError("give at least one seed and a missing rate in [0, 1)")
     except (SweepError, ValueError) as exc:
@@ -260,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out or f"results/ablation-{args.which}").expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    cells = teacher_cells(run_config, args.rate, seeds) if args.which == "teacher" else drift_cells(args.rate, seeds)
+    plans = {"teacher": lambda: teacher_cells(run_config, args.rate, seeds), "drift": lambda: drift_cells(args.rate, seeds),
+             "skew": lambda: skew_cells(args.rate, seeds)}
+    cells = plans[args.which]()
     try:
         check_settings(out, {"run-config": run_config, "num-supernodes": args.num_supernodes, "which": args.which})
     except SweepError as exc:
@@ -275,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.which == "teacher":
         markdown, frame = teacher_table(cells, out)
         teacher_figure(frame, out)
+    elif args.which == "skew":
+        markdown, frame = skew_table(cells, out)
     else:
         markdown, frame = drift_table(cells, out)
     atomic_write(out / "ablation.md", lambda path: path.write_text(markdown))

@@ -102,3 +102,25 @@ def test_fig2_groups_classes_by_sound_source(tmp_path):
 def test_ablation_command_rejects_bad_input_before_starting(tmp_path, capsys):
     assert ablations.main(["teacher", "--out", str(tmp_path / "o"), "--preset", str(tmp_path / "none.toml")]) == 2
     assert "no such file" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_skew_plan_and_table(tmp_path):
+    cells = ablations.skew_cells(0.3, [0])
+    assert len(cells) == 8 and len({c.key for c in cells}) == 8 and {c.method for c in cells} == {"multifl"}
+    pre = [c for c in cells if "-pre-" in c.tag]
+    assert len(pre) == 4 and all("audio-tdnn-small-d64.pt" in c.config for c in pre)
+
+    def run(cell: Cell, output_dir: Path, log: Path) -> bool:
+        log.write_text("ok")
+        good = "-pre-rs" in cell.tag
+        (output_dir / "run").mkdir()
+        (output_dir / "run" / "summary.json").write_text(json.dumps({
+            "final": {"av_top1": 0.7 if good else 0.1, "av_majority_share": 0.2 if good else 1.0,
+                      "audio_majority_share": 0.5},
+            "best_dev": {"audio_top1": 0.2}, "collapse": {"av": {"rounds": [] if good else [3, 4]}}}))
+        return True
+
+    run_cells(cells, tmp_path, run)
+    markdown, _ = ablations.skew_table(cells, tmp_path)
+    assert "| 5 of 20 | pretrained | restricted softmax | 70.0 | 20 | 20.0 | 50 | 0 |" in markdown
+    assert "| 10 of 20 | from scratch | cross-entropy | 10.0 | 100 | 20.0 | 50 | 2 |" in markdown
