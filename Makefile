@@ -7,6 +7,7 @@ RUN_CONFIG ?=
 OUTPUT_DIR ?= $(CURDIR)/results
 DATA_DIR ?= $(HOME)/.cache/modality-mirror
 PRETRAINED ?= $(DATA_DIR)/pretrained
+PRETRAINED_FILES = $(PRETRAINED)/audio-tdnn-small-d64.pt $(PRETRAINED)/video-cnn-small-d64.pt
 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # runs use this project's venv instead of a per-run env built with uv, and send no telemetry
@@ -23,10 +24,12 @@ $(VENV)/.installed: requirements.txt
 
 venv: $(VENV)/.installed
 
-## run: the default ModalityMirror simulation (100 clients) on the embedded dataset
-run: venv
+## run: the default ModalityMirror simulation (100 clients) on the embedded dataset, from the pretrained
+## encoders (built first if missing; PRETRAINED_CONFIG= starts from random weights)
+PRETRAINED_CONFIG ?= audio-pretrained='$(PRETRAINED)/audio-tdnn-small-d64.pt' video-pretrained='$(PRETRAINED)/video-cnn-small-d64.pt'
+run: venv $(PRETRAINED_FILES)
 	flwr federation simulation-config --num-supernodes $(NUM_CLIENTS) --client-resources-num-cpus 1
-	flwr run . --stream --run-config "output-dir='$(OUTPUT_DIR)' $(RUN_CONFIG)"
+	flwr run . --stream --run-config "output-dir='$(OUTPUT_DIR)' $(PRETRAINED_CONFIG) $(RUN_CONFIG)"
 
 ## test: the whole suite (unit tests and end-to-end `flwr run` tests)
 test: venv
@@ -42,11 +45,10 @@ calibrate: venv
 	$(PY) -m mirror_app.centralized --dataset embedded --epochs 8 --data-dir "$(DATA_DIR)"
 
 ## pretrain: encoders trained on the proxy set (classes disjoint from the task's) -> $(PRETRAINED)/*.pt
-PRETRAINED_FILES := $(PRETRAINED)/audio-tdnn-small-d64.pt $(PRETRAINED)/video-cnn-small-d64.pt
 pretrain: venv
 	$(PY) -m mirror_app.pretrain --out "$(PRETRAINED)" --data-dir "$(DATA_DIR)"
 
-$(PRETRAINED_FILES): | venv
+$(PRETRAINED_FILES) &: | venv
 	$(PY) -m mirror_app.pretrain --out "$(PRETRAINED)" --data-dir "$(DATA_DIR)"
 
 ## prepare: decode a real dataset once into the feature cache runs read (DATASET=ucf101|activitynet|manifest SRC=...)

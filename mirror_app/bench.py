@@ -312,7 +312,7 @@ def run_bench(out: Path, num_supernodes: int, rounds: int, distill_rounds: int, 
     if min(memory_partitions, default=1) < 1:
         raise BenchError(f"--memory-partitions {memory_partitions} must be positive")
     base = with_defaults(run_config, {"strategy": "'modality-mirror'", "num-server-rounds": str(rounds),
-                                      "distill-rounds": str(distill_rounds)})
+                                      "distill-rounds": str(distill_rounds), "eval-every": "1"})  # round times
     cfg = RunConfig.from_dict(_parse(base))  # a bad value stops here, before anything starts
     if cfg.clients_per_round > num_supernodes:
         raise BenchError(f"clients-per-round {cfg.clients_per_round} > --num-supernodes {num_supernodes}")

@@ -33,12 +33,12 @@ class RunConfig:
     output_dir: str = "results"
     missing_rate: float = 0.3
     dirichlet_alpha: float = 0.1
-    num_server_rounds: int = 30
-    distill_rounds: int = 15
+    num_server_rounds: int = 200
+    distill_rounds: int = 50
     clients_per_round: int = 10
-    local_epochs: int = 5
+    local_epochs: int = 1
     batch_size: int = 16
-    lr: float = 2e-3
+    lr: float = 5e-4
     optimizer: str = "adam"
     temperature: float = 2.0
     distill_ce_weight: float = 0.0
@@ -46,7 +46,7 @@ class RunConfig:
     video_backbone: str = "cnn-small"
     embed_dim: int = 64
     seed: int = 0
-    eval_every: int = 1
+    eval_every: int = 5
     device: str = "cpu"
     init_checkpoint: str = ""
     aggregator: str = "fedavg"

@@ -105,7 +105,7 @@ def tiny_strategy(cls, cache: FeatureCache, tmp: Path, recorder: bool = True, ev
     from mirror_app.results import RunRecorder
     from mirror_app.server_app import Evaluator
 
-    raw = {"num-server-rounds": 2, "distill-rounds": 1, "clients-per-round": 3, "missing-rate": 0.5,
+    raw = {"num-server-rounds": 2, "distill-rounds": 1, "clients-per-round": 3, "missing-rate": 0.5, "eval-every": 1,
            "output-dir": str(tmp / "out"), "dirichlet-alpha": 1.0}
     raw.update(overrides)
     cfg = RunConfig.from_dict(raw)

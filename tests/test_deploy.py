@@ -36,7 +36,7 @@ def wait_online(link: SuperLink, count: int, timeout: float = 180) -> None:
 
 
 def run_app(link: SuperLink, data_dir: Path, out: Path, rounds: int = 2) -> tuple[Path, str]:
-    cfg = (f"num-server-rounds={rounds} distill-rounds=1 clients-per-round=3 local-epochs=1 "
+    cfg = (f"num-server-rounds={rounds} distill-rounds=1 clients-per-round=3 local-epochs=1 eval-every=1 "
            f"data-dir='{data_dir}' output-dir='{out}'")
     res = link.flwr_run(ROOT, "--run-config", cfg, timeout=900)
     log = res.stdout + res.stderr

@@ -27,7 +27,7 @@ def run_config(**overrides) -> str:
 
 def mm_settings(data_dir) -> dict:
     return {"num-server-rounds": 2, "distill-rounds": 1, "clients-per-round": 4, "missing-rate": 0.5,
-            "local-epochs": 1, "data-dir": str(data_dir)}
+            "local-epochs": 1, "eval-every": 1, "data-dir": str(data_dir)}
 
 
 FEDERATION = ("--federation-config", "num-supernodes=6")
@@ -82,7 +82,7 @@ def test_modality_mirror_runs_both_phases_with_both_client_kinds(mm_run):
 def test_modality_alignment_runs_on_the_embedded_dataset(superlink, data_dir, tmp_path):
     """Text anchors on the server, adapters and projections on the wire, both client kinds."""
     out = tmp_path / "results"
-    cfg = run_config(**{"strategy": "modality-align", "num-server-rounds": 2, "distill-rounds": 0,
+    cfg = run_config(**{"strategy": "modality-align", "num-server-rounds": 2, "distill-rounds": 0, "eval-every": 1,
                         "clients-per-round": 4, "missing-rate": 0.5, "local-epochs": 1, "data-dir": str(data_dir),
                         "output-dir": str(out)})
     res = superlink.flwr_run(ROOT, "--federation-config", "num-supernodes=6", "--run-config", cfg)

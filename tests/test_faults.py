@@ -84,7 +84,7 @@ def test_resume_refuses_finished_runs_other_settings_and_broken_files(cache, tmp
                              distill_rounds=0)
     run(strategy, manager, rounds=1)
     run_dir, cfg = strategy.recorder.dir, strategy.cfg.to_dict()
-    with pytest.raises(ResumeError, match=r"other settings \(lr: 0.002 -> 0.1\)"):
+    with pytest.raises(ResumeError, match=r"other settings \(lr: 0.0005 -> 0.1\)"):
         load_resume_state(run_dir, cfg | {"lr": 0.1})
     assert load_resume_state(run_dir, cfg | {"resume": str(run_dir), "device": "auto"})["round"] == 1
     (run_dir / f".{RESUME_FILE}.half").write_bytes(b"\x80garbage")  # a write killed midway is never read

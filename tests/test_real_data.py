@@ -247,7 +247,7 @@ def test_modality_mirror_runs_on_each_prepared_dataset(superlink, which, extra, 
     out = tmp_path / "results"
     cfg = (f"dataset='{cache.meta['dataset']}' data-dir='{cache.path.parent}' output-dir='{out}' "
            f"num-server-rounds=2 distill-rounds=1 clients-per-round=3 missing-rate=0.34 dirichlet-alpha=100.0 "
-           f"local-epochs=1 {extra}")
+           f"local-epochs=1 eval-every=1 {extra}")
     res = superlink.flwr_run(ROOT, "--federation-config", "num-supernodes=3", "--run-config", cfg)
     log = res.stdout + res.stderr
     runs = list(out.iterdir()) if out.exists() else []
