@@ -38,21 +38,16 @@ from mirror_app.sweep import (
     collect,
     flwr_runner,
     merged_run_config,
+    parse_pairs,
     run_cells,
 )
 
 DEFAULT_PRESET = "conf/paper-laptop.toml"
 
 
-def _pairs(run_config: str) -> dict[str, str]:
-    import re
-
-    return dict(re.findall(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)", run_config))
-
-
 def teacher_cells(run_config: str, rate: float, seeds: list[int]) -> list[Cell]:
     """ModalityMirror with phase 1 of 1/4, 1/2 and 1/1 of the preset's rounds, with and without pretraining."""
-    pairs = _pairs(run_config)
+    pairs = parse_pairs(run_config)
     rounds = int(pairs.get("num-server-rounds", 30))
     lengths = sorted({max(1, rounds // 4), max(1, rounds // 2), rounds})
     cells = []
@@ -92,11 +87,7 @@ def skew_cells(rate: float, seeds: list[int]) -> list[Cell]:
 
 def skew_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
     rows = []
-    for cell in cells:
-        s = _summary(out, cell)
-        if not s:
-            continue
-        p = _pairs(cell.config)
+    for cell, s, p in _finished(cells, out):
         final, best, collapse = s.get("final") or {}, s.get("best_dev") or {}, s.get("collapse") or {}
         rows.append({"clients_per_round": int(p["clients-per-round"]), "pretrained": "-pre-" in cell.tag,
                      "restricted": p["restricted-softmax"] == "true", "seed": cell.seed,
@@ -120,9 +111,12 @@ def skew_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
     return "\n".join(lines) + "\n", frame
 
 
-def _summary(out: Path, cell: Cell) -> dict:
-    path = out / "runs" / cell.key / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _finished(cells: list[Cell], out: Path):
+    """(cell, summary.json, the cell's own run config as pairs) of every finished run among ``cells``."""
+    for cell in cells:
+        path = out / "runs" / cell.key / "summary.json"
+        if path.is_file():
+            yield cell, json.loads(path.read_text()), parse_pairs(cell.config)
 
 
 def _fmt(values: list, digits: int = 1) -> str:
@@ -135,14 +129,11 @@ def _fmt(values: list, digits: int = 1) -> str:
 
 def teacher_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
     rows = []
-    for cell in cells:
-        s = _summary(out, cell)
-        if not s:
-            continue
+    for cell, s, p in _finished(cells, out):
         phases = s.get("phases") or {}
         first = next(iter(phases.values()), {}) if phases else {}
         best = s.get("best_dev") or {}
-        rows.append({"phase1_rounds": int(_pairs(cell.config)["num-server-rounds"]),
+        rows.append({"phase1_rounds": int(p["num-server-rounds"]),
                      "pretrained": cell.tag.endswith("-pre"), "seed": cell.seed,
                      "teacher_av_top1": (s.get("final") or {}).get("av_top1"),
                      "audio_after_phase1": first.get("audio_top1"),
@@ -167,11 +158,7 @@ def teacher_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
 
 def drift_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
     rows = []
-    for cell in cells:
-        s = _summary(out, cell)
-        if not s:
-            continue
-        p = _pairs(cell.config)
+    for cell, s, p in _finished(cells, out):
         best = s.get("best_dev") or {}
         rows.append({"method": cell.method, "local_epochs": int(p["local-epochs"]),
                      "alpha": float(p["dirichlet-alpha"]), "seed": cell.seed,

@@ -61,13 +61,16 @@ class Cell:
         return f"{self.method}-mr{self.rate:g}-s{self.seed}" + (f"-{self.tag}" if self.tag else "")
 
 
-def override_pairs(base: str, over: str) -> str:
-    """``key=value`` pairs of ``base`` with those of ``over`` replacing the same keys."""
+def parse_pairs(run_config: str) -> dict[str, str]:
+    """``key=value ...`` (values quoted with ' or " may hold spaces) -> {key: value as written}."""
     import re
 
-    pattern = r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)"
-    pairs = dict(re.findall(pattern, base))
-    pairs.update(re.findall(pattern, over))
+    return dict(re.findall(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)", run_config))
+
+
+def override_pairs(base: str, over: str) -> str:
+    """``key=value`` pairs of ``base`` with those of ``over`` replacing the same keys."""
+    pairs = parse_pairs(base) | parse_pairs(over)
     return " ".join(f"{k}={v}" for k, v in pairs.items())
 
 
@@ -327,7 +330,6 @@ def merged_run_config(preset: str, run_config: str) -> str:
     pairs (strategy, missing rate, seed), so the preset is turned into pairs here. The result is
     validated with RunConfig before anything starts: a typo or a missing pretrained file costs a second.
     """
-    import re
     import tomllib
 
     from mirror_app.config import ConfigError, RunConfig
@@ -342,7 +344,7 @@ def merged_run_config(preset: str, run_config: str) -> str:
         except tomllib.TOMLDecodeError as exc:
             raise SweepError(f"--preset {preset!r} is not valid TOML: {exc}") from None
         pairs = {k: _toml_value(v) for k, v in table.items() if k not in PER_CELL}  # the sweep sets these
-    for key, value in re.findall(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)", run_config):
+    for key, value in parse_pairs(run_config).items():
         if key in PER_CELL:
             raise SweepError(f"--run-config {key}={value}: the sweep sets {', '.join(PER_CELL)} for each run itself")
         pairs[key] = value

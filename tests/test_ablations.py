@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mirror_app import ablations
-from mirror_app.sweep import Cell, SweepError, merged_run_config, override_pairs, run_cells
+from mirror_app.sweep import Cell, SweepError, merged_run_config, override_pairs, parse_pairs, run_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def test_the_laptop_preset_is_the_papers_local_training():
 
 def test_teacher_and_drift_plans():
     cells = ablations.teacher_cells("num-server-rounds=40 lr=0.0005", 0.3, [0, 1])
-    rounds = sorted({int(ablations._pairs(c.config)["num-server-rounds"]) for c in cells})
+    rounds = sorted({int(parse_pairs(c.config)["num-server-rounds"]) for c in cells})
     assert rounds == [10, 20, 40] and len(cells) == 3 * 2 * 2
     scratch = [c for c in cells if c.tag.endswith("scratch")]
     assert scratch and all("audio-pretrained=''" in c.config for c in scratch)
@@ -56,7 +56,7 @@ def fake(teacher_of: dict):
     """A finished run: teacher AV top-1 and student audio top-1 grow with the phase-1 length."""
     def run(cell: Cell, output_dir: Path, log: Path) -> bool:
         log.write_text("ok")
-        r = int(ablations._pairs(cell.config).get("num-server-rounds", 0))
+        r = int(parse_pairs(cell.config).get("num-server-rounds", 0))
         teacher = teacher_of.get(r, 0.5) + (0.1 if cell.tag.endswith("-pre") else 0.0)
         run_dir = output_dir / "run"
         run_dir.mkdir()
