@@ -193,15 +193,17 @@ def collect(cells: list[Cell], out: Path) -> pd.DataFrame:
 
 
 def _mb_per_round(out: Path, cell: Cell) -> float | None:
-    """Mean megabytes on the wire per round (to plus from the clients) of a finished run."""
+    """Mean megabytes on the wire per round (to plus from the clients) of a finished run, whatever eval-every."""
     metrics = out / "runs" / cell.key / "metrics.csv"
     if not metrics.is_file():
         return None
     m = pd.read_csv(metrics)
     if not {"bytes_to_clients", "bytes_from_clients"} <= set(m.columns):
         return None
-    m = m[m["round"] > 0]
-    return float((m["bytes_to_clients"] + m["bytes_from_clients"]).mean() / 1e6) if len(m) else None
+    # a row holds the bytes of every round since the previous evaluated one (eval-every > 1), so divide the
+    # total by the rounds, not by the rows
+    rounds = int(m["round"].max()) if len(m) else 0
+    return float((m["bytes_to_clients"] + m["bytes_from_clients"]).sum() / rounds / 1e6) if rounds > 0 else None
 
 
 def _cell(sel: pd.DataFrame, prefix: str, runs: int) -> str:

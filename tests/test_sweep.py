@@ -169,3 +169,15 @@ def test_report_only_tables_finished_runs_and_marks_the_rest_not_run(tmp_path):
     table = (tmp_path / "table1.md").read_text()
     assert "| ModalityMirror |" in table and "| Harmony | n/a |" in table
     assert table.count("| Harmony | n/a | n/a |") == 2  # in both protocols' tables
+
+
+def test_mb_per_round_counts_rounds_not_rows(tmp_path):
+    """With eval-every 5 a metrics row holds the bytes of 5 rounds: MB / round divides by the rounds."""
+    from mirror_app.sweep import _mb_per_round
+
+    cell = Cell("multifl", 0.3, 0)
+    run = tmp_path / "runs" / cell.key
+    run.mkdir(parents=True)
+    pd.DataFrame({"round": [0, 5, 10, 12], "bytes_to_clients": [0, 3e6, 3e6, 1.2e6],
+                  "bytes_from_clients": [0, 2e6, 2e6, 0.8e6]}).to_csv(run / "metrics.csv", index=False)
+    assert _mb_per_round(tmp_path, cell) == pytest.approx(1.0)
