@@ -97,19 +97,17 @@ def skew_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
                      "collapsed_rounds": len((collapse.get("av") or {}).get("rounds", []))
                      + len((collapse.get("audio") or {}).get("rounds", []))})
     frame = pd.DataFrame(rows)
-    lines = ["| clients per round | encoders | client loss | AV top-1 (last) | AV majority share | audio top-1 (best dev) "
-             "| audio majority share | collapsed evaluations (AV + audio) |", "|" + " --- |" * 8]
-    if not frame.empty:
-        for (k, pre, rs), g in frame.groupby(["clients_per_round", "pretrained", "restricted"], sort=True):
-            lines.append(f"| {k} of 20 | {'pretrained' if pre else 'from scratch'} | "
-                         f"{'restricted softmax' if rs else 'cross-entropy'} | {_fmt(list(g['av_top1']))} | "
-                         f"{_fmt(list(g['av_majority_share']), 0)} | {_fmt(list(g['audio_best_dev_top1']))} | "
-                         f"{_fmt(list(g['audio_majority_share']), 0)} | {g['collapsed_rounds'].sum()} |")
-    lines += ["", "MultiFL, 20 clients (missing rate as given), Dirichlet alpha 0.1, 60 rounds of the default local "
-              "training (1 epoch of Adam at lr 5e-4), evaluated every 5th round. Top-1 and majority share (the share "
-              "of test clips given the most predicted class) in %; a collapsed evaluation is one where that share is "
-              ">= 90 % (from round 3)."]
-    return "\n".join(lines) + "\n", frame
+    header = ["clients per round", "encoders", "client loss", "AV top-1 (last)", "AV majority share",
+              "audio top-1 (best dev)", "audio majority share", "collapsed evaluations (AV + audio)"]
+    rows = [] if frame.empty else [
+        [f"{k} of 20", "pretrained" if pre else "from scratch", "restricted softmax" if rs else "cross-entropy",
+         _fmt(list(g["av_top1"])), _fmt(list(g["av_majority_share"]), 0), _fmt(list(g["audio_best_dev_top1"])),
+         _fmt(list(g["audio_majority_share"]), 0), g["collapsed_rounds"].sum()]
+        for (k, pre, rs), g in frame.groupby(["clients_per_round", "pretrained", "restricted"], sort=True)]
+    return _markdown(header, rows, "MultiFL, 20 clients (missing rate as given), Dirichlet alpha 0.1, 60 rounds of the "
+                     "default local training (1 epoch of Adam at lr 5e-4), evaluated every 5th round. Top-1 and "
+                     "majority share (the share of test clips given the most predicted class) in %; a collapsed "
+                     "evaluation is one where that share is >= 90 % (from round 3)."), frame
 
 
 def _finished(cells: list[Cell], out: Path):
@@ -118,6 +116,13 @@ def _finished(cells: list[Cell], out: Path):
         path = out / "runs" / cell.key / "summary.json"
         if path.is_file():
             yield cell, json.loads(path.read_text()), parse_pairs(cell.config)
+
+
+def _markdown(header: list[str], rows: list[list], note: str) -> str:
+    """A markdown table, then a blank line and ``note``."""
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines + ["", note]) + "\n"
 
 
 def _fmt(values: list, digits: int = 1) -> str:
@@ -133,9 +138,11 @@ def phase_best_dev(out: Path, cell: Cell, phase: str) -> float | None:
     path = out / "runs" / cell.key / "metrics.csv"
     if not path.is_file():
         return None
+    from mirror_app.results import protocol_summary
+
     m = pd.read_csv(path)
-    m = m[(m["phase"] == phase) & (m["round"] > 0)].dropna(subset=["dev_audio_top1"])
-    return float(m.loc[m["dev_audio_top1"].idxmax(), "audio_top1"]) if len(m) else None
+    best = protocol_summary(m[m["phase"] == phase].to_dict("records"))["best_dev"]  # the run's own rule
+    return None if best is None else float(best["audio_top1"])
 
 
 def teacher_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
@@ -150,20 +157,20 @@ def teacher_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
                      "student_best_dev_top1": phase_best_dev(out, cell, "distillation"),
                      "student_last_top1": (s.get("final") or {}).get("audio_top1")})
     frame = pd.DataFrame(rows)
-    lines = ["| phase-1 rounds | encoders | AV teacher top-1 | audio after phase 1 | student (best dev of phase 2) | "
-             "student (last) | gain over phase 1 |", "|" + " --- |" * 7]
-    if not frame.empty:
-        for (r, pre), g in frame.groupby(["phase1_rounds", "pretrained"], sort=True):
-            gain = [a - b for a, b in zip(g["student_best_dev_top1"], g["audio_after_phase1"])
-                    if a is not None and b is not None]
-            lines.append(f"| {r} | {'pretrained' if pre else 'from scratch'} | {_fmt(list(g['teacher_av_top1']))} | "
-                         f"{_fmt(list(g['audio_after_phase1']))} | {_fmt(list(g['student_best_dev_top1']))} | "
-                         f"{_fmt(list(g['student_last_top1']))} | {_fmt(gain)} |")
-    lines += ["", "Top-1 on the test split in % (mean +- std over seeds). The teacher is the audiovisual model frozen "
-              "at the end of phase 1; the student is ModalityMirror's distilled audio model; 'audio after phase 1' "
-              "is the audio model before distillation (MultiFL at that length); the student's best dev is the round of "
-              "phase 2 with the best dev audio top-1; the gain is that student minus audio after phase 1."]
-    return "\n".join(lines) + "\n", frame
+    header = ["phase-1 rounds", "encoders", "AV teacher top-1", "audio after phase 1", "student (best dev of phase 2)",
+              "student (last)", "gain over phase 1"]
+    rows = []
+    for (r, pre), g in ([] if frame.empty else frame.groupby(["phase1_rounds", "pretrained"], sort=True)):
+        gain = [a - b for a, b in zip(g["student_best_dev_top1"], g["audio_after_phase1"])
+                if a is not None and b is not None]
+        rows.append([r, "pretrained" if pre else "from scratch", _fmt(list(g["teacher_av_top1"])),
+                     _fmt(list(g["audio_after_phase1"])), _fmt(list(g["student_best_dev_top1"])),
+                     _fmt(list(g["student_last_top1"])), _fmt(gain)])
+    return _markdown(header, rows, "Top-1 on the test split in % (mean +- std over seeds). The teacher is the "
+                     "audiovisual model frozen at the end of phase 1; the student is ModalityMirror's distilled audio "
+                     "model; 'audio after phase 1' is the audio model before distillation (MultiFL at that length); "
+                     "the student's best dev is the round of phase 2 with the best dev audio top-1; the gain is that "
+                     "student minus audio after phase 1."), frame
 
 
 def drift_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
@@ -175,17 +182,17 @@ def drift_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
                      "best_dev_audio_top1": best.get("audio_top1"), "av_top1": (s.get("final") or {}).get("av_top1")})
     frame = pd.DataFrame(rows)
     settings = [(e, a) for e in (1, 5) for a in (0.1, 1.0)]
-    lines = ["| method | " + " | ".join(f"{e} epoch{'s' if e > 1 else ''}, alpha {a:g}" for e, a in settings) + " |",
-             "|" + " --- |" * (len(settings) + 1)]
+    header = ["method"] + [f"{e} epoch{'s' if e > 1 else ''}, alpha {a:g}" for e, a in settings]
+    rows = []
     for method in ("multifl", "harmony", "modality-mirror"):
-        cells_md = []
+        row = [LABELS.get(method, method)]
         for e, a in settings:
             sel = frame[(frame["method"] == method) & (frame["local_epochs"] == e) & np.isclose(frame["alpha"], a)] \
                 if not frame.empty else frame
-            cells_md.append(_fmt(list(sel["best_dev_audio_top1"])) if len(sel) else "n/a")
-        lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells_md) + " |")
-    lines += ["", "Audio-only test top-1 in % at the round with the best dev audio top-1 (mean +- std over seeds)."]
-    return "\n".join(lines) + "\n", frame
+            row.append(_fmt(list(sel["best_dev_audio_top1"])) if len(sel) else "n/a")
+        rows.append(row)
+    return _markdown(header, rows, "Audio-only test top-1 in % at the round with the best dev audio top-1 (mean +- std "
+                     "over seeds)."), frame
 
 
 def teacher_figure(frame: pd.DataFrame, out: Path) -> Path | None:
