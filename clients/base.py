@@ -87,7 +87,7 @@ class GroupClient(NumPyClient):
             "modality": self.modality,
             "partition-id": int(self.partition.partition_id),
             "num-examples": int(len(self.partition.indices)),
-            "num-classes": int(np.unique(self.workspace.cache.labels[self.partition.indices]).size),
+            "num-classes": int(self.held_classes().size),
         }
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
@@ -132,12 +132,16 @@ class GroupClient(NumPyClient):
         teacher = {g.removeprefix(TEACHER_PREFIX): a for g, a in received.items() if g.startswith(TEACHER_PREFIX)}
         set_groups(ws.teacher, teacher)
 
+    def held_classes(self) -> np.ndarray:
+        """The classes of this client's partition (its restricted softmax, its reported class count)."""
+        return np.unique(self.workspace.cache.labels[self.partition.indices])
+
     def train_kwargs(self, ws: Workspace, seed: int) -> dict:
         s = self.settings
         present = None
         if s.restricted_softmax:
             present = torch.zeros(ws.cache.num_classes, dtype=torch.bool, device=ws.device)
-            present[np.unique(ws.cache.labels[self.partition.indices])] = True
+            present[self.held_classes()] = True
         return dict(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, optimizer=s.optimizer,
                     device=ws.device, seed=seed, mu=s.mu, present=present)
 
