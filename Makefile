@@ -14,7 +14,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 
-.PHONY: venv run test bench calibrate pretrain prepare deploy-local table1 table1-quick ablations clean
+.PHONY: venv run test lint bench calibrate pretrain prepare deploy-local table1 table1-quick ablations clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,25 +31,33 @@ run: venv $(PRETRAINED_FILES)
 	flwr federation simulation-config --num-supernodes $(NUM_CLIENTS) --client-resources-num-cpus 1
 	flwr run . --stream --run-config "output-dir='$(OUTPUT_DIR)' $(PRETRAINED_CONFIG) $(RUN_CONFIG)"
 
-## test: the whole suite (unit tests and end-to-end `flwr run` tests)
-test: venv
+## test: lint (ruff), format check, import contracts (import-linter), types of the core (mypy), then the
+## whole suite (unit tests and end-to-end `flwr run` tests; a deprecated Flower API fails it)
+test: venv lint
 	$(PY) -m pytest -q --durations=15 tests
+
+## lint: ruff check, ruff format --check, lint-imports (layers, no cycles), mypy on mirror_app/core
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 ## bench: Flower + Ray overhead against a bare loop, start-up, client set-up, memory at 10/100/1000
 ## partitions, preprocessing against the ffmpeg CLI, bytes per client kind -> results/bench/bench.{md,json}
 bench: venv
-	$(PY) -m mirror_app.bench --out $(CURDIR)/results/bench --run-config "$(RUN_CONFIG)"
+	$(PY) -m mirror_app.tools.bench --out $(CURDIR)/results/bench --run-config "$(RUN_CONFIG)"
 
 ## calibrate: centralised audio-only and audiovisual accuracy of the embedded dataset (two separate models)
 calibrate: venv
-	$(PY) -m mirror_app.centralized --dataset embedded --epochs 8 --data-dir "$(DATA_DIR)"
+	$(PY) -m mirror_app.tools.centralized --dataset embedded --epochs 8 --data-dir "$(DATA_DIR)"
 
 ## pretrain: encoders trained on the proxy set (classes disjoint from the task's) -> $(PRETRAINED)/*.pt
 pretrain: venv
-	$(PY) -m mirror_app.pretrain --out "$(PRETRAINED)" --data-dir "$(DATA_DIR)"
+	$(PY) -m mirror_app.tools.pretrain --out "$(PRETRAINED)" --data-dir "$(DATA_DIR)"
 
 $(PRETRAINED_FILES) &: | venv
-	$(PY) -m mirror_app.pretrain --out "$(PRETRAINED)" --data-dir "$(DATA_DIR)"
+	$(PY) -m mirror_app.tools.pretrain --out "$(PRETRAINED)" --data-dir "$(DATA_DIR)"
 
 ## prepare: decode a real dataset once into the feature cache runs read (DATASET=ucf101|activitynet|manifest SRC=...)
 PREPARE_ARGS ?=
@@ -62,28 +70,28 @@ N ?= 3
 AUDIO_ONLY ?= 1
 SECURE ?=
 deploy-local: venv
-	$(PY) -m mirror_app.deploy --nodes $(N) --audio-only $(AUDIO_ONLY) $(if $(SECURE),--secure) \
+	$(PY) -m mirror_app.tools.deploy --nodes $(N) --audio-only $(AUDIO_ONLY) $(if $(SECURE),--secure) \
 		--out $(CURDIR)/results/deploy --run-config "$(RUN_CONFIG)"
 
 ## table1: the paper's setting at a laptop budget (conf/paper-laptop.toml, pretrained encoders):
 ## 6 methods x missing rates 0.1/0.3/0.5 x 3 seeds, best-dev and last-round tables, figures
 TABLE1_RATES ?= 0.1,0.3,0.5
 table1: venv $(PRETRAINED_FILES)
-	$(PY) -m mirror_app.sweep --out $(CURDIR)/results/table1 --preset conf/paper-laptop.toml --rates $(TABLE1_RATES) \
+	$(PY) -m mirror_app.tools.sweep --out $(CURDIR)/results/table1 --preset conf/paper-laptop.toml --rates $(TABLE1_RATES) \
 		--fig3-rates $(TABLE1_RATES) --seeds 0,1,2 --num-supernodes $(NUM_CLIENTS) --run-config "$(RUN_CONFIG)"
 
 ## table1-quick: the same with one seed (about a third of the time)
 table1-quick: venv $(PRETRAINED_FILES)
-	$(PY) -m mirror_app.sweep --out $(CURDIR)/results/table1-quick --preset conf/paper-laptop.toml \
+	$(PY) -m mirror_app.tools.sweep --out $(CURDIR)/results/table1-quick --preset conf/paper-laptop.toml \
 		--rates $(TABLE1_RATES) --fig3-rates $(TABLE1_RATES) --seeds 0 --num-supernodes $(NUM_CLIENTS) \
 		--run-config "$(RUN_CONFIG)"
 
 ## ablations: teacher strength, drift (local epochs x alpha), label skew, Fig. 2 by sound source (after table1)
 ablations: venv $(PRETRAINED_FILES)
-	$(PY) -m mirror_app.ablations teacher --out $(CURDIR)/results/ablation-teacher --run-config "$(RUN_CONFIG)"
-	$(PY) -m mirror_app.ablations drift --out $(CURDIR)/results/ablation-drift --run-config "$(RUN_CONFIG)"
-	$(PY) -m mirror_app.ablations skew --out $(CURDIR)/results/ablation-skew --run-config "$(RUN_CONFIG)"
-	$(PY) -m mirror_app.ablations fig2 --sweep $(CURDIR)/results/table1
+	$(PY) -m mirror_app.tools.ablations teacher --out $(CURDIR)/results/ablation-teacher --run-config "$(RUN_CONFIG)"
+	$(PY) -m mirror_app.tools.ablations drift --out $(CURDIR)/results/ablation-drift --run-config "$(RUN_CONFIG)"
+	$(PY) -m mirror_app.tools.ablations skew --out $(CURDIR)/results/ablation-skew --run-config "$(RUN_CONFIG)"
+	$(PY) -m mirror_app.tools.ablations fig2 --sweep $(CURDIR)/results/table1
 
 clean:
 	rm -rf results .pytest_cache

@@ -1,10 +1,5 @@
-"""Flower NumPyClients: one kind per modality a device has."""
+"""Flower NumPyClients: one kind per modality a device has, and the shared client tasks."""
 
-from .audio import AudioClient
-from .audiovisual import AudioVisualClient
-from .base import GroupClient, LocalSettings, TaskError, Workspace
+from .base import CLIENT_KINDS, AudioClient, AudioVisualClient, GroupClient, Task, TaskError, Workspace
 
-CLIENT_KINDS = {"audio": AudioClient, "audiovisual": AudioVisualClient}
-
-__all__ = ["AudioClient", "AudioVisualClient", "GroupClient", "LocalSettings", "TaskError", "Workspace",
-           "CLIENT_KINDS"]
+__all__ = ["AudioClient", "AudioVisualClient", "GroupClient", "Task", "TaskError", "Workspace", "CLIENT_KINDS"]

@@ -1,32 +1,29 @@
-"""Shared machinery of the two client kinds: the wire format of parameter groups.
+"""The two client kinds the app runs, as Flower ``NumPyClient``s: ``AudioClient`` (a device that lost its
+video) and ``AudioVisualClient``. Neither knows a method: each round the server names a task in the fit
+config, and the client runs it from the task table the run's strategy declares (``client_tasks``).
 
-The server tells a client, in the fit config, which task to run (``task``) and which
-parameter groups the arrays it sent belong to (``groups``, comma-separated, in order).
-Teacher copies of groups are sent as ``teacher/<group>``. The client answers with the
-groups it trained (metric ``groups``), nothing else.
+Wire format: the fit config names the task (``task``) and the parameter groups the arrays belong to
+(``groups``, comma-separated, in order); teacher copies are sent as ``teacher/<group>``. The client
+answers with the groups it trained (metric ``groups``), nothing else.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from flwr.client import NumPyClient
+from torch import nn
 
-from data.partition import Partition
-from mirror_app.models import (
-    TEACHER_PREFIX,
-    DualEncoder,
-    flatten,
-    get_groups,
-    group_sizes,
-    set_groups,
-    unflatten,
-)
+from data.partition import AUDIO, AUDIOVISUAL, Partition
+from mirror_app.core.config import RunConfig
+from mirror_app.core.groups import TEACHER_PREFIX, flatten, get_groups, group_sizes, set_groups, unflatten
+from mirror_app.core.models import DualEncoder
 
 
 class TaskError(ValueError):
@@ -35,7 +32,7 @@ class TaskError(ValueError):
 
 @dataclass
 class Workspace:
-    """What a client needs, built once per worker process and reused across calls."""
+    """What a client needs, built once per worker process and reused across calls (of one run)."""
 
     cache: Any  # data.cache.FeatureCache
     model: DualEncoder
@@ -44,27 +41,29 @@ class Workspace:
     lock: threading.Lock = field(default_factory=threading.Lock)  # one client trains the models at a time
     # (seed, audio-pretrained, video-pretrained) -> the run's initial model (models.initial_model), on the CPU
     make_base: Callable[[int, str, str], DualEncoder] | None = None
-    extras: dict = field(default_factory=dict)  # models of other layouts a method builds once (alignment)
+    extras: dict = field(default_factory=dict)  # models of other layouts a method builds once (FedCMI, alignment)
 
 
-@dataclass
-class LocalSettings:
-    epochs: int
-    batch_size: int
-    lr: float
-    optimizer: str
-    temperature: float
-    distill_ce_weight: float
-    seed: int
-    mu: float = 0.0  # FedProx proximal weight
-    lora_rank: int = 8  # modality alignment: LoRA rank of the adapters
-    align_av_weight: float = 0.5  # modality alignment: weight of the audio-video contrastive term
-    audio_pretrained: str = ""  # local checkpoint files the frozen base is built from
-    video_pretrained: str = ""
-    restricted_softmax: bool = False  # label cross-entropy over the classes of the client's partition only
+# (client, workspace, received groups, seed) -> (trained group names, mean loss[, extra metrics])
+TaskFn = Callable[["GroupClient", Workspace, dict, int], tuple]
 
 
-def split_groups(parameters: list[np.ndarray], names: list[str], model: DualEncoder) -> dict[str, list]:
+@dataclass(frozen=True)
+class Task:
+    """One client task, as a strategy declares it in ``client_tasks``.
+
+    ``needs``: the groups it must receive (checked before it runs); ``video``: whether it needs the video
+    modality (an audio-only client refuses it); ``layout``: the model whose groups it receives and returns,
+    ``(client, workspace, fit config) -> module`` (the workspace's dual encoder when None).
+    """
+
+    run: TaskFn
+    needs: tuple[str, ...]
+    video: bool = False
+    layout: Callable[[GroupClient, Workspace, dict], nn.Module] | None = None
+
+
+def split_groups(parameters: list[np.ndarray], names: list[str], model: nn.Module) -> dict[str, list]:
     """Parameters as received -> {group name: arrays}, checked against the model layout."""
     sizes = group_sizes(model, [n.removeprefix(TEACHER_PREFIX) for n in names])
     return unflatten(list(parameters), names, sizes)
@@ -72,15 +71,16 @@ def split_groups(parameters: list[np.ndarray], names: list[str], model: DualEnco
 
 @dataclass
 class GroupClient(NumPyClient):
-    """A NumPyClient that trains named parameter groups on one partition."""
+    """A NumPyClient that trains named parameter groups on one partition, with the tasks of the run's method."""
 
     partition: Partition
     workspace: Workspace
-    settings: LocalSettings
-    modality: str = ""
-    tasks: dict[str, Callable] = field(default_factory=dict)
+    settings: RunConfig
+    tasks: dict[str, Task] = field(default_factory=dict)  # the strategy's client_tasks
     setup_seconds: float = 0.0  # time the ClientApp spent making this client (set by client_app)
     workspace_built: bool = False  # whether that included building the worker's dataset and models
+    modality = ""
+    has_video = False
 
     def get_properties(self, config: dict) -> dict:
         return {
@@ -91,23 +91,29 @@ class GroupClient(NumPyClient):
         }
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
-        task = str(config.get("task", ""))
-        if task not in self.tasks:
-            raise TaskError(f"{type(self).__name__} cannot run task {task!r}; it runs {sorted(self.tasks)}")
+        name = str(config.get("task", ""))
+        task = self.tasks.get(name)
+        runnable = sorted(n for n, t in self.tasks.items() if self.has_video or not t.video)
+        if task is None or (task.video and not self.has_video):
+            raise TaskError(f"{type(self).__name__} cannot run task {name!r}; it runs {runnable}")
         names = [n for n in str(config.get("groups", "")).split(",") if n]
+        missing = [g for g in task.needs if g not in names]
+        if missing:
+            raise TaskError(f"task {name!r} needs parameter groups {list(task.needs)}; missing {missing}")
         ws = self.workspace
         start = time.perf_counter()
-        seed = (self.settings.seed * 1_000_003 + int(config.get("server-round", 0)) * 1009
-                + self.partition.partition_id) % 2**32
+        seed = (
+            self.settings.seed * 1_000_003 + int(config.get("server-round", 0)) * 1009 + self.partition.partition_id
+        ) % 2**32
         with ws.lock:
-            model = self.layout(ws, task, config)
+            model = task.layout(self, ws, config) if task.layout else ws.model
             received = split_groups(parameters, names, model)
             torch.manual_seed(seed)
-            trained, loss, *extra = self.tasks[task](ws, received, seed)  # extra: optional metrics dict
+            trained, loss, *extra = task.run(self, ws, received, seed)  # extra: optional metrics dict
             out = get_groups(model, trained)
         metrics = {
             "groups": ",".join(trained),
-            "task": task,
+            "task": name,
             "modality": self.modality,
             "partition-id": int(self.partition.partition_id),
             "train-loss": float(loss),
@@ -118,33 +124,59 @@ class GroupClient(NumPyClient):
         }
         return flatten(out, trained), int(len(self.partition.indices)), metrics
 
-    def layout(self, ws: Workspace, task: str, config: dict):
-        """The model whose parameter groups ``task`` receives and returns."""
-        from .align import ALIGN_TASKS, align_model
+    def evaluate(self, parameters, config):  # evaluation is server-side on the held-out split
+        raise TaskError("clients do not evaluate; the server evaluates on the held-out test split")
 
-        return align_model(self, ws, config) if task in ALIGN_TASKS else ws.model
+    # helpers for tasks
+    @staticmethod
+    def load(model: nn.Module, received: dict) -> None:
+        """Load the received groups (not the teacher's) into ``model``."""
+        set_groups(model, {g: a for g, a in received.items() if not g.startswith(TEACHER_PREFIX)})
 
-    # helpers for the task functions of subclasses
-    def load_student(self, ws: Workspace, received: dict) -> None:
-        set_groups(ws.model, {g: a for g, a in received.items() if not g.startswith(TEACHER_PREFIX)})
-
-    def load_teacher(self, ws: Workspace, received: dict) -> None:
-        teacher = {g.removeprefix(TEACHER_PREFIX): a for g, a in received.items() if g.startswith(TEACHER_PREFIX)}
-        set_groups(ws.teacher, teacher)
+    @staticmethod
+    def load_teacher(teacher: nn.Module, received: dict) -> None:
+        """Load the received teacher groups (``teacher/<group>``) into ``teacher``."""
+        set_groups(
+            teacher, {g.removeprefix(TEACHER_PREFIX): a for g, a in received.items() if g.startswith(TEACHER_PREFIX)}
+        )
 
     def held_classes(self) -> np.ndarray:
         """The classes of this client's partition (its restricted softmax, its reported class count)."""
         return np.unique(self.workspace.cache.labels[self.partition.indices])
 
     def train_kwargs(self, ws: Workspace, seed: int) -> dict:
+        """Keyword arguments of the local loop (mirror_app.core.training.run_epochs) from the run config."""
         s = self.settings
         present = None
         if s.restricted_softmax:
             present = torch.zeros(ws.cache.num_classes, dtype=torch.bool, device=ws.device)
             present[self.held_classes()] = True
-        return dict(epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, optimizer=s.optimizer,
-                    device=ws.device, seed=seed, mu=s.mu, present=present)
+        return dict(
+            epochs=s.local_epochs,
+            batch_size=s.batch_size,
+            lr=s.lr,
+            optimizer=s.optimizer,
+            device=ws.device,
+            seed=seed,
+            mu=s.mu,
+            present=present,
+        )
 
-    def evaluate(self, parameters, config):  # evaluation is server-side on the held-out split
-        raise TaskError("clients do not evaluate; the server evaluates on the held-out test split")
 
+@dataclass
+class AudioClient(GroupClient):
+    """A device that lost its video: it runs only the tasks that need no video."""
+
+    modality = AUDIO
+    has_video = False
+
+
+@dataclass
+class AudioVisualClient(GroupClient):
+    """A device with audio and video: it runs every task of the run's method."""
+
+    modality = AUDIOVISUAL
+    has_video = True
+
+
+CLIENT_KINDS: dict[str, type[GroupClient]] = {AUDIO: AudioClient, AUDIOVISUAL: AudioVisualClient}

@@ -7,11 +7,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from .cache import FeatureCache
 from . import synthetic
+from .cache import FeatureCache
 
 PREPARED = ("ucf101", "activitynet", "manifest")
 
@@ -39,8 +39,9 @@ DATASETS: dict[str, Callable[[str | Path], FeatureCache]] = {
 }
 
 
-def load_dataset(name: str, data_dir: str | Path, fold: int = 1, dev_fraction: float = 0.0,
-                 seed: int = 0) -> FeatureCache:
+def load_dataset(
+    name: str, data_dir: str | Path, fold: int = 1, dev_fraction: float = 0.0, seed: int = 0
+) -> FeatureCache:
     """The cache of dataset ``name`` with the chosen fold and a seeded dev split carved from train."""
     if name not in DATASETS:
         raise ValueError(f"dataset {name!r} is unknown; available: {sorted(DATASETS)}")

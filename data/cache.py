@@ -24,10 +24,11 @@ import fcntl
 import json
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -65,8 +66,10 @@ class FeatureCache:
             raise FileNotFoundError(f"no feature cache at {self.path} (meta.json missing)")
         self.meta: dict[str, Any] = json.loads(meta_file.read_text())
         if not 1 <= fold <= self.num_folds:
-            raise SplitError(f"run config 'fold' = {fold!r} is invalid: one of {list(range(1, self.num_folds + 1))} "
-                             f"(dataset {self.meta.get('dataset')!r} has {self.num_folds} fold(s))")
+            raise SplitError(
+                f"run config 'fold' = {fold!r} is invalid: one of {list(range(1, self.num_folds + 1))} "
+                f"(dataset {self.meta.get('dataset')!r} has {self.num_folds} fold(s))"
+            )
         if not 0.0 <= dev_fraction < 1.0:
             raise SplitError(f"run config 'dev-fraction' = {dev_fraction!r} is invalid: a fraction in [0, 1)")
         self.fold, self.dev_fraction, self.dev_seed = int(fold), float(dev_fraction), int(dev_seed)

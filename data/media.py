@@ -8,8 +8,16 @@ from pathlib import Path
 import numpy as np
 
 
-def write_video(path: Path, label: int, seconds: float = 1.0, audio: bool = True, container: str = "avi",
-                size: tuple[int, int] = (64, 48), fps: int = 10, sample_rate: int = 22050) -> Path:
+def write_video(
+    path: Path,
+    label: int,
+    seconds: float = 1.0,
+    audio: bool = True,
+    container: str = "avi",
+    size: tuple[int, int] = (64, 48),
+    fps: int = 10,
+    sample_rate: int = 22050,
+) -> Path:
     """A short clip whose colour and tone depend on ``label``: MPEG-4 video, MP3 (or AAC) audio."""
     import av
 

@@ -27,9 +27,7 @@ class Partition:
     modality: str
 
 
-def dirichlet_partitions(
-    labels: np.ndarray, num_partitions: int, alpha: float, seed: int
-) -> list[np.ndarray]:
+def dirichlet_partitions(labels: np.ndarray, num_partitions: int, alpha: float, seed: int) -> list[np.ndarray]:
     """Split rows ``0..len(labels)-1`` into ``num_partitions`` by a Dirichlet label split.
 
     Uses flwr-datasets' DirichletPartitioner on an in-memory dataset (no hub). Every row
@@ -42,8 +40,7 @@ def dirichlet_partitions(
         raise PartitionError(f"num-partitions must be >= 1, got {num_partitions}")
     if num_partitions > len(labels):
         raise PartitionError(
-            f"{num_partitions} partitions for {len(labels)} training samples: "
-            "each partition needs at least one sample"
+            f"{num_partitions} partitions for {len(labels)} training samples: each partition needs at least one sample"
         )
     table = datasets.Dataset.from_dict({"label": labels.tolist(), "row": list(range(len(labels)))})
     last_error: Exception | None = None
@@ -87,8 +84,9 @@ def iid_partitions(num_samples: int, num_partitions: int, seed: int) -> list[np.
     from flwr_datasets.partitioner import IidPartitioner
 
     if not 1 <= num_partitions <= num_samples:
-        raise PartitionError(f"{num_partitions} partitions for {num_samples} training samples: "
-                             "each partition needs at least one sample")
+        raise PartitionError(
+            f"{num_partitions} partitions for {num_samples} training samples: each partition needs at least one sample"
+        )
     rows = np.random.default_rng([seed, 104729]).permutation(num_samples)
     partitioner = IidPartitioner(num_partitions=num_partitions)
     partitioner.dataset = datasets.Dataset.from_dict({"row": rows.tolist()})
@@ -99,8 +97,15 @@ PARTITIONERS = ("dirichlet", "iid")
 
 
 @lru_cache(maxsize=8)
-def _split(cache_path: str, num_partitions: int, alpha: float, seed: int, fold: int,
-           dev_fraction: float, partitioner: str = "dirichlet") -> tuple[np.ndarray, ...]:
+def _split(
+    cache_path: str,
+    num_partitions: int,
+    alpha: float,
+    seed: int,
+    fold: int,
+    dev_fraction: float,
+    partitioner: str = "dirichlet",
+) -> tuple[np.ndarray, ...]:
     from .cache import FeatureCache
 
     cache = FeatureCache(cache_path, fold=fold, dev_fraction=dev_fraction, dev_seed=seed)
@@ -132,8 +137,9 @@ def get_partition(
         raise PartitionError(f"partition-id {partition_id} is outside [0, {num_partitions})")
     if partitioner not in PARTITIONERS:
         raise PartitionError(f"partitioner {partitioner!r} is unknown; one of {list(PARTITIONERS)}")
-    parts = _split(str(cache_path), num_partitions, float(alpha), int(seed), int(fold), float(dev_fraction),
-                   partitioner)
+    parts = _split(
+        str(cache_path), num_partitions, float(alpha), int(seed), int(fold), float(dev_fraction), partitioner
+    )
     audio_only = audio_only_partitions(num_partitions, missing_rate, seed)
     modality = AUDIO if partition_id in audio_only else AUDIOVISUAL
     return Partition(partition_id, parts[partition_id], modality)

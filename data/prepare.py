@@ -118,12 +118,25 @@ def _compute(todo: list[Item], spec: FeatureSpec, work: Path, workers: int) -> N
 
 def fingerprint(source: Source, spec: FeatureSpec, seed: int) -> dict:
     digest = hashlib.sha1("\n".join(f"{i.key}\t{i.label}\t{i.splits}" for i in source.items).encode()).hexdigest()
-    return {"dataset": source.dataset, "format": FORMAT, "source": str(source.root), "features": spec.as_dict(),
-            "seed": seed, "clips": digest}
+    return {
+        "dataset": source.dataset,
+        "format": FORMAT,
+        "source": str(source.root),
+        "features": spec.as_dict(),
+        "seed": seed,
+        "clips": digest,
+    }
 
 
-def prepare(dataset: str, src: str | Path, data_dir: str | Path, spec: FeatureSpec | None = None,
-            workers: int | None = None, seed: int = 0, log=print) -> FeatureCache:
+def prepare(
+    dataset: str,
+    src: str | Path,
+    data_dir: str | Path,
+    spec: FeatureSpec | None = None,
+    workers: int | None = None,
+    seed: int = 0,
+    log=print,
+) -> FeatureCache:
     """Read ``src`` as ``dataset``, compute what is missing, write ``<data_dir>/<dataset>``."""
     if dataset not in READERS:
         raise PrepareError(f"dataset {dataset!r} cannot be prepared; one of {sorted(READERS)}")
@@ -149,8 +162,10 @@ def prepare(dataset: str, src: str | Path, data_dir: str | Path, spec: FeatureSp
     marker = work / "settings.json"
     if marker.is_file():
         if json.loads(marker.read_text()) != json.loads(json.dumps(settings)):
-            raise CacheMismatchError(f"{work} holds clips computed with other settings "
-                                     f"({marker.read_text().strip()}); delete it or use the same settings")
+            raise CacheMismatchError(
+                f"{work} holds clips computed with other settings "
+                f"({marker.read_text().strip()}); delete it or use the same settings"
+            )
     else:
         marker.write_text(json.dumps(settings))
     for stale in work.glob(".*.tmp*"):  # a worker killed mid-write
@@ -159,8 +174,10 @@ def prepare(dataset: str, src: str | Path, data_dir: str | Path, spec: FeatureSp
     todo = [i for i in source.items if _clip_id(i) not in done]
     reused = len(source.items) - len(todo)
     workers = workers or max(1, min(os.cpu_count() or 1, 8))
-    log(f"{dataset}: {len(source.items)} clips listed, {reused} already computed, {len(todo)} to decode "
-        f"with {workers} process(es)")
+    log(
+        f"{dataset}: {len(source.items)} clips listed, {reused} already computed, {len(todo)} to decode "
+        f"with {workers} process(es)"
+    )
     _compute(todo, spec, work, workers)
 
     cache = ensure_cache(final, fp, lambda tmp: _assemble(source, spec, work, tmp, log))
@@ -180,9 +197,11 @@ def _assemble(source: Source, spec: FeatureSpec, work: Path, tmp: Path, log) -> 
             raise PrepareError(f"clip {item.key} has no computed features; run the command again to resume")
     _write_skips(tmp.parent / f"{source.dataset}.skipped.csv", skipped)
     reasons = Counter(r.split(":")[0] for _, r in skipped)
-    log(f"{source.dataset}: kept {len(kept)} of {len(source.items) + len(source.missing)} clips; skipped "
+    log(
+        f"{source.dataset}: kept {len(kept)} of {len(source.items) + len(source.missing)} clips; skipped "
         + (", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) or "none")
-        + (f" (list: {tmp.parent / (source.dataset + '.skipped.csv')})" if skipped else ""))
+        + (f" (list: {tmp.parent / (source.dataset + '.skipped.csv')})" if skipped else "")
+    )
     if not kept:
         raise PrepareError(f"{source.dataset}: no usable clip (every file was skipped); nothing written")
 
@@ -190,8 +209,10 @@ def _assemble(source: Source, spec: FeatureSpec, work: Path, tmp: Path, log) -> 
     classes = [c for c in source.classes if c in present]
     log(f"{source.dataset}: {len(classes)} classes: {', '.join(classes)}")
     if source.expected_classes is not None and len(classes) != source.expected_classes:
-        log(f"{source.dataset}: WARNING expected {source.expected_classes} classes with usable clips, "
-            f"found {len(classes)}")
+        log(
+            f"{source.dataset}: WARNING expected {source.expected_classes} classes with usable clips, "
+            f"found {len(classes)}"
+        )
     index = {c: k for k, c in enumerate(classes)}
     splits = np.array([i.splits for i in kept], dtype=np.uint8)
     check_test_labels([i.label for i in kept], splits, f"{source.dataset} (after skipping unusable clips)")
@@ -209,14 +230,28 @@ def _assemble(source: Source, spec: FeatureSpec, work: Path, tmp: Path, log) -> 
     if source.num_folds > 1:
         np.save(tmp / "folds.npy", splits)
     np.save(tmp / "split.npy", splits[:, 0])
-    counts = {f"fold{f + 1}": {"train": int((splits[:, f] == TRAIN).sum()), "test": int((splits[:, f] == TEST).sum()),
-                               "unused": int((splits[:, f] == UNUSED).sum())} for f in range(source.num_folds)}
-    return {"dataset": source.dataset, "classes": classes, "num_samples": n, "num_folds": source.num_folds,
-            "has_video": source.has_video,
-            "splits": counts, "clips": [i.key for i in kept], "skipped": len(skipped),
-            "audio": f"kaldi log-mel fbank, {spec.num_mel_bins} bins, first {spec.audio_seconds:g} s at 16 kHz mono",
-            "video": f"middle frame, uint8 RGB {spec.image_size}x{spec.image_size}" if source.has_video
-            else "none (audio-only data; black frames)"}
+    counts = {
+        f"fold{f + 1}": {
+            "train": int((splits[:, f] == TRAIN).sum()),
+            "test": int((splits[:, f] == TEST).sum()),
+            "unused": int((splits[:, f] == UNUSED).sum()),
+        }
+        for f in range(source.num_folds)
+    }
+    return {
+        "dataset": source.dataset,
+        "classes": classes,
+        "num_samples": n,
+        "num_folds": source.num_folds,
+        "has_video": source.has_video,
+        "splits": counts,
+        "clips": [i.key for i in kept],
+        "skipped": len(skipped),
+        "audio": f"kaldi log-mel fbank, {spec.num_mel_bins} bins, first {spec.audio_seconds:g} s at 16 kHz mono",
+        "video": f"middle frame, uint8 RGB {spec.image_size}x{spec.image_size}"
+        if source.has_video
+        else "none (audio-only data; black frames)",
+    }
 
 
 def _write_skips(path: Path, rows: list[tuple[str, str]]) -> None:
@@ -252,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     except (SourceError, PrepareError, CacheMismatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{a.dataset}: cache ready at {cache.path} ({len(cache)} clips, {cache.num_classes} classes); "
-          f"run with --run-config \"dataset='{a.dataset}' data-dir='{Path(a.data_dir).expanduser()}'\"")
+    print(
+        f"{a.dataset}: cache ready at {cache.path} ({len(cache)} clips, {cache.num_classes} classes); "
+        f"run with --run-config \"dataset='{a.dataset}' data-dir='{Path(a.data_dir).expanduser()}'\""
+    )
     return 0
 
 

@@ -60,8 +60,10 @@ def check_test_labels(labels: list[str], splits: np.ndarray, what: str) -> None:
         held = set(labels_arr[(splits[:, f] == TEST) | (splits[:, f] == DEV)])
         unseen = sorted(held - train)
         if unseen:
-            raise SourceError(f"{what}: labels in the test split of fold {f + 1} never occur in its train split: "
-                              f"{unseen[:5]}{' ...' if len(unseen) > 5 else ''}; every test label needs train examples")
+            raise SourceError(
+                f"{what}: labels in the test split of fold {f + 1} never occur in its train split: "
+                f"{unseen[:5]}{' ...' if len(unseen) > 5 else ''}; every test label needs train examples"
+            )
 
 
 # ------------------------------------------------------------------------------ UCF101
@@ -70,8 +72,10 @@ def _ucf_root(src: Path) -> tuple[Path, Path]:
         videos, lists = base / "UCF-101", base / "ucfTrainTestlist"
         if videos.is_dir() and lists.is_dir():
             return videos, lists
-    raise SourceError(f"ucf101 source {src} must contain UCF-101/<Class>/*.avi and ucfTrainTestlist/ "
-                      "(classInd.txt, trainlist0{1,2,3}.txt, testlist0{1,2,3}.txt)")
+    raise SourceError(
+        f"ucf101 source {src} must contain UCF-101/<Class>/*.avi and ucfTrainTestlist/ "
+        "(classInd.txt, trainlist0{1,2,3}.txt, testlist0{1,2,3}.txt)"
+    )
 
 
 def read_ucf101(src: str | Path) -> Source:
@@ -85,8 +89,10 @@ def read_ucf101(src: str | Path) -> Source:
     needed = ["classInd.txt"] + [f"{kind}list0{k}.txt" for k in (1, 2, 3) for kind in ("train", "test")]
     absent = [n for n in needed if not (lists_dir / n).is_file()]
     if absent:
-        raise SourceError(f"ucf101: {lists_dir} lacks {absent}; the official split files are "
-                          "classInd.txt, trainlist01-03.txt and testlist01-03.txt")
+        raise SourceError(
+            f"ucf101: {lists_dir} lacks {absent}; the official split files are "
+            "classInd.txt, trainlist01-03.txt and testlist01-03.txt"
+        )
     classes = []
     for line in (lists_dir / "classInd.txt").read_text().splitlines():
         parts = line.split()
@@ -121,9 +127,15 @@ def read_ucf101(src: str | Path) -> Source:
                     listed_missing.add(line.split()[0])
     items = [Item(rel, label, tuple(splits[key]), video=str(videos_dir / rel)) for key, (rel, label) in files.items()]
     complete = len(files) >= UCF101_VIDEOS
-    return Source("ucf101", src, items, classes, num_folds=3,
-                  expected_classes=UCF101_WITH_AUDIO if complete else None,
-                  missing=[(m, "missing-file") for m in sorted(listed_missing)])
+    return Source(
+        "ucf101",
+        src,
+        items,
+        classes,
+        num_folds=3,
+        expected_classes=UCF101_WITH_AUDIO if complete else None,
+        missing=[(m, "missing-file") for m in sorted(listed_missing)],
+    )
 
 
 # -------------------------------------------------------------------------- ActivityNet
@@ -141,8 +153,10 @@ def read_activitynet(src: str | Path) -> Source:
     try:
         database = json.loads(ann.read_text())["database"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise SourceError(f"activitynet: {ann} is not the v1.3 annotation file ({type(exc).__name__}: {exc}); "
-                          "expected {'database': {video id: {'subset', 'annotations': [{'label'}]}}}") from None
+        raise SourceError(
+            f"activitynet: {ann} is not the v1.3 annotation file ({type(exc).__name__}: {exc}); "
+            "expected {'database': {video id: {'subset', 'annotations': [{'label'}]}}}"
+        ) from None
     on_disk: dict[str, Path] = {}
     for f in src.rglob("*"):
         if f.suffix.lower() in VIDEO_EXTENSIONS and f.is_file():
@@ -165,10 +179,19 @@ def read_activitynet(src: str | Path) -> Source:
         split = TRAIN if subset == "training" else TEST
         items.append(Item(str(on_disk[vid].relative_to(src)), label, (split,), video=str(on_disk[vid])))
     if not items:
-        raise SourceError(f"activitynet: none of the {len(database)} videos of {ann.name} was found under {src} "
-                          "(names v_<id>.mp4 or <id>.mp4; extensions " + ", ".join(VIDEO_EXTENSIONS) + ")")
-    return Source("activitynet", src, items, sorted(labels_all), num_folds=1,
-                  expected_classes=len(labels_all) if not missing else None, missing=missing)
+        raise SourceError(
+            f"activitynet: none of the {len(database)} videos of {ann.name} was found under {src} "
+            "(names v_<id>.mp4 or <id>.mp4; extensions " + ", ".join(VIDEO_EXTENSIONS) + ")"
+        )
+    return Source(
+        "activitynet",
+        src,
+        items,
+        sorted(labels_all),
+        num_folds=1,
+        expected_classes=len(labels_all) if not missing else None,
+        missing=missing,
+    )
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -191,8 +214,10 @@ def read_manifest(src: str | Path, seed: int = 0, test_fraction: float = 0.2) ->
     cols = set(table.columns)
     has_video, has_pair, audio_only = "video" in cols, {"audio", "image"} <= cols, "audio" in cols
     if "label" not in cols or not (has_video or has_pair or audio_only):
-        raise SourceError(f"manifest: {path.name} needs columns 'label' and either 'video', 'audio' + 'image', "
-                          f"or 'audio' alone (data without video); found {sorted(cols)}")
+        raise SourceError(
+            f"manifest: {path.name} needs columns 'label' and either 'video', 'audio' + 'image', "
+            f"or 'audio' alone (data without video); found {sorted(cols)}"
+        )
     if table.empty:
         raise SourceError(f"manifest: {path.name} has no rows")
     if (table["label"].str.strip() == "").any():
@@ -204,12 +229,18 @@ def read_manifest(src: str | Path, seed: int = 0, test_fraction: float = 0.2) ->
         p = Path(value)
         return p if p.is_absolute() else src / p
 
-    absent = [(i + 2, k, table.at[i, k]) for i in range(len(table)) for k in kinds
-              if not table.at[i, k] or not resolve(table.at[i, k]).is_file()]
+    absent = [
+        (i + 2, k, table.at[i, k])
+        for i in range(len(table))
+        for k in kinds
+        if not table.at[i, k] or not resolve(table.at[i, k]).is_file()
+    ]
     if absent:
         line, kind, value = absent[0]
-        raise SourceError(f"manifest: {len(absent)} path(s) in {path.name} do not exist, first line {line} "
-                          f"{kind} = {value!r}; paths are relative to {src} or absolute")
+        raise SourceError(
+            f"manifest: {len(absent)} path(s) in {path.name} do not exist, first line {line} "
+            f"{kind} = {value!r}; paths are relative to {src} or absolute"
+        )
     if "split" in cols:
         names = {"train": TRAIN, "test": TEST, "dev": DEV}
         bad = sorted(set(table["split"]) - set(names))
@@ -232,8 +263,7 @@ def read_manifest(src: str | Path, seed: int = 0, test_fraction: float = 0.2) ->
             raise SourceError(f"manifest: line {i + 2} repeats {key!r}; every clip must appear once")
         seen.add(key)
         items.append(Item(key, table.at[i, "label"].strip(), (int(split[i]),), **paths))
-    source = Source("manifest", src, items, sorted({i.label for i in items}), num_folds=1,
-                    has_video=kinds != ["audio"])
+    source = Source("manifest", src, items, sorted({i.label for i in items}), num_folds=1, has_video=kinds != ["audio"])
     source.check_test_labels()
     return source
 

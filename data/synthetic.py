@@ -107,8 +107,10 @@ def class_sound(source: str, cue: dict | None = None) -> dict:
 
 def _task_table() -> list[tuple[str, str, dict, tuple[str, tuple[int, int, int]]]]:
     """(name, source, sound parameters, (shape, colour)) of each task class."""
-    return [(name, source, class_sound(source, cue), (SHAPES[i % len(SHAPES)], COLOURS[i // len(SHAPES)]))
-            for i, (name, source, cue) in enumerate(CLASSES)]
+    return [
+        (name, source, class_sound(source, cue), (SHAPES[i % len(SHAPES)], COLOURS[i // len(SHAPES)]))
+        for i, (name, source, cue) in enumerate(CLASSES)
+    ]
 
 
 def _proxy_table(num_classes: int = 20) -> list[tuple[str, str, dict, tuple[str, tuple[int, int, int]]]]:
@@ -118,18 +120,36 @@ def _proxy_table(num_classes: int = 20) -> list[tuple[str, str, dict, tuple[str,
     for i in range(num_classes):
         kind = ("hits", "tone", "noise")[i % 3]
         if kind == "hits":
-            params = dict(kind=kind, pitch=float(np.exp(rng.uniform(np.log(100), np.log(6000)))),
-                          rate=float(rng.uniform(1, 10)), decay=float(np.exp(rng.uniform(np.log(0.01), np.log(0.5)))),
-                          noise=float(rng.uniform(0, 0.9)))
+            params = dict(
+                kind=kind,
+                pitch=float(np.exp(rng.uniform(np.log(100), np.log(6000)))),
+                rate=float(rng.uniform(1, 10)),
+                decay=float(np.exp(rng.uniform(np.log(0.01), np.log(0.5)))),
+                noise=float(rng.uniform(0, 0.9)),
+            )
         elif kind == "tone":
-            params = dict(kind=kind, pitch=float(np.exp(rng.uniform(np.log(100), np.log(1000)))),
-                          harmonics=int(rng.integers(2, 21)), rolloff=float(rng.uniform(0.3, 0.95)),
-                          vibrato=float(rng.uniform(0, 7)))
+            params = dict(
+                kind=kind,
+                pitch=float(np.exp(rng.uniform(np.log(100), np.log(1000)))),
+                harmonics=int(rng.integers(2, 21)),
+                rolloff=float(rng.uniform(0.3, 0.95)),
+                vibrato=float(rng.uniform(0, 7)),
+            )
         else:
-            params = dict(kind=kind, center=float(np.exp(rng.uniform(np.log(200), np.log(6000)))),
-                          width=float(rng.uniform(300, 3000)), am=float(rng.uniform(0.3, 5)))
-        table.append((f"proxy {i:02d}", f"proxy-{kind}", params,
-                      (SHAPES[i % len(SHAPES)], PROXY_COLOURS[i // len(SHAPES) % len(PROXY_COLOURS)])))
+            params = dict(
+                kind=kind,
+                center=float(np.exp(rng.uniform(np.log(200), np.log(6000)))),
+                width=float(rng.uniform(300, 3000)),
+                am=float(rng.uniform(0.3, 5)),
+            )
+        table.append(
+            (
+                f"proxy {i:02d}",
+                f"proxy-{kind}",
+                params,
+                (SHAPES[i % len(SHAPES)], PROXY_COLOURS[i // len(SHAPES) % len(PROXY_COLOURS)]),
+            )
+        )
     return table
 
 
@@ -175,8 +195,9 @@ def render_sound(sound: str | dict, rng: np.random.Generator, seconds: float) ->
     return out / (np.abs(out).max() + 1e-8)
 
 
-def make_waveform(sound: str | dict, rng: np.random.Generator, seconds: float,
-                  snr_db: tuple[float, float] = SNR_DB) -> np.ndarray:
+def make_waveform(
+    sound: str | dict, rng: np.random.Generator, seconds: float, snr_db: tuple[float, float] = SNR_DB
+) -> np.ndarray:
     """Clean clip plus coloured background noise at a random SNR, as float32 in [-1, 1]."""
     clean = render_sound(sound, rng, seconds)
     background = np.cumsum(rng.standard_normal(clean.size)) * 0.02 + rng.standard_normal(clean.size)
@@ -305,17 +326,22 @@ def _build(tmp: Path, spec: FeatureSpec, samples_per_class: int, kind: str = "em
 def _load(kind: str, data_dir: str | Path, spec: FeatureSpec | None, samples_per_class: int) -> FeatureCache:
     spec = spec or FeatureSpec()
     name = f"{kind}-v{VERSION}-n{samples_per_class}-mel{spec.num_mel_bins}-img{spec.image_size}"
-    return ensure_cache(Path(data_dir) / name, fingerprint(spec, samples_per_class, kind),
-                        lambda tmp: _build(tmp, spec, samples_per_class, kind))
+    return ensure_cache(
+        Path(data_dir) / name,
+        fingerprint(spec, samples_per_class, kind),
+        lambda tmp: _build(tmp, spec, samples_per_class, kind),
+    )
 
 
-def load(data_dir: str | Path, spec: FeatureSpec | None = None,
-         samples_per_class: int = SAMPLES_PER_CLASS) -> FeatureCache:
+def load(
+    data_dir: str | Path, spec: FeatureSpec | None = None, samples_per_class: int = SAMPLES_PER_CLASS
+) -> FeatureCache:
     """The embedded dataset's cache under ``data_dir``, generated on first use."""
     return _load("embedded", data_dir, spec, samples_per_class)
 
 
-def load_proxy(data_dir: str | Path, spec: FeatureSpec | None = None,
-               samples_per_class: int = SAMPLES_PER_CLASS) -> FeatureCache:
+def load_proxy(
+    data_dir: str | Path, spec: FeatureSpec | None = None, samples_per_class: int = SAMPLES_PER_CLASS
+) -> FeatureCache:
     """The proxy set for pretraining (classes disjoint from the embedded dataset's), generated on first use."""
     return _load("proxy", data_dir, spec, samples_per_class)

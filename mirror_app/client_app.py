@@ -13,24 +13,26 @@ import time
 from collections import OrderedDict
 from functools import lru_cache
 
-from flwr.client import Client, ClientApp
-from flwr.common import Context
+from flwr.app import Context
+from flwr.client import Client
+from flwr.clientapp import ClientApp
 
-from clients import CLIENT_KINDS, LocalSettings, Workspace
+from clients import CLIENT_KINDS, Workspace
 from data import load_dataset
 from data.partition import AUDIOVISUAL, MODALITIES, Partition, get_partition
-from mirror_app.config import RunConfig
-from mirror_app.models import build_model, initial_model
-from mirror_app.server_app import resolve_device
-
+from mirror_app.core.config import RunConfig
+from mirror_app.core.models import build_model, initial_model
+from mirror_app.core.training import resolve_device
+from strategies import PhasedStrategy, resolve_config
 
 MAX_WORKSPACES = 2  # workspaces (dataset view + models) one worker process keeps, all of one run
-_workspaces: "OrderedDict[tuple, Workspace]" = OrderedDict()
+_workspaces: OrderedDict[tuple, Workspace] = OrderedDict()
 _workspaces_lock = threading.Lock()
 
 
-def _build_workspace(dataset: str, data_dir: str, audio_backbone: str, video_backbone: str, embed_dim: int,
-                     device: str, fold: int) -> Workspace:
+def _build_workspace(
+    dataset: str, data_dir: str, audio_backbone: str, video_backbone: str, embed_dim: int, device: str, fold: int
+) -> Workspace:
     # torch's thread count follows OMP_NUM_THREADS, which Ray sets to the client's share
     # (client-resources-num-cpus, Flower's default 2); a SuperNode's ClientApp uses the device's cores
     cache = load_dataset(dataset, data_dir, fold)
@@ -40,15 +42,32 @@ def _build_workspace(dataset: str, data_dir: str, audio_backbone: str, video_bac
         return build_model(cache.num_classes, *shapes, audio_backbone, video_backbone, embed_dim).to(dev)
 
     def make_base(seed: int, audio_pretrained: str = "", video_pretrained: str = ""):  # as the server's (CPU)
-        return initial_model(cache.num_classes, *shapes, audio_backbone, video_backbone, embed_dim, seed,
-                             audio_pretrained, video_pretrained)
+        return initial_model(
+            cache.num_classes,
+            *shapes,
+            audio_backbone,
+            video_backbone,
+            embed_dim,
+            seed,
+            audio_pretrained,
+            video_pretrained,
+        )
 
     dev = resolve_device(device)
     return Workspace(cache=cache, model=make(), teacher=make(), device=dev, make_base=make_base)
 
 
-def _workspace(run_id: int, strategy: str, dataset: str, data_dir: str, audio_backbone: str, video_backbone: str,
-               embed_dim: int, device: str, fold: int = 1) -> tuple[Workspace, bool]:
+def _workspace(
+    run_id: int,
+    strategy: str,
+    dataset: str,
+    data_dir: str,
+    audio_backbone: str,
+    video_backbone: str,
+    embed_dim: int,
+    device: str,
+    fold: int = 1,
+) -> tuple[Workspace, bool]:
     """This run's dataset (memory-mapped) and models, built once per worker process and reused: (workspace,
     whether this call built it).
 
@@ -56,8 +75,7 @@ def _workspace(run_id: int, strategy: str, dataset: str, data_dir: str, audio_ba
     workspace's models hold (e.g. FedCMI's projectors, which other methods never send) must never reach
     another run. Workspaces of other runs are dropped when a new run's is built.
     """
-    key = (int(run_id), strategy, dataset, data_dir, audio_backbone, video_backbone, int(embed_dim), device,
-           int(fold))
+    key = (int(run_id), strategy, dataset, data_dir, audio_backbone, video_backbone, int(embed_dim), device, int(fold))
     with _workspaces_lock:
         ws = _workspaces.get(key)
         if ws is not None:
@@ -65,8 +83,9 @@ def _workspace(run_id: int, strategy: str, dataset: str, data_dir: str, audio_ba
             return ws, False
         for old in [k for k in _workspaces if k[0] != key[0]]:
             del _workspaces[old]
-        ws = _workspaces[key] = _build_workspace(dataset, data_dir, audio_backbone, video_backbone, embed_dim,
-                                                 device, fold)
+        ws = _workspaces[key] = _build_workspace(
+            dataset, data_dir, audio_backbone, video_backbone, embed_dim, device, fold
+        )
         while len(_workspaces) > MAX_WORKSPACES:
             _workspaces.popitem(last=False)
         return ws, True
@@ -79,41 +98,64 @@ def clear_workspaces() -> None:
 
 
 @lru_cache(maxsize=16)
-def _config(items: tuple) -> RunConfig:
-    return RunConfig.from_dict(dict(items))
+def _config(items: tuple) -> tuple[RunConfig, type[PhasedStrategy]]:
+    return resolve_config(dict(items))
 
 
 def make_client(context: Context):
-    """The NumPyClient for this node: AudioClient or AudioVisualClient.
+    """The NumPyClient for this node: AudioClient or AudioVisualClient, with the client tasks the run's
+    strategy declares.
 
     Without ``partition-id``/``num-partitions`` the node trains on the whole train split of its
     own data (``data-dir`` in its node config). A node whose data has no video refuses the
     audiovisual role.
     """
     start = time.perf_counter()
-    cfg = _config(tuple(sorted(context.run_config.items())))
+    cfg, strategy_cls = _config(tuple(sorted(context.run_config.items())))
     node = context.node_config
     if ("partition-id" in node) != ("num-partitions" in node):
-        raise ValueError("node config needs both 'partition-id' and 'num-partitions' (a partition of a shared "
-                         "dataset), or neither (the node's own data-dir): "
-                         "flower-supernode --node-config \"partition-id=0 num-partitions=2\"")
+        raise ValueError(
+            "node config needs both 'partition-id' and 'num-partitions' (a partition of a shared "
+            "dataset), or neither (the node's own data-dir): "
+            'flower-supernode --node-config "partition-id=0 num-partitions=2"'
+        )
     pid, num = (int(node["partition-id"]), int(node["num-partitions"])) if "partition-id" in node else (0, 1)
     data_dir = str(node.get("data-dir") or cfg.data_path)
-    ws, built = _workspace(context.run_id, cfg.strategy, cfg.dataset, data_dir, cfg.audio_backbone,
-                           cfg.video_backbone, cfg.embed_dim, cfg.device, cfg.fold)
-    part = get_partition(str(ws.cache.path), pid, num, cfg.dirichlet_alpha, cfg.missing_rate, cfg.seed, cfg.fold,
-                         cfg.dev_fraction, cfg.partitioner)
+    ws, built = _workspace(
+        context.run_id,
+        cfg.strategy,
+        cfg.dataset,
+        data_dir,
+        cfg.audio_backbone,
+        cfg.video_backbone,
+        cfg.embed_dim,
+        cfg.device,
+        cfg.fold,
+    )
+    part = get_partition(
+        str(ws.cache.path),
+        pid,
+        num,
+        cfg.dirichlet_alpha,
+        cfg.missing_rate,
+        cfg.seed,
+        cfg.fold,
+        cfg.dev_fraction,
+        cfg.partitioner,
+    )
     modality = str(node.get("modality", part.modality))
     if modality not in MODALITIES:
         raise ValueError(f"node config 'modality' = {modality!r} is invalid: one of {list(MODALITIES)}")
     if modality == AUDIOVISUAL and not ws.cache.meta.get("has_video", True):
-        raise ValueError(f"node config 'modality' = 'audiovisual' is invalid: this node's data ({ws.cache.path}) "
-                         "has no video; start it with modality=audio")
-    settings = LocalSettings(cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.optimizer, cfg.temperature,
-                             cfg.distill_ce_weight, cfg.seed, cfg.mu, cfg.lora_rank, cfg.align_av_weight,
-                             *cfg.pretrained_paths(), restricted_softmax=cfg.restricted_softmax)
+        raise ValueError(
+            f"node config 'modality' = 'audiovisual' is invalid: this node's data ({ws.cache.path}) "
+            "has no video; start it with modality=audio"
+        )
     client = CLIENT_KINDS[modality](
-        partition=Partition(part.partition_id, part.indices, modality), workspace=ws, settings=settings
+        partition=Partition(part.partition_id, part.indices, modality),
+        workspace=ws,
+        settings=cfg,
+        tasks=strategy_cls.client_tasks,
     )
     client.setup_seconds = time.perf_counter() - start
     client.workspace_built = built

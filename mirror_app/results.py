@@ -29,9 +29,25 @@ import torch
 from flwr.common import log
 
 METRIC_COLUMNS = [
-    "round", "phase_index", "phase", "audio_top1", "audio_top5", "audio_macro_f1", "av_top1", "av_top5",
-    "dev_audio_top1", "dev_audio_top5", "dev_audio_macro_f1", "dev_av_top1", "audio_majority_share",
-    "av_majority_share", "clients", "failures", "bytes_to_clients", "bytes_from_clients", "seconds",
+    "round",
+    "phase_index",
+    "phase",
+    "audio_top1",
+    "audio_top5",
+    "audio_macro_f1",
+    "av_top1",
+    "av_top5",
+    "dev_audio_top1",
+    "dev_audio_top5",
+    "dev_audio_macro_f1",
+    "dev_av_top1",
+    "audio_majority_share",
+    "av_majority_share",
+    "clients",
+    "failures",
+    "bytes_to_clients",
+    "bytes_from_clients",
+    "seconds",
 ]
 TEST_KEYS = ("audio_top1", "audio_top5", "audio_macro_f1")  # the audio model's test metrics of the summary
 LAST_N = 5  # summary.json "last5_mean": mean over this many last evaluated rounds
@@ -58,9 +74,12 @@ def protocol_summary(rows: list[dict]) -> dict:
     tail = trained[-LAST_N:]
     out: dict[str, Any] = {
         "last": {"round": last.get("round"), **{k: last.get(k) for k in TEST_KEYS}},
-        "last5_mean": {"rounds": len(tail), "from_round": tail[0]["round"] if tail else None,
-                       "to_round": tail[-1]["round"] if tail else None,
-                       **{k: _mean([r.get(k) for r in tail]) for k in TEST_KEYS}},
+        "last5_mean": {
+            "rounds": len(tail),
+            "from_round": tail[0]["round"] if tail else None,
+            "to_round": tail[-1]["round"] if tail else None,
+            **{k: _mean([r.get(k) for r in tail]) for k in TEST_KEYS},
+        },
     }
     best = None
     for row in trained:  # strictly better only: the earliest round wins a tie
@@ -69,12 +88,17 @@ def protocol_summary(rows: list[dict]) -> dict:
             best = row
     if best is None:
         out["best_dev"] = None
-        out["best_dev_reason"] = ("no dev metrics were recorded: the run has no dev split (dev-fraction = 0, or too "
-                                  "few training clips per class to carve one)")
+        out["best_dev_reason"] = (
+            "no dev metrics were recorded: the run has no dev split (dev-fraction = 0, or too "
+            "few training clips per class to carve one)"
+        )
     else:
-        out["best_dev"] = {"round": best["round"], "phase": best.get("phase"),
-                           "dev_audio_top1": best["dev_audio_top1"],
-                           **{k: best.get(k) for k in (*TEST_KEYS, "av_top1")}}
+        out["best_dev"] = {
+            "round": best["round"],
+            "phase": best.get("phase"),
+            "dev_audio_top1": best["dev_audio_top1"],
+            **{k: best.get(k) for k in (*TEST_KEYS, "av_top1")},
+        }
     return out
 
 
@@ -90,8 +114,11 @@ def collapse_summary(rows: list[dict]) -> dict:
     out: dict[str, Any] = {"threshold": COLLAPSE_SHARE, "from_round": COLLAPSE_FROM_ROUND}
     for model in MODEL_NAMES:
         rounds = [r["round"] for r in rows if is_collapsed(r, model)]
-        out[model] = {"last_round_collapsed": bool(rows) and is_collapsed(rows[-1], model), "rounds": rounds,
-                      "last_share": rows[-1].get(f"{model}_majority_share") if rows else None}
+        out[model] = {
+            "last_round_collapsed": bool(rows) and is_collapsed(rows[-1], model),
+            "rounds": rounds,
+            "last_share": rows[-1].get(f"{model}_majority_share") if rows else None,
+        }
     return out
 
 
@@ -131,13 +158,22 @@ class RunRecorder:
 
     def save_resume_state(self, server_round: int, strategy_state: dict, seconds: float) -> None:
         """``resume.pt``: what ``resume`` needs to continue after ``server_round`` (atomic, every round)."""
-        payload = {"round": server_round, "seconds": seconds, "strategy": strategy_state,
-                   "recorder": {"metrics": self.metrics, "clients": self.clients, "per_class": self.per_class,
-                                "pending": self._pending, "partitions": self.partitions}}
+        payload = {
+            "round": server_round,
+            "seconds": seconds,
+            "strategy": strategy_state,
+            "recorder": {
+                "metrics": self.metrics,
+                "clients": self.clients,
+                "per_class": self.per_class,
+                "pending": self._pending,
+                "partitions": self.partitions,
+            },
+        }
         atomic_write(self.dir / RESUME_FILE, lambda p: torch.save(payload, p))
 
     @classmethod
-    def reopen(cls, run_dir: Path, saved: dict, classes: list[str]) -> "RunRecorder":
+    def reopen(cls, run_dir: Path, saved: dict, classes: list[str]) -> RunRecorder:
         """The recorder of an interrupted run, from its saved state (:func:`load_resume_state`)."""
         rec = cls.__new__(cls)
         rec.dir, rec.classes = Path(run_dir), classes
@@ -149,8 +185,9 @@ class RunRecorder:
     def client_row(self, row: dict) -> None:
         self.clients.append(row)
 
-    def round(self, server_round: int, total: int, phase_index: int, phase: str, metrics: dict,
-              stats: dict, seconds: float) -> None:
+    def round(
+        self, server_round: int, total: int, phase_index: int, phase: str, metrics: dict, stats: dict, seconds: float
+    ) -> None:
         """Record one round; rounds without evaluation fold their counts into the next row."""
         for key in ("clients", "failures", "bytes_to_clients", "bytes_from_clients"):
             self._pending[key] = self._pending.get(key, 0) + stats.get(key, 0)
@@ -184,15 +221,22 @@ class RunRecorder:
                 continue
             index = metrics.get(f"{model}_majority_class")
             label = self.classes[index] if isinstance(index, int) and 0 <= index < len(self.classes) else "?"
-            log(WARNING, "round %d: the %s model predicts one class (%r) for %.0f %% of the test clips: collapsed; "
-                "see README 'Label skew'", row["round"], name, label, 100 * row[f"{model}_majority_share"])
+            log(
+                WARNING,
+                "round %d: the %s model predicts one class (%r) for %.0f %% of the test clips: collapsed; "
+                "see README 'Label skew'",
+                row["round"],
+                name,
+                label,
+                100 * row[f"{model}_majority_share"],
+            )
 
     def checkpoint(self, name: str, state: dict, teacher: dict | None) -> None:
         payload = {
             "state": {g: [torch.from_numpy(a.copy()) for a in arrays] for g, arrays in state.items()},
-            "teacher": None if teacher is None else {
-                g: [torch.from_numpy(a.copy()) for a in arrays] for g, arrays in teacher.items()
-            },
+            "teacher": None
+            if teacher is None
+            else {g: [torch.from_numpy(a.copy()) for a in arrays] for g, arrays in teacher.items()},
             "classes": self.classes,
         }
         atomic_write(self.dir / name, lambda p: torch.save(payload, p))
@@ -205,8 +249,11 @@ class RunRecorder:
         by_phase: dict[str, dict] = {}
         for row in self.metrics:
             if row["round"] > 0:
-                by_phase[row["phase"]] = {"round": row["round"], "audio_top1": row.get("audio_top1"),
-                                          "av_top1": row.get("av_top1")}
+                by_phase[row["phase"]] = {
+                    "round": row["round"],
+                    "audio_top1": row.get("audio_top1"),
+                    "av_top1": row.get("av_top1"),
+                }
         summary["phases"] = by_phase
         summary |= protocol_summary(self.metrics)
         summary["collapse"] = collapse_summary(self.metrics)
@@ -231,8 +278,9 @@ def load_resume_state(run_dir: Path, config: dict) -> dict:
     if (run_dir / "summary.json").is_file():
         raise ResumeError(f"{key}: that run finished (summary.json exists); nothing to resume")
     if not (run_dir / RESUME_FILE).is_file() or not (run_dir / "config.json").is_file():
-        raise ResumeError(f"{key}: no {RESUME_FILE} and config.json there (a run folder keeps them after its first "
-                          "round)")
+        raise ResumeError(
+            f"{key}: no {RESUME_FILE} and config.json there (a run folder keeps them after its first round)"
+        )
     before = json.loads((run_dir / "config.json").read_text())
     changed = sorted(k for k in set(before) | set(config) if k not in RESUME_IGNORED and before.get(k) != config.get(k))
     if changed:

@@ -1,50 +1,88 @@
-"""Strategies, selected by run config ``strategy``: a short name below or a dotted class path.
+"""The method registry: run config ``strategy`` is a short name below or a dotted class path.
 
-A plug-in strategy is a subclass of :class:`strategies.base.PhasedStrategy`, given as
-``strategy = "my_package.my_module.MyStrategy"``.
+A plug-in method is a subclass of :class:`strategies.base.PhasedStrategy` that declares its client tasks
+(``client_tasks``), given as ``strategy = "my_package.my_module.MyStrategy"``. The sweep's method list and
+labels come from here (classes with ``compared = True``, in this order).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from mirror_app.core.config import ConfigError, RunConfig
 
 from .align import ModalityAlign
 from .base import Instruction, Phase, PhasedStrategy
 from .distillation import FederatedDistillation
 from .fedcmi import FedCMI
 from .harmony import Harmony
-from .modality_aware import ModalityAwareFedAvg
 from .modality_mirror import ModalityMirror
+from .multifl import ModalityAwareFedAvg
 from .unifl import UniFL
 
 STRATEGIES: dict[str, type[PhasedStrategy]] = {
     "modality-mirror": ModalityMirror,
-    "multifl": ModalityAwareFedAvg,
-    "modality-aware-fedavg": ModalityAwareFedAvg,
-    "distill": FederatedDistillation,
-    "unifl": UniFL,
     "harmony": Harmony,
+    "multifl": ModalityAwareFedAvg,
+    "unifl": UniFL,
     "fedcmi": FedCMI,
     "modality-align": ModalityAlign,
+    "distill": FederatedDistillation,
+    "modality-aware-fedavg": ModalityAwareFedAvg,  # another name of multifl
 }
 
 
+def compared_methods() -> dict[str, str]:
+    """The paper's comparison, as the sweep runs it: registry name -> label (aliases left out)."""
+    out: dict[str, str] = {}
+    for name, cls in STRATEGIES.items():
+        if cls.compared and cls.display_name() not in out.values():
+            out[name] = cls.display_name()
+    return out
+
+
 def resolve_strategy(name: str) -> type[PhasedStrategy]:
-    """Short name or ``package.module.Class`` -> strategy class."""
+    """Short name or ``package.module.Class`` -> strategy class; a ConfigError naming what is allowed."""
     if name in STRATEGIES:
         return STRATEGIES[name]
     if "." not in name:
-        raise KeyError(f"one of {sorted(STRATEGIES)} or a dotted path to a PhasedStrategy subclass")
+        raise ConfigError(
+            f"run config 'strategy' = {name!r} is invalid: one of {sorted(STRATEGIES)} "
+            "or a dotted path to a PhasedStrategy subclass"
+        )
     module_name, _, cls_name = name.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), cls_name)
     except (ImportError, AttributeError) as exc:
-        raise KeyError(f"cannot import {name!r} ({exc})") from None
+        raise ConfigError(f"run config 'strategy' = {name!r} is invalid: cannot import {name!r} ({exc})") from None
     if not (isinstance(cls, type) and issubclass(cls, PhasedStrategy)):
-        raise KeyError(f"{name!r} is not a subclass of strategies.base.PhasedStrategy")
+        raise ConfigError(
+            f"run config 'strategy' = {name!r} is invalid: {name!r} is not a subclass of strategies.base.PhasedStrategy"
+        )
     return cls
 
 
-__all__ = ["STRATEGIES", "resolve_strategy", "PhasedStrategy", "Phase", "Instruction", "ModalityMirror",
-           "ModalityAwareFedAvg", "FederatedDistillation", "UniFL", "Harmony", "FedCMI",
-           "ModalityAlign"]
+def resolve_config(raw: Mapping[str, Any]) -> tuple[RunConfig, type[PhasedStrategy]]:
+    """A run config (pyproject defaults + ``raw``), validated, and the strategy class it names."""
+    cfg = RunConfig.from_dict(raw)
+    return cfg, resolve_strategy(cfg.strategy)
+
+
+__all__ = [
+    "STRATEGIES",
+    "compared_methods",
+    "resolve_strategy",
+    "resolve_config",
+    "PhasedStrategy",
+    "Phase",
+    "Instruction",
+    "ModalityMirror",
+    "ModalityAwareFedAvg",
+    "FederatedDistillation",
+    "UniFL",
+    "Harmony",
+    "FedCMI",
+    "ModalityAlign",
+]

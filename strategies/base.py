@@ -1,45 +1,37 @@
-"""Shared pieces of every modality-aware strategy.
+"""The phase schedule every method runs on, as a Flower strategy.
 
 * ``Instruction``: what one client does in a round (task, groups sent, groups returned);
 * ``Phase``: a stage of training that turns a client's modality into an instruction;
-* ``PhasedStrategy``: a Flower strategy that runs a schedule of phases, sends each client
-  only the parameter groups its instruction names, and averages each group over exactly
-  the clients that returned it (``aggregate_group``, Flower's weighted mean by default).
+* ``PhasedStrategy``: a Flower strategy (on ``flwr.server.strategy.FedAvg``) that runs a schedule of
+  phases, sends each client only the parameter groups its instruction names, and averages each group over
+  exactly the clients that returned it. Who takes part is :mod:`.census`; how a group is averaged and
+  which updates are refused is :mod:`.aggregation`; metrics, checkpoints and resume files go to the
+  recorder it is given (mirror_app.results.RunRecorder).
 
-A new method is a new ``PhasedStrategy`` subclass that returns its phase schedule from
-``build_phases`` (plus one registry line in ``strategies/__init__.py``).
+A method is a ``PhasedStrategy`` subclass that returns its phase schedule from ``build_phases`` and
+declares the client tasks its instructions name in ``client_tasks`` (the shared ones are in
+clients/tasks.py; a method's own live in its folder). Registered methods are listed in
+``strategies/__init__.py``; any other is given by dotted path.
 """
 
 from __future__ import annotations
 
-import random
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
-from logging import INFO, WARNING
-from typing import Any, Callable
+from logging import WARNING
+from typing import Any, ClassVar
 
 import numpy as np
-from flwr.common import (
-    Code,
-    FitIns,
-    FitRes,
-    GetPropertiesIns,
-    Parameters,
-    Scalar,
-    Status,
-    log,
-    ndarrays_to_parameters,
-    parameters_to_ndarrays,
-)
+from flwr.common import FitIns, FitRes, Parameters, Scalar, log, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
-from flwr.server.strategy import FedAdam, FedAvg, FedAvgM
-from flwr.server.strategy.aggregate import aggregate
+from flwr.server.strategy import FedAvg
 
-from mirror_app.config import ConfigError, RunConfig
+from clients.base import Task
 from data.partition import AUDIO, AUDIOVISUAL
-from mirror_app.models import (
+from mirror_app.core.config import ConfigError, RunConfig
+from mirror_app.core.groups import (
     AUDIO_MODEL,
     AV_MODEL,
     GROUPS,
@@ -50,52 +42,11 @@ from mirror_app.models import (
     nbytes,
     unflatten,
 )
+
+from .aggregation import MAX_EXAMPLES, GroupAggregator, check_update
+from .census import Census, draw_clients
+
 AV_SLOT = "av/"  # state slot of a method's separate audiovisual model (UniFL, Harmony)
-NODE_WAIT_SECONDS = 120.0  # longest wait for enough nodes before round 1
-NODE_SETTLE_SECONDS = 10.0  # stop waiting once the node count has not changed this long
-MAX_EXAMPLES = 10**9  # example-count bound for a client that did not report its partition size
-
-
-def draw_clients(seed: int, server_round: int, eligible: list, k: int) -> list:
-    """The clients of a round: ``k`` of ``eligible`` (ordered by partition id), drawn from the seed and round."""
-    return random.Random(seed * 100_003 + server_round).sample(eligible, min(k, len(eligible)))
-
-
-def partition_summary(properties: list[dict]) -> dict:
-    """How the data is spread over the clients (their reported properties): counts per modality, clips per
-    client and distinct classes per client (min / median / max; None where no client reported it)."""
-    def spread(key: str) -> dict | None:
-        values = [int(p[key]) for p in properties if key in p]
-        if not values:
-            return None
-        return {"min": min(values), "median": float(np.median(values)), "max": max(values)}
-
-    modalities = [p.get("modality") for p in properties]
-    return {"clients": len(properties), "audio_only": modalities.count(AUDIO),
-            "audiovisual": modalities.count(AUDIOVISUAL), "clips": spread("num-examples"),
-            "classes": spread("num-classes")}
-
-
-def partition_line(summary: dict) -> str:
-    """``partition_summary`` as one log line."""
-    def span(what: str) -> str:
-        s = summary[what]
-        return "n/a" if s is None else f"min {s['min']} / median {s['median']:g} / max {s['max']}"
-
-    return (f"partitions: {summary['clients']} clients ({summary['audio_only']} audio-only, "
-            f"{summary['audiovisual']} audiovisual); clips per client {span('clips')}; "
-            f"classes per client {span('classes')}")
-
-
-def make_server_optimizer(cfg: RunConfig, initial: list[np.ndarray]) -> FedAvg:
-    """A Flower strategy whose aggregate_fit applies its server-side rule to one group."""
-    params = ndarrays_to_parameters([a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
-                                     for a in initial])
-    if cfg.aggregator == "fedadam":
-        return FedAdam(initial_parameters=params, eta=cfg.server_lr, accept_failures=True)
-    if cfg.aggregator == "fedavgm":
-        return FedAvgM(initial_parameters=params, server_momentum=cfg.server_momentum, accept_failures=True)
-    raise ValueError(f"no server optimiser for aggregator {cfg.aggregator!r}")
 
 
 @dataclass(frozen=True)
@@ -121,7 +72,7 @@ class Phase:
     def instruction(self, modality: str) -> Instruction | None:
         raise NotImplementedError
 
-    def start(self, strategy: "PhasedStrategy") -> None:
+    def start(self, strategy: PhasedStrategy) -> None:
         """Called once, before the phase's first round."""
 
 
@@ -129,6 +80,10 @@ class PhasedStrategy(FedAvg):
     """Runs ``build_phases(cfg)`` one after the other in a single Flower run."""
 
     model_groups: tuple[str, ...] = GROUPS  # the parameter groups of the model this method trains
+    # task name -> client task, for every task the phases' instructions name (the clients run them from here)
+    client_tasks: ClassVar[dict[str, Task]] = {}
+    label: ClassVar[str] = ""  # the method's name in tables and figures (the class name when empty)
+    compared: ClassVar[bool] = False  # one of the methods of the paper's comparison (`make table1`)
 
     @classmethod
     def server_model(cls, model, cfg: RunConfig, classes: list[str]):
@@ -160,11 +115,10 @@ class PhasedStrategy(FedAvg):
         self.phases: list[tuple[Phase, int]] = self.build_phases(cfg)
         if self.total_rounds < 1:
             raise ConfigError(f"strategy {cfg.strategy!r} has no rounds to run with this config")
-        self.properties: dict[str, dict] = {}  # cid -> {"modality", "partition-id", ...}
+        self.check_client_tasks()
+        self.census = Census(cfg.clients_per_round)
+        self.aggregator = GroupAggregator(cfg)
         self._started: set[int] = set()
-        self._inner: dict[str, FedAvg] = {}  # per-group Flower server optimisers (fedadam, fedavgm)
-        self._waited = False
-        self.partitions: dict | None = None  # partition_summary of the nodes first queried
         self._pending: dict[str, tuple[Instruction, int]] = {}
         self._round_stats: dict[str, float] = {}
         self._t0 = time.perf_counter()
@@ -190,6 +144,32 @@ class PhasedStrategy(FedAvg):
     def phase_end(self, index: int) -> int:
         return sum(r for _, r in self.phases[: index + 1])
 
+    @classmethod
+    def display_name(cls) -> str:
+        return cls.label or cls.__name__
+
+    def check_client_tasks(self) -> None:
+        """Every task an instruction of this schedule names must be declared in ``client_tasks``, where the
+        clients look it up: a plug-in method that forgets one fails here, before any client starts."""
+        for phase, _ in self.phases:
+            for modality in (AUDIO, AUDIOVISUAL):
+                ins = phase.instruction(modality)
+                if ins is not None and ins.task not in self.client_tasks:
+                    raise ConfigError(
+                        f"strategy {self.cfg.strategy!r}: phase {phase.name!r} gives {modality} clients task "
+                        f"{ins.task!r}, which {type(self).__name__}.client_tasks does not declare "
+                        f"(it declares {sorted(self.client_tasks)})"
+                    )
+
+    @property
+    def properties(self) -> dict[str, dict]:
+        """Node id -> what the node reported (modality, partition id, clips, classes)."""
+        return self.census.properties
+
+    @property
+    def partitions(self) -> dict | None:
+        return self.census.partitions
+
     # ------------------------------------------------------------ Flower hooks
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         return ndarrays_to_parameters(flatten(self.state, self.model_groups))
@@ -200,18 +180,13 @@ class PhasedStrategy(FedAvg):
         if index not in self._started:
             self._started.add(index)
             phase.start(self)
-        clients = self._connected_clients(client_manager)
-        # Every node is asked once for its modality and partition; clients are then drawn from
-        # the nodes ordered by partition id, so that a seed gives the same clients in every run
-        # (Flower draws node IDs at random per run).
-        self._query_properties([c for c in clients if c not in self.properties], clients)
-        if self.partitions is None and self.properties:
-            self.partitions = partition_summary(list(self.properties.values()))
-            log(INFO, "%s", partition_line(self.partitions))
-            if self.recorder:
-                self.recorder.partitions = self.partitions
-        eligible = sorted((c for c in clients if c in self.properties
-                           and phase.instruction(self.properties[c]["modality"])), key=self._order)
+        clients = self.census.take(client_manager)
+        if self.recorder and self.partitions is not None:
+            self.recorder.partitions = self.partitions
+        eligible = sorted(
+            (c for c in clients if c in self.properties and phase.instruction(self.properties[c]["modality"])),
+            key=self._order,
+        )
         chosen = draw_clients(self.cfg.seed, server_round, eligible, self.cfg.clients_per_round)
         if not chosen:
             raise RuntimeError(f"no connected client can take part in phase {phase.name!r}")
@@ -306,15 +281,14 @@ class PhasedStrategy(FedAvg):
         return (1.0 - scalars["audio_top1"], scalars) if "audio_top1" in scalars else None
 
     def _order(self, cid: str) -> tuple[int, str]:
-        """Sort key of a node: its partition id (stable across runs), then its node id."""
-        return int(self.properties.get(cid, {}).get("partition-id", -1)), cid
+        return self.census.order(cid)
 
     # ------------------------------------------------------------------- resume
     def resume_state(self) -> dict:
         """Everything a resumed run needs besides the run config: weights, teacher, server optimisers."""
         import pickle
 
-        return {"state": self.state, "teacher": self.teacher, "inner": pickle.dumps(self._inner)}
+        return {"state": self.state, "teacher": self.teacher, "inner": pickle.dumps(self.aggregator.inner)}
 
     def restore(self, done_rounds: int, saved: dict, elapsed: float) -> None:
         """Continue after round ``done_rounds`` from ``resume_state()`` as saved then."""
@@ -323,7 +297,7 @@ class PhasedStrategy(FedAvg):
         if not 0 < done_rounds < self.total_rounds:
             raise ValueError(f"cannot resume after round {done_rounds} of {self.total_rounds}")
         self.state, self.teacher = dict(saved["state"]), saved["teacher"]
-        self._inner = pickle.loads(saved["inner"])
+        self.aggregator.inner = pickle.loads(saved["inner"])
         self.round_offset = done_rounds
         self._t0 -= elapsed
         # phases that already began must not run their start hook again (its effects are restored)
@@ -334,26 +308,11 @@ class PhasedStrategy(FedAvg):
         return {}
 
     # ------------------------------------------------------------ shared pieces
-    def aggregate_group(self, key: str, contributions: list[tuple[list[np.ndarray], int]],
-                        server_round: int) -> list[np.ndarray]:
-        """Aggregate one group (state key) over exactly the clients that returned it.
-
-        ``aggregator`` fedavg/fedprox: Flower's weighted mean by example count. fedadam/fedavgm:
-        a Flower FedAdam/FedAvgM instance per group, fed only that group's updates, so each
-        group keeps its own server optimiser state.
-        """
-        dtypes = [a.dtype for a in self.state[key]]
-        if self.cfg.aggregator in ("fedavg", "fedprox"):
-            merged = aggregate(contributions)
-        else:
-            inner = self._inner.get(key)
-            if inner is None:
-                inner = self._inner[key] = make_server_optimizer(self.cfg, self.state[key])
-            results = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, {}))
-                       for arrays, n in contributions]
-            parameters, _ = inner.aggregate_fit(server_round, results, [])
-            merged = parameters_to_ndarrays(parameters)
-        return [np.asarray(a).astype(d, copy=False) for a, d in zip(merged, dtypes)]
+    def aggregate_group(
+        self, key: str, contributions: list[tuple[list[np.ndarray], int]], server_round: int
+    ) -> list[np.ndarray]:
+        """Aggregate one group (state key) over exactly the clients that returned it (:mod:`.aggregation`)."""
+        return self.aggregator(key, self.state[key], contributions, server_round)
 
     def arrays_for(self, names: tuple[str, ...], slot: str = "") -> list[np.ndarray]:
         out = []
@@ -370,7 +329,7 @@ class PhasedStrategy(FedAvg):
         """Start a second copy of ``groups`` under ``slot`` from the main model's current weights."""
         for g in groups:
             self.state[slot + g] = [a.copy() for a in self.state[g]]
-            self._inner.pop(slot + g, None)
+            self.aggregator.inner.pop(slot + g, None)
 
     def audio_model_state(self) -> dict:
         return {g: self.state[g] for g in AUDIO_MODEL}
@@ -386,26 +345,10 @@ class PhasedStrategy(FedAvg):
     def snapshot_teacher(self) -> None:
         self.teacher = {g: [a.copy() for a in self.state[g]] for g in AV_MODEL}
 
-    def check_update(self, ins: Instruction, res: FitRes, arrays: list[np.ndarray],
-                     limit: int = MAX_EXAMPLES) -> str:
-        """Why an update must not be averaged in ('' when it is fine). ``limit``: the most examples
-        the client can have (the partition size it reported)."""
-        names = [n for n in str(res.metrics.get("groups", "")).split(",") if n]
-        if not 0 < res.num_examples <= limit:
-            return f"example count {res.num_examples} is outside [1, {limit}] (the client's partition size)"
-        if sorted(names) != sorted(ins.train):
-            return f"returned groups {names}, expected {list(ins.train)}"
-        try:
-            groups = unflatten(arrays, names, group_sizes(self.model, names))
-        except (KeyError, ValueError) as exc:
-            return str(exc)
-        for g in names:
-            for a, ref in zip(groups[g], self.state[ins.slot + g]):
-                if a.shape != ref.shape:
-                    return f"group {g}: shape {a.shape} != {ref.shape}"
-                if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
-                    return f"group {g} has NaN or Inf values"
-        return ""
+    def check_update(self, ins: Instruction, res: FitRes, arrays: list[np.ndarray], limit: int = MAX_EXAMPLES) -> str:
+        """Why an update must not be averaged in ('' when it is fine); see :func:`.aggregation.check_update`."""
+        current = {g: self.state[ins.slot + g] for g in ins.train}
+        return check_update(ins.train, current, self.model, res, arrays, limit)
 
     # ------------------------------------------------------------------ helpers
     def _client_row(self, server_round, phase, cid, ins, down, up, res, problem) -> dict:
@@ -427,45 +370,3 @@ class PhasedStrategy(FedAvg):
             "workspace_built": int(res.metrics.get("workspace-built", 0)) if res is not None else 0,
             "problem": problem,
         }
-
-    def _connected_clients(self, client_manager: ClientManager) -> dict[str, ClientProxy]:
-        """Connected clients; before round 1, wait until enough nodes are there or their number settles."""
-        if not self._waited:
-            self._waited = True
-            deadline = time.monotonic() + NODE_WAIT_SECONDS
-            seen, since = -1, time.monotonic()
-            while time.monotonic() < deadline:
-                count = client_manager.num_available()
-                if count >= self.cfg.clients_per_round:
-                    break
-                if count != seen:
-                    seen, since = count, time.monotonic()
-                elif time.monotonic() - since > NODE_SETTLE_SECONDS:
-                    break
-                time.sleep(0.5)
-            count = client_manager.num_available()
-            if count < self.cfg.clients_per_round:
-                raise ConfigError(
-                    f"run config 'clients-per-round' = {self.cfg.clients_per_round} is invalid: only "
-                    f"{count} SuperNodes are connected (simulate more with "
-                    f"`flwr run . --federation-config \"num-supernodes=N\"`, or lower clients-per-round)"
-                )
-        return client_manager.all()
-
-    def _query_properties(self, cids: list[str], clients: dict[str, ClientProxy]) -> None:
-        """Ask clients for their modality and partition (once per client, in parallel)."""
-        if not cids:
-            return
-        ins = GetPropertiesIns(config={})
-
-        def ask(cid: str):
-            try:
-                return cid, clients[cid].get_properties(ins, timeout=None, group_id=0).properties
-            except Exception as exc:  # a client that cannot answer is skipped this round
-                log(WARNING, "client %s did not report its modality: %s", cid, exc)
-                return cid, None
-
-        with ThreadPoolExecutor(max_workers=min(32, len(cids))) as pool:
-            for cid, props in pool.map(ask, cids):
-                if props and props.get("modality") in (AUDIO, AUDIOVISUAL):
-                    self.properties[cid] = dict(props)

@@ -10,8 +10,9 @@ student, which the server averages.
 
 from __future__ import annotations
 
-from mirror_app.config import ConfigError, RunConfig
-from mirror_app.models import AUDIO_MODEL, AV_MODEL
+from clients.tasks import DISTILL as DISTILL_TASK
+from mirror_app.core.config import ConfigError, RunConfig
+from mirror_app.core.groups import AUDIO_MODEL, AV_MODEL
 
 from .base import AUDIOVISUAL, TEACHER_PREFIX, Instruction, Phase, PhasedStrategy
 
@@ -35,6 +36,9 @@ class DistillationPhase(Phase):
 
 class FederatedDistillation(PhasedStrategy):
     """Phase 2 alone, for ``distill-rounds`` rounds, from the model in ``init-checkpoint``."""
+
+    client_tasks = {"distill": DISTILL_TASK}
+    label = "Federated distillation"
 
     def build_phases(self, cfg: RunConfig):
         if not cfg.init_checkpoint:

@@ -14,8 +14,9 @@ evaluated is the stage-1 audio model, as in the paper's comparison.
 
 from __future__ import annotations
 
-from mirror_app.config import RunConfig
-from mirror_app.models import AUDIO_MODEL, AV_MODEL, VIDEO_MODEL
+from clients.tasks import TRAIN_AUDIO, TRAIN_AV, TRAIN_UNIMODAL
+from mirror_app.core.config import RunConfig
+from mirror_app.core.groups import AUDIO_MODEL, AV_MODEL, VIDEO_MODEL
 
 from .base import AUDIO, AUDIOVISUAL, AV_SLOT, Instruction, Phase, PhasedStrategy
 
@@ -42,6 +43,10 @@ class FusionPhase(Phase):
 
 
 class Harmony(PhasedStrategy):
+    client_tasks = {"train-audio": TRAIN_AUDIO, "train-unimodal": TRAIN_UNIMODAL, "train-av": TRAIN_AV}
+    label = "Harmony"
+    compared = True
+
     def build_phases(self, cfg: RunConfig):
         phases = [(ModalityWisePhase(), cfg.num_server_rounds)]
         if cfg.distill_rounds > 0:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from mirror_app.config import RunConfig
+from clients.tasks import DISTILL, TRAIN_AUDIO, TRAIN_AV
+from mirror_app.core.config import RunConfig
 
 from .base import PhasedStrategy
 from .distillation import DistillationPhase
-from .modality_aware import ModalityAwarePhase
+from .multifl import ModalityAwarePhase
 
 
 class ModalityMirror(PhasedStrategy):
     """Phase 1 for ``num-server-rounds`` rounds, then phase 2 for ``distill-rounds`` rounds."""
+
+    client_tasks = {"train-audio": TRAIN_AUDIO, "train-av": TRAIN_AV, "distill": DISTILL}
+    label = "ModalityMirror"
+    compared = True
 
     def build_phases(self, cfg: RunConfig):
         phases = [(ModalityAwarePhase(), cfg.num_server_rounds)]

@@ -9,8 +9,9 @@ evaluated is the audio-only clients' model. It runs for the whole round budget,
 
 from __future__ import annotations
 
-from mirror_app.config import RunConfig
-from mirror_app.models import AUDIO_MODEL, AV_MODEL
+from clients.tasks import TRAIN_AUDIO, TRAIN_AV
+from mirror_app.core.config import RunConfig
+from mirror_app.core.groups import AUDIO_MODEL, AV_MODEL
 
 from .base import AUDIO, AV_SLOT, Instruction, Phase, PhasedStrategy
 
@@ -25,6 +26,10 @@ class UnimodalGroupsPhase(Phase):
 
 
 class UniFL(PhasedStrategy):
+    client_tasks = {"train-audio": TRAIN_AUDIO, "train-av": TRAIN_AV}
+    label = "UniFL"
+    compared = True
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.copy_slot(AV_MODEL, AV_SLOT)

@@ -58,8 +58,22 @@ class LocalProxy(ClientProxy):
         raise NotImplementedError
 
 
-def tiny_federation(cache: FeatureCache, num_partitions: int, missing_rate: float, alpha: float = 1.0,
-                    seed: int = 0, failing: tuple[int, ...] = (), node_ids: list[str] | None = None):
+def all_client_tasks() -> dict:
+    """Every client task the registered methods declare (in-process clients serve any method)."""
+    from strategies import STRATEGIES
+
+    return {name: task for cls in STRATEGIES.values() for name, task in cls.client_tasks.items()}
+
+
+def tiny_federation(
+    cache: FeatureCache,
+    num_partitions: int,
+    missing_rate: float,
+    alpha: float = 1.0,
+    seed: int = 0,
+    failing: tuple[int, ...] = (),
+    node_ids: list[str] | None = None,
+):
     """In-process clients over ``cache`` registered in a SimpleClientManager.
 
     Partitions listed in ``failing`` get a client whose training raises. ``node_ids`` names the
@@ -68,28 +82,41 @@ def tiny_federation(cache: FeatureCache, num_partitions: int, missing_rate: floa
     import torch
     from flwr.server import SimpleClientManager
 
-    from clients import CLIENT_KINDS, LocalSettings, Workspace
+    from clients import CLIENT_KINDS, Task, Workspace
     from data.partition import get_partition
-    from mirror_app.models import build_model, initial_model
+    from mirror_app.core.config import RunConfig
+    from mirror_app.core.models import build_model, initial_model
 
     def make():
         return build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], seed=seed)
 
     def make_base(base_seed: int, audio_pretrained: str = "", video_pretrained: str = ""):
-        return initial_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], "tdnn-small",
-                             "cnn-small", 64, base_seed, audio_pretrained, video_pretrained)
+        return initial_model(
+            cache.num_classes,
+            cache.audio.shape[1:],
+            cache.video.shape[1:],
+            "tdnn-small",
+            "cnn-small",
+            64,
+            base_seed,
+            audio_pretrained,
+            video_pretrained,
+        )
 
     ws = Workspace(cache, make(), make(), torch.device("cpu"), make_base=make_base)
+    settings = RunConfig.from_dict({"local-epochs": 1, "batch-size": 8, "lr": 1e-3, "seed": seed})
+    tasks = all_client_tasks()
     manager = SimpleClientManager()
     proxies = {}
     for pid in range(num_partitions):
         part = get_partition(str(cache.path), pid, num_partitions, alpha, missing_rate, seed)
-        client = CLIENT_KINDS[part.modality](partition=part, workspace=ws,
-                                             settings=LocalSettings(1, 8, 1e-3, "adam", 2.0, 0.0, seed))
+        client = CLIENT_KINDS[part.modality](partition=part, workspace=ws, settings=settings, tasks=tasks)
         if pid in failing:
+
             def boom(*args, **kwargs):
                 raise RuntimeError("simulated client crash")
-            client.tasks = {name: boom for name in client.tasks}
+
+            client.tasks = {name: Task(boom, needs=(), video=t.video) for name, t in tasks.items()}
         proxy = LocalProxy(node_ids[pid] if node_ids else f"node{pid}", client)
         manager.register(proxy)
         proxies[pid] = proxy
@@ -100,13 +127,20 @@ def tiny_strategy(cls, cache: FeatureCache, tmp: Path, recorder: bool = True, ev
     """A strategy of class ``cls`` over ``cache`` with a small run config."""
     import torch
 
-    from mirror_app.config import RunConfig
-    from mirror_app.models import build_model
+    from mirror_app.core.config import RunConfig
+    from mirror_app.core.evaluation import Evaluator
+    from mirror_app.core.models import build_model
     from mirror_app.results import RunRecorder
-    from mirror_app.server_app import Evaluator
 
-    raw = {"num-server-rounds": 2, "distill-rounds": 1, "clients-per-round": 3, "missing-rate": 0.5, "eval-every": 1,
-           "output-dir": str(tmp / "out"), "dirichlet-alpha": 1.0}
+    raw = {
+        "num-server-rounds": 2,
+        "distill-rounds": 1,
+        "clients-per-round": 3,
+        "missing-rate": 0.5,
+        "eval-every": 1,
+        "output-dir": str(tmp / "out"),
+        "dirichlet-alpha": 1.0,
+    }
     raw.update(overrides)
     cfg = RunConfig.from_dict(raw)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mirror_app import ablations
-from mirror_app.sweep import Cell, SweepError, merged_run_config, override_pairs, parse_pairs, run_cells
+from mirror_app.tools import ablations
+from mirror_app.tools.sweep import Cell, SweepError, merged_run_config, override_pairs, parse_pairs, run_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,27 +47,44 @@ def test_teacher_and_drift_plans():
     assert scratch and all("audio-pretrained=''" in c.config for c in scratch)
     assert len({c.key for c in cells}) == len(cells)  # every variant has its own run folder
     drift = ablations.drift_cells(0.3, [0])
-    assert {(c.method, c.config) for c in drift} >= {("harmony", "local-epochs=1 dirichlet-alpha=0.1"),
-                                                     ("multifl", "local-epochs=5 dirichlet-alpha=1.0")}
+    assert {(c.method, c.config) for c in drift} >= {
+        ("harmony", "local-epochs=1 dirichlet-alpha=0.1"),
+        ("multifl", "local-epochs=5 dirichlet-alpha=1.0"),
+    }
     assert len(drift) == 3 * 2 * 2
 
 
 def fake(teacher_of: dict):
     """A finished run: teacher AV top-1 and student audio top-1 grow with the phase-1 length."""
+
     def run(cell: Cell, output_dir: Path, log: Path) -> bool:
         log.write_text("ok")
         r = int(parse_pairs(cell.config).get("num-server-rounds", 0))
         teacher = teacher_of.get(r, 0.5) + (0.1 if cell.tag.endswith("-pre") else 0.0)
         run_dir = output_dir / "run"
         run_dir.mkdir()
-        pd.DataFrame({"round": [r, r + 1, r + 2], "phase": ["modality-aware-fl", "distillation", "distillation"],
-                      "audio_top1": [0.1, teacher / 2 + 0.01, teacher / 2], "dev_audio_top1": [0.95, 0.9, 0.5]}
-                     ).to_csv(run_dir / "metrics.csv", index=False)  # phase 1's dev is higher: not a student
-        (run_dir / "summary.json").write_text(json.dumps({
-            "final": {"av_top1": teacher, "audio_top1": teacher / 2},
-            "phases": {"modality-aware-fl": {"round": r, "audio_top1": 0.1}, "distillation": {"audio_top1": 0.2}},
-            "best_dev": {"round": r + 1, "audio_top1": teacher / 2 + 0.01}}))
+        pd.DataFrame(
+            {
+                "round": [r, r + 1, r + 2],
+                "phase": ["modality-aware-fl", "distillation", "distillation"],
+                "audio_top1": [0.1, teacher / 2 + 0.01, teacher / 2],
+                "dev_audio_top1": [0.95, 0.9, 0.5],
+            }
+        ).to_csv(run_dir / "metrics.csv", index=False)  # phase 1's dev is higher: not a student
+        (run_dir / "summary.json").write_text(
+            json.dumps(
+                {
+                    "final": {"av_top1": teacher, "audio_top1": teacher / 2},
+                    "phases": {
+                        "modality-aware-fl": {"round": r, "audio_top1": 0.1},
+                        "distillation": {"audio_top1": 0.2},
+                    },
+                    "best_dev": {"round": r + 1, "audio_top1": teacher / 2 + 0.01},
+                }
+            )
+        )
         return True
+
     return run
 
 
@@ -83,13 +100,17 @@ def test_teacher_table_pairs_student_and_teacher(tmp_path):
 def test_fig2_groups_classes_by_sound_source(tmp_path):
     classes = ["playing congas", "drumming", "playing tabla", "typing"]
     rows = []
-    for method, f1 in (("modality-mirror", [0.6, 0.5, 0.4, 0.9]), ("multifl", [0.3, 0.3, 0.3, 0.95]),
-                       ("harmony", [0.5, 0.5, 0.5, 0.9])):
+    for method, f1 in (
+        ("modality-mirror", [0.6, 0.5, 0.4, 0.9]),
+        ("multifl", [0.3, 0.3, 0.3, 0.95]),
+        ("harmony", [0.5, 0.5, 0.5, 0.9]),
+    ):
         key = f"{method}-mr0.3-s0"
         run = tmp_path / "runs" / key
         run.mkdir(parents=True)
-        pd.DataFrame([{"round": r, "class": c, "f1": v if r == 3 else 0.0} for r in (3, 5)
-                      for c, v in zip(classes, f1)]).to_csv(run / "per_class_f1.csv", index=False)
+        pd.DataFrame(
+            [{"round": r, "class": c, "f1": v if r == 3 else 0.0} for r in (3, 5) for c, v in zip(classes, f1)]
+        ).to_csv(run / "per_class_f1.csv", index=False)
         (run / "summary.json").write_text(json.dumps({"best_dev": {"round": 3}}))
         rows.append({"method": method, "missing_rate": 0.3, "seed": 0, "key": key, "status": "ok"})
     pd.DataFrame(rows).to_csv(tmp_path / "runs.csv", index=False)
@@ -117,10 +138,19 @@ def test_skew_plan_and_table(tmp_path):
         log.write_text("ok")
         good = "-pre-rs" in cell.tag
         (output_dir / "run").mkdir()
-        (output_dir / "run" / "summary.json").write_text(json.dumps({
-            "final": {"av_top1": 0.7 if good else 0.1, "av_majority_share": 0.2 if good else 1.0,
-                      "audio_majority_share": 0.5},
-            "best_dev": {"audio_top1": 0.2}, "collapse": {"av": {"rounds": [] if good else [3, 4]}}}))
+        (output_dir / "run" / "summary.json").write_text(
+            json.dumps(
+                {
+                    "final": {
+                        "av_top1": 0.7 if good else 0.1,
+                        "av_majority_share": 0.2 if good else 1.0,
+                        "audio_majority_share": 0.5,
+                    },
+                    "best_dev": {"audio_top1": 0.2},
+                    "collapse": {"av": {"rounds": [] if good else [3, 4]}},
+                }
+            )
+        )
         return True
 
     run_cells(cells, tmp_path, run)

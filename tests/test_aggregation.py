@@ -7,9 +7,9 @@ import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import Server
 from flwr.server.strategy import FedAvg
-
 from helpers import fit_round, tiny_cache, tiny_federation, tiny_strategy
-from mirror_app.models import AUDIO_MODEL, AV_MODEL, GROUPS, flatten, get_groups, group_sizes, unflatten
+
+from mirror_app.core.groups import AUDIO_MODEL, AV_MODEL, GROUPS, flatten, group_sizes, unflatten
 from strategies import ModalityAwareFedAvg, ModalityMirror
 
 
@@ -20,8 +20,9 @@ def cache(tmp_path_factory):
 
 def test_equals_flower_fedavg_when_every_client_is_audiovisual(cache, tmp_path):
     manager, _ = tiny_federation(cache, 5, missing_rate=0.0)
-    strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, missing_rate=0.0, clients_per_round=5,
-                             recorder=False, evaluator=False)
+    strategy = tiny_strategy(
+        ModalityAwareFedAvg, cache, tmp_path, missing_rate=0.0, clients_per_round=5, recorder=False, evaluator=False
+    )
     before = {g: [a.copy() for a in v] for g, v in strategy.state.items()}
     _, results = fit_round(strategy, manager)
     assert len(results) == 5 and len({r.num_examples for _, r in results}) > 1  # unequal weights
@@ -33,8 +34,9 @@ def test_equals_flower_fedavg_when_every_client_is_audiovisual(cache, tmp_path):
         names = res.metrics["groups"].split(",")
         groups = unflatten(parameters_to_ndarrays(res.parameters), names, group_sizes(strategy.model, names))
         full = {g: groups.get(g, before[g]) for g in GROUPS}
-        full_results.append((proxy, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(flatten(full, GROUPS)),
-                                           res.num_examples, {})))
+        full_results.append(
+            (proxy, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(flatten(full, GROUPS)), res.num_examples, {}))
+        )
     reference, _ = FedAvg().aggregate_fit(1, full_results, [])
     for a, b in zip(parameters_to_ndarrays(ours), parameters_to_ndarrays(reference)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -44,8 +46,7 @@ def test_equals_flower_fedavg_when_every_client_is_audiovisual(cache, tmp_path):
 
 def test_audio_only_clients_never_see_or_touch_video_and_fusion(cache, tmp_path):
     manager, proxies = tiny_federation(cache, 6, missing_rate=0.5)
-    strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, clients_per_round=6, recorder=False,
-                             evaluator=False)
+    strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, clients_per_round=6, recorder=False, evaluator=False)
     instructions, results = fit_round(strategy, manager)
     kinds = {proxy.cid: proxy.client.modality for proxy, _ in instructions}
     assert sorted(kinds.values()).count("audio") == 3
@@ -73,14 +74,17 @@ def test_audio_only_clients_never_see_or_touch_video_and_fusion(cache, tmp_path)
 
 def test_each_group_is_averaged_over_exactly_its_clients(cache, tmp_path):
     manager, _ = tiny_federation(cache, 6, missing_rate=0.5)
-    strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, clients_per_round=6, recorder=False,
-                             evaluator=False)
+    strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, clients_per_round=6, recorder=False, evaluator=False)
     _, results = fit_round(strategy, manager)
     updates = []
-    for proxy, res in results:
+    for _, res in results:
         names = res.metrics["groups"].split(",")
-        updates.append((unflatten(parameters_to_ndarrays(res.parameters), names,
-                                  group_sizes(strategy.model, names)), res.num_examples))
+        updates.append(
+            (
+                unflatten(parameters_to_ndarrays(res.parameters), names, group_sizes(strategy.model, names)),
+                res.num_examples,
+            )
+        )
     strategy.aggregate_fit(1, results, [])
     for g in GROUPS:
         contributors = [(u[g], n) for u, n in updates if g in u]
@@ -94,8 +98,7 @@ def test_each_group_is_averaged_over_exactly_its_clients(cache, tmp_path):
 @pytest.mark.parametrize("corrupt", ["nan", "extra-group", "shape"])
 def test_bad_updates_are_rejected_and_counted(cache, tmp_path, corrupt):
     manager, _ = tiny_federation(cache, 4, missing_rate=0.5)
-    strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, clients_per_round=4, recorder=False,
-                             evaluator=False)
+    strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, clients_per_round=4, recorder=False, evaluator=False)
     _, results = fit_round(strategy, manager)
     proxy, res = next((p, r) for p, r in results if p.client.modality == "audio")
     arrays = parameters_to_ndarrays(res.parameters)
@@ -125,8 +128,9 @@ def test_bad_updates_are_rejected_and_counted(cache, tmp_path, corrupt):
 
 def test_client_crash_does_not_end_the_run_and_is_counted(cache, tmp_path):
     manager, _ = tiny_federation(cache, 4, missing_rate=0.5, failing=(0,))
-    strategy = tiny_strategy(ModalityMirror, cache, tmp_path, clients_per_round=4, num_server_rounds=2,
-                             distill_rounds=0)
+    strategy = tiny_strategy(
+        ModalityMirror, cache, tmp_path, clients_per_round=4, num_server_rounds=2, distill_rounds=0
+    )
     Server(client_manager=manager, strategy=strategy).fit(strategy.total_rounds, None)
     import pandas as pd
 

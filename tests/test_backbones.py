@@ -5,21 +5,26 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mirror_app.config import ConfigError, RunConfig
-from mirror_app.models import AudioTransformer, PretrainedError, build_model, load_pretrained
+from mirror_app.core.backbones import AudioTransformer, PretrainedError, load_pretrained
+from mirror_app.core.config import ConfigError, RunConfig
+from mirror_app.core.models import build_model
 
 
-@pytest.mark.parametrize("audio, video, audio_shape, video_shape", [
-    ("ast-tiny", "resnet18", (100, 32), (3, 64, 64)),
-    ("resnet18", "resnet18", (48, 40), (3, 32, 32)),
-])
+@pytest.mark.parametrize(
+    "audio, video, audio_shape, video_shape",
+    [
+        ("ast-tiny", "resnet18", (100, 32), (3, 64, 64)),
+        ("resnet18", "resnet18", (48, 40), (3, 32, 32)),
+    ],
+)
 def test_forward_and_backward_on_one_batch(audio, video, audio_shape, video_shape):
     model = build_model(5, audio_shape, video_shape, audio, video, embed_dim=16, seed=0)
     a = torch.randn(2, *audio_shape) * 4 - 4  # raw fbank-like values
     v = torch.randn(2, *video_shape)
     y = torch.tensor([1, 3])
-    loss = torch.nn.functional.cross_entropy(model.av_logits(a, v), y) + \
-        torch.nn.functional.cross_entropy(model.audio_logits(a), y)
+    loss = torch.nn.functional.cross_entropy(model.av_logits(a, v), y) + torch.nn.functional.cross_entropy(
+        model.audio_logits(a), y
+    )
     loss.backward()
     for group in (model.audio_encoder, model.video_encoder):
         grads = [p.grad for p in group.parameters() if p.requires_grad]

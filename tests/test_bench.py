@@ -6,21 +6,32 @@ import json
 
 import pytest
 
-from mirror_app.bench import BenchError, main, run_bench, setup_cost
+from mirror_app.tools.bench import main, run_bench, setup_cost
 
 
 @pytest.mark.timeout(900)
 def test_tiny_bench_writes_every_figure(tmp_path, data_dir):
     out = tmp_path / "bench"
-    report = run_bench(out, num_supernodes=4, rounds=2, distill_rounds=1, memory_partitions=[], videos=16,
-                       run_config=f"clients-per-round=2 local-epochs=1 data-dir='{data_dir}'", timeout=600,
-                       log=lambda *a: None)
+    report = run_bench(
+        out,
+        num_supernodes=4,
+        rounds=2,
+        distill_rounds=1,
+        memory_partitions=[],
+        videos=16,
+        run_config=f"clients-per-round=2 local-epochs=1 data-dir='{data_dir}'",
+        timeout=600,
+        log=lambda *a: None,
+    )
     saved = json.loads((out / "bench.json").read_text())
     assert saved["rounds"]["ratio"] == pytest.approx(report["rounds"]["ratio"])
     r = saved["rounds"]
     assert len(r["flwr_rounds_s"]) == 3 and len(r["bare_rounds_s"]) == 2  # 2 + 1 rounds simulated, 2 bare
-    assert r["flwr_round_s"] > 0 and r["bare_round_s"] > 0 and r["ratio"] == pytest.approx(
-        r["flwr_round_s"] / r["bare_round_s"])
+    assert (
+        r["flwr_round_s"] > 0
+        and r["bare_round_s"] > 0
+        and r["ratio"] == pytest.approx(r["flwr_round_s"] / r["bare_round_s"])
+    )
     s = saved["startup"]
     assert 0 < s["superlink_s"] < 120 and 0 < s["app_start_s"] < 600 and s["first_round_s"] > 0
     c = saved["client_setup"]
@@ -38,8 +49,14 @@ def test_tiny_bench_writes_every_figure(tmp_path, data_dir):
     av = next(row for row in saved["bytes_per_client"] if row["task"] == "train-av")
     assert audio["bytes_sent"] < av["bytes_sent"]
     md = (out / "bench.md").read_text()
-    for needle in ("bare loop", "SuperLink start", "client set-up", "peak memory of the timed run (4 partitions",
-                   "ffmpeg command line", "Bytes on the wire"):
+    for needle in (
+        "bare loop",
+        "SuperLink start",
+        "client set-up",
+        "peak memory of the timed run (4 partitions",
+        "ffmpeg command line",
+        "Bytes on the wire",
+    ):
         assert needle in md
     assert not [p for p in out.iterdir() if p.name.startswith("bench-")]  # the work folder is gone
 
@@ -47,20 +64,29 @@ def test_tiny_bench_writes_every_figure(tmp_path, data_dir):
 def test_setup_cost_counts_only_calls_that_did_not_build_the_workspace():
     import pandas as pd
 
-    clients = pd.DataFrame({"status": ["ok", "ok", "ok", "failed"], "workspace_built": [1, 0, 0, 0],
-                            "setup_seconds": [5.0, 0.1, 0.3, 0.0], "train_seconds": [1.0, 0.9, 0.7, 0.0]})
+    clients = pd.DataFrame(
+        {
+            "status": ["ok", "ok", "ok", "failed"],
+            "workspace_built": [1, 0, 0, 0],
+            "setup_seconds": [5.0, 0.1, 0.3, 0.0],
+            "train_seconds": [1.0, 0.9, 0.7, 0.0],
+        }
+    )
     c = setup_cost(clients)
     assert c["calls"] == 3 and c["workspace_builds"] == 1 and c["first_call_setup_s"] == 5.0
     assert c["setup_share"] == pytest.approx((0.1 / 1.0 + 0.3 / 1.0) / 2)
 
 
-@pytest.mark.parametrize("args,match", [
-    (["--rounds", "1"], "at least 2"),
-    (["--videos", "8"], "at least 16"),
-    (["--memory-partitions", "10,x"], "comma-separated integers"),
-    (["--num-supernodes", "4"], "clients-per-round 10 > --num-supernodes 4"),
-    (["--run-config", "lr=-1"], "'lr'"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--rounds", "1"], "at least 2"),
+        (["--videos", "8"], "at least 16"),
+        (["--memory-partitions", "10,x"], "comma-separated integers"),
+        (["--num-supernodes", "4"], "clients-per-round 10 > --num-supernodes 4"),
+        (["--run-config", "lr=-1"], "'lr'"),
+    ],
+)
 def test_bad_input_is_one_line_before_anything_starts(tmp_path, capsys, args, match):
     assert main(["--out", str(tmp_path / "b"), *args]) == 2
     err = capsys.readouterr().err.strip()

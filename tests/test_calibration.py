@@ -6,11 +6,13 @@ import json
 
 import pytest
 import torch
-
-import mirror_app.centralized as centralized_module
 from helpers import tiny_cache
-from mirror_app.models import PretrainedError, initial_model
-from mirror_app.training import evaluate, train_audio
+
+import mirror_app.tools.centralized as centralized_module
+from mirror_app.core.backbones import PretrainedError
+from mirror_app.core.evaluation import evaluate
+from mirror_app.core.models import initial_model
+from mirror_app.core.training import train_audio
 
 KW = dict(epochs=2, lr=1e-3, batch_size=16, seed=3)
 
@@ -50,24 +52,60 @@ def test_audio_result_is_the_audio_model_trained_alone(data_dir):
     """Deterministic on the CPU: the same seed, the same initial weights, the same audio-only training."""
     result = run(data_dir)
     cache = centralized_module.load_dataset("manifest", str(data_dir))
-    model = initial_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], "tdnn-small",
-                          "cnn-small", 64, KW["seed"])
+    model = initial_model(
+        cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], "tdnn-small", "cnn-small", 64, KW["seed"]
+    )
     torch.manual_seed(KW["seed"])
-    train_audio(model, cache, cache.indices("train"), epochs=KW["epochs"], batch_size=KW["batch_size"],
-                lr=KW["lr"], optimizer="adam", device="cpu", seed=KW["seed"])
+    train_audio(
+        model,
+        cache,
+        cache.indices("train"),
+        epochs=KW["epochs"],
+        batch_size=KW["batch_size"],
+        lr=KW["lr"],
+        optimizer="adam",
+        device="cpu",
+        seed=KW["seed"],
+    )
     alone = evaluate(model, cache, cache.indices("test"), parts=("audio",))
     assert (result["audio_top1"], result["audio_top5"]) == (alone["audio_top1"], alone["audio_top5"])
     assert set(result) >= {"dataset", "fold", "epochs", "seconds", "audio_top1", "audio_top5", "av_top1", "av_top5"}
 
 
 def test_command_line_takes_the_backbones_and_prints_json(data_dir, capsys):
-    centralized_module.main(["--dataset", "manifest", "--data-dir", str(data_dir), "--epochs", "1",
-                             "--audio-backbone", "cnn-small", "--video-backbone", "cnn-small", "--embed-dim", "16"])
+    centralized_module.main(
+        [
+            "--dataset",
+            "manifest",
+            "--data-dir",
+            str(data_dir),
+            "--epochs",
+            "1",
+            "--audio-backbone",
+            "cnn-small",
+            "--video-backbone",
+            "cnn-small",
+            "--embed-dim",
+            "16",
+        ]
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["dataset"] == "manifest" and 0.0 <= result["av_top5"] <= 1.0
 
 
 def test_command_line_hands_the_pretrained_files_to_initial_model(data_dir):
     with pytest.raises(PretrainedError, match="audio-pretrained"):
-        centralized_module.main(["--dataset", "manifest", "--data-dir", str(data_dir), "--epochs", "1",
-                                 "--audio-backbone", "resnet18", "--audio-pretrained", "/nonexistent/a.pt"])
+        centralized_module.main(
+            [
+                "--dataset",
+                "manifest",
+                "--data-dir",
+                str(data_dir),
+                "--epochs",
+                "1",
+                "--audio-backbone",
+                "resnet18",
+                "--audio-pretrained",
+                "/nonexistent/a.pt",
+            ]
+        )

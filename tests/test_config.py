@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
 from helpers import tiny_cache, tiny_federation, tiny_strategy
-from mirror_app.config import ConfigError, RunConfig
-from strategies import ModalityAwareFedAvg, resolve_strategy
+
+from mirror_app.core.config import ConfigError, RunConfig
+from strategies import ModalityAwareFedAvg, resolve_config, resolve_strategy
 
 
 @pytest.mark.parametrize(
@@ -49,7 +49,7 @@ from strategies import ModalityAwareFedAvg, resolve_strategy
 )
 def test_bad_values_name_key_value_and_what_is_allowed(key, value, allowed):
     with pytest.raises(ConfigError) as err:
-        RunConfig.from_dict({key: value})
+        resolve_config({key: value})  # what the apps call: RunConfig, then the strategy registry
     message = str(err.value)
     assert "\n" not in message
     assert f"'{key}'" in message and repr(value) in message and allowed in message
@@ -60,13 +60,32 @@ def test_unknown_key_is_named():
         RunConfig.from_dict({"num-rounds": 3})
 
 
-def test_defaults_match_pyproject():
+def test_defaults_live_in_pyproject_only():
+    """Every RunConfig field has its key in [tool.flwr.app.config], the table has nothing else, and no
+    field carries a default of its own (the table is the one source)."""
+    import dataclasses
     import tomllib
     from pathlib import Path
 
     table = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     app_config = table["tool"]["flwr"]["app"]["config"]
-    assert RunConfig.from_dict(app_config) == RunConfig()  # every key known, same defaults
+    fields = dataclasses.fields(RunConfig)
+    assert sorted(f.name.replace("_", "-") for f in fields) == sorted(app_config)
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in fields)
+    cfg = RunConfig.default()
+    assert cfg.to_dict() == {
+        k: float(v) if isinstance(getattr(cfg, k.replace("-", "_")), float) else v for k, v in app_config.items()
+    }
+
+
+def test_a_missing_key_is_named(monkeypatch):
+    import mirror_app.core.config as config
+
+    table = config.defaults()
+    del table["lora-rank"]
+    monkeypatch.setattr(config, "defaults", lambda: table)
+    with pytest.raises(ConfigError, match=r"\['lora-rank'\] have no value"):
+        RunConfig.from_dict({})
 
 
 def test_unwritable_output_dir(tmp_path):
@@ -78,13 +97,12 @@ def test_unwritable_output_dir(tmp_path):
 
 
 def test_more_clients_per_round_than_nodes(tmp_path, monkeypatch):
-    import strategies.base as base
+    import strategies.census as census
 
-    monkeypatch.setattr(base, "NODE_SETTLE_SECONDS", 0.2)
+    monkeypatch.setattr(census, "NODE_SETTLE_SECONDS", 0.2)
     cache = tiny_cache(tmp_path / "c")
     manager, _ = tiny_federation(cache, 3, missing_rate=0.0)
-    strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, clients_per_round=5, recorder=False,
-                             evaluator=False)
+    strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, clients_per_round=5, recorder=False, evaluator=False)
     with pytest.raises(ConfigError, match="'clients-per-round' = 5 is invalid: only 3 SuperNodes"):
         strategy.configure_fit(1, strategy.initialize_parameters(manager), manager)
 
@@ -97,5 +115,44 @@ def test_distill_alone_needs_a_checkpoint(tmp_path):
 
 def test_dotted_path_plugs_in_a_user_strategy():
     assert resolve_strategy("strategies.modality_mirror.ModalityMirror").__name__ == "ModalityMirror"
-    with pytest.raises(KeyError, match="not a subclass"):
+    with pytest.raises(ConfigError, match="not a subclass"):
         resolve_strategy("collections.OrderedDict")
+
+
+def test_a_strategy_must_declare_the_client_tasks_its_phases_name(tmp_path):
+    cache = tiny_cache(tmp_path / "c")
+    with pytest.raises(ConfigError, match="task 'smooth-audio', which ForgetfulFL.client_tasks does not declare"):
+        tiny_strategy(
+            resolve_strategy("tests.plugin_method.ForgetfulFL"), cache, tmp_path, recorder=False, evaluator=False
+        )
+    tiny_strategy(
+        resolve_strategy("tests.plugin_method.SmoothedAudioFL"), cache, tmp_path, recorder=False, evaluator=False
+    )
+
+
+def test_clients_run_only_the_tasks_of_their_kind_that_the_method_declares(tmp_path):
+    from clients import TaskError
+    from mirror_app.core.groups import AUDIO_MODEL, AV_MODEL, flatten, get_groups
+    from mirror_app.core.models import build_model
+    from strategies import ModalityMirror
+
+    cache = tiny_cache(tmp_path / "c")
+    manager, proxies = tiny_federation(cache, 4, missing_rate=0.5)
+    model = build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], seed=0)
+    by_kind = {p.client.modality: p.client for p in proxies.values()}
+    audio, av = by_kind["audio"], by_kind["audiovisual"]
+    audio.tasks = av.tasks = ModalityMirror.client_tasks
+
+    def fit(client, task, groups):
+        return client.fit(
+            flatten(get_groups(model, groups), groups), {"task": task, "groups": ",".join(groups), "server-round": 1}
+        )
+
+    with pytest.raises(TaskError, match=r"AudioClient cannot run task 'train-av'; it runs \['train-audio'\]"):
+        fit(audio, "train-av", AV_MODEL)
+    with pytest.raises(TaskError, match="cannot run task 'align-av'"):
+        fit(av, "align-av", AV_MODEL)  # declared by another method only
+    with pytest.raises(TaskError, match=r"task 'train-av' needs parameter groups .*missing \['video_encoder'"):
+        fit(av, "train-av", AUDIO_MODEL)
+    _, _, metrics = fit(av, "train-audio", AUDIO_MODEL)
+    assert metrics["groups"] == ",".join(AUDIO_MODEL)

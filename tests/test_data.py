@@ -104,6 +104,7 @@ def test_failed_build_leaves_no_cache_and_leftovers_are_rebuilt(tmp_path):
 
     (tmp_path / "c").mkdir()  # half-written leftover without meta.json
     (tmp_path / "c" / "labels.npy").write_bytes(b"garbage")
-    cache = ensure_cache(tmp_path / "c", {"v": 1}, lambda tmp: (np.save(tmp / "labels.npy", np.arange(4)),
-                                                                {"classes": ["a"]})[1])
+    cache = ensure_cache(
+        tmp_path / "c", {"v": 1}, lambda tmp: (np.save(tmp / "labels.npy", np.arange(4)), {"classes": ["a"]})[1]
+    )
     assert cache.labels.tolist() == [0, 1, 2, 3]

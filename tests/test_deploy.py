@@ -11,16 +11,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mirror_app.certs import make_certs, make_node_key
-from mirror_app.deploy import node_configs
-from mirror_app.launch import SuperLink
+from mirror_app.tools.certs import make_certs, make_node_key
+from mirror_app.tools.deploy import node_configs
+from mirror_app.tools.launch import SuperLink
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def online_nodes(link: SuperLink) -> list[dict]:
-    res = subprocess.run(["flwr", "supernode", "list", "test", "--format", "json"], env=link.env,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        ["flwr", "supernode", "list", "test", "--format", "json"],
+        env=link.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     return [n for n in json.loads(res.stdout)["nodes"] if n.get("status") == "online"]
 
@@ -36,8 +41,10 @@ def wait_online(link: SuperLink, count: int, timeout: float = 180) -> None:
 
 
 def run_app(link: SuperLink, data_dir: Path, out: Path, rounds: int = 2) -> tuple[Path, str]:
-    cfg = (f"num-server-rounds={rounds} distill-rounds=1 clients-per-round=3 local-epochs=1 eval-every=1 "
-           f"data-dir='{data_dir}' output-dir='{out}'")
+    cfg = (
+        f"num-server-rounds={rounds} distill-rounds=1 clients-per-round=3 local-epochs=1 eval-every=1 "
+        f"data-dir='{data_dir}' output-dir='{out}'"
+    )
     res = link.flwr_run(ROOT, "--run-config", cfg, timeout=900)
     log = res.stdout + res.stderr
     runs = list(out.iterdir()) if out.exists() else []
@@ -121,15 +128,30 @@ def test_deploy_local_stops_every_process_on_ctrl_c(tmp_path, data_dir):
     import signal
     import sys
 
-    from mirror_app.launch import _zombie, descendants
+    from mirror_app.tools.launch import _zombie, descendants
 
-    cmd = [sys.executable, "-m", "mirror_app.deploy", "--nodes", "2", "--audio-only", "1", "--home",
-           str(tmp_path / "home"), "--out", str(tmp_path / "out"), "--data-dir", str(data_dir),
-           "--run-config", f"num-server-rounds=50 local-epochs=1 data-dir='{data_dir}'"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mirror_app.tools.deploy",
+        "--nodes",
+        "2",
+        "--audio-only",
+        "1",
+        "--home",
+        str(tmp_path / "home"),
+        "--out",
+        str(tmp_path / "out"),
+        "--data-dir",
+        str(data_dir),
+        "--run-config",
+        f"num-server-rounds=50 local-epochs=1 data-dir='{data_dir}'",
+    ]
     log = tmp_path / "deploy.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     try:
+
         def run_log() -> str:  # the streamed `flwr run` output
             return "".join(f.read_text() for f in (tmp_path / "out").glob("deploy-*.log"))
 
@@ -149,6 +171,6 @@ def test_deploy_local_stops_every_process_on_ctrl_c(tmp_path, data_dir):
         assert "every process of this deployment was stopped" in log.read_text()
     finally:
         if proc.poll() is None:  # the test failed: stop the deployment's processes anyway
-            from mirror_app.launch import stop_tree
+            from mirror_app.tools.launch import stop_tree
 
             stop_tree(proc)

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flwr.server import Server
-
 from helpers import tiny_cache, tiny_federation, tiny_strategy
-from mirror_app.models import AV_MODEL
-from mirror_app.training import distillation_loss
+
+from mirror_app.core.groups import AV_MODEL
+from mirror_app.core.training import distillation_loss
 from strategies import ModalityMirror
 
 
@@ -21,7 +21,9 @@ def cache(tmp_path_factory):
 
 def test_loss_is_zero_when_student_matches_teacher():
     logits = torch.randn(8, 5)
-    assert float(distillation_loss(logits, logits.clone(), torch.zeros(8, dtype=torch.long), 3.0)) == pytest.approx(0, abs=1e-6)
+    assert float(distillation_loss(logits, logits.clone(), torch.zeros(8, dtype=torch.long), 3.0)) == pytest.approx(
+        0, abs=1e-6
+    )
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
@@ -60,8 +62,9 @@ def test_gradient_steps_move_student_towards_teacher():
 
 def test_phase_two_uses_only_audiovisual_clients_and_a_frozen_teacher(cache, tmp_path):
     manager, proxies = tiny_federation(cache, 6, missing_rate=0.5)
-    strategy = tiny_strategy(ModalityMirror, cache, tmp_path, clients_per_round=6, num_server_rounds=1,
-                             distill_rounds=2)
+    strategy = tiny_strategy(
+        ModalityMirror, cache, tmp_path, clients_per_round=6, num_server_rounds=1, distill_rounds=2
+    )
     Server(client_manager=manager, strategy=strategy).fit(strategy.total_rounds, None)
 
     for proxy in proxies.values():
@@ -72,8 +75,13 @@ def test_phase_two_uses_only_audiovisual_clients_and_a_frozen_teacher(cache, tmp
         else:
             assert tasks == ["train-av", "distill", "distill"]
             sent = proxy.fit_calls[1]["config"]["groups"].split(",")
-            assert sent == ["audio_encoder", "audio_head", "teacher/audio_encoder", "teacher/video_encoder",
-                            "teacher/fusion_head"]
+            assert sent == [
+                "audio_encoder",
+                "audio_head",
+                "teacher/audio_encoder",
+                "teacher/video_encoder",
+                "teacher/fusion_head",
+            ]
     # the teacher is phase 1's audiovisual model, unchanged by phase 2
     import torch as _t
 
@@ -82,8 +90,9 @@ def test_phase_two_uses_only_audiovisual_clients_and_a_frozen_teacher(cache, tmp
         for a, b in zip(phase1["state"][g], strategy.teacher[g]):
             np.testing.assert_array_equal(a.numpy(), b)
     # while the student's audio encoder moved away from it
-    assert any(not np.allclose(a.numpy(), b) for a, b in zip(phase1["state"]["audio_encoder"],
-                                                           strategy.state["audio_encoder"]))
+    assert any(
+        not np.allclose(a.numpy(), b) for a, b in zip(phase1["state"]["audio_encoder"], strategy.state["audio_encoder"])
+    )
     # the teacher the clients received in both distillation rounds is the same
     av = next(p for p in proxies.values() if p.client.modality == "audiovisual")
     n_student = len(strategy.state["audio_encoder"]) + len(strategy.state["audio_head"])

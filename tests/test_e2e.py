@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mirror_app.launch import SuperLink
+from mirror_app.tools.launch import SuperLink
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,8 +26,15 @@ def run_config(**overrides) -> str:
 
 
 def mm_settings(data_dir) -> dict:
-    return {"num-server-rounds": 2, "distill-rounds": 1, "clients-per-round": 4, "missing-rate": 0.5,
-            "local-epochs": 1, "eval-every": 1, "data-dir": str(data_dir)}
+    return {
+        "num-server-rounds": 2,
+        "distill-rounds": 1,
+        "clients-per-round": 4,
+        "missing-rate": 0.5,
+        "local-epochs": 1,
+        "eval-every": 1,
+        "data-dir": str(data_dir),
+    }
 
 
 FEDERATION = ("--federation-config", "num-supernodes=6")
@@ -82,9 +89,19 @@ def test_modality_mirror_runs_both_phases_with_both_client_kinds(mm_run):
 def test_modality_alignment_runs_on_the_embedded_dataset(superlink, data_dir, tmp_path):
     """Text anchors on the server, adapters and projections on the wire, both client kinds."""
     out = tmp_path / "results"
-    cfg = run_config(**{"strategy": "modality-align", "num-server-rounds": 2, "distill-rounds": 0, "eval-every": 1,
-                        "clients-per-round": 4, "missing-rate": 0.5, "local-epochs": 1, "data-dir": str(data_dir),
-                        "output-dir": str(out)})
+    cfg = run_config(
+        **{
+            "strategy": "modality-align",
+            "num-server-rounds": 2,
+            "distill-rounds": 0,
+            "eval-every": 1,
+            "clients-per-round": 4,
+            "missing-rate": 0.5,
+            "local-epochs": 1,
+            "data-dir": str(data_dir),
+            "output-dir": str(out),
+        }
+    )
     res = superlink.flwr_run(ROOT, "--federation-config", "num-supernodes=6", "--run-config", cfg)
     log = res.stdout + res.stderr
     runs = list(out.iterdir()) if out.exists() else []
@@ -98,6 +115,38 @@ def test_modality_alignment_runs_on_the_embedded_dataset(superlink, data_dir, tm
     assert set(zip(clients["modality"], clients["task"])) == {("audio", "align-audio"), ("audiovisual", "align-av")}
     audio, av = clients[clients["modality"] == "audio"], clients[clients["modality"] == "audiovisual"]
     assert audio["bytes_sent"].max() < av["bytes_sent"].min()
+
+
+@pytest.mark.timeout(900)
+def test_a_method_from_outside_the_package_brings_its_own_client_task(superlink, data_dir, tmp_path):
+    """README "Adding a method": tests/plugin_method.py, given by dotted path, runs through `flwr run` with a
+    client task no registered method has; both client kinds find it in the strategy class."""
+    out = tmp_path / "results"
+    cfg = run_config(
+        **{
+            "strategy": "tests.plugin_method.SmoothedAudioFL",
+            "num-server-rounds": 2,
+            "eval-every": 1,
+            "clients-per-round": 4,
+            "missing-rate": 0.5,
+            "data-dir": str(data_dir),
+            "output-dir": str(out),
+        }
+    )
+    res = superlink.flwr_run(ROOT, *FEDERATION, "--run-config", cfg)
+    log = res.stdout + res.stderr
+    runs = list(out.iterdir()) if out.exists() else []
+    assert len(runs) == 1 and (runs[0] / "summary.json").is_file(), log[-4000:]
+    metrics = pd.read_csv(runs[0] / "metrics.csv")
+    assert list(metrics["phase"]) == ["smoothed-audio-fl"] * 3 and (metrics["failures"] == 0).all()
+    assert metrics["audio_top1"].between(0, 1).all()
+    clients = pd.read_csv(runs[0] / "clients.csv")
+    assert (clients["status"] == "ok").all()
+    assert set(zip(clients["modality"], clients["task"])) == {
+        ("audio", "smooth-audio"),
+        ("audiovisual", "smooth-audio"),
+    }
+    assert clients["bytes_received"].nunique() == 1  # audiovisual clients too get the audio model only
 
 
 @pytest.mark.timeout(300)
@@ -120,15 +169,24 @@ def test_killed_run_resumes_to_the_same_metrics(mm_run, data_dir, tmp_path):
     import subprocess
     import time
 
-    from mirror_app.launch import tree_members
+    from mirror_app.tools.launch import tree_members
 
     straight, _ = mm_run
     cut = tmp_path / "cut"
     link = SuperLink(tmp_path / "home-killed")
-    cmd = ["flwr", "run", str(ROOT), "test", "--stream", *FEDERATION, "--run-config",
-           run_config(**mm_settings(data_dir), **{"output-dir": str(cut)})]
-    cli = subprocess.Popen(cmd, env=link.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
+    cmd = [
+        "flwr",
+        "run",
+        str(ROOT),
+        "test",
+        "--stream",
+        *FEDERATION,
+        "--run-config",
+        run_config(**mm_settings(data_dir), **{"output-dir": str(cut)}),
+    ]
+    cli = subprocess.Popen(
+        cmd, env=link.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     done = []
     try:
         deadline = time.monotonic() + 600
@@ -148,13 +206,27 @@ def test_killed_run_resumes_to_the_same_metrics(mm_run, data_dir, tmp_path):
     assert not (run_dir / "summary.json").exists()
 
     with SuperLink(tmp_path / "home-resume") as again:
-        res = again.flwr_run(ROOT, *FEDERATION, "--run-config",
-                             run_config(**mm_settings(data_dir), **{"output-dir": str(cut), "resume": str(run_dir)}))
+        res = again.flwr_run(
+            ROOT,
+            *FEDERATION,
+            "--run-config",
+            run_config(**mm_settings(data_dir), **{"output-dir": str(cut), "resume": str(run_dir)}),
+        )
     assert (run_dir / "summary.json").is_file(), (res.stdout + res.stderr)[-4000:]
     assert "resuming" in res.stdout + res.stderr
     resumed = pd.read_csv(run_dir / "metrics.csv")
     reference = pd.read_csv(next(straight.glob("*/metrics.csv")))
     assert list(resumed["round"]) == [0, 1, 2, 3]
-    cols = ["round", "phase", "audio_top1", "audio_top5", "audio_macro_f1", "av_top1", "clients", "failures",
-            "bytes_to_clients", "bytes_from_clients"]
+    cols = [
+        "round",
+        "phase",
+        "audio_top1",
+        "audio_top5",
+        "audio_macro_f1",
+        "av_top1",
+        "clients",
+        "failures",
+        "bytes_to_clients",
+        "bytes_from_clients",
+    ]
     pd.testing.assert_frame_equal(resumed[cols], reference[cols])

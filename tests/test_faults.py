@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import Server
-
 from helpers import LocalProxy, fit_round, tiny_cache, tiny_federation, tiny_strategy
+
 from mirror_app.results import RESUME_FILE, ResumeError, load_resume_state
 from strategies import ModalityAwareFedAvg, ModalityMirror
 
@@ -39,12 +39,14 @@ def test_same_seed_same_weights_whatever_the_node_ids(cache, tmp_path):
     states, chosen = [], []
     for trial in range(2):
         manager, _ = tiny_federation(cache, 6, missing_rate=0.5, node_ids=random_ids(6, trial))
-        strategy = tiny_strategy(ModalityMirror, cache, tmp_path / str(trial), clients_per_round=3,
-                                 evaluator=False)
+        strategy = tiny_strategy(ModalityMirror, cache, tmp_path / str(trial), clients_per_round=3, evaluator=False)
         run(strategy, manager)
         states.append(strategy.state)
-        chosen.append(pd.read_csv(strategy.recorder.dir / "clients.csv")[["round", "partition_id"]]
-                      .sort_values(["round", "partition_id"]).values.tolist())
+        chosen.append(
+            pd.read_csv(strategy.recorder.dir / "clients.csv")[["round", "partition_id"]]
+            .sort_values(["round", "partition_id"])
+            .values.tolist()
+        )
     assert chosen[0] == chosen[1]
     assert same_state(*states)
 
@@ -80,8 +82,9 @@ def test_resume_reaches_the_same_final_state(cache, tmp_path, done):
 
 def test_resume_refuses_finished_runs_other_settings_and_broken_files(cache, tmp_path):
     manager, _ = tiny_federation(cache, 4, missing_rate=0.5)
-    strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, clients_per_round=2, num_server_rounds=3,
-                             distill_rounds=0)
+    strategy = tiny_strategy(
+        ModalityAwareFedAvg, cache, tmp_path, clients_per_round=2, num_server_rounds=3, distill_rounds=0
+    )
     run(strategy, manager, rounds=1)
     run_dir, cfg = strategy.recorder.dir, strategy.cfg.to_dict()
     with pytest.raises(ResumeError, match=r"other settings \(lr: 0.0005 -> 0.1\)"):
@@ -102,8 +105,7 @@ def test_resume_refuses_finished_runs_other_settings_and_broken_files(cache, tmp
 @pytest.mark.parametrize("corrupt", ["inf", "zero-examples", "negative-examples", "more-than-partition", "absurd"])
 def test_bad_updates_are_rejected_counted_and_never_averaged(cache, tmp_path, corrupt):
     manager, _ = tiny_federation(cache, 4, missing_rate=0.5)
-    strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, clients_per_round=4, recorder=False,
-                             evaluator=False)
+    strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, clients_per_round=4, recorder=False, evaluator=False)
     _, results = fit_round(strategy, manager)
     proxy, res = next((p, r) for p, r in results if p.client.modality == "audio")
     arrays, n = parameters_to_ndarrays(res.parameters), res.num_examples
@@ -120,8 +122,9 @@ def test_bad_updates_are_rejected_counted_and_never_averaged(cache, tmp_path, co
     # the audio head is averaged over the other audio-only clients alone
     head = len(strategy.state["audio_encoder"])
     total = sum(r.num_examples for r in others)
-    expected = sum(parameters_to_ndarrays(r.parameters)[head].astype(np.float64) * r.num_examples
-                   for r in others) / total
+    expected = (
+        sum(parameters_to_ndarrays(r.parameters)[head].astype(np.float64) * r.num_examples for r in others) / total
+    )
     np.testing.assert_allclose(strategy.state["audio_head"][0], expected, rtol=1e-5, atol=1e-6)
 
 
@@ -163,11 +166,15 @@ def test_slow_and_dataless_clients_fail_the_round_goes_on_and_metrics_record_it(
     manager, proxies = tiny_federation(cache, 4, missing_rate=0.5)
     victim = proxies[0]
     manager.unregister(victim)
-    bad = (SlowProxy(victim.cid, victim.client, delay=5.0) if fault == "timeout"
-           else VanishingDataProxy(victim.cid, victim.client, alive=1))
+    bad = (
+        SlowProxy(victim.cid, victim.client, delay=5.0)
+        if fault == "timeout"
+        else VanishingDataProxy(victim.cid, victim.client, alive=1)
+    )
     manager.register(bad)
-    strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, clients_per_round=4, num_server_rounds=2,
-                             distill_rounds=0)
+    strategy = tiny_strategy(
+        ModalityAwareFedAvg, cache, tmp_path, clients_per_round=4, num_server_rounds=2, distill_rounds=0
+    )
     start = time.monotonic()
     run(strategy, manager, timeout=1.0 if fault == "timeout" else None)
     metrics = pd.read_csv(strategy.recorder.dir / "metrics.csv")
@@ -185,8 +192,9 @@ def test_slow_and_dataless_clients_fail_the_round_goes_on_and_metrics_record_it(
 def test_nothing_to_resume_before_round_1(cache, tmp_path):
     """A run killed right after its initial evaluation has no resume state (it starts over)."""
     manager, _ = tiny_federation(cache, 4, missing_rate=0.5)
-    strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, clients_per_round=2, num_server_rounds=3,
-                             distill_rounds=0)
+    strategy = tiny_strategy(
+        ModalityAwareFedAvg, cache, tmp_path, clients_per_round=2, num_server_rounds=3, distill_rounds=0
+    )
     strategy.evaluate(0, strategy.initialize_parameters(manager))
     assert (strategy.recorder.dir / "metrics.csv").is_file()
     assert not (strategy.recorder.dir / RESUME_FILE).exists()

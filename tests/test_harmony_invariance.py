@@ -17,10 +17,11 @@ import dataclasses
 
 import numpy as np
 import pytest
-
 from helpers import fit_round, tiny_cache, tiny_federation, tiny_strategy
-from mirror_app.models import AUDIO_MODEL, build_model, get_groups
-from mirror_app.training import train_audio, train_unimodal
+
+from mirror_app.core.groups import AUDIO_MODEL, get_groups
+from mirror_app.core.models import build_model
+from mirror_app.core.training import train_audio, train_unimodal
 from strategies import Harmony
 
 PARTITIONS = 6
@@ -31,14 +32,25 @@ def cache(tmp_path_factory):
     return tiny_cache(tmp_path_factory.mktemp("cache") / "tiny")
 
 
-def harmony_audio_model(cache, tmp_path, missing_rate: float, clients_per_round: int, rounds: int = 2,
-                        mu: float = 0.0, **cfg):
+def harmony_audio_model(
+    cache, tmp_path, missing_rate: float, clients_per_round: int, rounds: int = 2, mu: float = 0.0, **cfg
+):
     manager, proxies = tiny_federation(cache, PARTITIONS, missing_rate=missing_rate)
     for proxy in proxies.values():  # the clients' FedProx weight (a node reads it from the run config)
         proxy.client.settings = dataclasses.replace(proxy.client.settings, mu=mu)
-    strategy = tiny_strategy(Harmony, cache, tmp_path / f"mr{missing_rate}", recorder=False, evaluator=False,
-                             clients_per_round=clients_per_round, num_server_rounds=rounds, distill_rounds=0,
-                             missing_rate=missing_rate, mu=mu, **cfg)
+    strategy = tiny_strategy(
+        Harmony,
+        cache,
+        tmp_path / f"mr{missing_rate}",
+        recorder=False,
+        evaluator=False,
+        clients_per_round=clients_per_round,
+        num_server_rounds=rounds,
+        distill_rounds=0,
+        missing_rate=missing_rate,
+        mu=mu,
+        **cfg,
+    )
     for server_round in range(1, rounds + 1):
         _, results = fit_round(strategy, manager, server_round)
         assert all(res.status.code.value == 0 for _, res in results)

@@ -7,10 +7,13 @@ import torch
 import torch.nn.functional as F
 from helpers import tiny_cache
 
-from clients import CLIENT_KINDS, LocalSettings, Workspace
+from clients import CLIENT_KINDS, Workspace
+from clients.tasks import TRAIN_AUDIO
 from data.partition import AUDIO, Partition
-from mirror_app.models import AUDIO_MODEL, build_model, get_groups
-from mirror_app.training import Batch, label_ce
+from mirror_app.core.config import RunConfig
+from mirror_app.core.groups import AUDIO_MODEL, get_groups
+from mirror_app.core.models import build_model
+from mirror_app.core.training import Batch, label_ce
 
 
 def test_label_ce_is_the_cross_entropy_over_the_present_classes():
@@ -32,13 +35,24 @@ def test_a_client_with_restricted_softmax_leaves_the_rows_of_absent_classes_alon
     def trained_head(restricted: bool):
         model = build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], seed=0)
         before = get_groups(model, AUDIO_MODEL)
-        ws = Workspace(cache, model, build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:]),
-                       torch.device("cpu"))
-        client = CLIENT_KINDS[AUDIO](partition=Partition(0, own, AUDIO), workspace=ws,
-                                     settings=LocalSettings(2, 8, 1e-2, "adam", 2.0, 0.0, 0,
-                                                            restricted_softmax=restricted))
-        arrays, n, metrics = client.fit([a for g in AUDIO_MODEL for a in before[g]],
-                                        {"task": "train-audio", "groups": ",".join(AUDIO_MODEL), "server-round": 1})
+        ws = Workspace(
+            cache,
+            model,
+            build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:]),
+            torch.device("cpu"),
+        )
+        client = CLIENT_KINDS[AUDIO](
+            partition=Partition(0, own, AUDIO),
+            workspace=ws,
+            settings=RunConfig.from_dict(
+                {"local-epochs": 2, "batch-size": 8, "lr": 1e-2, "seed": 0, "restricted-softmax": restricted}
+            ),
+            tasks={"train-audio": TRAIN_AUDIO},
+        )
+        arrays, n, metrics = client.fit(
+            [a for g in AUDIO_MODEL for a in before[g]],
+            {"task": "train-audio", "groups": ",".join(AUDIO_MODEL), "server-round": 1},
+        )
         weight, bias = arrays[-2], arrays[-1]  # audio_head.weight, audio_head.bias
         return before["audio_head"], weight, bias
 

@@ -12,13 +12,13 @@ import torch
 from flwr.server import SimpleClientManager
 from helpers import LocalProxy
 
-from clients import CLIENT_KINDS, LocalSettings, Workspace
+from clients import CLIENT_KINDS, Workspace
 from data.features import FeatureSpec
 from data.partition import get_partition
 from data.prepare import prepare
-from mirror_app.config import RunConfig
-from mirror_app.models import build_model
-from mirror_app.server_app import Evaluator
+from mirror_app.core.config import RunConfig
+from mirror_app.core.evaluation import Evaluator
+from mirror_app.core.models import build_model
 from strategies import resolve_strategy
 
 CLASSES = ["bell", "drum", "horn", "siren", "whistle", "engine"]
@@ -39,7 +39,7 @@ def skewed_manifest(root: Path, per_class: int = 40) -> Path:
             png = root / "images" / f"{label}{k}.png"
             wav.parent.mkdir(parents=True, exist_ok=True)
             png.parent.mkdir(parents=True, exist_ok=True)
-            tone = 0.2 * np.sin(2 * np.pi * 300 * 1.3 ** c * rng.uniform(0.95, 1.05) * t)
+            tone = 0.2 * np.sin(2 * np.pi * 300 * 1.3**c * rng.uniform(0.95, 1.05) * t)
             audio = np.clip(tone + 0.3 * rng.standard_normal(t.size), -1, 1)
             with wave.open(str(wav), "wb") as fh:
                 fh.setnchannels(1)
@@ -63,9 +63,19 @@ def skewed_cache(tmp_path_factory):
 
 def run_in_process(data_dir: Path, rounds: int, **overrides) -> tuple[list[dict], list]:
     """A run of the real strategy and clients, in-process (no Flower runtime): metrics of every round."""
-    raw = {"strategy": "multifl", "dataset": "manifest", "data-dir": str(data_dir), "num-server-rounds": rounds,
-           "distill-rounds": 0, "clients-per-round": 3, "dirichlet-alpha": 0.1, "missing-rate": 0.0,
-           "local-epochs": 2, "dev-fraction": 0.0, "embed-dim": 32}
+    raw = {
+        "strategy": "multifl",
+        "dataset": "manifest",
+        "data-dir": str(data_dir),
+        "num-server-rounds": rounds,
+        "distill-rounds": 0,
+        "clients-per-round": 3,
+        "dirichlet-alpha": 0.1,
+        "missing-rate": 0.0,
+        "local-epochs": 2,
+        "dev-fraction": 0.0,
+        "embed-dim": 32,
+    }
     raw.update(overrides)
     cfg = RunConfig.from_dict(raw)
     from data import load_dataset
@@ -77,15 +87,17 @@ def run_in_process(data_dir: Path, rounds: int, **overrides) -> tuple[list[dict]
         return build_model(cache.num_classes, *shapes, embed_dim=cfg.embed_dim, seed=seed)
 
     ws = Workspace(cache, make(), make(), torch.device("cpu"))
-    settings = LocalSettings(cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.optimizer, cfg.temperature, 0.0, cfg.seed,
-                             restricted_softmax=cfg.restricted_softmax)
+    cls = resolve_strategy(cfg.strategy)
     manager, parts = SimpleClientManager(), []
     for pid in range(10):
         part = get_partition(str(cache.path), pid, 10, cfg.dirichlet_alpha, cfg.missing_rate, cfg.seed)
         parts.append(part)
-        manager.register(LocalProxy(f"node{pid}", CLIENT_KINDS[part.modality](partition=part, workspace=ws,
-                                                                              settings=settings)))
-    cls = resolve_strategy(cfg.strategy)
+        manager.register(
+            LocalProxy(
+                f"node{pid}",
+                CLIENT_KINDS[part.modality](partition=part, workspace=ws, settings=cfg, tasks=cls.client_tasks),
+            )
+        )
     rows: list[dict] = []
     evaluator = Evaluator(make(), cache, torch.device("cpu"))
     strategy = cls(cfg=cfg, model=make(cfg.seed), evaluator=lambda a, v: rows.append(evaluator(a, v)) or rows[-1])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import tiny_cache
 
 from data.partition import PartitionError, audio_only_partitions, dirichlet_partitions, get_partition
-from helpers import tiny_cache
 
 
 def labels(n=600, classes=6, seed=0):

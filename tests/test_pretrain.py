@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from data import synthetic
-from mirror_app import pretrain as pretrain_module
-from mirror_app.config import RunConfig
-from mirror_app.models import initial_model
+from mirror_app.core.config import RunConfig
+from mirror_app.core.models import initial_model
+from mirror_app.tools import pretrain as pretrain_module
 
 
 def test_pretrain_writes_encoders_that_initial_model_loads(tmp_path):
-    report = pretrain_module.pretrain(tmp_path / "weights", tmp_path / "data", epochs=1, embed_dim=16,
-                                      samples_per_class=6)
+    report = pretrain_module.pretrain(
+        tmp_path / "weights", tmp_path / "data", epochs=1, embed_dim=16, samples_per_class=6
+    )
     audio_file, video_file = pretrain_module.weight_files(tmp_path / "weights", "tdnn-small", "cnn-small", 16)
     assert report["audio_pretrained"] == str(audio_file) and audio_file.is_file() and video_file.is_file()
     saved = json.loads((tmp_path / "weights" / "pretrain.json").read_text())
@@ -25,8 +26,9 @@ def test_pretrain_writes_encoders_that_initial_model_loads(tmp_path):
     task = synthetic.load(tmp_path / "data", samples_per_class=5)
     shapes = (task.audio.shape[1:], task.video.shape[1:])
     plain = initial_model(task.num_classes, *shapes, "tdnn-small", "cnn-small", 16, seed=0)
-    loaded = initial_model(task.num_classes, *shapes, "tdnn-small", "cnn-small", 16, 0, str(audio_file),
-                           str(video_file))
+    loaded = initial_model(
+        task.num_classes, *shapes, "tdnn-small", "cnn-small", 16, 0, str(audio_file), str(video_file)
+    )
     for part, file in (("audio_encoder", audio_file), ("video_encoder", video_file)):
         weights = torch.load(file, weights_only=True)
         state = getattr(loaded, part).state_dict()

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from helpers import tiny_cache, tiny_federation, tiny_strategy
+
+from mirror_app.core.evaluation import classification_metrics
 from mirror_app.results import RunRecorder, protocol_summary
-from mirror_app.training import classification_metrics
 from strategies import ModalityAwareFedAvg
 
 CLASSES = ["drumming", "typing", "playing congas"]
@@ -43,8 +43,14 @@ def test_best_dev_is_the_earliest_best_dev_round_not_the_last_nor_round_0(tmp_pa
     rows = [  # round 0 (the initial model) has the highest dev score and must not be chosen
         {"round": 0, "dev_audio_top1": 0.9, "audio_top1": 0.05},
         {"round": 1, "dev_audio_top1": 0.3, "audio_top1": 0.20, "audio_top5": 0.5, "audio_macro_f1": 0.1},
-        {"round": 2, "dev_audio_top1": 0.6, "audio_top1": 0.40, "audio_top5": 0.7, "audio_macro_f1": 0.3,
-         "av_top1": 0.45},
+        {
+            "round": 2,
+            "dev_audio_top1": 0.6,
+            "audio_top1": 0.40,
+            "audio_top5": 0.7,
+            "audio_macro_f1": 0.3,
+            "av_top1": 0.45,
+        },
         {"round": 3, "dev_audio_top1": 0.5, "audio_top1": 0.45, "audio_top5": 0.8, "audio_macro_f1": 0.35},
         {"round": 4, "dev_audio_top1": 0.6, "audio_top1": 0.48, "audio_top5": 0.8, "audio_macro_f1": 0.4},  # a tie
         {"round": 5, "dev_audio_top1": 0.55, "audio_top1": 0.50, "audio_top5": 0.9, "audio_macro_f1": 0.45},
@@ -53,8 +59,15 @@ def test_best_dev_is_the_earliest_best_dev_round_not_the_last_nor_round_0(tmp_pa
     record(rec, rows)
     rec.finish({"audio_top1": 0.52, "av_top1": 0.0})
     s = summary(rec)
-    assert s["best_dev"] == {"round": 2, "phase": "train", "dev_audio_top1": 0.6, "audio_top1": 0.40,
-                             "audio_top5": 0.7, "audio_macro_f1": 0.3, "av_top1": 0.45}
+    assert s["best_dev"] == {
+        "round": 2,
+        "phase": "train",
+        "dev_audio_top1": 0.6,
+        "audio_top1": 0.40,
+        "audio_top5": 0.7,
+        "audio_macro_f1": 0.3,
+        "av_top1": 0.45,
+    }
     assert s["last"] == {"round": 6, "audio_top1": 0.52, "audio_top5": 0.9, "audio_macro_f1": 0.5}
     assert s["final"]["audio_top1"] == 0.52  # unchanged key that other code reads
     last5 = s["last5_mean"]
@@ -66,8 +79,11 @@ def test_best_dev_is_the_earliest_best_dev_round_not_the_last_nor_round_0(tmp_pa
 
 
 def test_last5_mean_over_fewer_rounds_and_no_best_dev_without_dev_split():
-    rows = [{"round": 0, "audio_top1": 0.1}, {"round": 1, "audio_top1": 0.2, "audio_top5": 0.4},
-            {"round": 2, "audio_top1": 0.5, "audio_top5": 0.6}]
+    rows = [
+        {"round": 0, "audio_top1": 0.1},
+        {"round": 1, "audio_top1": 0.2, "audio_top5": 0.4},
+        {"round": 2, "audio_top1": 0.5, "audio_top5": 0.6},
+    ]
     s = protocol_summary(rows)
     assert s["last5_mean"]["rounds"] == 2 and s["last5_mean"]["from_round"] == 1
     assert s["last5_mean"]["audio_top1"] == pytest.approx(0.35) and s["last5_mean"]["audio_top5"] == pytest.approx(0.5)
@@ -79,26 +95,48 @@ def test_last5_mean_over_fewer_rounds_and_no_best_dev_without_dev_split():
 def test_a_resumed_run_derives_the_protocol_and_the_warnings_from_the_recorded_rows(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     rec = RunRecorder(tmp_path / "run", {}, CLASSES)
-    record(rec, [{"round": 0, "dev_audio_top1": 0.1, "av_majority_share": 1.0},
-                 {"round": 1, "dev_audio_top1": 0.2},
-                 {"round": 2, "dev_audio_top1": 0.8, "audio_top1": 0.6, "av_majority_share": 0.95},  # too early
-                 {"round": 4, "dev_audio_top1": 0.3, "av_majority_share": 0.95, "av_majority_class": 1,
-                  "audio_majority_share": 0.5}])
+    record(
+        rec,
+        [
+            {"round": 0, "dev_audio_top1": 0.1, "av_majority_share": 1.0},
+            {"round": 1, "dev_audio_top1": 0.2},
+            {"round": 2, "dev_audio_top1": 0.8, "audio_top1": 0.6, "av_majority_share": 0.95},  # too early
+            {
+                "round": 4,
+                "dev_audio_top1": 0.3,
+                "av_majority_share": 0.95,
+                "av_majority_class": 1,
+                "audio_majority_share": 0.5,
+            },
+        ],
+    )
     assert warnings_of(caplog) == [
         "round 4: the audiovisual model predicts one class ('typing') for 95 % of the test clips: collapsed; "
-        "see README 'Label skew'"]
+        "see README 'Label skew'"
+    ]
     rec.partitions = {"clients": 2}
     rec.save_resume_state(4, {}, 10.0)
     saved = torch.load(rec.dir / "resume.pt", weights_only=False)
     again = RunRecorder.reopen(rec.dir, saved, CLASSES)
     assert again.partitions == {"clients": 2}
     caplog.clear()
-    record(again, [{"round": 5, "dev_audio_top1": 0.4, "av_majority_share": 0.99},
-                   {"round": 6, "dev_audio_top1": 0.5, "av_majority_share": 0.2, "audio_majority_share": 0.9,
-                    "audio_majority_class": 0}])
+    record(
+        again,
+        [
+            {"round": 5, "dev_audio_top1": 0.4, "av_majority_share": 0.99},
+            {
+                "round": 6,
+                "dev_audio_top1": 0.5,
+                "av_majority_share": 0.2,
+                "audio_majority_share": 0.9,
+                "audio_majority_class": 0,
+            },
+        ],
+    )
     assert warnings_of(caplog) == [  # the audiovisual collapse was reported before the resume; not again
         "round 6: the audio model predicts one class ('drumming') for 90 % of the test clips: collapsed; "
-        "see README 'Label skew'"]
+        "see README 'Label skew'"
+    ]
     again.finish({"audio_top1": 0.0, "av_top1": 0.0})
     s = summary(again)
     assert s["best_dev"]["round"] == 2 and s["best_dev"]["audio_top1"] == 0.6
@@ -117,8 +155,9 @@ def test_majority_share_of_the_predictions():
 def test_a_model_that_predicts_one_class_is_flagged_once(cache, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     manager, _ = tiny_federation(cache, 4, missing_rate=0.5)
-    strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, clients_per_round=2, num_server_rounds=5,
-                             distill_rounds=0)
+    strategy = tiny_strategy(
+        ModalityAwareFedAvg, cache, tmp_path, clients_per_round=2, num_server_rounds=5, distill_rounds=0
+    )
     strategy.state["audio_head"][1][:] = 0
     strategy.state["audio_head"][1][2] = 1e4  # the audio head's bias: class 2 wins everywhere
     params = strategy.initialize_parameters(manager)
@@ -129,7 +168,8 @@ def test_a_model_that_predicts_one_class_is_flagged_once(cache, tmp_path, caplog
     assert metrics["av_majority_share"].lt(0.9).all()  # the audiovisual model is not touched
     assert warnings_of(caplog) == [
         "round 3: the audio model predicts one class ('class 2') for 100 % of the test clips: collapsed; "
-        "see README 'Label skew'"]
+        "see README 'Label skew'"
+    ]
     collapse = json.loads((strategy.recorder.dir / "summary.json").read_text())["collapse"]
     assert collapse["audio"]["rounds"] == [3, 4, 5] and collapse["audio"]["last_round_collapsed"] is True
     assert collapse["av"]["rounds"] == [] and collapse["av"]["last_round_collapsed"] is False
@@ -138,8 +178,15 @@ def test_a_model_that_predicts_one_class_is_flagged_once(cache, tmp_path, caplog
 def test_partition_summary_is_logged_once_and_written(cache, tmp_path, caplog):
     caplog.set_level(logging.INFO)
     manager, proxies = tiny_federation(cache, 6, missing_rate=0.5, alpha=0.3)
-    strategy = tiny_strategy(ModalityAwareFedAvg, cache, tmp_path, clients_per_round=3, num_server_rounds=1,
-                             distill_rounds=0, dirichlet_alpha=0.3)
+    strategy = tiny_strategy(
+        ModalityAwareFedAvg,
+        cache,
+        tmp_path,
+        clients_per_round=3,
+        num_server_rounds=1,
+        distill_rounds=0,
+        dirichlet_alpha=0.3,
+    )
     params = strategy.initialize_parameters(manager)
     strategy.configure_fit(1, params, manager)
     strategy.configure_fit(2, params, manager)
@@ -152,12 +199,17 @@ def test_partition_summary_is_logged_once_and_written(cache, tmp_path, caplog):
     assert lines == [
         f"partitions: 6 clients ({audio_only} audio-only, {6 - audio_only} audiovisual); clips per client "
         f"min {min(clips)} / median {np.median(clips):g} / max {max(clips)}; classes per client "
-        f"min {min(classes)} / median {np.median(classes):g} / max {max(classes)}"]
+        f"min {min(classes)} / median {np.median(classes):g} / max {max(classes)}"
+    ]
     strategy.evaluate(strategy.total_rounds, params)
     written = json.loads((strategy.recorder.dir / "summary.json").read_text())["partitions"]
-    assert written == {"clients": 6, "audio_only": audio_only, "audiovisual": 6 - audio_only,
-                       "clips": {"min": min(clips), "median": float(np.median(clips)), "max": max(clips)},
-                       "classes": {"min": min(classes), "median": float(np.median(classes)), "max": max(classes)}}
+    assert written == {
+        "clients": 6,
+        "audio_only": audio_only,
+        "audiovisual": 6 - audio_only,
+        "clips": {"min": min(clips), "median": float(np.median(clips)), "max": max(clips)},
+        "classes": {"min": min(classes), "median": float(np.median(classes)), "max": max(classes)},
+    }
 
 
 def test_the_server_evaluates_its_dev_split_every_round(cache, tmp_path):
@@ -169,8 +221,9 @@ def test_the_server_evaluates_its_dev_split_every_round(cache, tmp_path):
     assert dev.size and not set(dev) & set(dev_cache.indices("test"))
     for pid in range(4):  # never given to a client
         assert not set(dev) & set(get_partition(str(cache.path), pid, 4, 1.0, 0.5, 0, dev_fraction=0.25).indices)
-    strategy = tiny_strategy(ModalityAwareFedAvg, dev_cache, tmp_path, num_server_rounds=2, distill_rounds=0,
-                             dev_fraction=0.25)
+    strategy = tiny_strategy(
+        ModalityAwareFedAvg, dev_cache, tmp_path, num_server_rounds=2, distill_rounds=0, dev_fraction=0.25
+    )
     for r in range(3):
         strategy.evaluate(r, None)
     metrics = pd.read_csv(strategy.recorder.dir / "metrics.csv")

@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 
 from data import DatasetNotPrepared, load_dataset
-from data.cache import DEV, TEST, TRAIN, CacheMismatchError, FeatureCache, SplitError
+from data.cache import TEST, CacheMismatchError, FeatureCache, SplitError
 from data.features import FeatureSpec
-from data.prepare import PrepareError, main as prepare_main, prepare
-from data.sources import SourceError, read_manifest, read_ucf101, readable_name
 from data.media import make_activitynet, make_manifest, make_ucf101, write_png, write_wav
+from data.prepare import PrepareError, prepare
+from data.prepare import main as prepare_main
+from data.sources import SourceError, read_manifest, read_ucf101, readable_name
 
 SPEC = FeatureSpec(num_mel_bins=40, audio_seconds=1.0, image_size=32)
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,8 +114,10 @@ def test_prepare_resumes_after_interruption_and_refuses_other_settings(ucf_src, 
     with pytest.raises(KeyboardInterrupt):
         prepare("ucf101", ucf_src, tmp_path, SPEC, workers=1, log=lambda m: None)
     assert not (tmp_path / "ucf101").exists()  # no cache that looks complete
-    assert len(list((tmp_path / ".ucf101.work").glob("*.npz"))) + \
-        len(list((tmp_path / ".ucf101.work").glob("*.skip"))) == 5
+    assert (
+        len(list((tmp_path / ".ucf101.work").glob("*.npz"))) + len(list((tmp_path / ".ucf101.work").glob("*.skip")))
+        == 5
+    )
 
     monkeypatch.setattr(prep, "_work", real_work)
     lines = []
@@ -168,13 +171,16 @@ def test_manifest_without_split_column_gets_a_seeded_stratified_split(tmp_path):
     assert (per_class.groupby("label")["test"].sum() == 1).all()
 
 
-@pytest.mark.parametrize("case, match", [
-    ("columns", r"needs columns 'label' and either 'video', 'audio' \+ 'image'"),
-    ("path", r"1 path\(s\) in manifest.csv do not exist, first line 3 audio = 'nope.wav'"),
-    ("unseen", r"labels in the test split of fold 1 never occur in its train split: \['cat'\]"),
-    ("split", r"column 'split' has \['validation'\]; allowed"),
-    ("empty", r"line 2 has an empty label"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("columns", r"needs columns 'label' and either 'video', 'audio' \+ 'image'"),
+        ("path", r"1 path\(s\) in manifest.csv do not exist, first line 3 audio = 'nope.wav'"),
+        ("unseen", r"labels in the test split of fold 1 never occur in its train split: \['cat'\]"),
+        ("split", r"column 'split' has \['validation'\]; allowed"),
+        ("empty", r"line 2 has an empty label"),
+    ],
+)
 def test_manifest_bad_input_fails_before_any_work(tmp_path, case, match):
     src = tmp_path / "src"
     wav, png = write_wav(src / "a.wav", 0), write_png(src / "a.png", 0)
@@ -193,10 +199,13 @@ def test_manifest_bad_input_fails_before_any_work(tmp_path, case, match):
     assert not (tmp_path / "data" / "manifest").exists() and not (tmp_path / "data" / ".manifest.work").exists()
 
 
-@pytest.mark.parametrize("case, error, match", [
-    ("class-emptied", SourceError, r"after skipping unusable clips\): labels in the test split .* \['cat'\]"),
-    ("nothing-usable", PrepareError, r"no usable clip \(every file was skipped\); nothing written"),
-])
+@pytest.mark.parametrize(
+    "case, error, match",
+    [
+        ("class-emptied", SourceError, r"after skipping unusable clips\): labels in the test split .* \['cat'\]"),
+        ("nothing-usable", PrepareError, r"no usable clip \(every file was skipped\); nothing written"),
+    ],
+)
 def test_manifest_classes_emptied_by_unusable_files(tmp_path, case, error, match):
     """Errors found only after decoding (a class whose train clips are all silent, or no usable clip)
     also leave no cache behind, and the skip report says which files and why."""
@@ -232,7 +241,7 @@ def test_readable_class_names():
 # --------------------------------------------------------- 2-round ModalityMirror on each
 @pytest.fixture(scope="module")
 def superlink(tmp_path_factory):
-    from mirror_app.launch import SuperLink
+    from mirror_app.tools.launch import SuperLink
 
     link = SuperLink(tmp_path_factory.mktemp("flwr-home"))
     yield link
@@ -240,14 +249,17 @@ def superlink(tmp_path_factory):
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("which, extra", [("ucf", "fold=2"), ("anet", "dev-fraction=0.0"),
-                                          ("manifest", "dev-fraction=0.3")])
+@pytest.mark.parametrize(
+    "which, extra", [("ucf", "fold=2"), ("anet", "dev-fraction=0.0"), ("manifest", "dev-fraction=0.3")]
+)
 def test_modality_mirror_runs_on_each_prepared_dataset(superlink, which, extra, request, tmp_path):
     cache = request.getfixturevalue({"ucf": "ucf_cache", "anet": "anet_cache", "manifest": "manifest_cache"}[which])
     out = tmp_path / "results"
-    cfg = (f"dataset='{cache.meta['dataset']}' data-dir='{cache.path.parent}' output-dir='{out}' "
-           f"num-server-rounds=2 distill-rounds=1 clients-per-round=3 missing-rate=0.34 dirichlet-alpha=100.0 "
-           f"local-epochs=1 eval-every=1 {extra}")
+    cfg = (
+        f"dataset='{cache.meta['dataset']}' data-dir='{cache.path.parent}' output-dir='{out}' "
+        f"num-server-rounds=2 distill-rounds=1 clients-per-round=3 missing-rate=0.34 dirichlet-alpha=100.0 "
+        f"local-epochs=1 eval-every=1 {extra}"
+    )
     res = superlink.flwr_run(ROOT, "--federation-config", "num-supernodes=3", "--run-config", cfg)
     log = res.stdout + res.stderr
     runs = list(out.iterdir()) if out.exists() else []
@@ -265,8 +277,7 @@ def test_modality_mirror_runs_on_each_prepared_dataset(superlink, which, extra, 
 
 # ------------------------------------------------------------- a node on its own data
 def _context(node_config: dict, run_config: dict):
-    from flwr.app import RecordDict
-    from flwr.common import Context
+    from flwr.app import Context, RecordDict
 
     return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config=run_config)
 

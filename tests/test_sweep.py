@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mirror_app.sweep import Cell, SweepError, figures, main, plan, run_cells, table1
+from mirror_app.tools.sweep import Cell, SweepError, figures, main, plan, run_cells, table1
 
 CLASSES = ["playing congas", "drumming", "typing"]
 
@@ -26,22 +26,44 @@ def fake_runner(calls: list, fail: set = frozenset(), crash: set = frozenset(), 
         run_dir.mkdir()
         score = {"modality-mirror": 0.5, "harmony": 0.4}.get(cell.method, 0.3) + 0.1 * cell.rate + 0.01 * cell.seed
         mb = {"harmony": 2.0}.get(cell.method, 1.0)  # MB per round (to + from clients)
-        pd.DataFrame({"round": [0, 1, 2], "audio_top1": [0.05, score / 2, score], "bytes_to_clients": [0, 6e5 * mb, 6e5 * mb],
-                      "bytes_from_clients": [0, 4e5 * mb, 4e5 * mb]}).to_csv(run_dir / "metrics.csv")
+        pd.DataFrame(
+            {
+                "round": [0, 1, 2],
+                "audio_top1": [0.05, score / 2, score],
+                "bytes_to_clients": [0, 6e5 * mb, 6e5 * mb],
+                "bytes_from_clients": [0, 4e5 * mb, 4e5 * mb],
+            }
+        ).to_csv(run_dir / "metrics.csv")
         pd.DataFrame([{"round": 2, "class": c, "f1": score * (i + 1) / 3} for i, c in enumerate(CLASSES)]).to_csv(
-            run_dir / "per_class_f1.csv", index=False)
+            run_dir / "per_class_f1.csv", index=False
+        )
         if cell.key in fail:
             return False  # the run died before writing summary.json
         summary = {"final": {"audio_top1": score, "audio_top5": 0.9, "audio_macro_f1": score - 0.1, "av_top1": 0.8}}
         if cell.key not in old:  # best dev at round 1, where test top-1 was 5 points above the last round's
             summary |= {
                 "last": {"round": 2, "audio_top1": score, "audio_top5": 0.9, "audio_macro_f1": score - 0.1},
-                "last5_mean": {"rounds": 2, "from_round": 1, "to_round": 2, "audio_top1": score - 0.01,
-                               "audio_top5": 0.9, "audio_macro_f1": score - 0.1},
-                "best_dev": {"round": 1, "phase": "train", "dev_audio_top1": 0.7, "audio_top1": score + 0.05,
-                             "audio_top5": 0.95, "audio_macro_f1": score - 0.05, "av_top1": 0.8},
-                "collapse": {"audio": {"last_round_collapsed": cell.method == "unifl", "rounds": []},
-                             "av": {"last_round_collapsed": False, "rounds": []}},
+                "last5_mean": {
+                    "rounds": 2,
+                    "from_round": 1,
+                    "to_round": 2,
+                    "audio_top1": score - 0.01,
+                    "audio_top5": 0.9,
+                    "audio_macro_f1": score - 0.1,
+                },
+                "best_dev": {
+                    "round": 1,
+                    "phase": "train",
+                    "dev_audio_top1": 0.7,
+                    "audio_top1": score + 0.05,
+                    "audio_top5": 0.95,
+                    "audio_macro_f1": score - 0.05,
+                    "av_top1": 0.8,
+                },
+                "collapse": {
+                    "audio": {"last_round_collapsed": cell.method == "unifl", "rounds": []},
+                    "av": {"last_round_collapsed": False, "rounds": []},
+                },
             }
         (run_dir / "summary.json").write_text(json.dumps(summary))
         return True
@@ -63,12 +85,15 @@ def test_plan_covers_the_grid_and_the_figure3_rates():
     assert Cell("modality-mirror", 0.9, 1) in cells and Cell("harmony", 0.9, 0) not in cells
 
 
-@pytest.mark.parametrize("methods,rates,seeds,match", [
-    (["fedfoo"], [0.1], [0], "method 'fedfoo' is unknown"),
-    ([], [0.1], [0], "empty sweep"),
-    (["unifl"], [], [0], "empty sweep"),
-    (["unifl"], [1.0], [0], "outside"),
-])
+@pytest.mark.parametrize(
+    "methods,rates,seeds,match",
+    [
+        (["fedfoo"], [0.1], [0], "method 'fedfoo' is unknown"),
+        ([], [0.1], [0], "empty sweep"),
+        (["unifl"], [], [0], "empty sweep"),
+        (["unifl"], [1.0], [0], "outside"),
+    ],
+)
 def test_bad_sweeps_fail_at_once(methods, rates, seeds, match):
     with pytest.raises(SweepError, match=match):
         plan(methods, rates, seeds)
@@ -148,7 +173,7 @@ def test_runs_without_the_protocol_keys_are_still_reported(tmp_path):
 
 
 def test_a_sweep_folder_refuses_runs_made_with_other_settings(tmp_path):
-    from mirror_app.sweep import SweepError, check_settings
+    from mirror_app.tools.sweep import SweepError, check_settings
 
     check_settings(tmp_path, {"run-config": "num-server-rounds=6", "num-supernodes": 20})
     check_settings(tmp_path, {"run-config": "num-server-rounds=6", "num-supernodes": 20})  # same: resume
@@ -161,8 +186,21 @@ def test_report_only_tables_finished_runs_and_marks_the_rest_not_run(tmp_path):
     calls: list = []
     assert [c.seed for c in cells] == [0, 0, 1, 1]  # seed-major: a stopped sweep has whole seeds
     run_cells([c for c in cells if c.method == "modality-mirror"], tmp_path, fake_runner(calls))  # half finished
-    rc = main(["--out", str(tmp_path), "--methods", "modality-mirror,harmony", "--rates", "0.3", "--seeds", "0,1",
-               "--fig3-rates", "", "--report-only"])
+    rc = main(
+        [
+            "--out",
+            str(tmp_path),
+            "--methods",
+            "modality-mirror,harmony",
+            "--rates",
+            "0.3",
+            "--seeds",
+            "0,1",
+            "--fig3-rates",
+            "",
+            "--report-only",
+        ]
+    )
     assert rc == 0
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert sorted(runs["status"]) == ["not-run", "not-run", "ok", "ok"]
@@ -173,11 +211,12 @@ def test_report_only_tables_finished_runs_and_marks_the_rest_not_run(tmp_path):
 
 def test_mb_per_round_counts_rounds_not_rows(tmp_path):
     """With eval-every 5 a metrics row holds the bytes of 5 rounds: MB / round divides by the rounds."""
-    from mirror_app.sweep import _mb_per_round
+    from mirror_app.tools.sweep import _mb_per_round
 
     cell = Cell("multifl", 0.3, 0)
     run = tmp_path / "runs" / cell.key
     run.mkdir(parents=True)
-    pd.DataFrame({"round": [0, 5, 10, 12], "bytes_to_clients": [0, 3e6, 3e6, 1.2e6],
-                  "bytes_from_clients": [0, 2e6, 2e6, 0.8e6]}).to_csv(run / "metrics.csv", index=False)
+    pd.DataFrame(
+        {"round": [0, 5, 10, 12], "bytes_to_clients": [0, 3e6, 3e6, 1.2e6], "bytes_from_clients": [0, 2e6, 2e6, 0.8e6]}
+    ).to_csv(run / "metrics.csv", index=False)
     assert _mb_per_round(tmp_path, cell) == pytest.approx(1.0)

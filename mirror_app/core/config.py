@@ -1,17 +1,25 @@
 """Run configuration: every knob is a kebab-case key in ``[tool.flwr.app.config]``.
 
-``RunConfig.from_dict`` parses and validates the whole config once, so that a wrong
-value stops the run before any training with one line naming the key, the value and
-what is allowed.
+The defaults live there only (pyproject.toml): ``RunConfig`` has one typed field per key and no default
+of its own. ``RunConfig.from_dict`` takes the pyproject defaults, overrides them with the given keys, and
+parses and validates the whole config once, so that a wrong value stops the run before any training with
+one line naming the key, the value and what is allowed. Which strategy names exist is the registry's
+business (``strategies.resolve_config``), above this layer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import tomllib
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"  # the app's root, also inside a FAB
 
 
 class ConfigError(ValueError):
@@ -27,61 +35,72 @@ AGGREGATORS = ("fedavg", "fedprox", "fedadam", "fedavgm")
 
 @dataclass(frozen=True)
 class RunConfig:
-    strategy: str = "modality-mirror"
-    dataset: str = "embedded"
-    data_dir: str = "~/.cache/modality-mirror"
-    output_dir: str = "results"
-    missing_rate: float = 0.3
-    dirichlet_alpha: float = 0.1
-    num_server_rounds: int = 200
-    distill_rounds: int = 50
-    clients_per_round: int = 10
-    local_epochs: int = 1
-    batch_size: int = 16
-    lr: float = 5e-4
-    optimizer: str = "adam"
-    temperature: float = 2.0
-    distill_ce_weight: float = 0.0
-    audio_backbone: str = "tdnn-small"
-    video_backbone: str = "cnn-small"
-    embed_dim: int = 64
-    seed: int = 0
-    eval_every: int = 5
-    device: str = "cpu"
-    init_checkpoint: str = ""
-    aggregator: str = "fedavg"
-    mu: float = 0.0
-    server_lr: float = 0.01
-    server_momentum: float = 0.9
-    fold: int = 1
-    dev_fraction: float = 0.1
-    audio_pretrained: str = ""
-    video_pretrained: str = ""
-    lora_rank: int = 8
-    align_av_weight: float = 0.5
-    resume: str = ""
-    round_timeout: float = 0.0
-    partitioner: str = "dirichlet"
-    restricted_softmax: bool = False
+    strategy: str
+    dataset: str
+    data_dir: str
+    output_dir: str
+    missing_rate: float
+    dirichlet_alpha: float
+    num_server_rounds: int
+    distill_rounds: int
+    clients_per_round: int
+    local_epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    temperature: float
+    distill_ce_weight: float
+    audio_backbone: str
+    video_backbone: str
+    embed_dim: int
+    seed: int
+    eval_every: int
+    device: str
+    init_checkpoint: str
+    aggregator: str
+    mu: float
+    server_lr: float
+    server_momentum: float
+    fold: int
+    dev_fraction: float
+    audio_pretrained: str
+    video_pretrained: str
+    lora_rank: int
+    align_av_weight: float
+    resume: str
+    round_timeout: float
+    partitioner: str
+    restricted_softmax: bool
 
     # ------------------------------------------------------------------ parsing
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> "RunConfig":
-        """Parse a flat kebab-case mapping (a Flower ``context.run_config``)."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+    def from_dict(cls, raw: Mapping[str, Any]) -> RunConfig:
+        """Parse a flat kebab-case mapping (a Flower ``context.run_config``, or some keys of one) over the
+        defaults of ``[tool.flwr.app.config]``."""
+        types = typing.get_type_hints(cls)
         kwargs: dict[str, Any] = {}
-        for key, value in raw.items():
+        for key, value in {**defaults(), **raw}.items():
             name = key.replace("-", "_")
-            if name not in fields:
-                known = ", ".join(sorted(f.replace("_", "-") for f in fields))
+            if name not in types:
+                known = ", ".join(sorted(f.replace("_", "-") for f in types))
                 raise ConfigError(f"run config key '{key}' is unknown; known keys: {known}")
-            kwargs[name] = _coerce(key, value, type(fields[name].default))
+            kwargs[name] = _coerce(key, value, types[name])
+        missing = sorted(f.name.replace("_", "-") for f in dataclasses.fields(cls) if f.name not in kwargs)
+        if missing:
+            raise ConfigError(
+                f"run config keys {missing} have no value: add them to [tool.flwr.app.config] in {PYPROJECT}"
+            )
         cfg = cls(**kwargs)
         cfg.validate()
         return cfg
 
     @classmethod
-    def from_context(cls, context: Any) -> "RunConfig":
+    def default(cls) -> RunConfig:
+        """The config of ``[tool.flwr.app.config]`` as it stands."""
+        return cls.from_dict({})
+
+    @classmethod
+    def from_context(cls, context: Any) -> RunConfig:
         return cls.from_dict(dict(context.run_config))
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,14 +110,11 @@ class RunConfig:
     def validate(self) -> None:
         """Check every value that does not need other parts of the app."""
         from data import DATASETS  # local import: data imports nothing from here
-        from mirror_app.models import BACKBONES
 
-        from strategies import resolve_strategy
+        from .backbones import BACKBONES
 
-        try:
-            resolve_strategy(self.strategy)
-        except (KeyError, ImportError, AttributeError, TypeError) as exc:
-            raise _err("strategy", self.strategy, str(exc).strip("'\"")) from None
+        if not self.strategy:
+            raise _err("strategy", self.strategy, "a registered method or a dotted class path")
         if self.dataset not in DATASETS:
             raise _err("dataset", self.dataset, f"one of {sorted(DATASETS)}")
         if not 0.0 <= self.missing_rate < 1.0:
@@ -109,8 +125,15 @@ class RunConfig:
             raise _err("partitioner", self.partitioner, f"one of {list(PARTITIONERS)}")
         if not self.dirichlet_alpha > 0:
             raise _err("dirichlet-alpha", self.dirichlet_alpha, "a number > 0")
-        for key in ("num-server-rounds", "clients-per-round", "local-epochs", "batch-size",
-                    "embed-dim", "eval-every", "lora-rank"):
+        for key in (
+            "num-server-rounds",
+            "clients-per-round",
+            "local-epochs",
+            "batch-size",
+            "embed-dim",
+            "eval-every",
+            "lora-rank",
+        ):
             value = getattr(self, key.replace("-", "_"))
             if value < 1:
                 raise _err(key, value, "an integer >= 1")
@@ -124,7 +147,7 @@ class RunConfig:
             raise _err("temperature", self.temperature, "a number > 0")
         if self.distill_ce_weight < 0:
             raise _err("distill-ce-weight", self.distill_ce_weight, "a number >= 0")
-        from mirror_app.models import AUDIO_ONLY_BACKBONES
+        from .backbones import AUDIO_ONLY_BACKBONES
 
         if self.audio_backbone not in BACKBONES:
             raise _err("audio-backbone", self.audio_backbone, f"one of {sorted(BACKBONES)}")
@@ -179,11 +202,26 @@ class RunConfig:
 
     def pretrained_paths(self) -> tuple[str, str]:
         """``audio-pretrained`` and ``video-pretrained`` as absolute paths ("" where unset)."""
-        return tuple(str(self.resolve(p)) if p else "" for p in (self.audio_pretrained, self.video_pretrained))
+        audio, video = (str(self.resolve(p)) if p else "" for p in (self.audio_pretrained, self.video_pretrained))
+        return audio, video
 
     @property
     def data_path(self) -> Path:
         return self.resolve(self.data_dir)
+
+
+@lru_cache(maxsize=1)
+def _defaults_of(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return dict(tomllib.load(f)["tool"]["flwr"]["app"]["config"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read the run-config defaults [tool.flwr.app.config] from {path} ({exc})") from None
+
+
+def defaults() -> dict[str, Any]:
+    """``[tool.flwr.app.config]`` of the app's pyproject.toml: every key and its default, as written."""
+    return dict(_defaults_of(PYPROJECT))
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:

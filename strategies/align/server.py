@@ -1,9 +1,9 @@
 """Modality alignment with federated broadcasting (after Ma, Tang, Xu, Cheng) as a strategy.
 
-The server holds a frozen text encoder (all-MiniLM-L6-v2, :mod:`mirror_app.text`) and
+The server holds a frozen text encoder (all-MiniLM-L6-v2, :mod:`.text`) and
 broadcasts one embedding per readable class name with every instruction. Clients classify
 by scaled cosine similarity between their projected embeddings and these anchors, trained
-contrastively (:func:`mirror_app.align.align_loss`). The encoders' base weights are frozen
+contrastively (:func:`.model.align_loss`). The encoders' base weights are frozen
 after initialisation and never travel: every node builds them from the run's seed (and the
 same pretrained files), and each instruction carries a fingerprint of the server's copy that
 the client checks. Only LoRA adapters and projections are trained, sent and averaged, each
@@ -19,7 +19,11 @@ from logging import INFO
 
 from flwr.common import log
 
-from mirror_app.align import (
+from mirror_app.core.config import RunConfig
+
+from ..base import AUDIO, Instruction, Phase, PhasedStrategy
+from .client import ALIGN_TASKS
+from .model import (
     ALIGN_AUDIO_SEND,
     ALIGN_AUDIO_TRAIN,
     ALIGN_AV_SEND,
@@ -30,9 +34,6 @@ from mirror_app.align import (
     base_fingerprint,
     build_align_model,
 )
-from mirror_app.config import RunConfig
-
-from .base import AUDIO, Instruction, Phase, PhasedStrategy
 
 
 class AlignPhase(Phase):
@@ -46,10 +47,13 @@ class AlignPhase(Phase):
 
 class ModalityAlign(PhasedStrategy):
     model_groups = ALIGN_GROUPS
+    client_tasks = ALIGN_TASKS
+    label = "ModalityAlign (text anchors + LoRA)"
+    compared = True
 
     @classmethod
     def server_model(cls, model, cfg: RunConfig, classes: list[str]):
-        from mirror_app.text import TEXT_ENCODER, class_anchors  # the text encoder lives on the server only
+        from .text import TEXT_ENCODER, class_anchors  # the text encoder lives on the server only
 
         anchors = class_anchors(classes)
         log(INFO, "text anchors: %d classes x %d dims from %s", *anchors.shape, TEXT_ENCODER)

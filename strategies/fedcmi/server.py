@@ -7,7 +7,7 @@ video counterparts). Every round, audiovisual clients measure which modality the
 model finds easier on their data, and infiltrate the weak modality's infiltration branch
 with the global dominant modality's predictions under class-wise temperatures, plus a
 proximal term (run config ``mu``) towards the global weights; audio-only clients train the
-audio encoder, the audio self branch and the shared audio classifier (clients/fedcmi.py).
+audio encoder, the audio self branch and the shared audio classifier (client.py).
 Each parameter group is averaged over exactly the clients that trained it. One phase runs
 for the whole round budget, ``num-server-rounds + distill-rounds``, like every method.
 
@@ -23,10 +23,11 @@ from logging import INFO
 
 from flwr.common import log
 
-from clients.fedcmi import FEDCMI_AUDIO_SEND, FEDCMI_AUDIO_TRAIN, FEDCMI_AV
-from mirror_app.config import RunConfig
+from mirror_app.core.config import RunConfig
 
-from .base import AUDIO, Instruction, Phase, PhasedStrategy
+from ..base import AUDIO, Instruction, Phase, PhasedStrategy
+from .client import FEDCMI_TASKS
+from .model import FEDCMI_AUDIO_SEND, FEDCMI_AUDIO_TRAIN, FEDCMI_AV, FEDCMI_GROUPS, FedCMIModel
 
 
 class CrossModalInfiltrationPhase(Phase):
@@ -39,6 +40,15 @@ class CrossModalInfiltrationPhase(Phase):
 
 
 class FedCMI(PhasedStrategy):
+    model_groups = FEDCMI_GROUPS
+    client_tasks = FEDCMI_TASKS
+    label = "FedCMI"
+    compared = True
+
+    @classmethod
+    def server_model(cls, model, cfg: RunConfig, classes: list[str]):
+        return FedCMIModel(model)
+
     def build_phases(self, cfg: RunConfig):
         return [(CrossModalInfiltrationPhase(), cfg.num_server_rounds + cfg.distill_rounds)]
 
@@ -46,8 +56,7 @@ class FedCMI(PhasedStrategy):
         return {g: self.state[g] for g in FEDCMI_AUDIO_SEND}
 
     def aggregate_fit(self, server_round, results, failures):
-        weak = Counter(str(res.metrics.get("weak-modality")) for _, res in results
-                       if "weak-modality" in res.metrics)
+        weak = Counter(str(res.metrics.get("weak-modality")) for _, res in results if "weak-modality" in res.metrics)
         if weak:
             log(INFO, "round %s: FedCMI weak modality measured by clients: %s", server_round, dict(weak))
         return super().aggregate_fit(server_round, results, failures)

@@ -9,8 +9,9 @@ see audiovisual clients. Audio-only clients never receive video or fusion weight
 
 from __future__ import annotations
 
-from mirror_app.config import RunConfig
-from mirror_app.models import AUDIO_MODEL, AV_MODEL
+from clients.tasks import TRAIN_AUDIO, TRAIN_AV
+from mirror_app.core.config import RunConfig
+from mirror_app.core.groups import AUDIO_MODEL, AV_MODEL
 
 from .base import AUDIO, Instruction, Phase, PhasedStrategy
 
@@ -26,6 +27,10 @@ class ModalityAwarePhase(Phase):
 
 class ModalityAwareFedAvg(PhasedStrategy):
     """Paper Algorithm 1 for the whole round budget, ``num-server-rounds + distill-rounds``."""
+
+    client_tasks = {"train-audio": TRAIN_AUDIO, "train-av": TRAIN_AV}
+    label = "MultiFL"
+    compared = True
 
     def build_phases(self, cfg: RunConfig):
         return [(ModalityAwarePhase(), cfg.num_server_rounds + cfg.distill_rounds)]

@@ -1,7 +1,7 @@
 """A real deployment on this machine: one SuperLink and N SuperNodes on loopback.
 
-    python -m mirror_app.deploy --nodes 3 --audio-only 1            # what `make deploy-local` runs
-    python -m mirror_app.deploy --nodes 3 --audio-only 1 --secure   # TLS + SuperNode authentication
+    python -m mirror_app.tools.deploy --nodes 3 --audio-only 1            # what `make deploy-local` runs
+    python -m mirror_app.tools.deploy --nodes 3 --audio-only 1 --secure   # TLS + SuperNode authentication
 
 Unlike simulation, every client is its own ``flower-supernode`` process that connects to
 the SuperLink over the Fleet API, exactly as on separate machines. Node ``i`` gets
@@ -12,7 +12,7 @@ FLWR_HOME, ModalityMirror (or ``--run-config "strategy=..."``) runs with
 started here is stopped at the end, also on Ctrl-C or SIGTERM.
 
 With ``--secure``, a CA, a server certificate and one key pair per node are made under
-FLWR_HOME (mirror_app/certs.py), the SuperLink serves TLS and accepts only SuperNodes whose
+FLWR_HOME (mirror_app/tools/certs.py), the SuperLink serves TLS and accepts only SuperNodes whose
 public key was registered with ``flwr supernode register``.
 """
 
@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mirror_app.launch import SuperLink, interrupt_on_signals, with_defaults
+from mirror_app.tools.launch import SuperLink, interrupt_on_signals, with_defaults
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def node_configs(nodes: int, audio_only: int, data_dir: str | None = None) -> list[str]:
@@ -36,13 +36,23 @@ def node_configs(nodes: int, audio_only: int, data_dir: str | None = None) -> li
     if not 0 <= audio_only <= nodes:
         raise ValueError(f"--audio-only {audio_only}: between 0 and --nodes ({nodes})")
     extra = f" data-dir='{data_dir}'" if data_dir else ""
-    return [f"partition-id={i} num-partitions={nodes} modality='{'audio' if i < audio_only else 'audiovisual'}'"
-            + extra for i in range(nodes)]
+    return [
+        f"partition-id={i} num-partitions={nodes} modality='{'audio' if i < audio_only else 'audiovisual'}'" + extra
+        for i in range(nodes)
+    ]
 
 
-def deploy(nodes: int = 3, audio_only: int = 1, run_config: str = "", out: Path = ROOT / "results" / "deploy",
-           secure: bool = False, home: Path | None = None, data_dir: str | None = None,
-           on_started=None, log=print) -> Path:
+def deploy(
+    nodes: int = 3,
+    audio_only: int = 1,
+    run_config: str = "",
+    out: Path = ROOT / "results" / "deploy",
+    secure: bool = False,
+    home: Path | None = None,
+    data_dir: str | None = None,
+    on_started=None,
+    log=print,
+) -> Path:
     """Start the deployment, run the app to completion, stop everything; returns the run folder."""
     configs = node_configs(nodes, audio_only, data_dir)
     out = Path(out).resolve()
@@ -50,14 +60,16 @@ def deploy(nodes: int = 3, audio_only: int = 1, run_config: str = "", out: Path 
     home = Path(home) if home else Path(tempfile.mkdtemp(prefix="flwr-deploy-"))
     certs = keys = None
     if secure:
-        from mirror_app.certs import make_certs, make_node_key
+        from mirror_app.tools.certs import make_certs, make_node_key
 
         certs = make_certs(home / "certs")
         keys = [make_node_key(home / "certs", f"node{i}") for i in range(nodes)]
     t0 = time.perf_counter()
     with SuperLink(home, simulation=False, certs=certs, node_auth=secure) as link:
-        log(f"SuperLink at {link.address} ({'TLS, SuperNode authentication' if secure else 'insecure'}); "
-            f"FLWR_HOME {home}")
+        log(
+            f"SuperLink at {link.address} ({'TLS, SuperNode authentication' if secure else 'insecure'}); "
+            f"FLWR_HOME {home}"
+        )
         for i, cfg in enumerate(configs):
             if keys:
                 link.register(keys[i][1])
@@ -68,7 +80,7 @@ def deploy(nodes: int = 3, audio_only: int = 1, run_config: str = "", out: Path 
         before = set(out.iterdir())
         config = with_defaults(run_config, {"output-dir": f"'{out}'", "clients-per-round": str(nodes)})
         log_file = out / f"deploy-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        log(f"flwr run . test --stream --run-config \"{config}\"  (log: {log_file})")
+        log(f'flwr run . test --stream --run-config "{config}"  (log: {log_file})')
         res = link.flwr_run(ROOT, "--run-config", config, log_file=log_file, timeout=None)
         runs = [d for d in set(out.iterdir()) - before if d.is_dir()]
         if res.returncode != 0 or len(runs) != 1 or not (runs[0] / "summary.json").is_file():
@@ -78,7 +90,7 @@ def deploy(nodes: int = 3, audio_only: int = 1, run_config: str = "", out: Path 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mirror_app.deploy", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mirror_app.tools.deploy", description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", type=int, default=3, help="SuperNodes to start")
     p.add_argument("--audio-only", type=int, default=1, help="how many of them lost their video")
     p.add_argument("--secure", action="store_true", help="TLS and SuperNode authentication")
@@ -93,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(exc))
     try:
         with interrupt_on_signals():
-            deploy(a.nodes, a.audio_only, a.run_config, Path(a.out), a.secure, Path(a.home) if a.home else None,
-                   a.data_dir)
+            deploy(
+                a.nodes, a.audio_only, a.run_config, Path(a.out), a.secure, Path(a.home) if a.home else None, a.data_dir
+            )
     except KeyboardInterrupt:
         print("interrupted: every process of this deployment was stopped", file=sys.stderr)
         return 130

@@ -1,9 +1,9 @@
 """Ablations that explain Table 1, one command each (README, "Why the methods rank as they do"):
 
-    python -m mirror_app.ablations teacher --out results/ablation-teacher   # student vs teacher strength
-    python -m mirror_app.ablations drift --out results/ablation-drift       # local epochs x label skew
-    python -m mirror_app.ablations fig2 --sweep results/table1              # per-class F1 by sound source
-    python -m mirror_app.ablations skew --out results/ablation-skew         # label-skew collapse, 20 clients
+    python -m mirror_app.tools.ablations teacher --out results/ablation-teacher   # student vs teacher strength
+    python -m mirror_app.tools.ablations drift --out results/ablation-drift       # local epochs x label skew
+    python -m mirror_app.tools.ablations fig2 --sweep results/table1              # per-class F1 by sound source
+    python -m mirror_app.tools.ablations skew --out results/ablation-skew         # label-skew collapse, 20 clients
 
 ``teacher`` runs ModalityMirror with teachers of different strength: phase 1 of a quarter, a
 half and all of the preset's ``num-server-rounds``, each with and without the pretrained
@@ -29,13 +29,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mirror_app.sweep import (
+from mirror_app.tools.sweep import (
     LABELS,
     Cell,
     SweepError,
     _save,
     check_settings,
-    collect,
     flwr_runner,
     merged_run_config,
     parse_pairs,
@@ -62,12 +61,19 @@ def teacher_cells(run_config: str, rate: float, seeds: list[int]) -> list[Cell]:
 
 
 def drift_cells(rate: float, seeds: list[int]) -> list[Cell]:
-    return [Cell(m, rate, s, f"local-epochs={e} dirichlet-alpha={a}", f"e{e}-a{a:g}")
-            for m in ("multifl", "harmony", "modality-mirror") for e in (1, 5) for a in (0.1, 1.0) for s in seeds]
+    return [
+        Cell(m, rate, s, f"local-epochs={e} dirichlet-alpha={a}", f"e{e}-a{a:g}")
+        for m in ("multifl", "harmony", "modality-mirror")
+        for e in (1, 5)
+        for a in (0.1, 1.0)
+        for s in seeds
+    ]
 
 
-PRETRAINED_PAIRS = ("audio-pretrained='~/.cache/modality-mirror/pretrained/audio-tdnn-small-d64.pt' "
-                    "video-pretrained='~/.cache/modality-mirror/pretrained/video-cnn-small-d64.pt'")
+PRETRAINED_PAIRS = (
+    "audio-pretrained='~/.cache/modality-mirror/pretrained/audio-tdnn-small-d64.pt' "
+    "video-pretrained='~/.cache/modality-mirror/pretrained/video-cnn-small-d64.pt'"
+)
 SKEW_BASE = "num-server-rounds=60 distill-rounds=0 dirichlet-alpha=0.1"  # the default local training
 
 
@@ -89,25 +95,56 @@ def skew_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
     rows = []
     for cell, s, p in _finished(cells, out):
         final, best, collapse = s.get("final") or {}, s.get("best_dev") or {}, s.get("collapse") or {}
-        rows.append({"clients_per_round": int(p["clients-per-round"]), "pretrained": "-pre-" in cell.tag,
-                     "restricted": p["restricted-softmax"] == "true", "seed": cell.seed,
-                     "av_top1": final.get("av_top1"), "av_majority_share": final.get("av_majority_share"),
-                     "audio_best_dev_top1": best.get("audio_top1"),
-                     "audio_majority_share": final.get("audio_majority_share"),
-                     "collapsed_rounds": len((collapse.get("av") or {}).get("rounds", []))
-                     + len((collapse.get("audio") or {}).get("rounds", []))})
+        rows.append(
+            {
+                "clients_per_round": int(p["clients-per-round"]),
+                "pretrained": "-pre-" in cell.tag,
+                "restricted": p["restricted-softmax"] == "true",
+                "seed": cell.seed,
+                "av_top1": final.get("av_top1"),
+                "av_majority_share": final.get("av_majority_share"),
+                "audio_best_dev_top1": best.get("audio_top1"),
+                "audio_majority_share": final.get("audio_majority_share"),
+                "collapsed_rounds": len((collapse.get("av") or {}).get("rounds", []))
+                + len((collapse.get("audio") or {}).get("rounds", [])),
+            }
+        )
     frame = pd.DataFrame(rows)
-    header = ["clients per round", "encoders", "client loss", "AV top-1 (last)", "AV majority share",
-              "audio top-1 (best dev)", "audio majority share", "collapsed evaluations (AV + audio)"]
-    rows = [] if frame.empty else [
-        [f"{k} of 20", "pretrained" if pre else "from scratch", "restricted softmax" if rs else "cross-entropy",
-         _fmt(list(g["av_top1"])), _fmt(list(g["av_majority_share"]), 0), _fmt(list(g["audio_best_dev_top1"])),
-         _fmt(list(g["audio_majority_share"]), 0), g["collapsed_rounds"].sum()]
-        for (k, pre, rs), g in frame.groupby(["clients_per_round", "pretrained", "restricted"], sort=True)]
-    return _markdown(header, rows, "MultiFL, 20 clients (missing rate as given), Dirichlet alpha 0.1, 60 rounds of the "
-                     "default local training (1 epoch of Adam at lr 5e-4), evaluated every 5th round. Top-1 and "
-                     "majority share (the share of test clips given the most predicted class) in %; a collapsed "
-                     "evaluation is one where that share is >= 90 % (from round 3)."), frame
+    header = [
+        "clients per round",
+        "encoders",
+        "client loss",
+        "AV top-1 (last)",
+        "AV majority share",
+        "audio top-1 (best dev)",
+        "audio majority share",
+        "collapsed evaluations (AV + audio)",
+    ]
+    rows = (
+        []
+        if frame.empty
+        else [
+            [
+                f"{k} of 20",
+                "pretrained" if pre else "from scratch",
+                "restricted softmax" if rs else "cross-entropy",
+                _fmt(list(g["av_top1"])),
+                _fmt(list(g["av_majority_share"]), 0),
+                _fmt(list(g["audio_best_dev_top1"])),
+                _fmt(list(g["audio_majority_share"]), 0),
+                g["collapsed_rounds"].sum(),
+            ]
+            for (k, pre, rs), g in frame.groupby(["clients_per_round", "pretrained", "restricted"], sort=True)
+        ]
+    )
+    return _markdown(
+        header,
+        rows,
+        "MultiFL, 20 clients (missing rate as given), Dirichlet alpha 0.1, 60 rounds of the "
+        "default local training (1 epoch of Adam at lr 5e-4), evaluated every 5th round. Top-1 and "
+        "majority share (the share of test clips given the most predicted class) in %; a collapsed "
+        "evaluation is one where that share is >= 90 % (from round 3).",
+    ), frame
 
 
 def _finished(cells: list[Cell], out: Path):
@@ -150,36 +187,70 @@ def teacher_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
     for cell, s, p in _finished(cells, out):
         phases = s.get("phases") or {}
         first = next(iter(phases.values()), {}) if phases else {}
-        rows.append({"phase1_rounds": int(p["num-server-rounds"]),
-                     "pretrained": cell.tag.endswith("-pre"), "seed": cell.seed,
-                     "teacher_av_top1": (s.get("final") or {}).get("av_top1"),
-                     "audio_after_phase1": first.get("audio_top1"),
-                     "student_best_dev_top1": phase_best_dev(out, cell, "distillation"),
-                     "student_last_top1": (s.get("final") or {}).get("audio_top1")})
+        rows.append(
+            {
+                "phase1_rounds": int(p["num-server-rounds"]),
+                "pretrained": cell.tag.endswith("-pre"),
+                "seed": cell.seed,
+                "teacher_av_top1": (s.get("final") or {}).get("av_top1"),
+                "audio_after_phase1": first.get("audio_top1"),
+                "student_best_dev_top1": phase_best_dev(out, cell, "distillation"),
+                "student_last_top1": (s.get("final") or {}).get("audio_top1"),
+            }
+        )
     frame = pd.DataFrame(rows)
-    header = ["phase-1 rounds", "encoders", "AV teacher top-1", "audio after phase 1", "student (best dev of phase 2)",
-              "student (last)", "gain over phase 1"]
+    header = [
+        "phase-1 rounds",
+        "encoders",
+        "AV teacher top-1",
+        "audio after phase 1",
+        "student (best dev of phase 2)",
+        "student (last)",
+        "gain over phase 1",
+    ]
     rows = []
-    for (r, pre), g in ([] if frame.empty else frame.groupby(["phase1_rounds", "pretrained"], sort=True)):
-        gain = [a - b for a, b in zip(g["student_best_dev_top1"], g["audio_after_phase1"])
-                if a is not None and b is not None]
-        rows.append([r, "pretrained" if pre else "from scratch", _fmt(list(g["teacher_av_top1"])),
-                     _fmt(list(g["audio_after_phase1"])), _fmt(list(g["student_best_dev_top1"])),
-                     _fmt(list(g["student_last_top1"])), _fmt(gain)])
-    return _markdown(header, rows, "Top-1 on the test split in % (mean +- std over seeds). The teacher is the "
-                     "audiovisual model frozen at the end of phase 1; the student is ModalityMirror's distilled audio "
-                     "model; 'audio after phase 1' is the audio model before distillation (MultiFL at that length); "
-                     "the student's best dev is the round of phase 2 with the best dev audio top-1; the gain is that "
-                     "student minus audio after phase 1."), frame
+    for (r, pre), g in [] if frame.empty else frame.groupby(["phase1_rounds", "pretrained"], sort=True):
+        gain = [
+            a - b
+            for a, b in zip(g["student_best_dev_top1"], g["audio_after_phase1"])
+            if a is not None and b is not None
+        ]
+        rows.append(
+            [
+                r,
+                "pretrained" if pre else "from scratch",
+                _fmt(list(g["teacher_av_top1"])),
+                _fmt(list(g["audio_after_phase1"])),
+                _fmt(list(g["student_best_dev_top1"])),
+                _fmt(list(g["student_last_top1"])),
+                _fmt(gain),
+            ]
+        )
+    return _markdown(
+        header,
+        rows,
+        "Top-1 on the test split in % (mean +- std over seeds). The teacher is the "
+        "audiovisual model frozen at the end of phase 1; the student is ModalityMirror's distilled audio "
+        "model; 'audio after phase 1' is the audio model before distillation (MultiFL at that length); "
+        "the student's best dev is the round of phase 2 with the best dev audio top-1; the gain is that "
+        "student minus audio after phase 1.",
+    ), frame
 
 
 def drift_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
     rows = []
     for cell, s, p in _finished(cells, out):
         best = s.get("best_dev") or {}
-        rows.append({"method": cell.method, "local_epochs": int(p["local-epochs"]),
-                     "alpha": float(p["dirichlet-alpha"]), "seed": cell.seed,
-                     "best_dev_audio_top1": best.get("audio_top1"), "av_top1": (s.get("final") or {}).get("av_top1")})
+        rows.append(
+            {
+                "method": cell.method,
+                "local_epochs": int(p["local-epochs"]),
+                "alpha": float(p["dirichlet-alpha"]),
+                "seed": cell.seed,
+                "best_dev_audio_top1": best.get("audio_top1"),
+                "av_top1": (s.get("final") or {}).get("av_top1"),
+            }
+        )
     frame = pd.DataFrame(rows)
     settings = [(e, a) for e in (1, 5) for a in (0.1, 1.0)]
     header = ["method"] + [f"{e} epoch{'s' if e > 1 else ''}, alpha {a:g}" for e, a in settings]
@@ -187,12 +258,16 @@ def drift_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
     for method in ("multifl", "harmony", "modality-mirror"):
         row = [LABELS.get(method, method)]
         for e, a in settings:
-            sel = frame[(frame["method"] == method) & (frame["local_epochs"] == e) & np.isclose(frame["alpha"], a)] \
-                if not frame.empty else frame
+            sel = (
+                frame[(frame["method"] == method) & (frame["local_epochs"] == e) & np.isclose(frame["alpha"], a)]
+                if not frame.empty
+                else frame
+            )
             row.append(_fmt(list(sel["best_dev_audio_top1"])) if len(sel) else "n/a")
         rows.append(row)
-    return _markdown(header, rows, "Audio-only test top-1 in % at the round with the best dev audio top-1 (mean +- std "
-                     "over seeds)."), frame
+    return _markdown(
+        header, rows, "Audio-only test top-1 in % at the round with the best dev audio top-1 (mean +- std over seeds)."
+    ), frame
 
 
 def teacher_figure(frame: pd.DataFrame, out: Path) -> Path | None:
@@ -206,12 +281,24 @@ def teacher_figure(frame: pd.DataFrame, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(5, 3.8))
     for pre, marker in ((True, "o"), (False, "s")):
         g = frame[frame["pretrained"] == pre]
-        ax.scatter(100 * g["teacher_av_top1"], 100 * g["student_best_dev_top1"], marker=marker,
-                   label="pretrained" if pre else "from scratch")
-        ax.scatter(100 * g["teacher_av_top1"], 100 * g["audio_after_phase1"], marker=marker, facecolors="none",
-                   edgecolors="grey")
-    ax.set(xlabel="AV teacher top-1 (%)", ylabel="audio top-1 (%)",
-           title="student (filled) and audio before distillation (hollow)")
+        ax.scatter(
+            100 * g["teacher_av_top1"],
+            100 * g["student_best_dev_top1"],
+            marker=marker,
+            label="pretrained" if pre else "from scratch",
+        )
+        ax.scatter(
+            100 * g["teacher_av_top1"],
+            100 * g["audio_after_phase1"],
+            marker=marker,
+            facecolors="none",
+            edgecolors="grey",
+        )
+    ax.set(
+        xlabel="AV teacher top-1 (%)",
+        ylabel="audio top-1 (%)",
+        title="student (filled) and audio before distillation (hollow)",
+    )
     ax.legend()
     return _save(fig, out / "teacher_strength.png")
 
@@ -227,8 +314,9 @@ def sound_sources(classes: list[str]) -> dict[str, str]:
 def _per_class(sweep: Path, runs: pd.DataFrame, method: str, rate: float) -> pd.Series | None:
     """Mean per-class audio F1 of a method at a missing rate, each run at its best-dev round (else its last)."""
     frames = []
-    for key in runs[(runs["method"] == method) & np.isclose(runs["missing_rate"], rate)
-                    & (runs["status"] == "ok")]["key"]:
+    for key in runs[(runs["method"] == method) & np.isclose(runs["missing_rate"], rate) & (runs["status"] == "ok")][
+        "key"
+    ]:
         f = pd.read_csv(sweep / "runs" / key / "per_class_f1.csv")
         summary = json.loads((sweep / "runs" / key / "summary.json").read_text())
         best = (summary.get("best_dev") or {}).get("round")
@@ -256,20 +344,31 @@ def fig2(sweep: Path, rate: float) -> tuple[str, Path | None]:
         raise SweepError(f"{sweep} has no finished multifl or harmony run at missing rate {rate:g}")
     order = sorted(mm.index, key=lambda c: (sources[c], c))
     shared = {s for s in sources.values() if list(sources.values()).count(s) > 1}
-    lines = ["| sound source | class | " + " | ".join(f"{LABELS[b]} -> ModalityMirror" for b in changes) + " |",
-             "|" + " --- |" * (len(changes) + 2)]
+    lines = [
+        "| sound source | class | " + " | ".join(f"{LABELS[b]} -> ModalityMirror" for b in changes) + " |",
+        "|" + " --- |" * (len(changes) + 2),
+    ]
     for c in order:
-        lines.append(f"| {sources[c]}{' (shared)' if sources[c] in shared else ''} | {c} | "
-                     + " | ".join(f"{100 * changes[b][c]:+.1f}" for b in changes) + " |")
+        lines.append(
+            f"| {sources[c]}{' (shared)' if sources[c] in shared else ''} | {c} | "
+            + " | ".join(f"{100 * changes[b][c]:+.1f}" for b in changes)
+            + " |"
+        )
     group_rows = []
-    for label, members in (("classes sharing a sound source", [c for c in order if sources[c] in shared]),
-                           ("classes with a sound of their own", [c for c in order if sources[c] not in shared])):
+    for label, members in (
+        ("classes sharing a sound source", [c for c in order if sources[c] in shared]),
+        ("classes with a sound of their own", [c for c in order if sources[c] not in shared]),
+    ):
         if members:
-            group_rows.append(f"| {label} | mean | " + " | ".join(
-                f"{100 * changes[b][members].mean():+.1f}" for b in changes) + " |")
+            group_rows.append(
+                f"| {label} | mean | " + " | ".join(f"{100 * changes[b][members].mean():+.1f}" for b in changes) + " |"
+            )
     lines += group_rows
-    lines += ["", f"Change in audio F1 (points) at missing rate {rate:g}, each run at its best-dev round, mean over "
-              "seeds. Positive: ModalityMirror is better on that class."]
+    lines += [
+        "",
+        f"Change in audio F1 (points) at missing rate {rate:g}, each run at its best-dev round, mean over "
+        "seeds. Positive: ModalityMirror is better on that class.",
+    ]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -278,8 +377,9 @@ def fig2(sweep: Path, rate: float) -> tuple[str, Path | None]:
     fig, axes = plt.subplots(1, len(changes), figsize=(5 * len(changes), 6), sharey=True, squeeze=False)
     for ax, (base, change) in zip(axes[0], changes.items()):
         values = [100 * change[c] for c in order]
-        ax.barh([f"{c} [{sources[c]}]" for c in order], values,
-                color=["tab:red" if v < 0 else "tab:green" for v in values])
+        ax.barh(
+            [f"{c} [{sources[c]}]" for c in order], values, color=["tab:red" if v < 0 else "tab:green" for v in values]
+        )
         ax.axvline(0, color="black", lw=0.8)
         ax.set(xlabel=f"audio F1 change, {LABELS[base]} -> ModalityMirror (points)")
     fig.suptitle(f"Per-class change by sound source, missing rate {rate:g}")
@@ -320,16 +420,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out or f"results/ablation-{args.which}").expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    plans = {"teacher": lambda: teacher_cells(run_config, args.rate, seeds), "drift": lambda: drift_cells(args.rate, seeds),
-             "skew": lambda: skew_cells(args.rate, seeds)}
+    plans = {
+        "teacher": lambda: teacher_cells(run_config, args.rate, seeds),
+        "drift": lambda: drift_cells(args.rate, seeds),
+        "skew": lambda: skew_cells(args.rate, seeds),
+    }
     cells = plans[args.which]()
     try:
         check_settings(out, {"run-config": run_config, "num-supernodes": args.num_supernodes, "which": args.which})
     except SweepError as exc:
         print(f"ablations: {exc}", file=sys.stderr)
         return 2
-    from mirror_app.launch import SuperLink, interrupt_on_signals
     from mirror_app.results import write_csv
+    from mirror_app.tools.launch import SuperLink, interrupt_on_signals
 
     with interrupt_on_signals(), SuperLink(out / ".flwr") as link:
         runs = run_cells(cells, out, flwr_runner(link, args.num_supernodes, run_config, args.timeout))

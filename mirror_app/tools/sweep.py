@@ -1,7 +1,7 @@
 """The paper's comparison as one command: methods x missing rates x seeds, then Table 1 and figures.
 
-    python -m mirror_app.sweep --out results/table1                 # what `make table1` runs
-    python -m mirror_app.sweep --out results/table1-quick --seeds 0 \\
+    python -m mirror_app.tools.sweep --out results/table1                 # what `make table1` runs
+    python -m mirror_app.tools.sweep --out results/table1-quick --seeds 0 \\
         --run-config "num-server-rounds=10 distill-rounds=5"        # what `make table1-quick` runs
 
 Every run goes through `flwr run .` on a private SuperLink (isolated FLWR_HOME, loopback,
@@ -24,19 +24,21 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("modality-mirror", "harmony", "multifl", "unifl", "fedcmi", "modality-align")
+from strategies import compared_methods
+
+ROOT = Path(__file__).resolve().parents[2]
+
+LABELS = compared_methods()  # the paper's comparison, from the strategy registry: name -> label
+METHODS = tuple(LABELS)
 RATES = (0.1, 0.2, 0.3, 0.4, 0.5)
 FIG3_RATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-LABELS = {"modality-mirror": "ModalityMirror", "harmony": "Harmony", "multifl": "MultiFL", "unifl": "UniFL",
-          "fedcmi": "FedCMI", "modality-align": "ModalityAlign (text anchors + LoRA)"}
 # one CPU per simulated client: small CPU models train faster as parallel single-threaded
 # clients than one at a time on two threads (Flower's default); see `make bench`
 CLIENT_RESOURCES = "client-resources-num-cpus=1"
@@ -141,21 +143,40 @@ def run_cells(cells: list[Cell], out: Path, runner: Callable[[Cell, Path, Path],
 
 
 RUN_COLUMNS = [
-    "method", "missing_rate", "seed", "key", "log", "status",
+    "method",
+    "missing_rate",
+    "seed",
+    "key",
+    "log",
+    "status",
     # the last round (summary.json "final")
-    "audio_top1", "audio_top5", "audio_macro_f1", "av_top1",
+    "audio_top1",
+    "audio_top5",
+    "audio_macro_f1",
+    "av_top1",
     # test metrics at the round with the best dev audio top-1 (summary.json "best_dev")
-    "best_dev_round", "best_dev_dev_audio_top1", "best_dev_audio_top1", "best_dev_audio_top5",
-    "best_dev_audio_macro_f1", "best_dev_av_top1",
+    "best_dev_round",
+    "best_dev_dev_audio_top1",
+    "best_dev_audio_top1",
+    "best_dev_audio_top5",
+    "best_dev_audio_macro_f1",
+    "best_dev_av_top1",
     # mean of the last 5 evaluated rounds (summary.json "last5_mean")
-    "last5_rounds", "last5_audio_top1", "last5_audio_top5", "last5_audio_macro_f1",
+    "last5_rounds",
+    "last5_audio_top1",
+    "last5_audio_top5",
+    "last5_audio_macro_f1",
     # whether the last round is collapsed (summary.json "collapse")
-    "audio_collapsed", "av_collapsed",
+    "audio_collapsed",
+    "av_collapsed",
     "mb_per_round",
 ]
 PROTOCOLS = {  # table1.md: runs.csv column prefix of each protocol, best-dev first (the headline)
-    "best_dev_": ("Best dev (headline)", "Test metrics of the audio-only model at the round with the best dev audio "
-                  "top-1 (the dev split is held by the server, carved from train, never given to a client)"),
+    "best_dev_": (
+        "Best dev (headline)",
+        "Test metrics of the audio-only model at the round with the best dev audio "
+        "top-1 (the dev split is held by the server, carved from train, never given to a client)",
+    ),
     "": ("Last round", "Test metrics of the audio-only model after the last round"),
 }
 
@@ -179,11 +200,17 @@ def collect(cells: list[Cell], out: Path) -> pd.DataFrame:
     rows = []
     for cell in cells:
         summary = out / "runs" / cell.key / "summary.json"
-        row = {"method": cell.method, "missing_rate": cell.rate, "seed": cell.seed, "key": cell.key,
-               "log": str(out / "logs" / f"{cell.key}.log")}
+        row = {
+            "method": cell.method,
+            "missing_rate": cell.rate,
+            "seed": cell.seed,
+            "key": cell.key,
+            "log": str(out / "logs" / f"{cell.key}.log"),
+        }
         if summary.is_file():
-            row.update(status="ok", **summary_row(json.loads(summary.read_text())),
-                       mb_per_round=_mb_per_round(out, cell))
+            row.update(
+                status="ok", **summary_row(json.loads(summary.read_text())), mb_per_round=_mb_per_round(out, cell)
+            )
         elif (out / "logs" / f"{cell.key}.log").is_file():
             row.update(status="failed")
         else:
@@ -227,9 +254,14 @@ def table1(runs: pd.DataFrame, rates) -> str:
     methods = [m for m in METHODS if m in set(runs["method"])] + sorted(set(runs["method"]) - set(METHODS))
     lines = []
     for prefix, (title, meaning) in PROTOCOLS.items():
-        lines += [f"## {title}", "", f"{meaning}.", "",
-                  "| method | " + " | ".join(f"{r:g}" for r in rates) + " | MB / round |",
-                  "|" + " --- |" * (len(rates) + 2)]
+        lines += [
+            f"## {title}",
+            "",
+            f"{meaning}.",
+            "",
+            "| method | " + " | ".join(f"{r:g}" for r in rates) + " | MB / round |",
+            "|" + " --- |" * (len(rates) + 2),
+        ]
         for method in methods:
             cells = []
             for r in rates:
@@ -245,13 +277,16 @@ def table1(runs: pd.DataFrame, rates) -> str:
     else:
         spans = per_cell.groupby(level=0).agg(["min", "max"])
         n = "seeds per cell: " + ", ".join(
-            f"{LABELS.get(m, m)} {lo}" + (f"-{hi}" if hi != lo else "") for m, (lo, hi) in spans.iterrows())
-    lines.append(f"Cells: audio-only test top-1 in % (mean +- std over seeds) / top-5 / macro-F1 (means, in %); {n}. "
-                 "Best dev is the headline: the test metrics of each run at the round whose dev audio top-1 is "
-                 "highest (the earliest on ties), so no round is picked by looking at test; last round is the "
-                 "model the run ended with. n/a: no finished run, or runs made without a dev split (dev-fraction "
-                 "= 0) or before dev evaluation existed; (n = k): only k runs of that cell have the metrics. "
-                 "MB / round: parameters sent to plus received from the clients, mean over rounds and runs.")
+            f"{LABELS.get(m, m)} {lo}" + (f"-{hi}" if hi != lo else "") for m, (lo, hi) in spans.iterrows()
+        )
+    lines.append(
+        f"Cells: audio-only test top-1 in % (mean +- std over seeds) / top-5 / macro-F1 (means, in %); {n}. "
+        "Best dev is the headline: the test metrics of each run at the round whose dev audio top-1 is "
+        "highest (the earliest on ties), so no round is picked by looking at test; last round is the "
+        "model the run ended with. n/a: no finished run, or runs made without a dev split (dev-fraction "
+        "= 0) or before dev evaluation existed; (n = k): only k runs of that cell have the metrics. "
+        "MB / round: parameters sent to plus received from the clients, mean over rounds and runs."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -269,8 +304,11 @@ def figures(runs: pd.DataFrame, out: Path, rates) -> list[Path]:
         g = score.groupby(mm["missing_rate"]).agg(["mean", "std"]).fillna(0)
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.errorbar(g.index, 100 * g["mean"], yerr=100 * g["std"], marker="o", capsize=3)
-        ax.set(xlabel="video-missing rate", ylabel="audio top-1 at the best dev round (%)",
-               title="ModalityMirror vs missing rate")
+        ax.set(
+            xlabel="video-missing rate",
+            ylabel="audio top-1 at the best dev round (%)",
+            title="ModalityMirror vs missing rate",
+        )
         made.append(_save(fig, out / "fig3_missing_rate.png"))
     rate = 0.3 if any(np.isclose(ok["missing_rate"], 0.3)) else (rates[0] if len(rates) else None)
     per_class = {}
@@ -286,8 +324,10 @@ def figures(runs: pd.DataFrame, out: Path, rates) -> list[Path]:
         top = change.reindex(change.abs().sort_values(ascending=False).index[:10]).sort_values()
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.barh(top.index, 100 * top.values, color=["tab:red" if v < 0 else "tab:green" for v in top.values])
-        ax.set(xlabel="audio F1 change, Harmony -> ModalityMirror (points)",
-               title=f"largest per-class changes, missing rate {rate:g}")
+        ax.set(
+            xlabel="audio F1 change, Harmony -> ModalityMirror (points)",
+            title=f"largest per-class changes, missing rate {rate:g}",
+        )
         made.append(_save(fig, out / "fig2_per_class_f1.png"))
     curves = {}
     for method in sorted(set(ok["method"])):
@@ -336,7 +376,7 @@ def merged_run_config(preset: str, run_config: str) -> str:
     """
     import tomllib
 
-    from mirror_app.config import ConfigError, RunConfig
+    from mirror_app.core.config import ConfigError, RunConfig
 
     pairs: dict[str, str] = {}
     if preset:
@@ -361,8 +401,7 @@ def merged_run_config(preset: str, run_config: str) -> str:
             try:
                 raw[key] = tomllib.loads(f"v = {value}")["v"]
             except tomllib.TOMLDecodeError:
-                raise SweepError(f"run config {key}={value} is not a TOML value (quote strings: {key}='...')") \
-                    from None
+                raise SweepError(f"run config {key}={value} is not a TOML value (quote strings: {key}='...')") from None
     try:
         RunConfig.from_dict(raw)
     except ConfigError as exc:
@@ -373,12 +412,21 @@ def merged_run_config(preset: str, run_config: str) -> str:
 
 def flwr_runner(link, num_supernodes: int, extra_config: str, timeout: float):
     def run(cell: Cell, output_dir: Path, log: Path) -> bool:
-        from mirror_app.launch import with_defaults
+        from mirror_app.tools.launch import with_defaults
 
-        config = (f"strategy='{cell.method}' missing-rate={cell.rate} seed={cell.seed} output-dir='{output_dir}' "
-                  + override_pairs(with_defaults(extra_config, METHOD_CONFIG.get(cell.method, {})), cell.config))
-        res = link.flwr_run(ROOT, "--federation-config", f"num-supernodes={num_supernodes} {CLIENT_RESOURCES}",
-                            "--run-config", config, timeout=timeout, log_file=log)
+        config = (
+            f"strategy='{cell.method}' missing-rate={cell.rate} seed={cell.seed} output-dir='{output_dir}' "
+            + override_pairs(with_defaults(extra_config, METHOD_CONFIG.get(cell.method, {})), cell.config)
+        )
+        res = link.flwr_run(
+            ROOT,
+            "--federation-config",
+            f"num-supernodes={num_supernodes} {CLIENT_RESOURCES}",
+            "--run-config",
+            config,
+            timeout=timeout,
+            log_file=log,
+        )
         return res.returncode == 0
 
     return run
@@ -392,12 +440,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--fig3-rates", default=",".join(map(str, FIG3_RATES)))
     p.add_argument("--num-supernodes", type=int, default=100)
-    p.add_argument("--preset", default="", help="a run-config TOML file (conf/*.toml) for every run; "
-                   "--run-config keys override it")
-    p.add_argument("--run-config", default="", help="extra run config for every run, e.g. \"num-server-rounds=10\"")
+    p.add_argument(
+        "--preset", default="", help="a run-config TOML file (conf/*.toml) for every run; --run-config keys override it"
+    )
+    p.add_argument("--run-config", default="", help='extra run config for every run, e.g. "num-server-rounds=10"')
     p.add_argument("--timeout", type=float, default=3600, help="seconds before one run counts as failed")
-    p.add_argument("--report-only", action="store_true",
-                   help="run nothing: write the table and figures from the runs finished so far")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: write the table and figures from the runs finished so far",
+    )
     args = p.parse_args(argv)
 
     def floats(text):
@@ -405,8 +457,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         rates = floats(args.rates)
-        cells = plan([m for m in args.methods.split(",") if m], rates,
-                     [int(s) for s in args.seeds.split(",") if s.strip()], floats(args.fig3_rates))
+        cells = plan(
+            [m for m in args.methods.split(",") if m],
+            rates,
+            [int(s) for s in args.seeds.split(",") if s.strip()],
+            floats(args.fig3_rates),
+        )
     except (SweepError, ValueError) as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return 2
@@ -422,9 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     except SweepError as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return 2
-    from mirror_app.launch import SuperLink, interrupt_on_signals
-
     from mirror_app.results import atomic_write, write_csv
+    from mirror_app.tools.launch import SuperLink, interrupt_on_signals
 
     if args.report_only:
         runs = collect(cells, out)

@@ -2,7 +2,7 @@
 
 After Ma, Tang, Xu, Cheng, "Modality Alignment Meets Federated Broadcasting": the server
 keeps a frozen text encoder and broadcasts one embedding per class name (the *anchors*,
-:mod:`mirror_app.text`). Clients project their audio (and, where they have it, video)
+:mod:`strategies.align.text`). Clients project their audio (and, where they have it, video)
 embeddings into that text space and classify by scaled cosine similarity to the anchors,
 trained contrastively. The encoders' base weights are frozen after initialisation; only
 LoRA adapters (peft) on the encoders and the projections are trained and communicated.
@@ -31,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import DualEncoder, get_groups
+from mirror_app.core.groups import get_groups
+from mirror_app.core.models import DualEncoder
+from mirror_app.core.training import run_epochs
 
 AUDIO_BASE, AUDIO_LORA, AUDIO_PROJ = "audio_base", "audio_lora", "audio_proj"
 VIDEO_BASE, VIDEO_LORA, VIDEO_PROJ = "video_base", "video_lora", "video_proj"
@@ -85,8 +87,9 @@ class AlignModel(nn.Module):
     audiovisual prediction averages the two modalities' logits.
     """
 
-    def __init__(self, audio_encoder: nn.Module, video_encoder: nn.Module, embed_dim: int, anchors: torch.Tensor,
-                 rank: int):
+    def __init__(
+        self, audio_encoder: nn.Module, video_encoder: nn.Module, embed_dim: int, anchors: torch.Tensor, rank: int
+    ):
         super().__init__()
         self.audio_encoder = add_lora(audio_encoder, rank)
         self.video_encoder = add_lora(video_encoder, rank)
@@ -106,7 +109,7 @@ class AlignModel(nn.Module):
             return key == TEXT_ANCHORS
         return key.startswith(group + ".")
 
-    def train(self, mode: bool = True) -> "AlignModel":
+    def train(self, mode: bool = True) -> AlignModel:
         """Training mode, except that batch-norm statistics of the frozen encoders never move."""
         super().train(mode)
         for m in self.modules():
@@ -131,8 +134,9 @@ class AlignModel(nn.Module):
         return 0.5 * (self.audio_logits(audio) + self.video_logits(video))
 
 
-def build_align_model(dual: DualEncoder, anchors: np.ndarray | torch.Tensor, rank: int,
-                      seed: int | None = None) -> AlignModel:
+def build_align_model(
+    dual: DualEncoder, anchors: np.ndarray | torch.Tensor, rank: int, seed: int | None = None
+) -> AlignModel:
     """Wrap ``dual``'s encoders (their current weights become the frozen base).
 
     ``seed`` fixes the initial adapters and projections (the server's; a client's are
@@ -168,8 +172,9 @@ def contrastive_pair_loss(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
-def align_loss(model: AlignModel, audio: torch.Tensor, video: torch.Tensor | None, labels: torch.Tensor,
-               av_weight: float) -> torch.Tensor:
+def align_loss(
+    model: AlignModel, audio: torch.Tensor, video: torch.Tensor | None, labels: torch.Tensor, av_weight: float
+) -> torch.Tensor:
     """Contrastive alignment to the class anchors: cross-entropy over the scaled cosine
     similarity of each embedding to every anchor (the anchors of the other classes are the
     negatives). With video: the same for video, plus ``av_weight`` x the symmetric InfoNCE
@@ -182,3 +187,20 @@ def align_loss(model: AlignModel, audio: torch.Tensor, video: torch.Tensor | Non
         if av_weight > 0 and len(labels) > 1:
             loss = loss + av_weight * contrastive_pair_loss(za, zv, model.audio_proj.scale())
     return loss
+
+
+def train_align(model: AlignModel, cache, indices, *, with_video: bool, av_weight: float, **kw) -> float:
+    """Local training of an alignment client: only the LoRA adapters and projections of the modalities
+    the client has are trained; the encoders' base weights are frozen."""
+    trainable = [model.audio_encoder, model.audio_proj]
+    if with_video:
+        trainable += [model.video_encoder, model.video_proj]
+    return run_epochs(
+        model,
+        lambda b: align_loss(model, b.audio, b.video, b.labels, av_weight),
+        trainable,
+        cache,
+        indices,
+        with_video=with_video,
+        **kw,
+    )

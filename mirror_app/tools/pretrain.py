@@ -1,7 +1,7 @@
 """Pretrained encoders, offline, as in the paper: general features from a proxy set, not the answer.
 
-    python -m mirror_app.pretrain                      # what `make pretrain` runs
-    python -m mirror_app.pretrain --out DIR --epochs 10 --audio-backbone tdnn-small --video-backbone cnn-small
+    python -m mirror_app.tools.pretrain                      # what `make pretrain` runs
+    python -m mirror_app.tools.pretrain --out DIR --epochs 10 --audio-backbone tdnn-small --video-backbone cnn-small
 
 The paper starts every method from encoders pretrained on other data (ImageNet for the video
 ResNet-18, AudioSet for the audio SSAST). Here the encoders are trained centrally on the
@@ -9,7 +9,7 @@ ResNet-18, AudioSet for the audio SSAST). Here the encoders are trained centrall
 but with other sounds, other colours and another seed, so no task class is in it. Each
 encoder learns with a unimodal classifier on the proxy classes; the classifier is thrown
 away and only the encoder is written, as a state dict that ``audio-pretrained`` /
-``video-pretrained`` (and ``mirror_app.models.load_pretrained``) read:
+``video-pretrained`` (and ``mirror_app.core.backbones.load_pretrained``) read:
 
     <out>/audio-<backbone>-d<embed-dim>.pt
     <out>/video-<backbone>-d<embed-dim>.pt
@@ -32,8 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mirror_app.models import AUDIO_ONLY_BACKBONES, BACKBONES, build_model
-from mirror_app.training import _run_epochs, classification_metrics
+from mirror_app.core.backbones import AUDIO_ONLY_BACKBONES, BACKBONES
+from mirror_app.core.evaluation import classification_metrics
+from mirror_app.core.models import build_model
+from mirror_app.core.training import run_epochs
 
 DEFAULT_OUT = "~/.cache/modality-mirror/pretrained"
 
@@ -46,7 +48,7 @@ def weight_files(out: str | Path, audio_backbone: str, video_backbone: str, embe
 
 @torch.no_grad()
 def _accuracy(logits_fn, cache, rows: np.ndarray, with_video: bool) -> float:
-    from mirror_app.training import batches
+    from mirror_app.core.training import batches
 
     out, labels = [], []
     for b in batches(cache, np.sort(rows), 256, with_video, torch.device("cpu")):
@@ -61,9 +63,18 @@ def _encoder_state(encoder: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in target.state_dict().items()}
 
 
-def pretrain(out: str | Path, data_dir: str | Path, audio_backbone: str = "tdnn-small",
-             video_backbone: str = "cnn-small", embed_dim: int = 64, epochs: int = 10, lr: float = 1e-3,
-             batch_size: int = 32, seed: int = 0, samples_per_class: int | None = None) -> dict:
+def pretrain(
+    out: str | Path,
+    data_dir: str | Path,
+    audio_backbone: str = "tdnn-small",
+    video_backbone: str = "cnn-small",
+    embed_dim: int = 64,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    seed: int = 0,
+    samples_per_class: int | None = None,
+) -> dict:
     """Train both encoders on the proxy set and write them; returns the report written as pretrain.json."""
     from data import synthetic
     from mirror_app.results import atomic_write, write_json
@@ -78,18 +89,38 @@ def pretrain(out: str | Path, data_dir: str | Path, audio_backbone: str = "tdnn-
     kw = {} if samples_per_class is None else {"samples_per_class": samples_per_class}
     cache = synthetic.load_proxy(Path(data_dir).expanduser(), **kw)
     train, test = cache.indices("train"), cache.indices("test")
-    model = build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], audio_backbone,
-                        video_backbone, embed_dim, seed=seed)
+    model = build_model(
+        cache.num_classes,
+        cache.audio.shape[1:],
+        cache.video.shape[1:],
+        audio_backbone,
+        video_backbone,
+        embed_dim,
+        seed=seed,
+    )
     video_model = copy.deepcopy(model)
-    common = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer="adam", device=torch.device("cpu"),
-                  seed=seed)
+    common = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer="adam", device=torch.device("cpu"), seed=seed)
     t0 = time.time()
     torch.manual_seed(seed)
-    _run_epochs(model, lambda b: F.cross_entropy(model.audio_logits(b.audio), b.labels),
-                [model.audio_encoder, model.audio_head], cache, train, with_video=False, **common)
+    run_epochs(
+        model,
+        lambda b: F.cross_entropy(model.audio_logits(b.audio), b.labels),
+        [model.audio_encoder, model.audio_head],
+        cache,
+        train,
+        with_video=False,
+        **common,
+    )
     torch.manual_seed(seed)
-    _run_epochs(video_model, lambda b: F.cross_entropy(video_model.video_logits(b.video), b.labels),
-                [video_model.video_encoder, video_model.video_head], cache, train, with_video=True, **common)
+    run_epochs(
+        video_model,
+        lambda b: F.cross_entropy(video_model.video_logits(b.video), b.labels),
+        [video_model.video_encoder, video_model.video_head],
+        cache,
+        train,
+        with_video=True,
+        **common,
+    )
     model.eval()
     video_model.eval()
     report = {
@@ -124,8 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
-        report = pretrain(args.out, args.data_dir, args.audio_backbone, args.video_backbone, args.embed_dim,
-                          args.epochs, args.lr, seed=args.seed)
+        report = pretrain(
+            args.out,
+            args.data_dir,
+            args.audio_backbone,
+            args.video_backbone,
+            args.embed_dim,
+            args.epochs,
+            args.lr,
+            seed=args.seed,
+        )
     except ValueError as exc:
         print(f"pretrain: {exc}", file=sys.stderr)
         return 2

@@ -13,9 +13,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 
@@ -43,6 +43,7 @@ def interrupt_on_signals() -> Iterator[None]:
 
     SIGINT is set explicitly because a shell starts background jobs with SIGINT ignored.
     """
+
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
@@ -143,15 +144,28 @@ class SuperLink:
         self.port = free_port()
         self.env = flwr_env(self.home)
         self.certs = certs
-        security = (f'root-certificates = "{certs.ca_cert}"\n' if certs else "insecure = true\n")
+        security = f'root-certificates = "{certs.ca_cert}"\n' if certs else "insecure = true\n"
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{self.port}"\n{security}'
         )
-        cmd = ["flower-superlink", "--host", "127.0.0.1", "--port", str(self.port),
-               "--database", str(self.home / "state.db")]
+        cmd = [
+            "flower-superlink",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--database",
+            str(self.home / "state.db"),
+        ]
         if certs:
-            cmd += ["--ssl-ca-certfile", str(certs.ca_cert), "--ssl-certfile", str(certs.server_cert),
-                    "--ssl-keyfile", str(certs.server_key)]
+            cmd += [
+                "--ssl-ca-certfile",
+                str(certs.ca_cert),
+                "--ssl-certfile",
+                str(certs.server_cert),
+                "--ssl-keyfile",
+                str(certs.server_key),
+            ]
         else:
             cmd.append("--insecure")
         if node_auth:
@@ -159,8 +173,9 @@ class SuperLink:
         if simulation:
             cmd.append("--simulation")
         self.log = open(self.home / "superlink.log", "w")
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.nodes: list[SuperNode] = []
         import ssl
 
@@ -184,30 +199,44 @@ class SuperLink:
 
     def register(self, public_key: Path) -> None:
         """Register a SuperNode's public key (``flwr supernode register``), for ``node_auth``."""
-        res = subprocess.run(["flwr", "supernode", "register", str(public_key), "test"], env=self.env,
-                             capture_output=True, text=True, timeout=120)
+        res = subprocess.run(
+            ["flwr", "supernode", "register", str(public_key), "test"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if res.returncode != 0:
             raise RuntimeError(f"flwr supernode register failed: {(res.stdout + res.stderr)[-1500:]}")
 
-    def start_node(self, name: str, node_config: str, tls: bool | None = None, private_key: Path | None = None,
-                   max_retries: int | None = None) -> "SuperNode":
+    def start_node(
+        self,
+        name: str,
+        node_config: str,
+        tls: bool | None = None,
+        private_key: Path | None = None,
+        max_retries: int | None = None,
+    ) -> SuperNode:
         """Start a SuperNode against this SuperLink (TLS when it has certificates, unless ``tls=False``)."""
-        node = SuperNode(self, name, node_config, self.certs is not None if tls is None else tls, private_key,
-                         max_retries)
+        node = SuperNode(
+            self, name, node_config, self.certs is not None if tls is None else tls, private_key, max_retries
+        )
         self.nodes.append(node)
         return node
 
-    def flwr_run(self, app: Path, *args: str, timeout: float = 600, log_file: Path | None = None
-                 ) -> subprocess.CompletedProcess:
+    def flwr_run(
+        self, app: Path, *args: str, timeout: float = 600, log_file: Path | None = None
+    ) -> subprocess.CompletedProcess:
         """``flwr run <app> <this superlink> --stream ARGS``; output captured, or written to ``log_file``."""
         cmd = ["flwr", "run", str(app), "test", "--stream", *args]
         if log_file is None:
             return subprocess.run(cmd, env=self.env, cwd=app, capture_output=True, text=True, timeout=timeout)
         with open(log_file, "w") as fh:
-            return subprocess.run(cmd, env=self.env, cwd=app, stdout=fh, stderr=subprocess.STDOUT, text=True,
-                                  timeout=timeout)
+            return subprocess.run(
+                cmd, env=self.env, cwd=app, stdout=fh, stderr=subprocess.STDOUT, text=True, timeout=timeout
+            )
 
-    def __enter__(self) -> "SuperLink":
+    def __enter__(self) -> SuperLink:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -225,20 +254,35 @@ class SuperLink:
 class SuperNode:
     """One ``flower-supernode`` process in its own session, logging to FLWR_HOME/<name>.log."""
 
-    def __init__(self, link: SuperLink, name: str, node_config: str, tls: bool, private_key: Path | None = None,
-                 max_retries: int | None = None):
+    def __init__(
+        self,
+        link: SuperLink,
+        name: str,
+        node_config: str,
+        tls: bool,
+        private_key: Path | None = None,
+        max_retries: int | None = None,
+    ):
         self.name = name
         self.log_path = link.home / f"{name}.log"
-        cmd = ["flower-supernode", "--superlink", link.address, "--port", str(free_port()),
-               "--node-config", node_config]
+        cmd = [
+            "flower-supernode",
+            "--superlink",
+            link.address,
+            "--port",
+            str(free_port()),
+            "--node-config",
+            node_config,
+        ]
         cmd += ["--root-certificates", str(link.certs.ca_cert)] if tls else ["--insecure"]
         if private_key is not None:
             cmd += ["--auth-supernode-private-key", str(private_key)]
         if max_retries is not None:
             cmd += ["--max-retries", str(max_retries)]
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, env=link.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, env=link.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def kill(self) -> None:
         """kill -9 of the node's whole process tree (a crashed machine)."""

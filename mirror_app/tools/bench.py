@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TARGETS = {"round_ratio": 1.3, "setup_share": 0.05, "memory_ratio": 1.5}
 
 
@@ -51,22 +51,34 @@ def bare_loop(cfg, num_partitions: int, rounds: int) -> list[float]:
 
     from data import load_dataset
     from data.partition import AUDIO, get_partition
-    from mirror_app.models import AUDIO_MODEL, AV_MODEL, GROUPS, build_model, get_groups, set_groups
-    from mirror_app.server_app import Evaluator
-    from mirror_app.training import train_audio, train_av
-    from strategies.base import draw_clients
+    from mirror_app.core.evaluation import Evaluator
+    from mirror_app.core.groups import AUDIO_MODEL, AV_MODEL, GROUPS, get_groups, set_groups
+    from mirror_app.core.models import build_model
+    from mirror_app.core.training import train_audio, train_av
+    from strategies.census import draw_clients
 
     cache = load_dataset(cfg.dataset, cfg.data_path, cfg.fold, cfg.dev_fraction, cfg.seed)
     shapes = (cache.audio.shape[1:], cache.video.shape[1:])
 
     def make(seed=None):
-        return build_model(cache.num_classes, *shapes, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim,
-                           seed=seed)
+        return build_model(cache.num_classes, *shapes, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim, seed=seed)
 
     state = dict(get_groups(make(cfg.seed), GROUPS))
     work, evaluator = make(), Evaluator(make(), cache, torch.device("cpu"))
-    parts = [get_partition(str(cache.path), pid, num_partitions, cfg.dirichlet_alpha, cfg.missing_rate, cfg.seed,
-                           cfg.fold, cfg.dev_fraction, cfg.partitioner) for pid in range(num_partitions)]
+    parts = [
+        get_partition(
+            str(cache.path),
+            pid,
+            num_partitions,
+            cfg.dirichlet_alpha,
+            cfg.missing_rate,
+            cfg.seed,
+            cfg.fold,
+            cfg.dev_fraction,
+            cfg.partitioner,
+        )
+        for pid in range(num_partitions)
+    ]
     times = []
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
@@ -76,14 +88,25 @@ def bare_loop(cfg, num_partitions: int, rounds: int) -> list[float]:
             groups = AUDIO_MODEL if audio_only else AV_MODEL
             set_groups(work, {g: state[g] for g in groups})
             (train_audio if audio_only else train_av)(
-                work, cache, part.indices, epochs=cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                optimizer=cfg.optimizer, device=torch.device("cpu"), seed=cfg.seed * 1009 + r, mu=0.0)
+                work,
+                cache,
+                part.indices,
+                epochs=cfg.local_epochs,
+                batch_size=cfg.batch_size,
+                lr=cfg.lr,
+                optimizer=cfg.optimizer,
+                device=torch.device("cpu"),
+                seed=cfg.seed * 1009 + r,
+                mu=0.0,
+            )
             for g, arrays in get_groups(work, groups).items():
                 contributions.setdefault(g, []).append((arrays, len(part.indices)))
         for g, contribs in contributions.items():
             total = sum(n for _, n in contribs)
-            state[g] = [sum(arrays[i] * (n / total) for arrays, n in contribs).astype(state[g][i].dtype)
-                        for i in range(len(state[g]))]
+            state[g] = [
+                sum(arrays[i] * (n / total) for arrays, n in contribs).astype(state[g][i].dtype)
+                for i in range(len(state[g]))
+            ]
         evaluator({g: state[g] for g in AUDIO_MODEL}, {g: state[g] for g in AV_MODEL})
         times.append(time.perf_counter() - t0)
     return times
@@ -103,7 +126,7 @@ class Monitor(threading.Thread):
     def run(self) -> None:
         import psutil
 
-        from mirror_app.launch import tree_members
+        from mirror_app.tools.launch import tree_members
 
         while not self.done.is_set():
             pss = rss = 0
@@ -120,18 +143,22 @@ class Monitor(threading.Thread):
             self.done.wait(self.every)
 
 
-def simulate(link, out_dir: Path, num_supernodes: int, run_config: str, timeout: float,
-             federation: str = "") -> dict:
+def simulate(link, out_dir: Path, num_supernodes: int, run_config: str, timeout: float, federation: str = "") -> dict:
     """One ``flwr run .`` on ``link``: its run folder's metrics and clients, peak memory, start-up."""
     out_dir.mkdir(parents=True, exist_ok=True)
     monitor = Monitor(link.proc.pid, out_dir)
     monitor.start()
     t0 = time.perf_counter()
     try:
-        res = link.flwr_run(ROOT, "--federation-config", f"num-supernodes={num_supernodes} {federation}".strip(),
-                            "--run-config",
-                            f"output-dir='{out_dir}' {run_config}", timeout=timeout,
-                            log_file=out_dir.parent / f"{out_dir.name}.log")
+        res = link.flwr_run(
+            ROOT,
+            "--federation-config",
+            f"num-supernodes={num_supernodes} {federation}".strip(),
+            "--run-config",
+            f"output-dir='{out_dir}' {run_config}",
+            timeout=timeout,
+            log_file=out_dir.parent / f"{out_dir.name}.log",
+        )
     finally:
         monitor.done.set()
         monitor.join()
@@ -141,9 +168,14 @@ def simulate(link, out_dir: Path, num_supernodes: int, run_config: str, timeout:
         log = (out_dir.parent / f"{out_dir.name}.log").read_text()[-3000:]
         raise RuntimeError(f"flwr run with {num_supernodes} SuperNodes did not finish:\n{log}")
     metrics = pd.read_csv(runs[0] / "metrics.csv")
-    return {"wall": wall, "metrics": metrics, "clients": pd.read_csv(runs[0] / "clients.csv"),
-            "app_start": (monitor.first_row_at - t0) if monitor.first_row_at else float("nan"),
-            "peak_pss": monitor.peak_pss, "peak_rss": monitor.peak_rss}
+    return {
+        "wall": wall,
+        "metrics": metrics,
+        "clients": pd.read_csv(runs[0] / "clients.csv"),
+        "app_start": (monitor.first_row_at - t0) if monitor.first_row_at else float("nan"),
+        "peak_pss": monitor.peak_pss,
+        "peak_rss": monitor.peak_rss,
+    }
 
 
 def round_seconds(metrics: pd.DataFrame) -> pd.Series:
@@ -162,8 +194,9 @@ def make_clips(root: Path, count: int, seconds: float, size: tuple[int, int], fp
 
 def write_manifest(src: Path, clips: list[Path]) -> Path:
     """A manifest over ``clips`` (>= 8): 4 labels, 1 clip in 4 for test, every label in train."""
-    rows = ["label,video,split"] + [f"class{i % 4},{clip},{'test' if i % 8 >= 6 else 'train'}"
-                                    for i, clip in enumerate(clips)]
+    rows = ["label,video,split"] + [
+        f"class{i % 4},{clip},{'test' if i % 8 >= 6 else 'train'}" for i, clip in enumerate(clips)
+    ]
     src.mkdir(parents=True, exist_ok=True)
     (src / "manifest.csv").write_text("\n".join(rows) + "\n")
     return src
@@ -178,10 +211,40 @@ def ffmpeg_decode(clips: list[Path], seconds: float, audio_seconds: float, image
     exe = imageio_ffmpeg.get_ffmpeg_exe()
 
     def one(clip: Path) -> None:
-        cmd = [exe, "-v", "error", "-nostdin", "-i", str(clip),
-               "-map", "0:a:0", "-t", str(audio_seconds), "-ac", "1", "-ar", "16000", "-f", "f32le", "-y", "/dev/null",
-               "-map", "0:v:0", "-ss", str(seconds / 2), "-frames:v", "1", "-s", f"{image_size}x{image_size}",
-               "-pix_fmt", "rgb24", "-f", "rawvideo", "-y", "/dev/null"]
+        cmd = [
+            exe,
+            "-v",
+            "error",
+            "-nostdin",
+            "-i",
+            str(clip),
+            "-map",
+            "0:a:0",
+            "-t",
+            str(audio_seconds),
+            "-ac",
+            "1",
+            "-ar",
+            "16000",
+            "-f",
+            "f32le",
+            "-y",
+            "/dev/null",
+            "-map",
+            "0:v:0",
+            "-ss",
+            str(seconds / 2),
+            "-frames:v",
+            "1",
+            "-s",
+            f"{image_size}x{image_size}",
+            "-pix_fmt",
+            "rgb24",
+            "-f",
+            "rawvideo",
+            "-y",
+            "/dev/null",
+        ]
         subprocess.run(cmd, check=True, capture_output=True)
 
     t0 = time.perf_counter()
@@ -217,10 +280,16 @@ def preprocessing(work: Path, count: int, workers: int, seconds: float = 4.0) ->
     finally:
         torch.set_num_threads(threads)
     ref = ffmpeg_decode(clips, seconds, spec.audio_seconds, spec.image_size, workers)
-    return {"videos": count, "workers": workers, "clip": f"{seconds:g} s, 320x240, 25 fps, MPEG-4 + MP3",
-            "prepare_videos_per_s": count / total, "prepare_steady_videos_per_s": per_worker * workers,
-            "ffmpeg_cli_videos_per_s": count / ref, "ratio_prepare_over_ffmpeg": (count / total) / (count / ref),
-            "ratio_steady_over_ffmpeg": per_worker * workers / (count / ref)}
+    return {
+        "videos": count,
+        "workers": workers,
+        "clip": f"{seconds:g} s, 320x240, 25 fps, MPEG-4 + MP3",
+        "prepare_videos_per_s": count / total,
+        "prepare_steady_videos_per_s": per_worker * workers,
+        "ffmpeg_cli_videos_per_s": count / ref,
+        "ratio_prepare_over_ffmpeg": (count / total) / (count / ref),
+        "ratio_steady_over_ffmpeg": per_worker * workers / (count / ref),
+    }
 
 
 # ------------------------------------------------------------------------- the report
@@ -233,10 +302,14 @@ def bytes_per_kind(clients: pd.DataFrame) -> list[dict]:
 def setup_cost(clients: pd.DataFrame) -> dict:
     ok = clients[clients["status"] == "ok"]
     warm, cold = ok[ok["workspace_built"] == 0], ok[ok["workspace_built"] == 1]
-    return {"calls": int(len(ok)), "workspace_builds": int(len(cold)),
-            "setup_s_mean": float(warm["setup_seconds"].mean()), "train_s_mean": float(warm["train_seconds"].mean()),
-            "setup_share": float((warm["setup_seconds"] / (warm["setup_seconds"] + warm["train_seconds"])).mean()),
-            "first_call_setup_s": float(cold["setup_seconds"].mean()) if len(cold) else float("nan")}
+    return {
+        "calls": int(len(ok)),
+        "workspace_builds": int(len(cold)),
+        "setup_s_mean": float(warm["setup_seconds"].mean()),
+        "train_s_mean": float(warm["train_seconds"].mean()),
+        "setup_share": float((warm["setup_seconds"] / (warm["setup_seconds"] + warm["train_seconds"])).mean()),
+        "first_call_setup_s": float(cold["setup_seconds"].mean()) if len(cold) else float("nan"),
+    }
 
 
 def markdown(report: dict) -> str:
@@ -246,9 +319,12 @@ def markdown(report: dict) -> str:
         return "met" if ok else "**not met**"
 
     lines = [
-        "# Benchmark", "",
-        f"{report['machine']}; {report['settings']}.", "",
-        "| measure | figure | target | |", "| --- | --- | --- | --- |",
+        "# Benchmark",
+        "",
+        f"{report['machine']}; {report['settings']}.",
+        "",
+        "| measure | figure | target | |",
+        "| --- | --- | --- | --- |",
         f"| `flwr run` round / bare loop round (median, rounds 2..{r['rounds']}) | {r['ratio']:.2f}x "
         f"({r['flwr_round_s']:.2f} s vs {r['bare_round_s']:.2f} s) | <= {TARGETS['round_ratio']}x | "
         f"{verdict(r['ratio'] <= TARGETS['round_ratio'])} |",
@@ -266,64 +342,107 @@ def markdown(report: dict) -> str:
         f"{verdict(s['workspace_builds'] == 0)} |",
     ]
     mm = report["memory_main_run"]
-    lines.append(f"| peak memory of the timed run ({mm['partitions']} partitions, Dirichlet) | PSS "
-                 f"{mm['peak_pss'] / 2**20:.0f} MiB, RSS {mm['peak_rss'] / 2**20:.0f} MiB | | |")
+    lines.append(
+        f"| peak memory of the timed run ({mm['partitions']} partitions, Dirichlet) | PSS "
+        f"{mm['peak_pss'] / 2**20:.0f} MiB, RSS {mm['peak_rss'] / 2**20:.0f} MiB | | |"
+    )
     sizes = sorted(m, key=int)
     for n in sizes:
-        lines.append(f"| peak memory, {n} partitions (IID, 2 rounds) | PSS {m[n]['peak_pss'] / 2**20:.0f} MiB, "
-                     f"RSS {m[n]['peak_rss'] / 2**20:.0f} MiB | | |")
+        lines.append(
+            f"| peak memory, {n} partitions (IID, 2 rounds) | PSS {m[n]['peak_pss'] / 2**20:.0f} MiB, "
+            f"RSS {m[n]['peak_rss'] / 2**20:.0f} MiB | | |"
+        )
     if len(sizes) > 1:
         ratio = m[sizes[-1]]["peak_pss"] / m[sizes[0]]["peak_pss"]
-        lines.append(f"| peak PSS, {sizes[-1]} / {sizes[0]} partitions | {ratio:.2f}x | "
-                     f"<= {TARGETS['memory_ratio']}x | {verdict(ratio <= TARGETS['memory_ratio'])} |")
+        lines.append(
+            f"| peak PSS, {sizes[-1]} / {sizes[0]} partitions | {ratio:.2f}x | "
+            f"<= {TARGETS['memory_ratio']}x | {verdict(ratio <= TARGETS['memory_ratio'])} |"
+        )
     if p:
-        lines.append(f"| preprocessing ({p['videos']} clips of {p['clip']}, {p['workers']} workers): decode + "
-                     f"fbank + resize + cache | {p['prepare_videos_per_s']:.1f} videos/s in all, "
-                     f"{p['prepare_steady_videos_per_s']:.1f} videos/s once the workers run (warm, per-clip work x workers) | | |")
-        lines.append(f"| ffmpeg command line, decode alone (the reference), {p['workers']} processes at a time | "
-                     f"{p['ffmpeg_cli_videos_per_s']:.1f} videos/s; prepare / ffmpeg: "
-                     f"{p['ratio_prepare_over_ffmpeg']:.2f}x in all, {p['ratio_steady_over_ffmpeg']:.2f}x steady | | |")
+        lines.append(
+            f"| preprocessing ({p['videos']} clips of {p['clip']}, {p['workers']} workers): decode + "
+            f"fbank + resize + cache | {p['prepare_videos_per_s']:.1f} videos/s in all, "
+            f"{p['prepare_steady_videos_per_s']:.1f} videos/s once the workers run "
+            "(warm, per-clip work x workers) | | |"
+        )
+        lines.append(
+            f"| ffmpeg command line, decode alone (the reference), {p['workers']} processes at a time | "
+            f"{p['ffmpeg_cli_videos_per_s']:.1f} videos/s; prepare / ffmpeg: "
+            f"{p['ratio_prepare_over_ffmpeg']:.2f}x in all, {p['ratio_steady_over_ffmpeg']:.2f}x steady | | |"
+        )
     lines.append(f"| GPU sharing | {report['gpu']} | | |")
-    lines += ["", "Bytes on the wire per client and round:", "",
-              "| phase | client | task | received | sent |", "| --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "Bytes on the wire per client and round:",
+        "",
+        "| phase | client | task | received | sent |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for row in report["bytes_per_client"]:
-        lines.append(f"| {row['phase']} | {row['modality']} | {row['task']} | {row['bytes_received'] / 1e3:.1f} kB | "
-                     f"{row['bytes_sent'] / 1e3:.1f} kB |")
-    lines += ["", f"Per round: {report['rounds']['bytes_per_round'] / 1e6:.2f} MB to plus from the clients "
-              "(mean over the training rounds).", ""]
+        lines.append(
+            f"| {row['phase']} | {row['modality']} | {row['task']} | {row['bytes_received'] / 1e3:.1f} kB | "
+            f"{row['bytes_sent'] / 1e3:.1f} kB |"
+        )
+    lines += [
+        "",
+        f"Per round: {report['rounds']['bytes_per_round'] / 1e6:.2f} MB to plus from the clients "
+        "(mean over the training rounds).",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def run_bench(out: Path, num_supernodes: int, rounds: int, distill_rounds: int, memory_partitions: list[int],
-              videos: int, run_config: str, timeout: float, log=print, federation: str = "") -> dict:
+def run_bench(
+    out: Path,
+    num_supernodes: int,
+    rounds: int,
+    distill_rounds: int,
+    memory_partitions: list[int],
+    videos: int,
+    run_config: str,
+    timeout: float,
+    log=print,
+    federation: str = "",
+) -> dict:
     import os
 
     import torch
 
-    from mirror_app.config import RunConfig
-    from mirror_app.launch import SuperLink, interrupt_on_signals, with_defaults
+    from mirror_app.core.config import RunConfig
     from mirror_app.results import atomic_write
+    from mirror_app.tools.launch import SuperLink, interrupt_on_signals, with_defaults
 
     if rounds < 2:
         raise BenchError(f"--rounds {rounds} is too few: at least 2 (round 1 includes start-up)")
     if 0 < videos < 16:
-        raise BenchError(f"--videos {videos} is too few: 0 (skip) or at least 16 (half of them make a "
-                         "manifest with every label in train and test)")
+        raise BenchError(
+            f"--videos {videos} is too few: 0 (skip) or at least 16 (half of them make a "
+            "manifest with every label in train and test)"
+        )
     if min(memory_partitions, default=1) < 1:
         raise BenchError(f"--memory-partitions {memory_partitions} must be positive")
-    base = with_defaults(run_config, {"strategy": "'modality-mirror'", "num-server-rounds": str(rounds),
-                                      "distill-rounds": str(distill_rounds), "eval-every": "1"})  # round times
+    base = with_defaults(
+        run_config,
+        {
+            "strategy": "'modality-mirror'",
+            "num-server-rounds": str(rounds),
+            "distill-rounds": str(distill_rounds),
+            "eval-every": "1",
+        },
+    )  # round times
     cfg = RunConfig.from_dict(_parse(base))  # a bad value stops here, before anything starts
     if cfg.clients_per_round > num_supernodes:
         raise BenchError(f"clients-per-round {cfg.clients_per_round} > --num-supernodes {num_supernodes}")
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-", dir=out))
-    report: dict = {"machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, "
-                               f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}",
-                    "settings": f"{num_supernodes} SuperNodes, {cfg.clients_per_round} clients per round, "
-                                f"{cfg.local_epochs} local epochs, {cfg.audio_backbone} + {cfg.video_backbone}, "
-                                f"dataset {cfg.dataset}, missing rate {cfg.missing_rate}, federation config "
-                                f"'{('num-supernodes=N ' + federation).strip()}'"}
+    report: dict = {
+        "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}",
+        "settings": f"{num_supernodes} SuperNodes, {cfg.clients_per_round} clients per round, "
+        f"{cfg.local_epochs} local epochs, {cfg.audio_backbone} + {cfg.video_backbone}, "
+        f"dataset {cfg.dataset}, missing rate {cfg.missing_rate}, federation config "
+        f"'{('num-supernodes=N ' + federation).strip()}'",
+    }
     try:
         with interrupt_on_signals():
             log("bench: starting a SuperLink")
@@ -336,14 +455,24 @@ def run_bench(out: Path, num_supernodes: int, rounds: int, distill_rounds: int, 
                 for n in memory_partitions:
                     log(f"bench: memory with {n} partitions")
                     # IID partitions: 4000 samples cannot make 1000 non-empty Dirichlet partitions
-                    small = with_defaults(run_config, {"num-server-rounds": "2", "distill-rounds": "0",
-                                                       "local-epochs": "1", "partitioner": "'iid'",
-                                                       "clients-per-round": str(min(cfg.clients_per_round, n))})
+                    small = with_defaults(
+                        run_config,
+                        {
+                            "num-server-rounds": "2",
+                            "distill-rounds": "0",
+                            "local-epochs": "1",
+                            "partitioner": "'iid'",
+                            "clients-per-round": str(min(cfg.clients_per_round, n)),
+                        },
+                    )
                     run = simulate(link, work / f"mem{n}", n, small, timeout, federation)
                     memory[n] = {"peak_pss": run["peak_pss"], "peak_rss": run["peak_rss"]}
             report["memory"] = memory
-            report["memory_main_run"] = {"partitions": num_supernodes, "peak_pss": main["peak_pss"],
-                                         "peak_rss": main["peak_rss"]}
+            report["memory_main_run"] = {
+                "partitions": num_supernodes,
+                "peak_pss": main["peak_pss"],
+                "peak_rss": main["peak_rss"],
+            }
             per_round = round_seconds(main["metrics"])
             train_rounds = per_round.loc[2:rounds]
             log("bench: bare loop")
@@ -352,16 +481,24 @@ def run_bench(out: Path, num_supernodes: int, rounds: int, distill_rounds: int, 
             metrics = main["metrics"][main["metrics"]["round"] > 0]
             ok = main["clients"][main["clients"]["status"] == "ok"]
             train_sum = ok.groupby("round")["train_seconds"].sum().loc[2:rounds]
-            report["rounds"] = {"rounds": rounds, "flwr_round_s": flwr_s, "bare_round_s": bare_s,
-                                "flwr_client_train_s": float(train_sum.median()),
-                                "ratio": flwr_s / bare_s, "flwr_rounds_s": per_round.tolist(), "bare_rounds_s": bare,
-                                "bytes_per_round": float((metrics["bytes_to_clients"]
-                                                          + metrics["bytes_from_clients"]).mean())}
+            report["rounds"] = {
+                "rounds": rounds,
+                "flwr_round_s": flwr_s,
+                "bare_round_s": bare_s,
+                "flwr_client_train_s": float(train_sum.median()),
+                "ratio": flwr_s / bare_s,
+                "flwr_rounds_s": per_round.tolist(),
+                "bare_rounds_s": bare,
+                "bytes_per_round": float((metrics["bytes_to_clients"] + metrics["bytes_from_clients"]).mean()),
+            }
             report["startup"] |= {"app_start_s": main["app_start"], "first_round_s": float(per_round.loc[1])}
             report["client_setup"] = setup_cost(main["clients"])
             report["bytes_per_client"] = bytes_per_kind(main["clients"])
-            report["gpu"] = ("not measured: this machine has no GPU" if not torch.cuda.is_available() else
-                             "run with --federation-config client-resources-num-gpus=0.25 to share the GPU")
+            report["gpu"] = (
+                "not measured: this machine has no GPU"
+                if not torch.cuda.is_available()
+                else "run with --federation-config client-resources-num-gpus=0.25 to share the GPU"
+            )
             if videos > 0:
                 log(f"bench: preprocessing {videos} generated clips")
                 report["preprocessing"] = preprocessing(work / "prep", videos, workers=min(2, os.cpu_count() or 1))
@@ -381,28 +518,41 @@ def _parse(run_config: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mirror_app.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mirror_app.tools.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results/bench")
     p.add_argument("--num-supernodes", type=int, default=100)
     p.add_argument("--rounds", type=int, default=6, help="modality-aware FL rounds timed (round 1 is start-up)")
     p.add_argument("--distill-rounds", type=int, default=2, help="distillation rounds (for their bytes)")
     p.add_argument("--memory-partitions", default="10,100,1000")
     p.add_argument("--videos", type=int, default=64, help="generated clips to preprocess (0: skip)")
-    p.add_argument("--run-config", default="", help="extra run config, e.g. \"local-epochs=1\"")
-    p.add_argument("--federation-config", default="client-resources-num-cpus=1",
-                   help="simulation settings besides num-supernodes (the default is `make run`'s; \"\" gives "
-                        "Flower's own: 2 CPUs per client)")
+    p.add_argument("--run-config", default="", help='extra run config, e.g. "local-epochs=1"')
+    p.add_argument(
+        "--federation-config",
+        default="client-resources-num-cpus=1",
+        help='simulation settings besides num-supernodes (the default is `make run`\'s; "" gives '
+        "Flower's own: 2 CPUs per client)",
+    )
     p.add_argument("--timeout", type=float, default=1800)
     args = p.parse_args(argv)
     try:
         sizes = [int(x) for x in args.memory_partitions.split(",") if x.strip()]
     except ValueError:
-        print(f"error: --memory-partitions {args.memory_partitions!r} must be comma-separated integers",
-              file=sys.stderr)
+        print(
+            f"error: --memory-partitions {args.memory_partitions!r} must be comma-separated integers", file=sys.stderr
+        )
         return 2
     try:
-        report = run_bench(Path(args.out).resolve(), args.num_supernodes, args.rounds, args.distill_rounds, sizes,
-                           args.videos, args.run_config, args.timeout, federation=args.federation_config)
+        report = run_bench(
+            Path(args.out).resolve(),
+            args.num_supernodes,
+            args.rounds,
+            args.distill_rounds,
+            sizes,
+            args.videos,
+            args.run_config,
+            args.timeout,
+            federation=args.federation_config,
+        )
     except (BenchError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """Centralised reference accuracy of a dataset: how strong each modality is without FL.
 
-    python -m mirror_app.centralized --dataset embedded --epochs 10
+    python -m mirror_app.tools.centralized --dataset embedded --epochs 10
 
 Trains the audio-only model (audio encoder + audio head) and the audiovisual model
 (both encoders + fusion head) on the whole train split, each on its own copy of the same
@@ -19,18 +19,40 @@ import time
 import torch
 
 from data import DATASETS, load_dataset
-from mirror_app.models import BACKBONES, initial_model
-from mirror_app.training import evaluate, train_audio, train_av
+from mirror_app.core.backbones import BACKBONES
+from mirror_app.core.evaluation import evaluate
+from mirror_app.core.models import initial_model
+from mirror_app.core.training import train_audio, train_av
 
 
-def centralized(dataset: str, data_dir: str, epochs: int, lr: float, batch_size: int, seed: int,
-                fold: int = 1, audio_backbone: str = "tdnn-small", video_backbone: str = "cnn-small",
-                embed_dim: int = 64, audio_pretrained: str = "", video_pretrained: str = "") -> dict:
+def centralized(
+    dataset: str,
+    data_dir: str,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    fold: int = 1,
+    audio_backbone: str = "tdnn-small",
+    video_backbone: str = "cnn-small",
+    embed_dim: int = 64,
+    audio_pretrained: str = "",
+    video_pretrained: str = "",
+) -> dict:
     cache = load_dataset(dataset, data_dir, fold=fold)
     train = cache.indices("train")
     test = cache.indices("test")
-    initial = initial_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], audio_backbone,
-                            video_backbone, embed_dim, seed, audio_pretrained, video_pretrained)
+    initial = initial_model(
+        cache.num_classes,
+        cache.audio.shape[1:],
+        cache.video.shape[1:],
+        audio_backbone,
+        video_backbone,
+        embed_dim,
+        seed,
+        audio_pretrained,
+        video_pretrained,
+    )
     audio_model, av_model = copy.deepcopy(initial), initial  # same initial weights, no shared parameters
     kw = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer="adam", device="cpu", seed=seed)
     t0 = time.time()
@@ -70,9 +92,20 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from pathlib import Path
 
-    result = centralized(args.dataset, str(Path(args.data_dir).expanduser()), args.epochs, args.lr,
-                         args.batch_size, args.seed, args.fold, args.audio_backbone, args.video_backbone,
-                         args.embed_dim, args.audio_pretrained, args.video_pretrained)
+    result = centralized(
+        args.dataset,
+        str(Path(args.data_dir).expanduser()),
+        args.epochs,
+        args.lr,
+        args.batch_size,
+        args.seed,
+        args.fold,
+        args.audio_backbone,
+        args.video_backbone,
+        args.embed_dim,
+        args.audio_pretrained,
+        args.video_pretrained,
+    )
     print(json.dumps(result))
 
 

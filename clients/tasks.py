@@ -1,0 +1,54 @@
+"""The client tasks the paper's methods share: ``train-audio``, ``train-av``, ``train-unimodal`` and
+``distill``. A strategy lists the ones it uses in its ``client_tasks``; a method with tasks of its own keeps
+them in its folder (strategies/fedcmi/client.py, strategies/align/client.py)."""
+
+from __future__ import annotations
+
+from mirror_app.core.groups import AUDIO_MODEL, AV_MODEL, TEACHER_PREFIX, VIDEO_MODEL
+from mirror_app.core.training import distill, train_audio, train_av, train_unimodal
+
+from .base import GroupClient, Task, Workspace
+
+
+def run_train_audio(client: GroupClient, ws: Workspace, received: dict, seed: int) -> tuple[list[str], float]:
+    """Cross-entropy on audio: updates audio encoder + audio head."""
+    client.load(ws.model, received)
+    loss = train_audio(ws.model, ws.cache, client.partition.indices, **client.train_kwargs(ws, seed))
+    return list(AUDIO_MODEL), loss
+
+
+def run_train_av(client: GroupClient, ws: Workspace, received: dict, seed: int) -> tuple[list[str], float]:
+    """Cross-entropy of the fused model: updates audio encoder, video encoder, fusion head."""
+    client.load(ws.model, received)
+    loss = train_av(ws.model, ws.cache, client.partition.indices, **client.train_kwargs(ws, seed))
+    return list(AV_MODEL), loss
+
+
+def run_train_unimodal(client: GroupClient, ws: Workspace, received: dict, seed: int) -> tuple[list[str], float]:
+    """Harmony stage 1: a unimodal audio model and a unimodal video model on the same data."""
+    client.load(ws.model, received)
+    loss = train_unimodal(ws.model, ws.cache, client.partition.indices, **client.train_kwargs(ws, seed))
+    return list(AUDIO_MODEL + VIDEO_MODEL), loss
+
+
+def run_distill(client: GroupClient, ws: Workspace, received: dict, seed: int) -> tuple[list[str], float]:
+    """Phase 2: the audio student (audio encoder + head) learns from the frozen AV teacher."""
+    client.load(ws.model, received)
+    client.load_teacher(ws.teacher, received)
+    s = client.settings
+    loss = distill(
+        ws.model,
+        ws.teacher,
+        ws.cache,
+        client.partition.indices,
+        temperature=s.temperature,
+        ce_weight=s.distill_ce_weight,
+        **client.train_kwargs(ws, seed),
+    )
+    return list(AUDIO_MODEL), loss
+
+
+TRAIN_AUDIO = Task(run_train_audio, needs=AUDIO_MODEL)
+TRAIN_AV = Task(run_train_av, needs=AV_MODEL, video=True)
+TRAIN_UNIMODAL = Task(run_train_unimodal, needs=AUDIO_MODEL + VIDEO_MODEL, video=True)
+DISTILL = Task(run_distill, needs=AUDIO_MODEL + tuple(TEACHER_PREFIX + g for g in AV_MODEL), video=True)

@@ -1,0 +1,93 @@
+"""Evaluation: metrics of the audio-only and the audiovisual model on a split, and the server's evaluator.
+
+Plain PyTorch and torchmetrics; no Flower here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .groups import set_groups
+from .models import DualEncoder
+from .training import batches
+
+
+@torch.no_grad()
+def predict(model: DualEncoder, cache, indices, batch_size: int, device, with_video: bool) -> torch.Tensor:
+    model.eval()
+    out = []
+    for b in batches(cache, indices, batch_size, with_video, device):
+        logits = model.audio_logits(b.audio) if b.video is None else model.av_logits(b.audio, b.video)
+        out.append(logits.cpu())
+    return torch.cat(out)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
+    """top-1, top-5, macro-F1 and per-class F1 of logits against integer labels, and the share of the
+    predictions taken by the most frequent predicted class (``majority_share``, of class ``majority_class``):
+    near 1, the model predicts one class for everything (collapsed)."""
+    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+
+    top5 = min(5, num_classes)
+    counts = torch.bincount(logits.argmax(dim=1), minlength=num_classes) if len(logits) else torch.zeros(1)
+    return {
+        "top1": float(multiclass_accuracy(logits, labels, num_classes, average="micro", top_k=1)),
+        "top5": float(multiclass_accuracy(logits, labels, num_classes, average="micro", top_k=top5)),
+        "macro_f1": float(multiclass_f1_score(logits, labels, num_classes, average="macro")),
+        "per_class_f1": multiclass_f1_score(logits, labels, num_classes, average=None).tolist(),
+        "majority_share": float(counts.max()) / max(len(logits), 1),
+        "majority_class": int(counts.argmax()),
+    }
+
+
+def evaluate(
+    model: DualEncoder, cache, indices, batch_size: int = 256, device="cpu", parts: tuple[str, ...] = ("audio", "av")
+) -> dict:
+    """The audio-only model (the product) and/or the audiovisual model on the given rows: for each part
+    ``<part>_top1``, ``<part>_top5``, ``<part>_majority_share`` and ``<part>_majority_class``; for the
+    audio model also the macro-F1 and the per-class F1."""
+    indices = np.sort(indices)
+    labels = torch.from_numpy(cache.labels[indices])
+    out: dict = {}
+    for part in parts:
+        m = classification_metrics(
+            predict(model, cache, indices, batch_size, device, part == "av"), labels, cache.num_classes
+        )
+        out.update(
+            {
+                f"{part}_top1": m["top1"],
+                f"{part}_top5": m["top5"],
+                f"{part}_majority_share": m["majority_share"],
+                f"{part}_majority_class": m["majority_class"],
+            }
+        )
+        if part == "audio":
+            out.update(audio_macro_f1=m["macro_f1"], audio_per_class_f1=m["per_class_f1"])
+    return out
+
+
+class Evaluator:
+    """Server-side evaluation of the audio and audiovisual models on the held-out test split and, when
+    ``dev-fraction`` > 0, on the server-held dev split (carved from train, never given to a client), which
+    picks the best-dev round of ``summary.json`` without looking at test."""
+
+    def __init__(self, model, cache, device: torch.device):
+        self.model = model.to(device)
+        self.cache = cache
+        self.indices = cache.indices("test")
+        self.dev = cache.indices("dev")
+        self.device = device
+
+    def __call__(self, audio_state: dict, av_state: dict) -> dict:
+        set_groups(self.model, audio_state)
+        out = evaluate(self.model, self.cache, self.indices, device=self.device, parts=("audio",))
+        if self.dev.size:
+            dev = evaluate(self.model, self.cache, self.dev, device=self.device, parts=("audio",))
+            out |= {f"dev_{k}": dev[k] for k in ("audio_top1", "audio_top5", "audio_macro_f1")}
+        set_groups(self.model, av_state)
+        out |= evaluate(self.model, self.cache, self.indices, device=self.device, parts=("av",))
+        if self.dev.size:
+            dev = evaluate(self.model, self.cache, self.dev, device=self.device, parts=("av",))
+            out["dev_av_top1"] = dev["av_top1"]
+        return out

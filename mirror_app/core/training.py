@@ -1,0 +1,195 @@
+"""Plain PyTorch: mini-batches, the local training loop, the shared clients' losses (audio, audiovisual,
+unimodal, distillation). No Flower here. A method's own losses live in its folder (strategies/<method>/)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import DualEncoder
+
+
+@dataclass
+class Batch:
+    audio: torch.Tensor
+    video: torch.Tensor | None
+    labels: torch.Tensor
+    present: torch.Tensor | None = None  # classes the client holds (restricted softmax), None: all classes
+
+
+def label_ce(logits: torch.Tensor, b: Batch) -> torch.Tensor:
+    """Cross-entropy of ``logits`` against the batch's labels.
+
+    With ``b.present`` set (run config ``restricted-softmax``), the softmax runs over the classes
+    the client holds only: absent classes' logits are left out, so a client with 3 of 20 classes
+    does not push the other 17 down. Under strong label skew (Dirichlet alpha 0.1) and partial
+    participation this keeps the averaged heads from drifting towards the few classes of the
+    clients drawn in a round (restricted softmax, as in FedRS, Li and Zhan 2021, with alpha 0).
+    """
+    if b.present is not None:
+        logits = logits.masked_fill(~b.present, float("-inf"))
+    return F.cross_entropy(logits, b.labels)
+
+
+def batches(
+    cache,
+    indices: np.ndarray,
+    batch_size: int,
+    with_video: bool,
+    device: torch.device,
+    rng: np.random.Generator | None = None,
+) -> Iterator[Batch]:
+    """Mini-batches read straight from the memory-mapped cache (shuffled when ``rng`` is given)."""
+    order = rng.permutation(indices) if rng is not None else indices
+    for start in range(0, len(order), batch_size):
+        rows = np.sort(order[start : start + batch_size])  # sorted reads are memmap-friendly
+        audio = torch.from_numpy(np.ascontiguousarray(cache.audio[rows])).to(device)
+        video = torch.from_numpy(cache.frames(rows)).to(device) if with_video else None
+        labels = torch.from_numpy(cache.labels[rows]).to(device)
+        yield Batch(audio, video, labels)
+
+
+def make_optimizer(params, name: str, lr: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    return torch.optim.Adam(params, lr=lr)
+
+
+def proximal_term(params: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx's (mu / 2) * ||w - w_global||^2 over the trained parameters."""
+    return cast(torch.Tensor, 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor)))
+
+
+def run_epochs(
+    model: nn.Module,
+    loss_fn,
+    trainable: list[nn.Module],
+    cache,
+    indices,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    optimizer: str,
+    with_video: bool,
+    device,
+    seed: int,
+    mu: float = 0.0,
+    present: torch.Tensor | None = None,
+) -> float:
+    params = [p for m in trainable for p in m.parameters() if p.requires_grad]  # frozen base weights stay out
+    anchor = [p.detach().clone() for p in params] if mu > 0 else []
+    opt = make_optimizer(params, optimizer, lr)
+    rng = np.random.default_rng(seed)
+    model.train()
+    total, count = 0.0, 0
+    for _ in range(epochs):
+        for b in batches(cache, indices, batch_size, with_video, device, rng):
+            b.present = present
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(b)
+            if mu > 0:
+                loss = loss + proximal_term(params, anchor, mu)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(b.labels)
+            count += len(b.labels)
+    return total / max(count, 1)
+
+
+def train_audio(model: DualEncoder, cache, indices, **kw) -> float:
+    """Audio-only client: cross-entropy of the audio model (audio encoder + audio head)."""
+    return run_epochs(
+        model,
+        lambda b: label_ce(model.audio_logits(b.audio), b),
+        [model.audio_encoder, model.audio_head],
+        cache,
+        indices,
+        with_video=False,
+        **kw,
+    )
+
+
+def train_av(model: DualEncoder, cache, indices, **kw) -> float:
+    """Audiovisual client: cross-entropy of the late-fusion model (both encoders + fusion head)."""
+    return run_epochs(
+        model,
+        lambda b: label_ce(model.av_logits(b.audio, b.video), b),
+        [model.audio_encoder, model.video_encoder, model.fusion_head],
+        cache,
+        indices,
+        with_video=True,
+        **kw,
+    )
+
+
+def train_unimodal(model: DualEncoder, cache, indices, **kw) -> float:
+    """Harmony stage 1 on an audiovisual client: a unimodal audio model and a unimodal video model,
+    each trained with its own cross-entropy (no fusion)."""
+    return run_epochs(
+        model,
+        lambda b: label_ce(model.audio_logits(b.audio), b) + label_ce(model.video_logits(b.video), b),
+        [model.audio_encoder, model.audio_head, model.video_encoder, model.video_head],
+        cache,
+        indices,
+        with_video=True,
+        **kw,
+    )
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float,
+    ce_weight: float = 0.0,
+) -> torch.Tensor:
+    """KL(teacher_T || student_T) * T^2 (Hinton et al.), plus ``ce_weight`` x cross-entropy.
+
+    Both distributions are softened by the temperature T; the T^2 factor keeps the
+    gradient scale independent of T.
+    """
+    t = temperature
+    kl = F.kl_div(
+        F.log_softmax(student_logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (t * t)
+    if ce_weight > 0:
+        kl = kl + ce_weight * F.cross_entropy(student_logits, labels)
+    return kl
+
+
+def distill(
+    student: DualEncoder, teacher: DualEncoder, cache, indices, *, temperature: float, ce_weight: float = 0.0, **kw
+) -> float:
+    """Phase 2 on an audiovisual client: the audio student learns the frozen AV teacher's outputs."""
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    def loss_fn(b: Batch) -> torch.Tensor:
+        assert b.video is not None  # distillation reads video (with_video=True below)
+        with torch.no_grad():
+            target = teacher.av_logits(b.audio, b.video)
+        return distillation_loss(student.audio_logits(b.audio), target, b.labels, temperature, ce_weight)
+
+    return run_epochs(
+        student, loss_fn, [student.audio_encoder, student.audio_head], cache, indices, with_video=True, **kw
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """Run config ``device`` (cpu | cuda | auto) -> a torch device, with a clear error where CUDA is missing."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run config 'device' = 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
+    return torch.device(name)

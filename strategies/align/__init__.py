@@ -1,0 +1,5 @@
+"""Modality alignment with federated broadcasting: server part, client tasks, model and loss, text anchors."""
+
+from .server import ModalityAlign
+
+__all__ = ["ModalityAlign"]
