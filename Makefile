@@ -14,7 +14,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 
-.PHONY: venv run test lint bench calibrate pretrain prepare deploy-local table1 table1-quick ablations clean
+.PHONY: venv run test lint export bench calibrate pretrain prepare deploy-local table1 table1-quick ablations clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,11 +25,11 @@ $(VENV)/.installed: requirements.txt
 venv: $(VENV)/.installed
 
 ## run: the default ModalityMirror simulation (100 clients) on the embedded dataset, from the pretrained
-## encoders (built first if missing; PRETRAINED_CONFIG= starts from random weights)
+## encoders (built first if missing; PRETRAINED_CONFIG= starts from random weights). The run config is
+## checked before Flower starts; the exit status says whether the run finished (mirror_app/tools/run.py)
 PRETRAINED_CONFIG ?= audio-pretrained='$(PRETRAINED)/audio-tdnn-small-d64.pt' video-pretrained='$(PRETRAINED)/video-cnn-small-d64.pt'
 run: venv $(PRETRAINED_FILES)
-	flwr federation simulation-config --num-supernodes $(NUM_CLIENTS) --client-resources-num-cpus 1
-	flwr run . --stream --run-config "output-dir='$(OUTPUT_DIR)' $(PRETRAINED_CONFIG) $(RUN_CONFIG)"
+	$(PY) -m mirror_app.tools.run --num-supernodes $(NUM_CLIENTS) --run-config "output-dir='$(OUTPUT_DIR)' $(PRETRAINED_CONFIG) $(RUN_CONFIG)"
 
 ## test: lint (ruff), format check, import contracts (import-linter), types of the core (mypy), then the
 ## whole suite (unit tests and end-to-end `flwr run` tests; a deprecated Flower API fails it)
@@ -42,6 +42,15 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
+
+## export: a finished run's audio-only model as ONNX + TorchScript, its front end, classes and model card
+## (RUN=results/<run folder> [OUT=folder]; default OUT: <run>/export). Then:
+## $(PY) -m mirror_app.tools.predict --model <export folder> FILES...
+RUN ?=
+OUT ?=
+export: venv
+	@test -n "$(RUN)" || { echo "usage: make export RUN=results/<run folder> [OUT=<folder>]"; exit 2; }
+	$(PY) -m mirror_app.tools.export "$(RUN)" $(if $(OUT),--out "$(OUT)")
 
 ## bench: Flower + Ray overhead against a bare loop, start-up, client set-up, memory at 10/100/1000
 ## partitions, preprocessing against the ffmpeg CLI, bytes per client kind -> results/bench/bench.{md,json}

@@ -60,6 +60,37 @@ def log_mel(waveform: np.ndarray | torch.Tensor, spec: FeatureSpec) -> np.ndarra
     return fb.numpy().astype(np.float32)
 
 
+def front_end(spec: FeatureSpec, audio_norm: dict | None) -> dict:
+    """The audio front end as data: what a deployed model needs to turn a waveform into its input
+    (``log_mel`` with these settings, then ``normalise``)."""
+    return {
+        "sample_rate": SAMPLE_RATE,
+        "num_mel_bins": spec.num_mel_bins,
+        "audio_seconds": spec.audio_seconds,
+        "num_frames": spec.num_frames,
+        "fbank": {
+            "frame_length_ms": 25.0,
+            "frame_shift_ms": 10.0,
+            "window": "hanning",
+            "dither": 0.0,
+            "htk_compat": True,
+            "use_energy": False,
+            "snip_edges": True,
+        },
+        "normalisation": None
+        if audio_norm is None
+        else {"mean": float(audio_norm["mean"]), "std": float(audio_norm["std"])},
+    }
+
+
+def normalise(mel: np.ndarray, audio_norm: dict | None) -> np.ndarray:
+    """``(mel - mean) / std`` with the training split's statistics where the dataset normalises its
+    features (the embedded dataset), else the features as they are (real data: the backbone normalises)."""
+    if audio_norm is None:
+        return mel
+    return (mel - audio_norm["mean"]) / audio_norm["std"]
+
+
 def frame_transform(image_size: int):
     """uint8 HWC RGB frame -> normalised float CHW tensor of side ``image_size`` (a torchvision v2.Compose)."""
     from torchvision.transforms import v2

@@ -24,6 +24,7 @@ from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from flwr.common import log
@@ -144,8 +145,58 @@ def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) ->
     atomic_write(path, lambda p: frame.to_csv(p, index=False))
 
 
+class Curves:
+    """Live curves of a run for TensorBoard, in ``<run>/tensorboard`` (torch.utils.tensorboard's writer):
+    per round the audio and audiovisual test metrics (top-1, top-5, macro-F1) and the dev ones, the phase
+    (``phase/index``, and a ``phase/boundaries`` text at each phase's first round), bytes to and from the
+    clients, clients that took part and failures, and the clients' training losses (mean per modality and
+    a histogram). Flushed every round, so ``tensorboard --logdir results`` shows a run while it trains."""
+
+    SCALARS = {
+        "audio_top1": "audio/top1",
+        "audio_top5": "audio/top5",
+        "audio_macro_f1": "audio/macro_f1",
+        "av_top1": "av/top1",
+        "av_top5": "av/top5",
+        "av_macro_f1": "av/macro_f1",
+        "dev_audio_top1": "dev/audio_top1",
+        "dev_audio_top5": "dev/audio_top5",
+        "dev_audio_macro_f1": "dev/audio_macro_f1",
+        "dev_av_top1": "dev/av_top1",
+    }
+
+    def __init__(self, folder: Path, purge_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(folder), purge_step=purge_step)
+        self.phase: str | None = None
+
+    def round(self, step: int, phase_index: int, phase: str, metrics: dict, stats: dict, clients: list[dict]) -> None:
+        w = self.writer
+        w.add_scalar("phase/index", phase_index, step)
+        if phase != self.phase:
+            w.add_text("phase/boundaries", f"round {step}: phase {phase_index} `{phase}` starts", step)
+            self.phase = phase
+        for key, tag in self.SCALARS.items():
+            if isinstance(metrics.get(key), (int, float)):
+                w.add_scalar(tag, metrics[key], step)
+        if step > 0:
+            for key in ("bytes_to_clients", "bytes_from_clients", "clients", "failures"):
+                w.add_scalar(f"round/{key}", stats.get(key, 0), step)
+        losses = [r for r in clients if r.get("status") == "ok" and r.get("train_loss") == r.get("train_loss")]
+        for modality in sorted({r["modality"] for r in losses}):
+            values = [float(r["train_loss"]) for r in losses if r["modality"] == modality]
+            w.add_scalar(f"client_loss/{modality}", sum(values) / len(values), step)
+        if losses:
+            w.add_histogram("client_loss/all", np.asarray([float(r["train_loss"]) for r in losses]), step)
+        w.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 class RunRecorder:
-    def __init__(self, run_dir: Path, config: dict, classes: list[str]):
+    def __init__(self, run_dir: Path, config: dict, classes: list[str], tensorboard: bool = False):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.classes = classes
@@ -155,6 +206,7 @@ class RunRecorder:
         self._pending: dict[str, float] = {}
         self.partitions: dict | None = None  # set by the strategy once it knows the connected clients
         write_json(self.dir / "config.json", config)
+        self.curves = Curves(self.dir / "tensorboard") if tensorboard else None
 
     def save_resume_state(self, server_round: int, strategy_state: dict, seconds: float) -> None:
         """``resume.pt``: what ``resume`` needs to continue after ``server_round`` (atomic, every round)."""
@@ -173,13 +225,15 @@ class RunRecorder:
         atomic_write(self.dir / RESUME_FILE, lambda p: torch.save(payload, p))
 
     @classmethod
-    def reopen(cls, run_dir: Path, saved: dict, classes: list[str]) -> RunRecorder:
+    def reopen(cls, run_dir: Path, saved: dict, classes: list[str], tensorboard: bool = False) -> RunRecorder:
         """The recorder of an interrupted run, from its saved state (:func:`load_resume_state`)."""
         rec = cls.__new__(cls)
         rec.dir, rec.classes = Path(run_dir), classes
         r = saved["recorder"]
         rec.metrics, rec.clients, rec.per_class, rec._pending = r["metrics"], r["clients"], r["per_class"], r["pending"]
         rec.partitions = r.get("partitions")
+        # events after the resume point (written before the interruption) are dropped
+        rec.curves = Curves(rec.dir / "tensorboard", purge_step=saved["round"] + 1) if tensorboard else None
         return rec
 
     def client_row(self, row: dict) -> None:
@@ -211,6 +265,15 @@ class RunRecorder:
         failures = stats.get("failures", 0)
         if failures:
             line += f"  failures {failures}"
+        if self.curves:
+            self.curves.round(
+                server_round,
+                phase_index,
+                phase,
+                metrics,
+                stats,
+                [r for r in self.clients if r.get("round") == server_round],
+            )
         log(INFO, "%s  %.1f s", line, seconds)
 
     def _warn_collapse(self, row: dict, metrics: dict) -> None:
@@ -260,11 +323,13 @@ class RunRecorder:
         summary["partitions"] = self.partitions
         write_json(self.dir / "summary.json", summary)
         (self.dir / RESUME_FILE).unlink(missing_ok=True)  # a finished run is not resumed
+        if self.curves:
+            self.curves.close()
         log(INFO, "run finished; results in %s", self.dir)
 
 
 RESUME_FILE = "resume.pt"
-RESUME_IGNORED = ("resume", "output-dir", "round-timeout", "device")  # may differ in a resumed run
+RESUME_IGNORED = ("resume", "output-dir", "round-timeout", "device", "tensorboard")  # may differ in a resumed run
 
 
 class ResumeError(ValueError):

@@ -71,9 +71,9 @@ def make_components(context: Context) -> ServerAppComponents:
         set_groups(model, {g: a for g, a in state.items() if g in groups})
     if saved is None:
         run_name = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.strategy.rsplit('.', 1)[-1]}-run{context.run_id}"
-        recorder = RunRecorder(out_root / run_name, cfg.to_dict(), cache.classes)
+        recorder = RunRecorder(out_root / run_name, cfg.to_dict(), cache.classes, tensorboard=cfg.tensorboard)
     else:
-        recorder = RunRecorder.reopen(cfg.resolve(cfg.resume), saved, cache.classes)
+        recorder = RunRecorder.reopen(cfg.resolve(cfg.resume), saved, cache.classes, tensorboard=cfg.tensorboard)
         log(INFO, "resuming %s after round %d", recorder.dir, saved["round"])
     log(INFO, "writing results to %s", recorder.dir)
     eval_model = strategy_cls.server_model(

@@ -84,6 +84,8 @@ class PhasedStrategy(FedAvg):
     client_tasks: ClassVar[dict[str, Task]] = {}
     label: ClassVar[str] = ""  # the method's name in tables and figures (the class name when empty)
     compared: ClassVar[bool] = False  # one of the methods of the paper's comparison (`make table1`)
+    # the groups of the audio-only model this method evaluates and exports (state keys of the main slot)
+    audio_groups: ClassVar[tuple[str, ...]] = AUDIO_MODEL
 
     @classmethod
     def server_model(cls, model, cfg: RunConfig, classes: list[str]):
@@ -332,7 +334,8 @@ class PhasedStrategy(FedAvg):
             self.aggregator.inner.pop(slot + g, None)
 
     def audio_model_state(self) -> dict:
-        return {g: self.state[g] for g in AUDIO_MODEL}
+        """The audio-only model this method evaluates (and `export` ships): the ``audio_groups`` of the state."""
+        return {g: self.state[g] for g in self.audio_groups}
 
     def av_model_state(self) -> dict:
         """The audiovisual model: the frozen teacher once distillation started, else the ``av/`` slot

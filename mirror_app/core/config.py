@@ -71,6 +71,7 @@ class RunConfig:
     round_timeout: float
     partitioner: str
     restricted_softmax: bool
+    tensorboard: bool
 
     # ------------------------------------------------------------------ parsing
     @classmethod

@@ -64,6 +64,8 @@ def evaluate(
         )
         if part == "audio":
             out.update(audio_macro_f1=m["macro_f1"], audio_per_class_f1=m["per_class_f1"])
+        else:
+            out["av_macro_f1"] = m["macro_f1"]
     return out
 
 

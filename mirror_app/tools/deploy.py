@@ -24,9 +24,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from mirror_app.tools.launch import SuperLink, interrupt_on_signals, with_defaults
+from mirror_app.tools.launch import (
+    SuperLink,
+    check_run,
+    failure_reason,
+    interrupt_on_signals,
+    run_status,
+    started_run_id,
+    with_defaults,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+class ConfigProblem(ValueError):
+    """The run config or the data is wrong: found before anything starts."""
 
 
 def node_configs(nodes: int, audio_only: int, data_dir: str | None = None) -> list[str]:
@@ -57,6 +69,11 @@ def deploy(
     configs = node_configs(nodes, audio_only, data_dir)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    config = with_defaults(run_config, {"output-dir": f"'{out}'", "clients-per-round": str(nodes)})
+    try:  # a bad config or an unprepared dataset costs a second, not a deployment
+        check_run(config + (f" data-dir='{data_dir}'" if data_dir and "data-dir=" not in config else ""))
+    except ValueError as exc:
+        raise ConfigProblem(str(exc)) from None
     home = Path(home) if home else Path(tempfile.mkdtemp(prefix="flwr-deploy-"))
     certs = keys = None
     if secure:
@@ -78,13 +95,18 @@ def deploy(
         if on_started:
             on_started(link)
         before = set(out.iterdir())
-        config = with_defaults(run_config, {"output-dir": f"'{out}'", "clients-per-round": str(nodes)})
         log_file = out / f"deploy-{time.strftime('%Y%m%d-%H%M%S')}.log"
         log(f'flwr run . test --stream --run-config "{config}"  (log: {log_file})')
         res = link.flwr_run(ROOT, "--run-config", config, log_file=log_file, timeout=None)
         runs = [d for d in set(out.iterdir()) - before if d.is_dir()]
         if res.returncode != 0 or len(runs) != 1 or not (runs[0] / "summary.json").is_file():
-            raise RuntimeError(f"the deployed run did not finish; see {log_file} and the node logs in {home}")
+            text = log_file.read_text(errors="replace") if log_file.is_file() else ""
+            run_id = started_run_id(text)
+            details = run_status(run_id, link.env, "test", ROOT)[1] if run_id is not None else ""
+            reason = details.removeprefix("Simulation failed with exception: ") or failure_reason(text)
+            raise RuntimeError(
+                f"the deployed run failed: {reason or 'no reason recorded'} (log: {log_file}; node logs in {home})"
+            )
     log(f"finished in {time.perf_counter() - t0:.1f} s: {runs[0]}")
     return runs[0]
 
@@ -111,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: every process of this deployment was stopped", file=sys.stderr)
         return 130
+    except ConfigProblem as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -37,6 +37,99 @@ def with_defaults(run_config: str, defaults: dict[str, str]) -> str:
     return " ".join([f"{k}={v}" for k, v in defaults.items() if k not in given] + [run_config]).strip()
 
 
+def parse_pairs(run_config: str) -> dict[str, str]:
+    """``key=value ...`` (values quoted with ' or " may hold spaces) -> {key: value as written}."""
+    return dict(re.findall(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)", run_config))
+
+
+def pairs_to_values(pairs: dict[str, str]) -> dict:
+    """{key: value as written} -> {key: TOML value}, as Flower reads ``--run-config`` pairs; a ValueError
+    names a value that is not TOML."""
+    import tomllib
+
+    raw: dict = {}
+    for key, value in pairs.items():
+        if value[:1] in "'\"":
+            raw[key] = value.strip("'\"")
+            continue
+        try:
+            raw[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise ValueError(f"run config {key}={value} is not a TOML value (quote strings: {key}='...')") from None
+    return raw
+
+
+def check_run(run_config: str, dataset: bool = True):
+    """What a run would check first, in this process and in a second: the run config (pyproject defaults
+    plus ``run_config``), the strategy, the output dir and (``dataset``) that the dataset is there.
+    Returns the RunConfig; raises ValueError (ConfigError, DatasetNotPrepared) with a one-line reason."""
+    from data import load_dataset
+    from strategies import resolve_config
+
+    cfg, _ = resolve_config(pairs_to_values(parse_pairs(run_config)))
+    cfg.check_output_dir()
+    if dataset:
+        try:
+            load_dataset(cfg.dataset, cfg.data_path, cfg.fold, cfg.dev_fraction, cfg.seed)
+        except FileNotFoundError as exc:
+            raise ValueError(str(exc)) from None
+    return cfg
+
+
+def started_run_id(output: str) -> int | None:
+    """The run id ``flwr run`` printed ("Successfully started run <id>"), if any."""
+    found = re.findall(r"Successfully started run (\d+)", output)
+    return int(found[-1]) if found else None
+
+
+def run_status(run_id: int, env: dict, connection: str = "", cwd: Path | None = None) -> tuple[str, str]:
+    """(status, details) of a run from the SuperLink's own records (``flwr list --run-id N --format json``),
+    e.g. ("finished:completed", "") or ("finished:failed", "<the exception's message>")."""
+    import json
+
+    cmd = ["flwr", "list", *([connection] if connection else []), "--run-id", str(run_id), "--format", "json"]
+    res = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+    try:
+        runs = json.loads(res.stdout[res.stdout.index("{") :])["runs"]
+        run = next(r for r in runs if str(r["run-id"]) == str(run_id))
+    except (ValueError, KeyError, StopIteration):
+        return "unknown", (res.stdout + res.stderr).strip().splitlines()[-1:][0] if (
+            res.stdout + res.stderr
+        ).strip() else "flwr list gave no answer"
+    return str(run["status"]), str(run.get("status-details") or "")
+
+
+def failure_reason(output: str) -> str:
+    """The last exception's message in a log (the line after its traceback, without the exception's
+    qualified name), or the last ERROR line; "" when there is neither."""
+    lines = output.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if starts:
+        for line in lines[starts[-1] + 1 :]:
+            if line and not line[0].isspace():
+                return re.sub(r"^[\w.]+(Error|Exception|NotPrepared|Exit)?: ", "", line).strip()
+    errors = [line for line in lines if "ERROR" in line]
+    return re.sub(r"\x1b\[[0-9;]*m", "", errors[-1]).strip() if errors else ""
+
+
+class TracebackFilter:
+    """Passes log lines on, except Python tracebacks (kept for the log file only): ``keep(line)``."""
+
+    def __init__(self) -> None:
+        self.inside = False
+
+    def keep(self, line: str) -> bool:
+        if line.startswith("Traceback (most recent call last)"):
+            self.inside = True
+            return False
+        if self.inside:
+            if line[:1].isspace() or not line.strip():
+                return False
+            self.inside = False
+            return False  # the exception line: the reason is shown once, at the end
+        return True
+
+
 @contextmanager
 def interrupt_on_signals() -> Iterator[None]:
     """Turn SIGTERM and SIGINT into KeyboardInterrupt while inside, so ``with`` blocks clean up.

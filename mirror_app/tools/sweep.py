@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mirror_app.tools.launch import pairs_to_values, parse_pairs
 from strategies import compared_methods
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,13 +62,6 @@ class Cell:
     @property
     def key(self) -> str:
         return f"{self.method}-mr{self.rate:g}-s{self.seed}" + (f"-{self.tag}" if self.tag else "")
-
-
-def parse_pairs(run_config: str) -> dict[str, str]:
-    """``key=value ...`` (values quoted with ' or " may hold spaces) -> {key: value as written}."""
-    import re
-
-    return dict(re.findall(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)", run_config))
 
 
 def override_pairs(base: str, over: str) -> str:
@@ -392,16 +386,10 @@ def merged_run_config(preset: str, run_config: str) -> str:
         if key in PER_CELL:
             raise SweepError(f"--run-config {key}={value}: the sweep sets {', '.join(PER_CELL)} for each run itself")
         pairs[key] = value
-    raw: dict = {}
-    for key, value in pairs.items():
-        text = value.strip("'\"")
-        if value[:1] in "'\"":
-            raw[key] = text
-        else:
-            try:
-                raw[key] = tomllib.loads(f"v = {value}")["v"]
-            except tomllib.TOMLDecodeError:
-                raise SweepError(f"run config {key}={value} is not a TOML value (quote strings: {key}='...')") from None
+    try:
+        raw = pairs_to_values(pairs)
+    except ValueError as exc:
+        raise SweepError(str(exc)) from None
     try:
         RunConfig.from_dict(raw)
     except ConfigError as exc:
@@ -471,6 +459,14 @@ def main(argv: list[str] | None = None) -> int:
     except SweepError as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return 2
+    if not args.report_only:
+        from mirror_app.tools.launch import check_run
+
+        try:
+            check_run(run_config)  # the dataset is there (or built now), the output dir writable
+        except ValueError as exc:
+            print(f"sweep: {exc}", file=sys.stderr)
+            return 2
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -494,9 +490,14 @@ def main(argv: list[str] | None = None) -> int:
     failed = runs[runs["status"] == "failed"]
     print((out / "table1.md").read_text())
     print("figures:", ", ".join(str(m) for m in made) or "none")
+    from mirror_app.tools.launch import failure_reason
+
     for _, row in failed.iterrows():
-        print(f"failed: {row['key']} (log: {row['log']})")
-    return 0
+        text = Path(row["log"]).read_text(errors="replace") if Path(str(row["log"])).is_file() else ""
+        print(f"failed: {row['key']}: {failure_reason(text) or 'no reason in the log'} (log: {row['log']})")
+    if len(failed):
+        print(f"sweep: {len(failed)} of {len(runs)} runs failed", file=sys.stderr)
+    return 1 if len(failed) else 0
 
 
 if __name__ == "__main__":

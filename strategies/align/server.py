@@ -47,6 +47,7 @@ class AlignPhase(Phase):
 
 class ModalityAlign(PhasedStrategy):
     model_groups = ALIGN_GROUPS
+    audio_groups = (AUDIO_BASE,) + ALIGN_AUDIO_SEND  # base encoder + adapters, projection, class anchors
     client_tasks = ALIGN_TASKS
     label = "ModalityAlign (text anchors + LoRA)"
     compared = True
@@ -69,9 +70,6 @@ class ModalityAlign(PhasedStrategy):
 
     def fit_config_extra(self) -> dict:
         return {"text-dim": self.text_dim, "base-fingerprint": self.fingerprint}
-
-    def audio_model_state(self) -> dict:
-        return {g: self.state[g] for g in (AUDIO_BASE,) + ALIGN_AUDIO_SEND}
 
     def av_model_state(self) -> dict:
         return {g: self.state[g] for g in ALIGN_GROUPS}

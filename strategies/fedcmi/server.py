@@ -41,6 +41,7 @@ class CrossModalInfiltrationPhase(Phase):
 
 class FedCMI(PhasedStrategy):
     model_groups = FEDCMI_GROUPS
+    audio_groups = FEDCMI_AUDIO_SEND  # encoder -> self + infiltration -> classifier
     client_tasks = FEDCMI_TASKS
     label = "FedCMI"
     compared = True
@@ -51,9 +52,6 @@ class FedCMI(PhasedStrategy):
 
     def build_phases(self, cfg: RunConfig):
         return [(CrossModalInfiltrationPhase(), cfg.num_server_rounds + cfg.distill_rounds)]
-
-    def audio_model_state(self) -> dict:
-        return {g: self.state[g] for g in FEDCMI_AUDIO_SEND}
 
     def aggregate_fit(self, server_round, results, failures):
         weak = Counter(str(res.metrics.get("weak-modality")) for _, res in results if "weak-modality" in res.metrics)

@@ -1,0 +1,124 @@
+"""``flwr run . --stream`` that says whether the run worked: what `make run` calls.
+
+    python -m mirror_app.tools.run --run-config "missing-rate=0.5 num-server-rounds=20" [--connection NAME]
+
+1. Checks first, in about a second and before Flower starts anything: the run config (pyproject defaults
+   plus the overrides, the same RunConfig validation the apps do), the strategy, the output dir, and that
+   the dataset is prepared (the embedded one is generated here if missing, as the run would). A problem
+   prints one line and exits 2.
+2. Runs ``flwr run . [connection] --stream --run-config ...``, showing Flower's output as it comes except
+   Python tracebacks; everything, tracebacks included, goes to ``<output-dir>/logs/run-<time>.log``.
+3. Decides from the run's own status on the SuperLink (``flwr list --run-id N``): a finished run exits 0
+   and names its folder; a failed one prints ``run failed: <reason>`` and the log's path, and exits 1
+   (``flwr run --stream`` itself exits 0 whatever the run's outcome).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mirror_app.tools.launch import TracebackFilter, check_run, failure_reason, run_status, started_run_id
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description="flwr run . --stream, with the run config checked first and an exit "
+        "status that says whether the run finished"
+    )
+    p.add_argument("--run-config", default="", help='"key=value ..." over [tool.flwr.app.config]')
+    p.add_argument(
+        "--connection",
+        default="",
+        help="a SuperLink connection of $FLWR_HOME/config.toml (default: Flower's default, the local simulation)",
+    )
+    p.add_argument(
+        "--num-supernodes",
+        type=int,
+        default=0,
+        help="set the local simulation's size first "
+        "(flwr federation simulation-config), with --client-cpus CPUs per client",
+    )
+    p.add_argument("--client-cpus", type=float, default=1.0)
+    p.add_argument("--federation-config", default="", help="passed to flwr run as --federation-config")
+    p.add_argument("--app", default=str(ROOT), help="the Flower app folder (default: this project)")
+    args = p.parse_args(argv)
+    try:
+        cfg = check_run(args.run_config)
+    except ValueError as exc:  # ConfigError, DatasetNotPrepared, a value that is not TOML
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.num_supernodes and cfg.clients_per_round > args.num_supernodes:
+        print(
+            f"error: run config 'clients-per-round' = {cfg.clients_per_round} is invalid: the simulation has "
+            f"{args.num_supernodes} SuperNodes (lower clients-per-round or raise NUM_CLIENTS)",
+            file=sys.stderr,
+        )
+        return 2
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if args.num_supernodes:
+        sim = [
+            "flwr",
+            "federation",
+            "simulation-config",
+            "--num-supernodes",
+            str(args.num_supernodes),
+            "--client-resources-num-cpus",
+            f"{args.client_cpus:g}",
+        ]
+        res = subprocess.run(sim, cwd=args.app, env=env, capture_output=True, text=True)
+        if res.returncode != 0:
+            print(f"error: {' '.join(sim)}: {(res.stdout + res.stderr).strip()[-500:]}", file=sys.stderr)
+            return 2
+    logs = cfg.resolve(cfg.output_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    cmd = ["flwr", "run", args.app, *([args.connection] if args.connection else []), "--stream"]
+    if args.federation_config:
+        cmd += ["--federation-config", args.federation_config]
+    if args.run_config.strip():
+        cmd += ["--run-config", args.run_config]
+    shown = TracebackFilter()
+    output: list[str] = []
+    with (
+        open(log_path, "w") as log,
+        subprocess.Popen(
+            cmd, cwd=args.app, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        ) as proc,
+    ):
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                output.append(line)
+                if shown.keep(line):
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+        except KeyboardInterrupt:
+            proc.terminate()
+            print(f"\ninterrupted (log: {log_path})", file=sys.stderr)
+            return 130
+    text = "".join(output)
+    run_id = started_run_id(text)
+    if run_id is None:
+        reason = failure_reason(text) or f"flwr run exited with status {proc.returncode}"
+        print(f"run failed to start: {reason} (log: {log_path})", file=sys.stderr)
+        return 1
+    status, details = run_status(run_id, env, args.connection, Path(args.app))
+    if status == "finished:completed":
+        folders = sorted(cfg.resolve(cfg.output_dir).glob(f"*-run{run_id}"))
+        print(f"run {run_id} finished: {folders[-1] if folders else cfg.resolve(cfg.output_dir)} (log: {log_path})")
+        return 0
+    reason = details.removeprefix("Simulation failed with exception: ") or failure_reason(text) or status
+    print(f"run failed: {reason} (run {run_id}, status {status}; full log: {log_path})", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""A failed run says so: `make run`'s tool checks the config first and exits non-zero, with one line, when a run
+fails; the deployment and the sweep do the same."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mirror_app.tools.launch import SuperLink, TracebackFilter, failure_reason
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_tool(args: list[str], env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mirror_app.tools.run", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    "config,line",
+    [
+        ("misssing-rate=0.5", "error: run config key 'misssing-rate' is unknown; known keys: aggregator, "),
+        ("missing-rate=1.5", "error: run config 'missing-rate' = 1.5 is invalid: a fraction in [0, 1)"),
+        (
+            "dataset='manifest' data-dir='{tmp}'",
+            "error: dataset 'manifest' is not prepared under data-dir {tmp}: run "
+            "`make prepare DATASET=manifest SRC=<folder> DATA_DIR={tmp}` first",
+        ),
+    ],
+)
+def test_a_bad_config_or_unprepared_data_stops_before_flower_starts(config, line, tmp_path):
+    home = tmp_path / "flwr-home"
+    env = {"PATH": str(Path(sys.executable).parent), "FLWR_HOME": str(home), "HOME": str(tmp_path)}
+    res = run_tool(
+        ["--num-supernodes", "3", "--run-config", config.format(tmp=tmp_path) + f" output-dir='{tmp_path}/o'"], env=env
+    )
+    assert res.returncode == 2
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(line.format(tmp=tmp_path)), res.stderr[-2000:]
+    assert "Traceback" not in res.stdout + res.stderr
+    assert not home.exists()  # Flower was never called: no federation config written, no SuperLink
+
+
+@pytest.fixture(scope="module")
+def superlink(tmp_path_factory):
+    link = SuperLink(tmp_path_factory.mktemp("flwr-home"))
+    yield link
+    assert not link.stop()
+
+
+@pytest.mark.timeout(600)
+def test_a_run_that_fails_inside_flower_exits_1_with_its_reason(superlink, data_dir, tmp_path):
+    """More clients per round than SuperNodes passes the config check (the tool does not know the size of a
+    remote federation) and fails in the ServerApp: flwr run exits 0, the tool reads the run's status."""
+    config = f"clients-per-round=5 num-server-rounds=1 distill-rounds=0 data-dir='{data_dir}' output-dir='{tmp_path}'"
+    res = run_tool(
+        ["--connection", "test", "--federation-config", "num-supernodes=3", "--run-config", config], env=superlink.env
+    )
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "run failed: run config 'clients-per-round' = 5 is invalid: only 3 SuperNodes are connected"
+    ), res.stderr[-2000:]
+    assert "status finished:failed" in last
+    assert "Traceback" not in res.stdout and "Traceback" not in res.stderr  # shown without it ...
+    log = Path(last.rsplit("full log: ", 1)[1].rstrip(")"))
+    assert "Traceback (most recent call last)" in log.read_text()  # ... which stays in the log
+
+
+@pytest.mark.timeout(600)
+def test_a_run_that_finishes_exits_0_and_names_its_folder(superlink, data_dir, tmp_path):
+    config = (
+        f"clients-per-round=2 num-server-rounds=1 distill-rounds=0 eval-every=1 data-dir='{data_dir}' "
+        f"output-dir='{tmp_path}'"
+    )
+    res = run_tool(
+        ["--connection", "test", "--federation-config", "num-supernodes=3", "--run-config", config], env=superlink.env
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    line = [x for x in res.stdout.splitlines() if x.startswith("run ") and " finished: " in x]
+    assert line, res.stdout[-2000:]
+    folder = Path(line[-1].split(" finished: ", 1)[1].split(" (log: ")[0])
+    assert (folder / "summary.json").is_file() and folder.parent == tmp_path
+
+
+def test_deploy_local_checks_the_config_before_starting_anything(tmp_path):
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mirror_app.tools.deploy",
+            "--run-config",
+            "lr=-1",
+            "--out",
+            str(tmp_path / "o"),
+            "--home",
+            str(tmp_path / "home"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == ["error: run config 'lr' = -1.0 is invalid: a number > 0"]
+    assert not (tmp_path / "home").exists()
+
+
+def test_the_reason_is_the_exception_message_and_tracebacks_are_kept_out_of_the_console():
+    log = """INFO :      [ROUND 1]
+ERROR :     Simulation raised an exception
+Traceback (most recent call last):
+  File "x.py", line 1, in f
+    raise ConfigError("run config 'x' = 1 is invalid: a number > 1")
+mirror_app.core.config.ConfigError: run config 'x' = 1 is invalid: a number > 1
+ERROR :     Exit Code: 700
+"""
+    assert failure_reason(log) == "run config 'x' = 1 is invalid: a number > 1"
+    shown = TracebackFilter()
+    kept = [line for line in log.splitlines() if shown.keep(line)]
+    assert kept == ["INFO :      [ROUND 1]", "ERROR :     Simulation raised an exception", "ERROR :     Exit Code: 700"]
+    assert failure_reason("no error here") == ""
