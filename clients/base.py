@@ -9,6 +9,7 @@ answers with the groups it trained (metric ``groups``), nothing else.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +25,14 @@ from data.partition import AUDIO, AUDIOVISUAL, Partition
 from mirror_app.core.config import RunConfig
 from mirror_app.core.groups import TEACHER_PREFIX, flatten, get_groups, group_sizes, set_groups, unflatten
 from mirror_app.core.models import DualEncoder
+
+
+def ray_node_id() -> str:
+    """The Ray node this client runs on in a simulation ('' on a SuperNode: Ray is never imported there)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return ""
+    return str(ray.get_runtime_context().get_node_id())
 
 
 class TaskError(ValueError):
@@ -120,6 +129,7 @@ class GroupClient(NumPyClient):
             "train-seconds": time.perf_counter() - start,
             "setup-seconds": float(self.setup_seconds),
             "workspace-built": int(self.workspace_built),
+            "ray-node": ray_node_id(),
             **(extra[0] if extra else {}),
         }
         return flatten(out, trained), int(len(self.partition.indices)), metrics

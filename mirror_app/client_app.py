@@ -3,17 +3,22 @@
 Node config keys: ``partition-id`` and ``num-partitions`` (set by the simulation engine, or
 by ``flower-supernode --node-config``; leave both out to train on all of the node's own
 data), optional ``modality`` (``audio`` | ``audiovisual``, overriding the run's seeded
-missing-rate assignment) and optional ``data-dir`` (where this node's feature caches are).
+missing-rate assignment), optional ``data-dir`` (where this node's feature caches are) and optional
+``num-threads`` (torch threads for this node's training: give each of N SuperNodes sharing a machine its
+share of the cores, as Ray does for simulated clients; `make deploy-local` sets it).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import OrderedDict
 from functools import lru_cache
 
-from flwr.app import Context
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.client import Client
 from flwr.clientapp import ClientApp
 
@@ -97,6 +102,25 @@ def clear_workspaces() -> None:
         _workspaces.clear()
 
 
+PARTITION_STATE = "mirror-app.partition"  # context.state keys of a node's partition (meta, indices)
+
+
+def _node_partition(context: Context, *args) -> Partition:
+    """``data.partition.get_partition(*args)``, kept in the node's own state (``context.state``) after the
+    first message. A deployed SuperNode starts a fresh ClientApp process for every message, and computing
+    a Dirichlet partition there (flwr-datasets, ``datasets``) costs more than a second each time; the state
+    travels with the node's context, so later messages read the indices back instead."""
+    key = json.dumps([str(a) for a in args])
+    meta = context.state.get(PARTITION_STATE + ".meta")
+    if meta is not None and meta.get("key") == key:
+        indices = context.state[PARTITION_STATE + ".indices"]["indices"].numpy()
+        return Partition(int(args[1]), indices, str(meta["modality"]))
+    part = get_partition(*args)
+    context.state[PARTITION_STATE + ".meta"] = ConfigRecord({"key": key, "modality": part.modality})
+    context.state[PARTITION_STATE + ".indices"] = ArrayRecord({"indices": Array(np.asarray(part.indices))})
+    return part
+
+
 @lru_cache(maxsize=16)
 def _config(items: tuple) -> tuple[RunConfig, type[PhasedStrategy]]:
     return resolve_config(dict(items))
@@ -120,6 +144,11 @@ def make_client(context: Context):
             'flower-supernode --node-config "partition-id=0 num-partitions=2"'
         )
     pid, num = (int(node["partition-id"]), int(node["num-partitions"])) if "partition-id" in node else (0, 1)
+    if "num-threads" in node:
+        threads = int(node["num-threads"])
+        if threads < 1:
+            raise ValueError(f"node config 'num-threads' = {threads} is invalid: an integer >= 1")
+        torch.set_num_threads(threads)
     data_dir = str(node.get("data-dir") or cfg.data_path)
     ws, built = _workspace(
         context.run_id,
@@ -132,7 +161,8 @@ def make_client(context: Context):
         cfg.device,
         cfg.fold,
     )
-    part = get_partition(
+    part = _node_partition(
+        context,
         str(ws.cache.path),
         pid,
         num,

@@ -371,5 +371,6 @@ class PhasedStrategy(FedAvg):
             "train_seconds": float(res.metrics.get("train-seconds", float("nan"))) if res is not None else float("nan"),
             "setup_seconds": float(res.metrics.get("setup-seconds", float("nan"))) if res is not None else float("nan"),
             "workspace_built": int(res.metrics.get("workspace-built", 0)) if res is not None else 0,
+            "ray_node": str(res.metrics.get("ray-node", "")) if res is not None else "",
             "problem": problem,
         }

@@ -22,6 +22,7 @@ def test_tiny_bench_writes_every_figure(tmp_path, data_dir):
         run_config=f"clients-per-round=2 local-epochs=1 data-dir='{data_dir}'",
         timeout=600,
         log=lambda *a: None,
+        gpu=True,  # measured on a GPU machine; here: skipped, in one line
     )
     saved = json.loads((out / "bench.json").read_text())
     assert saved["rounds"]["ratio"] == pytest.approx(report["rounds"]["ratio"])
@@ -59,6 +60,41 @@ def test_tiny_bench_writes_every_figure(tmp_path, data_dir):
     ):
         assert needle in md
     assert not [p for p in out.iterdir() if p.name.startswith("bench-")]  # the work folder is gone
+    import torch
+
+    if not torch.cuda.is_available():
+        assert saved["gpu_packing"] == {
+            "skipped": "no GPU on this machine (torch.cuda.is_available() is False): GPU packing not measured"
+        }
+        assert "| GPU packing | no GPU on this machine" in md
+
+
+def test_the_deployment_rows_name_where_a_deployed_round_goes():
+    """The report's deployment rows (measured by `make bench`, minutes of real SuperNodes: not run here)."""
+    from mirror_app.tools.bench import markdown
+
+    report = json.loads(json.dumps(SAMPLE))
+    report["deployment"] = {
+        "nodes": 3,
+        "rounds": 3,
+        "sim_round_s": 2.0,
+        "deploy_round_s": 9.0,
+        "ratio": 4.5,
+        "deploy_train_s": 1.5,
+        "sim_train_s": 1.4,
+        "deploy_setup_s": 0.4,
+        "deploy_workspace_builds": 6,
+        "deploy_calls": 6,
+        "clientapp_interpreter_s": 0.1,
+        "clientapp_import_s": 1.7,
+        "rest_s": 5.3,
+    }
+    md = markdown(report)
+    assert (
+        "| deployed round / simulated round, 3 clients" in md
+        and "4.50x (9.00 s vs 2.00 s) | <= 1.2x | **not met**" in md
+    )
+    assert "0.10 s + 1.70 s" in md and "| 5.30 s |" in md and "6 of 6 calls built a workspace" in md
 
 
 def test_setup_cost_counts_only_calls_that_did_not_build_the_workspace():
@@ -92,3 +128,29 @@ def test_bad_input_is_one_line_before_anything_starts(tmp_path, capsys, args, ma
     err = capsys.readouterr().err.strip()
     assert match in err and "\n" not in err
     assert not (tmp_path / "b").exists()
+
+
+SAMPLE = {
+    "machine": "2 CPU cores",
+    "settings": "tiny",
+    "rounds": {
+        "rounds": 3,
+        "ratio": 1.1,
+        "flwr_round_s": 1.1,
+        "bare_round_s": 1.0,
+        "flwr_client_train_s": 0.9,
+        "bytes_per_round": 1e6,
+    },
+    "startup": {"superlink_s": 3.0, "app_start_s": 20.0, "first_round_s": 10.0},
+    "client_setup": {
+        "setup_share": 0.01,
+        "setup_s_mean": 0.001,
+        "train_s_mean": 0.4,
+        "workspace_builds": 0,
+        "calls": 6,
+    },
+    "memory": {},
+    "memory_main_run": {"partitions": 4, "peak_pss": 2**30, "peak_rss": 2**30},
+    "gpu": "not measured",
+    "bytes_per_client": [],
+}

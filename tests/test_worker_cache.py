@@ -97,3 +97,36 @@ def test_a_worker_keeps_few_workspaces(data_dir):
         client_app.make_client(context(data_dir, 5, strategy, 0, "audio"))
     assert len(client_app._workspaces) <= client_app.MAX_WORKSPACES
     assert [key[1] for key in client_app._workspaces] == ["harmony", "unifl"][-client_app.MAX_WORKSPACES :]
+
+
+def test_a_node_keeps_its_partition_in_its_own_state(data_dir, monkeypatch):
+    """A deployed SuperNode starts a fresh ClientApp process per message: the partition computed for the first
+    message is kept in context.state, read back by the next process, and recomputed when the run config
+    changes it."""
+    from flwr.app import RecordDict
+
+    state = RecordDict()
+
+    def ctx(seed: int) -> Context:
+        c = context(data_dir, 1, "modality-mirror", 1, "audio")
+        return Context(
+            run_id=1,
+            node_id=1,
+            node_config={"partition-id": 1, "num-partitions": 2},
+            state=state,
+            run_config={**c.run_config, "seed": seed, "partitioner": "dirichlet", "dirichlet-alpha": 1.0},
+        )
+
+    first = client_app.make_client(ctx(0))
+    client_app.clear_workspaces()
+
+    def no_recompute(*args):
+        raise AssertionError("the partition was computed again")
+
+    monkeypatch.setattr(client_app, "get_partition", no_recompute)
+    again = client_app.make_client(ctx(0))  # as a fresh process with the node's state would
+    assert np.array_equal(again.partition.indices, first.partition.indices)
+    assert again.partition.modality == first.partition.modality
+    monkeypatch.undo()
+    other = client_app.make_client(ctx(1))  # another seed: another partition, recomputed
+    assert not np.array_equal(other.partition.indices, first.partition.indices)

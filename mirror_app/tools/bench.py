@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[2]
-TARGETS = {"round_ratio": 1.3, "setup_share": 0.05, "memory_ratio": 1.5}
+TARGETS = {"round_ratio": 1.3, "setup_share": 0.05, "memory_ratio": 1.5, "deploy_ratio": 1.2}
 
 
 class BenchError(ValueError):
@@ -312,6 +312,135 @@ def setup_cost(clients: pd.DataFrame) -> dict:
     }
 
 
+def import_seconds(module: str, repeats: int = 3) -> dict:
+    """Median seconds a fresh interpreter takes to start, and to import ``module`` (what a deployed SuperNode
+    pays per message: since Flower 1.21 it starts a ClientApp process for every message)."""
+
+    def run(code: str) -> float:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
+        return time.perf_counter() - t0
+
+    bare = float(np.median([run("pass") for _ in range(repeats)]))
+    full = float(np.median([run(f"import {module}") for _ in range(repeats)]))
+    return {"interpreter_s": bare, "import_s": full - bare}
+
+
+def deployment_rounds(work: Path, nodes: int, rounds: int, run_config: str, timeout: float, log=print) -> dict:
+    """The same clients (``nodes`` partitions, one of them audio-only, all of them every round) and rounds as a
+    ``flwr run`` simulation and as ``make deploy-local`` (a real SuperLink and SuperNodes on loopback): median
+    round time of rounds 2..``rounds`` for each, and where a deployed round goes."""
+    from mirror_app.tools.deploy import deploy
+    from mirror_app.tools.launch import SuperLink, with_defaults
+
+    config = with_defaults(
+        run_config,
+        {
+            "num-server-rounds": str(rounds),
+            "distill-rounds": "0",
+            "eval-every": "1",
+            "clients-per-round": str(nodes),
+            "missing-rate": f"{1 / nodes:.4f}",
+        },
+    )
+    log(f"bench: {nodes} clients, {rounds} rounds simulated")
+    with SuperLink(work / "sim-home") as link:
+        sim = simulate(link, work / "dep-sim", nodes, config, timeout, f"client-resources-num-cpus={1}")
+    log(f"bench: the same deployed (make deploy-local, {nodes} SuperNodes)")
+    run = deploy(nodes, 1, config, work / "dep", home=work / "dep-home", log=lambda *a: None)
+    dep_metrics, dep_clients = pd.read_csv(run / "metrics.csv"), pd.read_csv(run / "clients.csv")
+    sim_r = round_seconds(sim["metrics"]).loc[2:rounds]
+    dep_r = round_seconds(dep_metrics).loc[2:rounds]
+    ok = dep_clients[(dep_clients["status"] == "ok") & (dep_clients["round"] >= 2)]
+    per_round = ok.groupby("round")
+    imports = import_seconds("mirror_app.client_app")
+    train = float(per_round["train_seconds"].max().median())  # clients train in parallel, one per SuperNode
+    setup = float(per_round["setup_seconds"].max().median())
+    sim_ok = sim["clients"][(sim["clients"]["status"] == "ok") & (sim["clients"]["round"] >= 2)]
+    dep_s, sim_s = float(dep_r.median()), float(sim_r.median())
+    ours = imports["interpreter_s"] + imports["import_s"] + setup
+    return {
+        "nodes": nodes,
+        "rounds": rounds,
+        "sim_round_s": sim_s,
+        "deploy_round_s": dep_s,
+        "ratio": dep_s / sim_s,
+        "sim_rounds_s": sim_r.tolist(),
+        "deploy_rounds_s": dep_r.tolist(),
+        "deploy_train_s": train,
+        "sim_train_s": float(sim_ok.groupby("round")["train_seconds"].max().median()),
+        "deploy_setup_s": setup,
+        "deploy_workspace_builds": int(ok["workspace_built"].sum()),
+        "deploy_calls": int(len(ok)),
+        "clientapp_interpreter_s": imports["interpreter_s"],
+        "clientapp_import_s": imports["import_s"],
+        "rest_s": dep_s - train - ours,
+    }
+
+
+def gpu_packing(work: Path, num_supernodes: int, rounds: int, run_config: str, timeout: float, log=print) -> dict:
+    """Clients per GPU (client-resources-num-gpus 1, 0.5, 0.25): median round time and GPU utilisation (sampled
+    with nvidia-smi) of a short simulation with device=cuda. On a machine without a GPU: one line, skipped."""
+    import torch
+
+    from mirror_app.tools.launch import SuperLink, with_defaults
+
+    if not torch.cuda.is_available():
+        return {"skipped": "no GPU on this machine (torch.cuda.is_available() is False): GPU packing not measured"}
+    config = with_defaults(
+        run_config, {"num-server-rounds": str(rounds), "distill-rounds": "0", "eval-every": "1", "device": "'cuda'"}
+    )
+    rows = []
+    for share in (1.0, 0.5, 0.25):
+        log(f"bench: GPU packing, client-resources-num-gpus={share}")
+        samples: list[tuple[float, float]] = []
+        done = threading.Event()
+
+        def sample(samples=samples, done=done) -> None:
+            while not done.is_set():
+                res = subprocess.run(
+                    [
+                        "nvidia-smi",
+                        "--query-gpu=utilization.gpu,memory.used",
+                        "--format=csv,noheader,nounits",
+                        "--id=0",
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
+                if res.returncode == 0 and res.stdout.strip():
+                    util, mem = (float(x) for x in res.stdout.strip().split(","))
+                    samples.append((util, mem))
+                done.wait(0.5)
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        try:
+            with SuperLink(work / f"gpu-home-{share}") as link:
+                run = simulate(
+                    link,
+                    work / f"gpu{share}",
+                    num_supernodes,
+                    config,
+                    timeout,
+                    f"client-resources-num-cpus=1 client-resources-num-gpus={share}",
+                )
+        finally:
+            done.set()
+            thread.join()
+        per_round = round_seconds(run["metrics"]).loc[2:rounds]
+        rows.append(
+            {
+                "num_gpus_per_client": share,
+                "clients_per_gpu": int(round(1 / share)),
+                "round_s": float(per_round.median()),
+                "gpu_util_mean_pct": float(np.mean([u for u, _ in samples])) if samples else float("nan"),
+                "gpu_mem_peak_mib": float(max((m for _, m in samples), default=float("nan"))),
+            }
+        )
+    return {"device": torch.cuda.get_device_name(0), "rows": rows}
+
+
 def markdown(report: dict) -> str:
     r, s, m, p = report["rounds"], report["client_setup"], report["memory"], report.get("preprocessing")
 
@@ -370,6 +499,32 @@ def markdown(report: dict) -> str:
             f"{p['ffmpeg_cli_videos_per_s']:.1f} videos/s; prepare / ffmpeg: "
             f"{p['ratio_prepare_over_ffmpeg']:.2f}x in all, {p['ratio_steady_over_ffmpeg']:.2f}x steady | | |"
         )
+    d = report.get("deployment")
+    if d:
+        lines += [
+            f"| deployed round / simulated round, {d['nodes']} clients (make deploy-local vs flwr run, median of "
+            f"rounds 2..{d['rounds']}) | {d['ratio']:.2f}x ({d['deploy_round_s']:.2f} s vs {d['sim_round_s']:.2f} s) "
+            f"| <= {TARGETS['deploy_ratio']}x | {verdict(d['ratio'] <= TARGETS['deploy_ratio'])} |",
+            f"| of a deployed round: training (slowest client) | {d['deploy_train_s']:.2f} s "
+            f"(simulated: {d['sim_train_s']:.2f} s) | | |",
+            f"| of a deployed round: a fresh ClientApp process per message: interpreter start + importing "
+            f"mirror_app.client_app | {d['clientapp_interpreter_s']:.2f} s + {d['clientapp_import_s']:.2f} s | | |",
+            f"| of a deployed round: client set-up in that process (dataset view, models, partition) | "
+            f"{d['deploy_setup_s']:.2f} s ({d['deploy_workspace_builds']} of {d['deploy_calls']} calls built "
+            "a workspace) | | |",
+            f"| of a deployed round: the rest (Flower: SuperNode and ServerApp polls every 3 s, SuperExec task poll, "
+            f"process launch, messages) | {d['rest_s']:.2f} s | | |",
+        ]
+    g = report.get("gpu_packing")
+    if g and "rows" in g:
+        for row in g["rows"]:
+            lines.append(
+                f"| GPU packing on {g['device']}: {row['clients_per_gpu']} client(s) per GPU "
+                f"(client-resources-num-gpus={row['num_gpus_per_client']:g}) | round {row['round_s']:.2f} s, "
+                f"GPU utilisation {row['gpu_util_mean_pct']:.0f} %, peak memory {row['gpu_mem_peak_mib']:.0f} MiB | | |"
+            )
+    elif g:
+        lines.append(f"| GPU packing | {g['skipped']} | | |")
     lines.append(f"| GPU sharing | {report['gpu']} | | |")
     lines += [
         "",
@@ -403,6 +558,8 @@ def run_bench(
     timeout: float,
     log=print,
     federation: str = "",
+    deploy_nodes: int = 0,
+    gpu: bool = False,
 ) -> dict:
     import os
 
@@ -499,6 +656,16 @@ def run_bench(
                 if not torch.cuda.is_available()
                 else "run with --federation-config client-resources-num-gpus=0.25 to share the GPU"
             )
+            if deploy_nodes:
+                report["deployment"] = deployment_rounds(
+                    work, deploy_nodes, max(rounds // 2, 3), run_config, timeout, log
+                )
+            if gpu:
+                report["gpu_packing"] = gpu_packing(
+                    work, min(num_supernodes, 20), max(rounds // 2, 3), run_config, timeout, log
+                )
+                if "skipped" in report["gpu_packing"]:
+                    log(f"bench: GPU packing skipped: {report['gpu_packing']['skipped']}")
             if videos > 0:
                 log(f"bench: preprocessing {videos} generated clips")
                 report["preprocessing"] = preprocessing(work / "prep", videos, workers=min(2, os.cpu_count() or 1))
@@ -532,6 +699,14 @@ def main(argv: list[str] | None = None) -> int:
         help='simulation settings besides num-supernodes (the default is `make run`\'s; "" gives '
         "Flower's own: 2 CPUs per client)",
     )
+    p.add_argument(
+        "--deploy-nodes", type=int, default=3, help="SuperNodes of the deployment-vs-simulation comparison (0: skip it)"
+    )
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="measure GPU packing (clients per GPU 1, 2, 4); one line and skipped without a GPU",
+    )
     p.add_argument("--timeout", type=float, default=1800)
     args = p.parse_args(argv)
     try:
@@ -552,6 +727,8 @@ def main(argv: list[str] | None = None) -> int:
             args.run_config,
             args.timeout,
             federation=args.federation_config,
+            deploy_nodes=args.deploy_nodes,
+            gpu=args.gpu,
         )
     except (BenchError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

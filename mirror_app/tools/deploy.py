@@ -42,12 +42,16 @@ class ConfigProblem(ValueError):
 
 
 def node_configs(nodes: int, audio_only: int, data_dir: str | None = None) -> list[str]:
-    """``--node-config`` of each SuperNode: a partition of the shared dataset and a modality."""
+    """``--node-config`` of each SuperNode: a partition of the shared dataset, a modality, and its share of this
+    machine's cores for torch (``num-threads``: without it every SuperNode's training would use all cores at
+    once, and N of them oversubscribe the machine N times)."""
     if nodes < 1:
         raise ValueError(f"--nodes {nodes}: at least 1")
     if not 0 <= audio_only <= nodes:
         raise ValueError(f"--audio-only {audio_only}: between 0 and --nodes ({nodes})")
-    extra = f" data-dir='{data_dir}'" if data_dir else ""
+    import os
+
+    extra = f" num-threads={max(1, (os.cpu_count() or 1) // nodes)}" + (f" data-dir='{data_dir}'" if data_dir else "")
     return [
         f"partition-id={i} num-partitions={nodes} modality='{'audio' if i < audio_only else 'audiovisual'}'" + extra
         for i in range(nodes)

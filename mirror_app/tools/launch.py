@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 VENV_BIN = Path(sys.executable).parent
+SUPEREXEC_POLL_SECONDS = "0.2"
 
 
 def free_port() -> int:
@@ -157,6 +158,9 @@ def flwr_env(flwr_home: Path) -> dict:
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
         PYTHONUNBUFFERED="1",
     )
+    # how often a SuperExec looks for a ClientApp/ServerApp to start (Flower's default: 1 s); a deployed
+    # SuperNode starts a ClientApp for every message, so each message waited up to a second for it
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", SUPEREXEC_POLL_SECONDS)
     return env
 
 
@@ -231,11 +235,13 @@ class SuperLink:
     The connection is stored in FLWR_HOME/config.toml under the name ``test``.
     """
 
-    def __init__(self, home: Path, simulation: bool = True, certs=None, node_auth: bool = False):
+    def __init__(
+        self, home: Path, simulation: bool = True, certs=None, node_auth: bool = False, env: dict | None = None
+    ):
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.env = flwr_env(self.home)
+        self.env = flwr_env(self.home) | (env or {})  # e.g. RAY_ADDRESS: simulate on a running Ray cluster
         self.certs = certs
         security = f'root-certificates = "{certs.ca_cert}"\n' if certs else "insecure = true\n"
         (self.home / "config.toml").write_text(
@@ -394,3 +400,115 @@ class SuperNode:
     def output(self) -> str:
         self._log.flush()
         return self.log_path.read_text()
+
+
+class RayNode:
+    """One Ray node on loopback, started with ``ray start --block`` in its own session so that ``stop()`` ends
+    exactly the processes it started (never ``ray stop``, which ends every Ray process on the machine).
+
+    Without ``address`` it is the head of a new cluster (GCS on a free port, ``self.address``); with one it
+    joins that cluster. Each node has its own ``temp_dir`` and free ports for everything Ray binds, so that
+    two nodes (and any other Ray on the machine) do not collide.
+    """
+
+    def __init__(self, temp_dir: Path, num_cpus: int, address: str | None = None, resources: str = ""):
+        self.temp_dir = Path(temp_dir)
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self.head = address is None
+        self.address = address or f"127.0.0.1:{free_port()}"
+        cmd = [
+            str(VENV_BIN / "ray"),
+            "start",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            str(num_cpus),
+            "--temp-dir",
+            str(self.temp_dir),
+            "--disable-usage-stats",
+            "--node-manager-port",
+            str(free_port()),
+            "--object-manager-port",
+            str(free_port()),
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--dashboard-agent-grpc-port",
+            str(free_port()),
+            "--runtime-env-agent-port",
+            str(free_port()),
+            "--metrics-export-port",
+            str(free_port()),
+            "--object-store-memory",
+            str(200 * 2**20),
+        ]
+        if self.head:
+            cmd += [
+                "--head",
+                "--port",
+                self.address.rsplit(":", 1)[1],
+                "--include-dashboard",
+                "false",
+                "--ray-client-server-port",
+                str(free_port()),
+            ]
+        else:
+            cmd += ["--address", self.address]
+        if resources:
+            cmd += ["--resources", resources]
+        env = {
+            **os.environ,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        env.pop("RAY_ADDRESS", None)
+        self.log = open(self.temp_dir / "ray-start.log", "w")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self) -> set[int]:
+        survivors = stop_tree(self.proc, timeout=30.0)
+        self.log.close()
+        return survivors
+
+    def check(self) -> None:
+        """Raise with the end of its log if ``ray start`` has exited (a port in use, a temp dir too long for
+        Ray's sockets, ...)."""
+        if self.proc.poll() is not None:
+            tail = (self.temp_dir / "ray-start.log").read_text(errors="replace").strip().splitlines()[-1:]
+            raise RuntimeError(f"ray start ({self.temp_dir}) exited with {self.proc.returncode}: {tail}")
+
+
+def wait_for_ray_nodes(address: str, count: int, timeout: float = 120.0, nodes: tuple = ()) -> list[dict]:
+    """Block until the cluster at ``address`` has ``count`` alive nodes; their ``ray.nodes()`` records.
+    ``nodes``: the RayNodes whose ``ray start`` must keep running meanwhile."""
+    import json
+
+    probe = (
+        f"import json, ray; ray.init(address={address!r}, logging_level='ERROR', log_to_driver=False); "
+        "print(json.dumps([n for n in ray.nodes() if n['Alive']], default=str))"
+    )
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        for node in nodes:
+            node.check()
+        try:
+            res = subprocess.run(
+                [sys.executable, "-c", probe],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+            )
+        except subprocess.TimeoutExpired:
+            last = "ray.init did not connect within 60 s"
+            continue
+        if res.returncode == 0:
+            alive = json.loads(res.stdout.strip().splitlines()[-1])
+            if len(alive) >= count:
+                return alive
+            last = f"{len(alive)} of {count} nodes alive"
+        else:
+            last = (res.stderr.strip().splitlines() or ["no output"])[-1]
+        time.sleep(2)
+    raise RuntimeError(f"Ray cluster at {address} did not reach {count} nodes in {timeout:g} s: {last}")
