@@ -124,6 +124,8 @@ def test_export_ships_the_audio_model_the_method_evaluates(strategy, tmp_path, d
         STRATEGIES[strategy].display_name() in card and "synthetic" in card and "| missing-rate | `0.5` |" not in card
     )
     assert f"| strategy | `{strategy}` |" in card and "Bytes exchanged" in card
+    if strategy == "modality-mirror":  # the schedule, also for phases without an evaluated round
+        assert "modality-aware-fl (rounds 1-1), distillation (rounds 2-2)" in card
 
 
 def test_export_of_the_paper_scale_audio_transformer_has_a_fixed_time_axis(tmp_path, data_dir, embedded):

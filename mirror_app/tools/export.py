@@ -277,10 +277,15 @@ def write_card(run: Run, meta: dict, folder: Path) -> None:
         plt.close(fig)
     parts = s.get("partitions") or {}
     phases = []
+    try:  # the method's schedule for this config (build_phases reads the config only)
+        schedule = [(phase.name, n) for phase, n in run.strategy.__new__(run.strategy).build_phases(cfg) if n > 0]
+    except Exception:  # noqa: BLE001 - a plug-in's schedule that needs more: the evaluated phases instead
+        ends = [(name, int(row["round"])) for name, row in (s.get("phases") or {}).items()]
+        schedule = [(name, end - prev) for (name, end), prev in zip(ends, [0] + [e for _, e in ends])]
     start = 0
-    for name, row in (s.get("phases") or {}).items():
-        phases.append(f"{name} (rounds {start + 1}-{row['round']})")
-        start = row["round"]
+    for name, rounds in schedule:
+        phases.append(f"{name} (rounds {start + 1}-{start + rounds})")
+        start += rounds
     mb = (metrics["bytes_to_clients"].sum() + metrics["bytes_from_clients"].sum()) / 1e6 if len(metrics) else 0.0
     rounds = max(last_round, 1)
 
@@ -344,7 +349,7 @@ def write_card(run: Run, meta: dict, folder: Path) -> None:
         "| --- | --- | --- | --- | --- |",
         row("last round (these weights)", last, f"round {last.get('round') if last else 'n/a'}"),
         row(
-            "mean of the last 5 evaluations",
+            f"mean of the last {mean5.get('rounds', 5) if mean5 else 5} evaluations",
             mean5,
             f"rounds {mean5.get('from_round')}-{mean5.get('to_round')}" if mean5 else "",
         ),
