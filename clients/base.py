@@ -102,8 +102,8 @@ class GroupClient(NumPyClient):
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
         name = str(config.get("task", ""))
         task = self.tasks.get(name)
-        runnable = sorted(n for n, t in self.tasks.items() if self.has_video or not t.video)
         if task is None or (task.video and not self.has_video):
+            runnable = sorted(n for n, t in self.tasks.items() if self.has_video or not t.video)
             raise TaskError(f"{type(self).__name__} cannot run task {name!r}; it runs {runnable}")
         names = [n for n in str(config.get("groups", "")).split(",") if n]
         missing = [g for g in task.needs if g not in names]

@@ -207,6 +207,7 @@ class RunRecorder:
         self.partitions: dict | None = None  # set by the strategy once it knows the connected clients
         write_json(self.dir / "config.json", config)
         self.curves = Curves(self.dir / "tensorboard") if tensorboard else None
+        self._curved = 0  # client rows already given to the curves
 
     def save_resume_state(self, server_round: int, strategy_state: dict, seconds: float) -> None:
         """``resume.pt``: what ``resume`` needs to continue after ``server_round`` (atomic, every round)."""
@@ -234,6 +235,7 @@ class RunRecorder:
         rec.partitions = r.get("partitions")
         # events after the resume point (written before the interruption) are dropped
         rec.curves = Curves(rec.dir / "tensorboard", purge_step=saved["round"] + 1) if tensorboard else None
+        rec._curved = len(rec.clients)
         return rec
 
     def client_row(self, row: dict) -> None:
@@ -266,14 +268,8 @@ class RunRecorder:
         if failures:
             line += f"  failures {failures}"
         if self.curves:
-            self.curves.round(
-                server_round,
-                phase_index,
-                phase,
-                metrics,
-                stats,
-                [r for r in self.clients if r.get("round") == server_round],
-            )
+            self.curves.round(server_round, phase_index, phase, metrics, stats, self.clients[self._curved :])
+            self._curved = len(self.clients)
         log(INFO, "%s  %.1f s", line, seconds)
 
     def _warn_collapse(self, row: dict, metrics: dict) -> None:
@@ -304,7 +300,8 @@ class RunRecorder:
         }
         atomic_write(self.dir / name, lambda p: torch.save(payload, p))
 
-    def finish(self, metrics: dict) -> None:
+    def finish(self, metrics: dict, schedule: list[tuple[str, int]] | None = None) -> None:
+        """summary.json; ``schedule``: (phase, rounds) of every phase the method ran."""
         final = {k: v for k, v in metrics.items() if not isinstance(v, list)}
         first = self.metrics[0] if self.metrics else {}
         summary = {"final": final, "initial_audio_top1": first.get("audio_top1")}
@@ -318,6 +315,8 @@ class RunRecorder:
                     "av_top1": row.get("av_top1"),
                 }
         summary["phases"] = by_phase
+        if schedule is not None:
+            summary["schedule"] = [{"phase": name, "rounds": int(rounds)} for name, rounds in schedule]
         summary |= protocol_summary(self.metrics)
         summary["collapse"] = collapse_summary(self.metrics)
         summary["partitions"] = self.partitions

@@ -30,26 +30,23 @@ STRATEGIES: dict[str, type[PhasedStrategy]] = {
     "fedcmi": FedCMI,
     "modality-align": ModalityAlign,
     "distill": FederatedDistillation,
-    "modality-aware-fedavg": ModalityAwareFedAvg,  # another name of multifl
 }
+ALIASES = {"modality-aware-fedavg": "multifl"}  # other names run config ``strategy`` accepts
 
 
 def compared_methods() -> dict[str, str]:
-    """The paper's comparison, as the sweep runs it: registry name -> label (aliases left out)."""
-    out: dict[str, str] = {}
-    for name, cls in STRATEGIES.items():
-        if cls.compared and cls.display_name() not in out.values():
-            out[name] = cls.display_name()
-    return out
+    """The paper's comparison, as the sweep runs it: registry name -> label."""
+    return {name: cls.display_name() for name, cls in STRATEGIES.items() if cls.compared}
 
 
 def resolve_strategy(name: str) -> type[PhasedStrategy]:
     """Short name or ``package.module.Class`` -> strategy class; a ConfigError naming what is allowed."""
+    name = ALIASES.get(name, name)
     if name in STRATEGIES:
         return STRATEGIES[name]
     if "." not in name:
         raise ConfigError(
-            f"run config 'strategy' = {name!r} is invalid: one of {sorted(STRATEGIES)} "
+            f"run config 'strategy' = {name!r} is invalid: one of {sorted(STRATEGIES | ALIASES)} "
             "or a dotted path to a PhasedStrategy subclass"
         )
     module_name, _, cls_name = name.rpartition(".")

@@ -86,11 +86,18 @@ class PhasedStrategy(FedAvg):
     compared: ClassVar[bool] = False  # one of the methods of the paper's comparison (`make table1`)
     # the groups of the audio-only model this method evaluates and exports (state keys of the main slot)
     audio_groups: ClassVar[tuple[str, ...]] = AUDIO_MODEL
+    audio_model_text: ClassVar[str] = "audio encoder + audio head."  # what that model is, for the model card
 
     @classmethod
     def server_model(cls, model, cfg: RunConfig, classes: list[str]):
         """The model this method trains, made from the server's dual encoder (itself by default)."""
         return model
+
+    @classmethod
+    def model_from_state(cls, model, cfg: RunConfig, classes: list[str], state: dict):
+        """The layout of ``server_model``, to be filled from a checkpoint's ``state`` (what `export` calls); a
+        method whose ``server_model`` does work the checkpoint makes unnecessary overrides this."""
+        return cls.server_model(model, cfg, classes)
 
     def __init__(
         self,
@@ -278,7 +285,7 @@ class PhasedStrategy(FedAvg):
             if 0 < server_round and not last:  # what a resumed run needs, after every round (atomic)
                 self.recorder.save_resume_state(server_round, self.resume_state(), seconds)
             if last:
-                self.recorder.finish(metrics)
+                self.recorder.finish(metrics, [(phase.name, rounds) for phase, rounds in self.phases])
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         return (1.0 - scalars["audio_top1"], scalars) if "audio_top1" in scalars else None
 

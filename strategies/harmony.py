@@ -45,6 +45,7 @@ class FusionPhase(Phase):
 class Harmony(PhasedStrategy):
     client_tasks = {"train-audio": TRAIN_AUDIO, "train-unimodal": TRAIN_UNIMODAL, "train-av": TRAIN_AV}
     label = "Harmony"
+    audio_model_text = "the stage-1 audio model (modality-wise FL)."
     compared = True
 
     def build_phases(self, cfg: RunConfig):

@@ -15,6 +15,7 @@ class ModalityMirror(PhasedStrategy):
 
     client_tasks = {"train-audio": TRAIN_AUDIO, "train-av": TRAIN_AV, "distill": DISTILL}
     label = "ModalityMirror"
+    audio_model_text = "the audio student distilled from the frozen audiovisual teacher in phase 2."
     compared = True
 
     def build_phases(self, cfg: RunConfig):

@@ -28,6 +28,7 @@ class UnimodalGroupsPhase(Phase):
 class UniFL(PhasedStrategy):
     client_tasks = {"train-audio": TRAIN_AUDIO, "train-av": TRAIN_AV}
     label = "UniFL"
+    audio_model_text = "the audio-only clients' audio model (audio encoder + audio head)."
     compared = True
 
     def __init__(self, *args, **kwargs):

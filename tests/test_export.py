@@ -65,7 +65,7 @@ def run_in_process(
         metrics = s.evaluator(s.audio_model_state(), s.av_model_state())
         recorder.round(0, s.total_rounds, 1, s.phases[0][0].name, metrics, {}, 0.0)
         recorder.checkpoint("model.pt", s.state, s.teacher)
-        recorder.finish(metrics)
+        recorder.finish(metrics, [(phase.name, rounds) for phase, rounds in s.phases])
         return run_dir
     manager, _ = tiny_federation(cache, 12, missing_rate=0.5)  # 300 clips per client
     params = s.initialize_parameters(manager)

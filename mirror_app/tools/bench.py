@@ -345,7 +345,7 @@ def deployment_rounds(work: Path, nodes: int, rounds: int, run_config: str, time
     )
     log(f"bench: {nodes} clients, {rounds} rounds simulated")
     with SuperLink(work / "sim-home") as link:
-        sim = simulate(link, work / "dep-sim", nodes, config, timeout, f"client-resources-num-cpus={1}")
+        sim = simulate(link, work / "dep-sim", nodes, config, timeout, "client-resources-num-cpus=1")
     log(f"bench: the same deployed (make deploy-local, {nodes} SuperNodes)")
     run = deploy(nodes, 1, config, work / "dep", home=work / "dep-home", log=lambda *a: None)
     dep_metrics, dep_clients = pd.read_csv(run / "metrics.csv"), pd.read_csv(run / "clients.csv")

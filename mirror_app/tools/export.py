@@ -94,8 +94,6 @@ def load_run(run_dir: str | Path, data_dir: str = "") -> Run:
         raw["data-dir"] = data_dir
     try:
         cfg, strategy = resolve_config(raw)
-        if strategy.__name__ == "FederatedDistillation":  # it insists on a checkpoint to start from
-            cfg, strategy = resolve_config({**raw, "strategy": "modality-mirror"})
     except ConfigError as exc:
         raise ExportError(f"{run}/config.json: {exc}") from None
     try:
@@ -124,13 +122,7 @@ def audio_model(run: Run) -> AudioModel:
         cfg.embed_dim,
         seed=cfg.seed,
     )
-    if run.strategy.__name__ == "ModalityAlign":  # its anchors are in model.pt: no text encoder needed here
-        from strategies.align.model import build_align_model
-
-        anchors = np.asarray(run.state["text_anchors"][0])
-        model = build_align_model(model, anchors, cfg.lora_rank, seed=cfg.seed)
-    else:
-        model = run.strategy.server_model(model, cfg, cache.classes)
+    model = run.strategy.model_from_state(model, cfg, cache.classes, run.state)
     missing = [g for g in run.strategy.audio_groups if g not in run.state]
     if missing:
         raise ExportError(f"{run.dir}/model.pt has no groups {missing} of {run.strategy.__name__}'s audio model")
@@ -277,15 +269,11 @@ def write_card(run: Run, meta: dict, folder: Path) -> None:
         plt.close(fig)
     parts = s.get("partitions") or {}
     phases = []
-    try:  # the method's schedule for this config (build_phases reads the config only)
-        schedule = [(phase.name, n) for phase, n in run.strategy.__new__(run.strategy).build_phases(cfg) if n > 0]
-    except Exception:  # noqa: BLE001 - a plug-in's schedule that needs more: the evaluated phases instead
-        ends = [(name, int(row["round"])) for name, row in (s.get("phases") or {}).items()]
-        schedule = [(name, end - prev) for (name, end), prev in zip(ends, [0] + [e for _, e in ends])]
     start = 0
-    for name, rounds in schedule:
-        phases.append(f"{name} (rounds {start + 1}-{start + rounds})")
-        start += rounds
+    for step in s.get("schedule") or []:  # the phases the run went through, as summary.json records them
+        if step["rounds"] > 0:
+            phases.append(f"{step['phase']} (rounds {start + 1}-{start + step['rounds']})")
+            start += step["rounds"]
     mb = (metrics["bytes_to_clients"].sum() + metrics["bytes_from_clients"].sum()) / 1e6 if len(metrics) else 0.0
     rounds = max(last_round, 1)
 
@@ -308,14 +296,7 @@ def write_card(run: Run, meta: dict, folder: Path) -> None:
         "## What it is",
         f"- **Task**: audio classification into {len(meta['classes'])} classes, for devices without a camera.",
         f"- **Method**: {meta['method']} (`strategy = {meta['strategy']!r}`). The exported model is the audio model "
-        "this method evaluates: "
-        + {
-            "ModalityMirror": "the audio student distilled from the frozen audiovisual teacher in phase 2.",
-            "Harmony": "the stage-1 audio model (modality-wise FL).",
-            "ModalityAlign (text anchors + LoRA)": "the LoRA-adapted audio encoder, its projection into the text "
-            "space and the class anchors (scaled cosine similarity).",
-            "FedCMI": "audio encoder -> self + infiltration projectors -> shared audio classifier.",
-        }.get(meta["method"], "audio encoder + audio head."),
+        f"this method evaluates: {run.strategy.audio_model_text}",
         f"- **Backbone**: `{cfg.audio_backbone}`, embedding {cfg.embed_dim}; weights of the last round ({last_round}).",
         f"- **Files**: `model.onnx` (opset {meta['onnx_opset']}), `model.ts` (TorchScript), `model.json` "
         "(front end, classes).",

@@ -94,9 +94,8 @@ def run_status(run_id: int, env: dict, connection: str = "", cwd: Path | None = 
         runs = json.loads(res.stdout[res.stdout.index("{") :])["runs"]
         run = next(r for r in runs if str(r["run-id"]) == str(run_id))
     except (ValueError, KeyError, StopIteration):
-        return "unknown", (res.stdout + res.stderr).strip().splitlines()[-1:][0] if (
-            res.stdout + res.stderr
-        ).strip() else "flwr list gave no answer"
+        said = (res.stdout + res.stderr).strip().splitlines()
+        return "unknown", said[-1] if said else "flwr list gave no answer"
     return str(run["status"]), str(run.get("status-details") or "")
 
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from mirror_app.core.backbones import AUDIO_ONLY_BACKBONES, BACKBONES
 from mirror_app.core.evaluation import classification_metrics
 from mirror_app.core.models import build_model
-from mirror_app.core.training import run_epochs
+from mirror_app.core.training import run_epochs, train_audio
 
 DEFAULT_OUT = "~/.cache/modality-mirror/pretrained"
 
@@ -102,15 +102,7 @@ def pretrain(
     common = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer="adam", device=torch.device("cpu"), seed=seed)
     t0 = time.time()
     torch.manual_seed(seed)
-    run_epochs(
-        model,
-        lambda b: F.cross_entropy(model.audio_logits(b.audio), b.labels),
-        [model.audio_encoder, model.audio_head],
-        cache,
-        train,
-        with_video=False,
-        **common,
-    )
+    train_audio(model, cache, train, **common)
     torch.manual_seed(seed)
     run_epochs(
         video_model,

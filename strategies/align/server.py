@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from logging import INFO
 
+import numpy as np
 from flwr.common import log
 
 from mirror_app.core.config import RunConfig
@@ -51,6 +52,16 @@ class ModalityAlign(PhasedStrategy):
     client_tasks = ALIGN_TASKS
     label = "ModalityAlign (text anchors + LoRA)"
     compared = True
+
+    audio_model_text = (
+        "the LoRA-adapted audio encoder, its projection into the text space and the class anchors (scaled "
+        "cosine similarity)."
+    )
+
+    @classmethod
+    def model_from_state(cls, model, cfg: RunConfig, classes: list[str], state: dict):
+        """The anchors are in the checkpoint: no text encoder needed."""
+        return build_align_model(model, np.asarray(state[TEXT_ANCHORS][0]), cfg.lora_rank, seed=cfg.seed)
 
     @classmethod
     def server_model(cls, model, cfg: RunConfig, classes: list[str]):

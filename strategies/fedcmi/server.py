@@ -44,6 +44,7 @@ class FedCMI(PhasedStrategy):
     audio_groups = FEDCMI_AUDIO_SEND  # encoder -> self + infiltration -> classifier
     client_tasks = FEDCMI_TASKS
     label = "FedCMI"
+    audio_model_text = "audio encoder -> self + infiltration projectors -> shared audio classifier."
     compared = True
 
     @classmethod
