@@ -88,6 +88,7 @@ class GroupClient(NumPyClient):
     tasks: dict[str, Task] = field(default_factory=dict)  # the strategy's client_tasks
     setup_seconds: float = 0.0  # time the ClientApp spent making this client (set by client_app)
     workspace_built: bool = False  # whether that included building the worker's dataset and models
+    created_at: float = 0.0  # wall-clock time (time.time()) the ClientApp started making this client
     modality = ""
     has_video = False
 
@@ -110,6 +111,7 @@ class GroupClient(NumPyClient):
         if missing:
             raise TaskError(f"task {name!r} needs parameter groups {list(task.needs)}; missing {missing}")
         ws = self.workspace
+        started_at = self.created_at or time.time()
         start = time.perf_counter()
         seed = (
             self.settings.seed * 1_000_003 + int(config.get("server-round", 0)) * 1009 + self.partition.partition_id
@@ -130,6 +132,9 @@ class GroupClient(NumPyClient):
             "setup-seconds": float(self.setup_seconds),
             "workspace-built": int(self.workspace_built),
             "ray-node": ray_node_id(),
+            # wall-clock span of this call in the client's process (set-up included), for the round timeline
+            "started-at": started_at,
+            "finished-at": time.time(),
             **(extra[0] if extra else {}),
         }
         return flatten(out, trained), int(len(self.partition.indices)), metrics

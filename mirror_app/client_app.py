@@ -134,7 +134,7 @@ def make_client(context: Context):
     own data (``data-dir`` in its node config). A node whose data has no video refuses the
     audiovisual role.
     """
-    start = time.perf_counter()
+    created_at, start = time.time(), time.perf_counter()
     cfg, strategy_cls = _config(tuple(sorted(context.run_config.items())))
     node = context.node_config
     if ("partition-id" in node) != ("num-partitions" in node):
@@ -189,6 +189,7 @@ def make_client(context: Context):
     )
     client.setup_seconds = time.perf_counter() - start
     client.workspace_built = built
+    client.created_at = created_at
     return client
 
 

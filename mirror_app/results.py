@@ -6,6 +6,10 @@
     clients.csv        one row per client per round: task, status, bytes sent and received,
                        training and client set-up seconds
     per_class_f1.csv   audio model per-class F1 at every evaluated round (long format)
+    timeline.csv       wall-clock times (``time.time()``) of the server's steps: start-up (round -1: the
+                       ServerApp process started, config checked, dataset loaded, model built), then per round
+                       round-start, instructions-made, replies-in, aggregated, evaluated, recorded; with
+                       clients.csv's started_at/finished_at it tells where a round's seconds go
     phase1.pt          checkpoint at the end of phase 1 (two-phase strategies)
     model.pt           final checkpoint: {"state": groups, "teacher": groups or None}
     summary.json       final metrics, the evaluation protocol's results (last round, mean of the last
@@ -20,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -50,6 +55,8 @@ METRIC_COLUMNS = [
     "bytes_from_clients",
     "seconds",
 ]
+TIMELINE_COLUMNS = ["round", "event", "at"]
+STARTUP_ROUND = -1  # timeline.csv's round of the ServerApp's start-up steps
 TEST_KEYS = ("audio_top1", "audio_top5", "audio_macro_f1")  # the audio model's test metrics of the summary
 LAST_N = 5  # summary.json "last5_mean": mean over this many last evaluated rounds
 COLLAPSE_SHARE = 0.9  # a model whose most frequent predicted class takes this share of the test clips...
@@ -203,6 +210,7 @@ class RunRecorder:
         self.metrics: list[dict] = []
         self.clients: list[dict] = []
         self.per_class: list[dict] = []
+        self.timeline: list[dict] = []
         self._pending: dict[str, float] = {}
         self.partitions: dict | None = None  # set by the strategy once it knows the connected clients
         write_json(self.dir / "config.json", config)
@@ -219,6 +227,7 @@ class RunRecorder:
                 "metrics": self.metrics,
                 "clients": self.clients,
                 "per_class": self.per_class,
+                "timeline": self.timeline,
                 "pending": self._pending,
                 "partitions": self.partitions,
             },
@@ -233,6 +242,7 @@ class RunRecorder:
         r = saved["recorder"]
         rec.metrics, rec.clients, rec.per_class, rec._pending = r["metrics"], r["clients"], r["per_class"], r["pending"]
         rec.partitions = r.get("partitions")
+        rec.timeline = list(r.get("timeline", []))
         # events after the resume point (written before the interruption) are dropped
         rec.curves = Curves(rec.dir / "tensorboard", purge_step=saved["round"] + 1) if tensorboard else None
         rec._curved = len(rec.clients)
@@ -240,6 +250,10 @@ class RunRecorder:
 
     def client_row(self, row: dict) -> None:
         self.clients.append(row)
+
+    def stamp(self, server_round: int, event: str, at: float | None = None) -> None:
+        """A timeline.csv row: ``event`` of ``server_round`` happened at ``at`` (now by default)."""
+        self.timeline.append({"round": server_round, "event": event, "at": time.time() if at is None else at})
 
     def round(
         self, server_round: int, total: int, phase_index: int, phase: str, metrics: dict, stats: dict, seconds: float
@@ -264,6 +278,7 @@ class RunRecorder:
             self._warn_collapse(row, metrics)
         if self.clients:
             write_csv(self.dir / "clients.csv", self.clients)
+        write_csv(self.dir / "timeline.csv", self.timeline, TIMELINE_COLUMNS)
         failures = stats.get("failures", 0)
         if failures:
             line += f"  failures {failures}"
@@ -320,6 +335,7 @@ class RunRecorder:
         summary |= protocol_summary(self.metrics)
         summary["collapse"] = collapse_summary(self.metrics)
         summary["partitions"] = self.partitions
+        write_csv(self.dir / "timeline.csv", self.timeline, TIMELINE_COLUMNS)
         write_json(self.dir / "summary.json", summary)
         (self.dir / RESUME_FILE).unlink(missing_ok=True)  # a finished run is not resumed
         if self.curves:

@@ -1,31 +1,43 @@
-"""ServerApp: validates the run config, loads the dataset, builds the strategy and hands it to Flower."""
+"""ServerApp: validates the run config, loads the dataset, builds the strategy and hands it to Flower.
+
+Flower's grids wait for replies by polling: every 3 s when deployed (a SuperLink over the network), every
+0.1 s in a simulation. ``PromptGrid`` polls sooner: when deployed from ``POLL_FIRST`` s, growing by half up
+to ``POLL_LONGEST`` s (one request per waiting client each time); in a simulation, where a pull is a
+look into the process's own state, every ``POLL_FIRST`` s. A round's replies reach the strategy within a
+fraction of a second of the last client's answer; everything else is the run's own grid.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from logging import INFO
 
-from flwr.app import Context
+import torch
+from flwr.app import Context, Message
 from flwr.common import log
 from flwr.server import ServerAppComponents, ServerConfig
-from flwr.serverapp import ServerApp
+from flwr.serverapp import Grid, ServerApp
 
 from data import load_dataset
 from mirror_app.core.evaluation import Evaluator
 from mirror_app.core.groups import set_groups
 from mirror_app.core.models import build_model, initial_model
 from mirror_app.core.training import resolve_device
-from mirror_app.results import RunRecorder, load_checkpoint, load_resume_state
+from mirror_app.results import STARTUP_ROUND, RunRecorder, load_checkpoint, load_resume_state
 from strategies import resolve_config
 
 
 def make_components(context: Context) -> ServerAppComponents:
+    stamps = [("process-started", _process_started()), ("app-imported", IMPORTED_AT), ("components-start", time.time())]
     cfg, strategy_cls = resolve_config(context.run_config)  # one clear error for a bad config, before any work
     out_root = cfg.check_output_dir()
     saved = load_resume_state(cfg.resolve(cfg.resume), cfg.to_dict()) if cfg.resume else None
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
+    stamps.append(("config-checked", time.time()))
     cache = load_dataset(cfg.dataset, cfg.data_path, cfg.fold, cfg.dev_fraction, cfg.seed)
+    stamps.append(("dataset-loaded", time.time()))
     log(
         INFO,
         "dataset %s: %d samples, %d classes, fold %d: %d train / %d dev / %d test (%s, %.1f s)",
@@ -52,6 +64,7 @@ def make_components(context: Context) -> ServerAppComponents:
             "evaluation: test split only (dev-fraction = %g gives no dev clips): summary.json has no best-dev round",
             cfg.dev_fraction,
         )
+    log(INFO, "server-side evaluation on %s (%d torch threads)", device, torch.get_num_threads())
     shapes = (cache.audio.shape[1:], cache.video.shape[1:])
     # the server's initial weights (pretrained files included); clients receive them with round 1
     model = initial_model(
@@ -86,10 +99,78 @@ def make_components(context: Context) -> ServerAppComponents:
     )
     if saved is not None:
         strategy.restore(saved["round"], saved["strategy"], saved["seconds"])
+    stamps.append(("strategy-built", time.time()))
+    for event, at in stamps:
+        recorder.stamp(STARTUP_ROUND, event, at)
     config = ServerConfig(
         num_rounds=strategy.total_rounds - strategy.round_offset, round_timeout=cfg.round_timeout or None
     )
     return ServerAppComponents(strategy=strategy, config=config)
 
 
-app = ServerApp(server_fn=make_components)
+def _process_started() -> float:
+    """Wall-clock time this process started (the ServerApp's process, launched by Flower)."""
+    import psutil
+
+    return float(psutil.Process().create_time())
+
+
+POLL_FIRST, POLL_LONGEST = 0.02, 0.5  # seconds between pulls for replies: first, and at most
+
+
+class PromptGrid(Grid):
+    """The run's grid, with a ``send_and_receive`` that looks for replies sooner than Flower's."""
+
+    def __init__(self, grid: Grid, first: float = POLL_FIRST, longest: float = POLL_LONGEST):
+        self.grid, self.first, self.longest = grid, first, longest
+        if getattr(grid, "pull_interval", None) is not None:  # Flower's in-memory grid (simulation)
+            self.longest = first
+
+    def set_run(self, run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, *args, **kwargs) -> Message:
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def get_nodes(self):
+        return self.grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Push ``messages``, then pull their replies until all are in or ``timeout`` s passed (as Flower's)."""
+        waiting = set(self.push_messages(messages))
+        end = time.monotonic() + (timeout or 0.0)
+        replies: list[Message] = []
+        pause = self.first
+        while waiting and (timeout is None or time.monotonic() < end):
+            got = list(self.pull_messages(waiting))
+            replies += got
+            waiting -= {m.metadata.reply_to_message_id for m in got}
+            if waiting:
+                time.sleep(pause if timeout is None else max(0.0, min(pause, end - time.monotonic())))
+                pause = min(pause * 1.5, self.longest)
+        return replies
+
+
+class MirrorServerApp(ServerApp):
+    """Flower's ServerApp (compatibility mode: ``server_fn`` and a ``flwr.server.strategy`` strategy), run on a
+    :class:`PromptGrid`."""
+
+    def __call__(self, grid: Grid, context: Context) -> None:
+        super().__call__(PromptGrid(grid), context)
+
+
+app = MirrorServerApp(server_fn=make_components)
+IMPORTED_AT = time.time()  # when this module (Flower, torch and the project's code) finished importing

@@ -183,8 +183,14 @@ class PhasedStrategy(FedAvg):
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         return ndarrays_to_parameters(flatten(self.state, self.model_groups))
 
+    def stamp(self, server_round: int, event: str) -> None:
+        """Note the wall-clock time of ``event`` in round ``server_round`` (the run's timeline.csv)."""
+        if self.recorder:
+            self.recorder.stamp(server_round, event)
+
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
         server_round += self.round_offset  # Flower counts from 1 again in a resumed run
+        self.stamp(server_round, "round-start")
         index, phase = self.phase_at(server_round)
         if index not in self._started:
             self._started.add(index)
@@ -213,10 +219,12 @@ class PhasedStrategy(FedAvg):
                 **self.fit_config_extra(),
             }
             out.append((clients[cid], FitIns(ndarrays_to_parameters(arrays), config)))
+        self.stamp(server_round, "instructions-made")
         return out
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list):
         server_round += self.round_offset
+        self.stamp(server_round, "replies-in")
         _, phase = self.phase_at(server_round)
         results = sorted(results, key=lambda r: self._order(r[0].cid))  # the same sum order in every run
         contributions: dict[str, list[tuple[list[np.ndarray], int]]] = {}
@@ -259,6 +267,7 @@ class PhasedStrategy(FedAvg):
         for failure in failures:
             if isinstance(failure, BaseException):
                 log(WARNING, "round %s: a client failed: %s", server_round, failure)
+        self.stamp(server_round, "aggregated")
         return ndarrays_to_parameters(flatten(self.state, self.model_groups)), dict(self._round_stats)
 
     def configure_evaluate(self, server_round, parameters, client_manager):
@@ -276,6 +285,7 @@ class PhasedStrategy(FedAvg):
         metrics: dict[str, Any] = {}
         if self.evaluator and (server_round % self.cfg.eval_every == 0 or last):
             metrics = self.evaluator(self.audio_model_state(), self.av_model_state())
+        self.stamp(server_round, "evaluated")
         stats, self._round_stats = self._round_stats, {}
         seconds = time.perf_counter() - self._t0
         if self.recorder:
@@ -284,6 +294,7 @@ class PhasedStrategy(FedAvg):
                 self.recorder.checkpoint("model.pt" if last else f"phase{index + 1}.pt", self.state, self.teacher)
             if 0 < server_round and not last:  # what a resumed run needs, after every round (atomic)
                 self.recorder.save_resume_state(server_round, self.resume_state(), seconds)
+            self.stamp(server_round, "recorded")
             if last:
                 self.recorder.finish(metrics, [(phase.name, rounds) for phase, rounds in self.phases])
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -379,5 +390,7 @@ class PhasedStrategy(FedAvg):
             "setup_seconds": float(res.metrics.get("setup-seconds", float("nan"))) if res is not None else float("nan"),
             "workspace_built": int(res.metrics.get("workspace-built", 0)) if res is not None else 0,
             "ray_node": str(res.metrics.get("ray-node", "")) if res is not None else "",
+            "started_at": float(res.metrics.get("started-at", float("nan"))) if res is not None else float("nan"),
+            "finished_at": float(res.metrics.get("finished-at", float("nan"))) if res is not None else float("nan"),
             "problem": problem,
         }

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mirror_app.tools.bench import main, run_bench, setup_cost
+from mirror_app.tools.bench import ROUND_STEPS, STARTUP_STEPS, main, run_bench, setup_cost
 
 
 @pytest.mark.timeout(900)
@@ -35,6 +35,16 @@ def test_tiny_bench_writes_every_figure(tmp_path, data_dir):
     )
     s = saved["startup"]
     assert 0 < s["superlink_s"] < 120 and 0 < s["app_start_s"] < 600 and s["first_round_s"] > 0
+    # the start-up steps follow one another (none negative) and add up to the first evaluation's time
+    steps = {k: v for k, v in s["steps"].items() if k in dict((n, 0) for n, _, _ in STARTUP_STEPS)}
+    assert len(steps) == len(STARTUP_STEPS) and min(steps.values()) >= 0
+    assert sum(steps.values()) == pytest.approx(s["app_start_s"])
+    # a round's steps, from the run's timeline: in order, and together the round (of round 2, the one timed)
+    f = r["flwr_steps"]
+    assert min(f[name] for name, _, _ in ROUND_STEPS) >= 0
+    assert sum(f[name] for name, _, _ in ROUND_STEPS) == pytest.approx(f["round"], abs=1e-6)
+    assert f["round"] == pytest.approx(r["flwr_rounds_s"][1], abs=0.05)  # metrics.csv's seconds, rounded
+    assert set(r["bare_steps"]) == {"round_s", "train_s", "aggregate_s", "evaluate_s"}
     c = saved["client_setup"]
     assert c["calls"] == 2 * 3 and c["workspace_builds"] == 0  # never rebuilt in a training call
     assert 0 < c["setup_share"] < 1
@@ -56,6 +66,8 @@ def test_tiny_bench_writes_every_figure(tmp_path, data_dir):
         "client set-up",
         "peak memory of the timed run (4 partitions",
         "ffmpeg command line",
+        "Where a round goes",
+        "Before the first evaluation",
         "Bytes on the wire",
     ):
         assert needle in md
@@ -74,6 +86,7 @@ def test_the_deployment_rows_name_where_a_deployed_round_goes():
     from mirror_app.tools.bench import markdown
 
     report = json.loads(json.dumps(SAMPLE))
+    steps = {name: 0.5 for name, _, _ in ROUND_STEPS} | {"to the first client call (Flower: queue, dispatch)": 2.5}
     report["deployment"] = {
         "nodes": 3,
         "rounds": 3,
@@ -87,14 +100,17 @@ def test_the_deployment_rows_name_where_a_deployed_round_goes():
         "deploy_calls": 6,
         "clientapp_interpreter_s": 0.1,
         "clientapp_import_s": 1.7,
-        "rest_s": 5.3,
+        "deploy_steps": steps | {"round": 9.0},
+        "sim_steps": {name: 0.25 for name, _, _ in ROUND_STEPS} | {"round": 2.0},
     }
     md = markdown(report)
     assert (
         "| deployed round / simulated round, 3 clients" in md
         and "4.50x (9.00 s vs 2.00 s) | <= 1.2x | **not met**" in md
     )
-    assert "0.10 s + 1.70 s" in md and "| 5.30 s |" in md and "6 of 6 calls built a workspace" in md
+    assert "interpreter 0.10 s + importing mirror_app.client_app 1.70 s" in md
+    assert "| to the first client call (Flower: queue, dispatch) | 2.500 s | 0.250 s |" in md
+    assert "| round | 9.000 s | 2.000 s |" in md
 
 
 def test_setup_cost_counts_only_calls_that_did_not_build_the_workspace():

@@ -1,6 +1,6 @@
 """Evaluation: metrics of the audio-only and the audiovisual model on a split, and the server's evaluator.
 
-Plain PyTorch and torchmetrics; no Flower here.
+Plain PyTorch; no Flower here.
 """
 
 from __future__ import annotations
@@ -23,19 +23,37 @@ def predict(model: DualEncoder, cache, indices, batch_size: int, device, with_vi
     return torch.cat(out)
 
 
+def _ratio(num: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    """num / denom in float32, 0 where denom is 0 (torchmetrics' safe division, so scores match it exactly)."""
+    num, denom = num.float(), denom.float()
+    return torch.where(denom != 0, num / denom, torch.zeros((), dtype=torch.float32))
+
+
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
     """top-1, top-5, macro-F1 and per-class F1 of logits against integer labels, and the share of the
     predictions taken by the most frequent predicted class (``majority_share``, of class ``majority_class``):
-    near 1, the model predicts one class for everything (collapsed)."""
-    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
+    near 1, the model predicts one class for everything (collapsed).
 
+    The same definitions and float32 arithmetic as torchmetrics' ``multiclass_accuracy`` (micro, top-k) and
+    ``multiclass_f1_score`` (macro: classes neither predicted nor present left out), which
+    tests/test_evaluation.py checks digit for digit; written with torch because importing torchmetrics costs
+    the ServerApp 3-4 s before its first evaluation (README, Speed and scale)."""
     top5 = min(5, num_classes)
-    counts = torch.bincount(logits.argmax(dim=1), minlength=num_classes) if len(logits) else torch.zeros(1)
+    labels = labels.long()
+    n = torch.tensor(len(labels))
+    pred = logits.argmax(dim=1) if len(logits) else torch.zeros(0, dtype=torch.long)
+    in_top5 = (logits.topk(top5, dim=1).indices == labels[:, None]).any(dim=1) if len(logits) else pred.bool()
+    tp = torch.bincount(labels[pred == labels], minlength=num_classes)
+    fp = torch.bincount(pred, minlength=num_classes) - tp
+    fn = torch.bincount(labels, minlength=num_classes) - tp
+    f1 = _ratio(2 * tp, 2 * tp + fn + fp)
+    weights = ((tp + fp + fn) != 0).float()
+    counts = torch.bincount(pred, minlength=num_classes) if len(logits) else torch.zeros(1)
     return {
-        "top1": float(multiclass_accuracy(logits, labels, num_classes, average="micro", top_k=1)),
-        "top5": float(multiclass_accuracy(logits, labels, num_classes, average="micro", top_k=top5)),
-        "macro_f1": float(multiclass_f1_score(logits, labels, num_classes, average="macro")),
-        "per_class_f1": multiclass_f1_score(logits, labels, num_classes, average=None).tolist(),
+        "top1": float(_ratio((pred == labels).sum(), n)),
+        "top5": float(_ratio(in_top5.sum(), n)),
+        "macro_f1": float(_ratio(weights * f1, weights.sum()).sum()),  # each share, then the sum (as torchmetrics)
+        "per_class_f1": f1.tolist(),
         "majority_share": float(counts.max()) / max(len(logits), 1),
         "majority_class": int(counts.argmax()),
     }
