@@ -100,6 +100,7 @@ def test_the_deployment_rows_name_where_a_deployed_round_goes():
         "deploy_calls": 6,
         "clientapp_interpreter_s": 0.1,
         "clientapp_import_s": 1.7,
+        "cold_call": {"make_client_s": 0.2, "first_fit_s": 1.9, "second_fit_s": 0.4, "dynamo_import_s": 0.8},
         "deploy_steps": steps | {"round": 9.0},
         "sim_steps": {name: 0.25 for name, _, _ in ROUND_STEPS} | {"round": 2.0},
     }
@@ -111,6 +112,18 @@ def test_the_deployment_rows_name_where_a_deployed_round_goes():
     assert "interpreter 0.10 s + importing mirror_app.client_app 1.70 s" in md
     assert "| to the first client call (Flower: queue, dispatch) | 2.500 s | 0.250 s |" in md
     assert "| round | 9.000 s | 2.000 s |" in md
+    assert "the first training call takes 1.90 s and the next 0.40 s" in md and "torch._dynamo" in md
+
+
+def test_a_cold_client_call_is_timed_in_a_fresh_process(data_dir):
+    """What a deployed SuperNode's fresh ClientApp process pays: the first training call carries torch's
+    first-use costs (importing torch._dynamo, about a second), the next one only the training."""
+    from mirror_app.tools.bench import cold_call_seconds
+
+    out = cold_call_seconds(f"data-dir='{data_dir}' local-epochs=1", partitions=4, threads=1)
+    assert set(out) == {"make_client_s", "first_fit_s", "second_fit_s", "dynamo_import_s"}
+    assert out["make_client_s"] > 0 and out["second_fit_s"] > 0 and out["dynamo_import_s"] > 0
+    assert out["first_fit_s"] > out["second_fit_s"]
 
 
 def test_setup_cost_counts_only_calls_that_did_not_build_the_workspace():

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -387,6 +388,49 @@ def import_seconds(module: str, repeats: int = 3) -> dict:
     return {"interpreter_s": bare, "import_s": full - bare}
 
 
+def cold_call(run_config: str, partition: int, partitions: int, threads: int) -> dict:
+    """In this (fresh) process, as a deployed SuperNode's ClientApp process: seconds to make the client and of
+    two training calls one after the other (``train-av``, the model as the server would send it). The first
+    call pays torch's first-use costs (its optimiser imports torch._dynamo), which every message pays when
+    Flower starts a process per message."""
+    from flwr.app import Context, RecordDict
+
+    from mirror_app import client_app
+    from mirror_app.core.groups import AV_MODEL, flatten, get_groups
+    from mirror_app.tools.launch import pairs_to_values, parse_pairs
+
+    node = {"partition-id": partition, "num-partitions": partitions, "num-threads": threads, "modality": "audiovisual"}
+    ctx = Context(
+        run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config=pairs_to_values(parse_pairs(run_config))
+    )
+    t0 = time.perf_counter()
+    client = client_app.make_client(ctx)
+    t1 = time.perf_counter()
+    arrays = flatten(get_groups(client.workspace.model, AV_MODEL), AV_MODEL)
+    config = {"task": "train-av", "groups": ",".join(AV_MODEL), "server-round": 2}
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        client.fit(arrays, config)
+        times.append(time.perf_counter() - start)
+    return {"make_client_s": t1 - t0, "first_fit_s": times[0], "second_fit_s": times[1]}
+
+
+def cold_call_seconds(run_config: str, partitions: int, threads: int) -> dict:
+    """:func:`cold_call` in a fresh interpreter, and what importing torch._dynamo costs after torch."""
+    code = (
+        "import json, sys; from mirror_app.tools.bench import cold_call; "
+        f"print(json.dumps(cold_call(sys.argv[1], 1, {partitions}, {threads})))"
+    )
+    res = subprocess.run([sys.executable, "-c", code, run_config], cwd=ROOT, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"the cold client call failed: {res.stderr[-1500:]}")
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    torch_only, dynamo = import_seconds("torch"), import_seconds("torch, torch._dynamo")
+    out["dynamo_import_s"] = dynamo["import_s"] - torch_only["import_s"]
+    return out
+
+
 def deployment_rounds(work: Path, nodes: int, rounds: int, run_config: str, timeout: float, log=print) -> dict:
     """The same clients (``nodes`` partitions, one of them audio-only, all of them every round) and rounds as a
     ``flwr run`` simulation and as ``make deploy-local`` (a real SuperLink and SuperNodes on loopback): median
@@ -415,6 +459,7 @@ def deployment_rounds(work: Path, nodes: int, rounds: int, run_config: str, time
     ok = dep_clients[(dep_clients["status"] == "ok") & (dep_clients["round"] >= 2)]
     per_round = ok.groupby("round")
     imports = import_seconds("mirror_app.client_app")
+    cold = cold_call_seconds(config, nodes, max(1, (os.cpu_count() or 1) // nodes))
     train = float(per_round["train_seconds"].max().median())  # clients train in parallel, one per SuperNode
     setup = float(per_round["setup_seconds"].max().median())
     sim_ok = sim["clients"][(sim["clients"]["status"] == "ok") & (sim["clients"]["round"] >= 2)]
@@ -434,6 +479,7 @@ def deployment_rounds(work: Path, nodes: int, rounds: int, run_config: str, time
         "deploy_calls": int(len(ok)),
         "clientapp_interpreter_s": imports["interpreter_s"],
         "clientapp_import_s": imports["import_s"],
+        "cold_call": cold,
         "sim_steps": round_breakdown(sim["run_dir"], 2, rounds),
         "deploy_steps": round_breakdown(run, 2, rounds),
     }
@@ -542,8 +588,15 @@ def steps_tables(report: dict) -> list[str]:
             f"simulated; median of rounds 2..{d['rounds']}). Of the client calls: training "
             f"{d['deploy_train_s']:.2f} s (simulated {d['sim_train_s']:.2f} s); each message starts a fresh "
             f"ClientApp process (interpreter {d['clientapp_interpreter_s']:.2f} s + importing mirror_app.client_app "
-            f"{d['clientapp_import_s']:.2f} s) whose set-up takes {d['deploy_setup_s']:.2f} s; a SuperNode with "
-            "nothing to do asks for messages every 3 s (Flower's fixed poll):",
+            f"{d['clientapp_import_s']:.2f} s) whose set-up takes {d['deploy_setup_s']:.2f} s"
+            + (
+                f"; in a fresh process the first training call takes {d['cold_call']['first_fit_s']:.2f} s and the "
+                f"next {d['cold_call']['second_fit_s']:.2f} s (torch imports torch._dynamo at the first optimiser: "
+                f"{d['cold_call']['dynamo_import_s']:.2f} s)"
+                if "cold_call" in d
+                else ""
+            )
+            + "; a SuperNode with nothing to do asks for messages every 3 s (Flower's fixed poll):",
             ["deployed", "simulated"],
             [(name, [dep[name], sim[name]]) for name in names],
         )
@@ -663,8 +716,6 @@ def run_bench(
     deploy_nodes: int = 0,
     gpu: bool = False,
 ) -> dict:
-    import os
-
     import torch
 
     from mirror_app.core.config import RunConfig
