@@ -388,41 +388,40 @@ def import_seconds(module: str, repeats: int = 3) -> dict:
     return {"interpreter_s": bare, "import_s": full - bare}
 
 
-def cold_call(run_config: str, partition: int, partitions: int, threads: int) -> dict:
-    """In this (fresh) process, as a deployed SuperNode's ClientApp process: seconds to make the client and of
-    two training calls one after the other (``train-av``, the model as the server would send it). The first
-    call pays torch's first-use costs (its optimiser imports torch._dynamo), which every message pays when
-    Flower starts a process per message."""
-    from flwr.app import Context, RecordDict
+# run in a fresh interpreter (as a deployed SuperNode's ClientApp process, a process of the app the bench
+# measures, like `flwr run`): seconds to make the client and of two training calls one after the other
+# (``train-av``, the model as the server would send it). argv: run config, partition, partitions, threads.
+COLD_CALL = """
+import json, sys, time
+from flwr.app import Context, RecordDict
+from mirror_app import client_app
+from mirror_app.core.groups import AV_MODEL, flatten, get_groups
+from mirror_app.tools.launch import pairs_to_values, parse_pairs
 
-    from mirror_app import client_app
-    from mirror_app.core.groups import AV_MODEL, flatten, get_groups
-    from mirror_app.tools.launch import pairs_to_values, parse_pairs
-
-    node = {"partition-id": partition, "num-partitions": partitions, "num-threads": threads, "modality": "audiovisual"}
-    ctx = Context(
-        run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config=pairs_to_values(parse_pairs(run_config))
-    )
-    t0 = time.perf_counter()
-    client = client_app.make_client(ctx)
-    t1 = time.perf_counter()
-    arrays = flatten(get_groups(client.workspace.model, AV_MODEL), AV_MODEL)
-    config = {"task": "train-av", "groups": ",".join(AV_MODEL), "server-round": 2}
-    times = []
-    for _ in range(2):
-        start = time.perf_counter()
-        client.fit(arrays, config)
-        times.append(time.perf_counter() - start)
-    return {"make_client_s": t1 - t0, "first_fit_s": times[0], "second_fit_s": times[1]}
+run_config, partition, partitions, threads = sys.argv[1], *map(int, sys.argv[2:5])
+node = {"partition-id": partition, "num-partitions": partitions, "num-threads": threads, "modality": "audiovisual"}
+config = pairs_to_values(parse_pairs(run_config))
+ctx = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config=config)
+t0 = time.perf_counter()
+client = client_app.make_client(ctx)
+made = time.perf_counter() - t0
+arrays = flatten(get_groups(client.workspace.model, AV_MODEL), AV_MODEL)
+fit_config = {"task": "train-av", "groups": ",".join(AV_MODEL), "server-round": 2}
+times = []
+for _ in range(2):
+    start = time.perf_counter()
+    client.fit(arrays, fit_config)
+    times.append(time.perf_counter() - start)
+print(json.dumps({"make_client_s": made, "first_fit_s": times[0], "second_fit_s": times[1]}))
+"""
 
 
 def cold_call_seconds(run_config: str, partitions: int, threads: int) -> dict:
-    """:func:`cold_call` in a fresh interpreter, and what importing torch._dynamo costs after torch."""
-    code = (
-        "import json, sys; from mirror_app.tools.bench import cold_call; "
-        f"print(json.dumps(cold_call(sys.argv[1], 1, {partitions}, {threads})))"
-    )
-    res = subprocess.run([sys.executable, "-c", code, run_config], cwd=ROOT, capture_output=True, text=True)
+    """:data:`COLD_CALL` in a fresh interpreter, and what importing torch._dynamo costs after torch. The first
+    training call pays torch's first-use costs (its optimiser imports torch._dynamo), which every message pays
+    when Flower starts a process per message."""
+    cmd = [sys.executable, "-c", COLD_CALL, run_config, "1", str(partitions), str(threads)]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"the cold client call failed: {res.stderr[-1500:]}")
     out = json.loads(res.stdout.strip().splitlines()[-1])
