@@ -90,7 +90,10 @@ class GroupClient(NumPyClient):
     workspace_built: bool = False  # whether that included building the worker's dataset and models
     created_at: float = 0.0  # wall-clock time (time.time()) the ClientApp started making this client
     modality = ""
-    has_video = False
+
+    @property
+    def has_video(self) -> bool:
+        return self.modality == AUDIOVISUAL
 
     def get_properties(self, config: dict) -> dict:
         return {
@@ -178,20 +181,16 @@ class GroupClient(NumPyClient):
         )
 
 
-@dataclass
 class AudioClient(GroupClient):
     """A device that lost its video: it runs only the tasks that need no video."""
 
     modality = AUDIO
-    has_video = False
 
 
-@dataclass
 class AudioVisualClient(GroupClient):
     """A device with audio and video: it runs every task of the run's method."""
 
     modality = AUDIOVISUAL
-    has_video = True
 
 
 CLIENT_KINDS: dict[str, type[GroupClient]] = {AUDIO: AudioClient, AUDIOVISUAL: AudioVisualClient}

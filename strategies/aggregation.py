@@ -14,7 +14,7 @@ from flwr.server.strategy import FedAdam, FedAvg, FedAvgM
 from flwr.server.strategy.aggregate import aggregate
 
 from mirror_app.core.config import RunConfig
-from mirror_app.core.groups import group_sizes, unflatten
+from mirror_app.core.groups import unflatten
 
 MAX_EXAMPLES = 10**9  # example-count bound for a client that did not report its partition size
 
@@ -61,7 +61,6 @@ class GroupAggregator:
 def check_update(
     expected: tuple[str, ...],
     current: dict[str, list[np.ndarray]],
-    model,
     res: FitRes,
     arrays: list[np.ndarray],
     limit: int = MAX_EXAMPLES,
@@ -69,7 +68,8 @@ def check_update(
     """Why an update must not be averaged in ('' when it is fine).
 
     ``expected``: the groups the client was told to train; ``current``: those groups' server values
-    (shapes to match); ``limit``: the most examples the client can have (the partition size it reported).
+    (how many arrays each has, and their shapes); ``limit``: the most examples the client can have (the
+    partition size it reported).
     """
     names = [n for n in str(res.metrics.get("groups", "")).split(",") if n]
     if not 0 < res.num_examples <= limit:
@@ -77,8 +77,8 @@ def check_update(
     if sorted(names) != sorted(expected):
         return f"returned groups {names}, expected {list(expected)}"
     try:
-        groups = unflatten(arrays, names, group_sizes(model, names))
-    except (KeyError, ValueError) as exc:
+        groups = unflatten(arrays, names, [len(current[g]) for g in names])
+    except ValueError as exc:
         return str(exc)
     for g in names:
         for a, ref in zip(groups[g], current[g]):

@@ -38,7 +38,6 @@ from mirror_app.core.groups import (
     TEACHER_PREFIX,
     flatten,
     get_groups,
-    group_sizes,
     nbytes,
     unflatten,
 )
@@ -196,7 +195,7 @@ class PhasedStrategy(FedAvg):
             self._started.add(index)
             phase.start(self)
         clients = self.census.take(client_manager)
-        if self.recorder and self.partitions is not None:
+        if self.recorder and self.recorder.partitions is None:
             self.recorder.partitions = self.partitions
         eligible = sorted(
             (c for c in clients if c in self.properties and phase.instruction(self.properties[c]["modality"])),
@@ -207,10 +206,14 @@ class PhasedStrategy(FedAvg):
             raise RuntimeError(f"no connected client can take part in phase {phase.name!r}")
         out = []
         self._pending = {}
+        sent: dict[Instruction, tuple[Parameters, int]] = {}  # serialised once per instruction, shared by its clients
         for cid in chosen:
             ins = phase.instruction(self.properties[cid]["modality"])
-            arrays = self.arrays_for(ins.send, ins.slot)
-            self._pending[cid] = (ins, nbytes(arrays))
+            if ins not in sent:
+                arrays = self.arrays_for(ins.send, ins.slot)
+                sent[ins] = (ndarrays_to_parameters(arrays), nbytes(arrays))
+            parameters, size = sent[ins]
+            self._pending[cid] = (ins, size)
             config: dict[str, Scalar] = {
                 "task": ins.task,
                 "groups": ",".join(ins.send),
@@ -218,7 +221,7 @@ class PhasedStrategy(FedAvg):
                 "phase": phase.name,
                 **self.fit_config_extra(),
             }
-            out.append((clients[cid], FitIns(ndarrays_to_parameters(arrays), config)))
+            out.append((clients[cid], FitIns(parameters, config)))
         self.stamp(server_round, "instructions-made")
         return out
 
@@ -248,7 +251,7 @@ class PhasedStrategy(FedAvg):
                 log(WARNING, "round %s: update of client %s rejected: %s", server_round, proxy.cid, problem)
                 continue
             names = str(res.metrics["groups"]).split(",")
-            groups = unflatten(arrays, names, group_sizes(self.model, names))
+            groups = unflatten(arrays, names, [len(self.state[ins.slot + g]) for g in names])
             for g in names:
                 contributions.setdefault(ins.slot + g, []).append((groups[g], int(res.num_examples)))
         for cid, (ins, down) in self._pending.items():
@@ -369,11 +372,13 @@ class PhasedStrategy(FedAvg):
     def check_update(self, ins: Instruction, res: FitRes, arrays: list[np.ndarray], limit: int = MAX_EXAMPLES) -> str:
         """Why an update must not be averaged in ('' when it is fine); see :func:`.aggregation.check_update`."""
         current = {g: self.state[ins.slot + g] for g in ins.train}
-        return check_update(ins.train, current, self.model, res, arrays, limit)
+        return check_update(ins.train, current, res, arrays, limit)
 
     # ------------------------------------------------------------------ helpers
     def _client_row(self, server_round, phase, cid, ins, down, up, res, problem) -> dict:
         props = self.properties.get(cid, {})
+        m = res.metrics if res is not None else {}  # a failed client returned nothing
+        nan = float("nan")
         return {
             "round": server_round,
             "phase": phase.name,
@@ -385,12 +390,12 @@ class PhasedStrategy(FedAvg):
             "num_examples": int(res.num_examples) if res is not None else 0,
             "bytes_received": down,
             "bytes_sent": up,
-            "train_loss": float(res.metrics.get("train-loss", float("nan"))) if res is not None else float("nan"),
-            "train_seconds": float(res.metrics.get("train-seconds", float("nan"))) if res is not None else float("nan"),
-            "setup_seconds": float(res.metrics.get("setup-seconds", float("nan"))) if res is not None else float("nan"),
-            "workspace_built": int(res.metrics.get("workspace-built", 0)) if res is not None else 0,
-            "ray_node": str(res.metrics.get("ray-node", "")) if res is not None else "",
-            "started_at": float(res.metrics.get("started-at", float("nan"))) if res is not None else float("nan"),
-            "finished_at": float(res.metrics.get("finished-at", float("nan"))) if res is not None else float("nan"),
+            "train_loss": float(m.get("train-loss", nan)),
+            "train_seconds": float(m.get("train-seconds", nan)),
+            "setup_seconds": float(m.get("setup-seconds", nan)),
+            "workspace_built": int(m.get("workspace-built", 0)),
+            "ray_node": str(m.get("ray-node", "")),
+            "started_at": float(m.get("started-at", nan)),
+            "finished_at": float(m.get("finished-at", nan)),
             "problem": problem,
         }

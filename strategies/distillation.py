@@ -12,15 +12,11 @@ from __future__ import annotations
 
 from clients.tasks import DISTILL as DISTILL_TASK
 from mirror_app.core.config import ConfigError, RunConfig
-from mirror_app.core.groups import AUDIO_MODEL, AV_MODEL
+from mirror_app.core.groups import AUDIO_MODEL
 
-from .base import AUDIOVISUAL, TEACHER_PREFIX, Instruction, Phase, PhasedStrategy
+from .base import AUDIOVISUAL, Instruction, Phase, PhasedStrategy
 
-DISTILL = Instruction(
-    "distill",
-    send=AUDIO_MODEL + tuple(TEACHER_PREFIX + g for g in AV_MODEL),
-    train=AUDIO_MODEL,
-)
+DISTILL = Instruction("distill", send=DISTILL_TASK.needs, train=AUDIO_MODEL)
 
 
 class DistillationPhase(Phase):

@@ -93,11 +93,10 @@ class AlignModel(nn.Module):
         super().__init__()
         self.audio_encoder = add_lora(audio_encoder, rank)
         self.video_encoder = add_lora(video_encoder, rank)
-        num_classes, text_dim = anchors.shape
+        text_dim = anchors.shape[1]
         self.audio_proj = Projection(embed_dim, text_dim)
         self.video_proj = Projection(embed_dim, text_dim)
         self.register_buffer(TEXT_ANCHORS, F.normalize(anchors.float(), dim=-1))
-        self.num_classes = num_classes
 
     # ---- parameter groups
     @staticmethod
