@@ -13,6 +13,17 @@ import torch
 SAMPLE_RATE = 16_000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# log_mel's kaldi fbank settings (25 ms windows every 10 ms; no dither, so features are deterministic); an
+# export's model.json states them (front_end) and predict refuses a model made with others
+FBANK = {
+    "frame_length": 25.0,
+    "frame_shift": 10.0,
+    "dither": 0.0,
+    "window_type": "hanning",
+    "htk_compat": True,
+    "use_energy": False,
+    "snip_edges": True,
+}
 
 
 @dataclass(frozen=True)
@@ -24,10 +35,16 @@ class FeatureSpec:
     image_size: int = 32
 
     @property
+    def num_samples(self) -> int:
+        """Samples of one clip at SAMPLE_RATE."""
+        return int(round(self.audio_seconds * SAMPLE_RATE))
+
+    @property
     def num_frames(self) -> int:
-        # kaldi framing: 25 ms windows every 10 ms, snip_edges=True
-        samples = int(round(self.audio_seconds * SAMPLE_RATE))
-        return 1 + (samples - 400) // 160
+        """Frames of one clip's fbank (kaldi framing with FBANK's window and shift, snip_edges)."""
+        window = int(SAMPLE_RATE * FBANK["frame_length"] / 1000)
+        shift = int(SAMPLE_RATE * FBANK["frame_shift"] / 1000)
+        return 1 + (self.num_samples - window) // shift
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -42,21 +59,11 @@ def log_mel(waveform: np.ndarray | torch.Tensor, spec: FeatureSpec) -> np.ndarra
     import torchaudio.compliance.kaldi as kaldi
 
     wav = torch.as_tensor(np.asarray(waveform, dtype=np.float32)).reshape(1, -1)
-    samples = int(round(spec.audio_seconds * SAMPLE_RATE))
+    samples = spec.num_samples
     if wav.shape[1] < samples:
         wav = torch.nn.functional.pad(wav, (0, samples - wav.shape[1]))
     wav = wav[:, :samples]
-    fb = kaldi.fbank(
-        wav,
-        sample_frequency=SAMPLE_RATE,
-        num_mel_bins=spec.num_mel_bins,
-        frame_length=25.0,
-        frame_shift=10.0,
-        dither=0.0,
-        window_type="hanning",
-        htk_compat=True,
-        use_energy=False,
-    )
+    fb = kaldi.fbank(wav, sample_frequency=SAMPLE_RATE, num_mel_bins=spec.num_mel_bins, **FBANK)
     return fb.numpy().astype(np.float32)
 
 
@@ -69,13 +76,13 @@ def front_end(spec: FeatureSpec, audio_norm: dict | None) -> dict:
         "audio_seconds": spec.audio_seconds,
         "num_frames": spec.num_frames,
         "fbank": {
-            "frame_length_ms": 25.0,
-            "frame_shift_ms": 10.0,
-            "window": "hanning",
-            "dither": 0.0,
-            "htk_compat": True,
-            "use_energy": False,
-            "snip_edges": True,
+            "frame_length_ms": FBANK["frame_length"],
+            "frame_shift_ms": FBANK["frame_shift"],
+            "window": FBANK["window_type"],
+            "dither": FBANK["dither"],
+            "htk_compat": FBANK["htk_compat"],
+            "use_energy": FBANK["use_energy"],
+            "snip_edges": FBANK["snip_edges"],
         },
         "normalisation": None
         if audio_norm is None

@@ -105,16 +105,17 @@ def clear_workspaces() -> None:
 PARTITION_STATE = "mirror-app.partition"  # context.state keys of a node's partition (meta, indices)
 
 
-def _node_partition(context: Context, *args) -> Partition:
-    """``data.partition.get_partition(*args)``, kept in the node's own state (``context.state``) after the
-    first message. A deployed SuperNode starts a fresh ClientApp process for every message, and computing
-    a Dirichlet partition there (flwr-datasets, ``datasets``) costs more than a second each time; the state
-    travels with the node's context, so later messages read the indices back instead."""
+def _node_partition(context: Context, cfg: RunConfig, cache_path: str, partition_id: int, num: int) -> Partition:
+    """Partition ``partition_id`` of ``num`` of the run (``data.partition.get_partition``), kept in the node's own
+    state (``context.state``) after the first message. A deployed SuperNode starts a fresh ClientApp process for
+    every message, and computing a Dirichlet partition there (flwr-datasets, ``datasets``) costs more than a second
+    each time; the state travels with the node's context, so later messages read the indices back instead."""
+    args = cfg.partition_args(cache_path, partition_id, num)
     key = json.dumps([str(a) for a in args])
     meta = context.state.get(PARTITION_STATE + ".meta")
     if meta is not None and meta.get("key") == key:
         indices = context.state[PARTITION_STATE + ".indices"]["indices"].numpy()
-        return Partition(int(args[1]), indices, str(meta["modality"]))
+        return Partition(partition_id, indices, str(meta["modality"]))
     part = get_partition(*args)
     context.state[PARTITION_STATE + ".meta"] = ConfigRecord({"key": key, "modality": part.modality})
     context.state[PARTITION_STATE + ".indices"] = ArrayRecord({"indices": Array(np.asarray(part.indices))})
@@ -161,18 +162,7 @@ def make_client(context: Context):
         cfg.device,
         cfg.fold,
     )
-    part = _node_partition(
-        context,
-        str(ws.cache.path),
-        pid,
-        num,
-        cfg.dirichlet_alpha,
-        cfg.missing_rate,
-        cfg.seed,
-        cfg.fold,
-        cfg.dev_fraction,
-        cfg.partitioner,
-    )
+    part = _node_partition(context, cfg, str(ws.cache.path), pid, num)
     modality = str(node.get("modality", part.modality))
     if modality not in MODALITIES:
         raise ValueError(f"node config 'modality' = {modality!r} is invalid: one of {list(MODALITIES)}")

@@ -6,9 +6,10 @@
     clients.csv        one row per client per round: task, status, bytes sent and received,
                        training and client set-up seconds
     per_class_f1.csv   audio model per-class F1 at every evaluated round (long format)
-    timeline.csv       wall-clock times (``time.time()``) of the server's steps: start-up (round -1: the
-                       ServerApp process started, config checked, dataset loaded, model built), then per round
-                       round-start, instructions-made, replies-in, aggregated, evaluated, recorded; with
+    timeline.csv       wall-clock times (``time.time()``) of the server's steps: at start-up (round -1)
+                       process-started, app-imported, components-start, config-checked, dataset-loaded,
+                       strategy-built; then per round round-start, instructions-made, replies-in,
+                       aggregated, evaluated, recorded; with
                        clients.csv's started_at/finished_at it tells where a round's seconds go
     phase1.pt          checkpoint at the end of phase 1 (two-phase strategies)
     model.pt           final checkpoint: {"state": groups, "teacher": groups or None}
@@ -203,19 +204,25 @@ class Curves:
 
 
 class RunRecorder:
+    SAVED = ("metrics", "clients", "per_class", "timeline", "pending", "partitions")  # what resume.pt keeps
+
     def __init__(self, run_dir: Path, config: dict, classes: list[str], tensorboard: bool = False):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.classes = classes
+        self._start()
+        write_json(self.dir / "config.json", config)
+        self.curves = Curves(self.dir / "tensorboard") if tensorboard else None
+        self._curved = 0  # client rows already given to the curves
+
+    def _start(self) -> None:
+        """The rows of a run that has recorded nothing yet."""
         self.metrics: list[dict] = []
         self.clients: list[dict] = []
         self.per_class: list[dict] = []
         self.timeline: list[dict] = []
-        self._pending: dict[str, float] = {}
+        self.pending: dict[str, float] = {}  # counts of rounds without evaluation, for the next row
         self.partitions: dict | None = None  # set by the strategy once it knows the connected clients
-        write_json(self.dir / "config.json", config)
-        self.curves = Curves(self.dir / "tensorboard") if tensorboard else None
-        self._curved = 0  # client rows already given to the curves
 
     def save_resume_state(self, server_round: int, strategy_state: dict, seconds: float) -> None:
         """``resume.pt``: what ``resume`` needs to continue after ``server_round`` (atomic, every round)."""
@@ -223,14 +230,7 @@ class RunRecorder:
             "round": server_round,
             "seconds": seconds,
             "strategy": strategy_state,
-            "recorder": {
-                "metrics": self.metrics,
-                "clients": self.clients,
-                "per_class": self.per_class,
-                "timeline": self.timeline,
-                "pending": self._pending,
-                "partitions": self.partitions,
-            },
+            "recorder": {name: getattr(self, name) for name in self.SAVED},
         }
         atomic_write(self.dir / RESUME_FILE, lambda p: torch.save(payload, p))
 
@@ -239,10 +239,10 @@ class RunRecorder:
         """The recorder of an interrupted run, from its saved state (:func:`load_resume_state`)."""
         rec = cls.__new__(cls)
         rec.dir, rec.classes = Path(run_dir), classes
-        r = saved["recorder"]
-        rec.metrics, rec.clients, rec.per_class, rec._pending = r["metrics"], r["clients"], r["per_class"], r["pending"]
-        rec.partitions = r.get("partitions")
-        rec.timeline = list(r.get("timeline", []))
+        rec._start()
+        for name in cls.SAVED:  # a resume file of an older version may lack some (they start empty)
+            if name in saved["recorder"]:
+                setattr(rec, name, saved["recorder"][name])
         # events after the resume point (written before the interruption) are dropped
         rec.curves = Curves(rec.dir / "tensorboard", purge_step=saved["round"] + 1) if tensorboard else None
         rec._curved = len(rec.clients)
@@ -260,13 +260,13 @@ class RunRecorder:
     ) -> None:
         """Record one round; rounds without evaluation fold their counts into the next row."""
         for key in ("clients", "failures", "bytes_to_clients", "bytes_from_clients"):
-            self._pending[key] = self._pending.get(key, 0) + stats.get(key, 0)
+            self.pending[key] = self.pending.get(key, 0) + stats.get(key, 0)
         line = f"[phase {phase_index} {phase}] round {server_round}/{total}"
         if metrics:
             row = {"round": server_round, "phase_index": phase_index, "phase": phase, "seconds": round(seconds, 2)}
             row.update({k: v for k, v in metrics.items() if k in METRIC_COLUMNS})
-            row.update(self._pending)
-            self._pending = {}
+            row.update(self.pending)
+            self.pending = {}
             self.metrics.append(row)
             for name, f1 in zip(self.classes, metrics.get("audio_per_class_f1", [])):
                 self.per_class.append({"round": server_round, "class": name, "f1": f1})

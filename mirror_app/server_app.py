@@ -19,7 +19,6 @@ from flwr.common import log
 from flwr.server import ServerAppComponents, ServerConfig
 from flwr.serverapp import Grid, ServerApp
 
-from data import load_dataset
 from mirror_app.core.evaluation import Evaluator
 from mirror_app.core.groups import set_groups
 from mirror_app.core.models import build_model, initial_model
@@ -36,7 +35,7 @@ def make_components(context: Context) -> ServerAppComponents:
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     stamps.append(("config-checked", time.time()))
-    cache = load_dataset(cfg.dataset, cfg.data_path, cfg.fold, cfg.dev_fraction, cfg.seed)
+    cache = cfg.load_dataset()
     stamps.append(("dataset-loaded", time.time()))
     log(
         INFO,

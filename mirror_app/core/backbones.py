@@ -134,6 +134,8 @@ BACKBONES: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
     "ast-tiny": lambda shape, dim: AudioTransformer(shape, dim, "ast-tiny"),
 }
 AUDIO_ONLY_BACKBONES = ("tdnn-small", "ast", "ast-small", "ast-tiny")  # need (frames, mels) input
+# a positional embedding per patch: these take a fixed number of frames (an export has no dynamic time axis)
+FIXED_TIME_BACKBONES = tuple(AudioTransformer.SIZES)
 
 
 class PretrainedError(ValueError):

@@ -100,9 +100,26 @@ class RunConfig:
         """The config of ``[tool.flwr.app.config]`` as it stands."""
         return cls.from_dict({})
 
-    @classmethod
-    def from_context(cls, context: Any) -> RunConfig:
-        return cls.from_dict(dict(context.run_config))
+    def load_dataset(self):
+        """The run's dataset as the server holds it (``data.load_dataset``: train, the server-held dev split
+        carved from it, and test)."""
+        from data import load_dataset
+
+        return load_dataset(self.dataset, self.data_path, self.fold, self.dev_fraction, self.seed)
+
+    def partition_args(self, cache_path: str, partition_id: int, num_partitions: int) -> tuple:
+        """``data.partition.get_partition``'s arguments for partition ``partition_id`` of this run."""
+        return (
+            cache_path,
+            partition_id,
+            num_partitions,
+            self.dirichlet_alpha,
+            self.missing_rate,
+            self.seed,
+            self.fold,
+            self.dev_fraction,
+            self.partitioner,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}

@@ -43,12 +43,13 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_class
     n = torch.tensor(len(labels))
     pred = logits.argmax(dim=1) if len(logits) else torch.zeros(0, dtype=torch.long)
     in_top5 = (logits.topk(top5, dim=1).indices == labels[:, None]).any(dim=1) if len(logits) else pred.bool()
+    predicted = torch.bincount(pred, minlength=num_classes)
     tp = torch.bincount(labels[pred == labels], minlength=num_classes)
-    fp = torch.bincount(pred, minlength=num_classes) - tp
+    fp = predicted - tp
     fn = torch.bincount(labels, minlength=num_classes) - tp
     f1 = _ratio(2 * tp, 2 * tp + fn + fp)
     weights = ((tp + fp + fn) != 0).float()
-    counts = torch.bincount(pred, minlength=num_classes) if len(logits) else torch.zeros(1)
+    counts = predicted if len(logits) else torch.zeros(1)
     return {
         "top1": float(_ratio((pred == labels).sum(), n)),
         "top5": float(_ratio(in_top5.sum(), n)),

@@ -68,63 +68,47 @@ class BenchError(ValueError):
 
 # ------------------------------------------------------------------------ bare loop
 def bare_loop(cfg, num_partitions: int, rounds: int) -> list[dict]:
-    """Per round of modality-aware FedAvg with no Flower and no Ray (the same local training functions, a
-    NumPy weighted mean per parameter group, the same evaluation): seconds of the round and of its training,
-    aggregation and evaluation."""
-    import torch
-
-    from data import load_dataset
+    """Per round of modality-aware FedAvg with no Flower and no Ray: the project's own clients (their ``fit``,
+    the same local training, seeds and settings) called one after the other in this process, a NumPy weighted
+    mean per parameter group, and the same evaluation. Seconds of the round and of its training, aggregation
+    and evaluation."""
+    from clients import CLIENT_KINDS, Workspace
     from data.partition import AUDIO, get_partition
     from mirror_app.core.evaluation import Evaluator
-    from mirror_app.core.groups import AUDIO_MODEL, AV_MODEL, GROUPS, get_groups, set_groups
+    from mirror_app.core.groups import AUDIO_MODEL, AV_MODEL, GROUPS, flatten, get_groups, unflatten
     from mirror_app.core.models import build_model
-    from mirror_app.core.training import train_audio, train_av
+    from mirror_app.core.training import resolve_device
+    from strategies import resolve_config
     from strategies.census import draw_clients
 
-    cache = load_dataset(cfg.dataset, cfg.data_path, cfg.fold, cfg.dev_fraction, cfg.seed)
+    _, strategy_cls = resolve_config(cfg.to_dict())
+    cache = cfg.load_dataset()
     shapes = (cache.audio.shape[1:], cache.video.shape[1:])
+    device = resolve_device(cfg.device)
 
     def make(seed=None):
         return build_model(cache.num_classes, *shapes, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim, seed=seed)
 
     state = dict(get_groups(make(cfg.seed), GROUPS))
-    work, evaluator = make(), Evaluator(make(), cache, torch.device("cpu"))
-    parts = [
-        get_partition(
-            str(cache.path),
-            pid,
-            num_partitions,
-            cfg.dirichlet_alpha,
-            cfg.missing_rate,
-            cfg.seed,
-            cfg.fold,
-            cfg.dev_fraction,
-            cfg.partitioner,
-        )
-        for pid in range(num_partitions)
+    ws = Workspace(cache=cache, model=make().to(device), teacher=make().to(device), device=device)
+    evaluator = Evaluator(make(), cache, device)
+    parts = [get_partition(*cfg.partition_args(str(cache.path), pid, num_partitions)) for pid in range(num_partitions)]
+    clients = [
+        CLIENT_KINDS[part.modality](partition=part, workspace=ws, settings=cfg, tasks=strategy_cls.client_tasks)
+        for part in parts
     ]
     times = []
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
         contributions: dict[str, list] = {}
-        for part in draw_clients(cfg.seed, r, parts, cfg.clients_per_round):  # the strategy's clients of round r
-            audio_only = part.modality == AUDIO
+        for client in draw_clients(cfg.seed, r, clients, cfg.clients_per_round):  # the strategy's clients of round r
+            audio_only = client.modality == AUDIO
             groups = AUDIO_MODEL if audio_only else AV_MODEL
-            set_groups(work, {g: state[g] for g in groups})
-            (train_audio if audio_only else train_av)(
-                work,
-                cache,
-                part.indices,
-                epochs=cfg.local_epochs,
-                batch_size=cfg.batch_size,
-                lr=cfg.lr,
-                optimizer=cfg.optimizer,
-                device=torch.device("cpu"),
-                seed=cfg.seed * 1009 + r,
-                mu=0.0,
-            )
-            for g, arrays in get_groups(work, groups).items():
-                contributions.setdefault(g, []).append((arrays, len(part.indices)))
+            task = "train-audio" if audio_only else "train-av"
+            config = {"task": task, "groups": ",".join(groups), "server-round": r}
+            arrays, examples, _ = client.fit(flatten(state, groups), config)
+            for g, values in unflatten(arrays, list(groups), [len(state[g]) for g in groups]).items():
+                contributions.setdefault(g, []).append((values, examples))
         t1 = time.perf_counter()
         for g, contribs in contributions.items():
             total = sum(n for _, n in contribs)

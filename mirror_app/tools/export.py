@@ -43,7 +43,6 @@ from torch import nn
 EXPORT_FORMAT = 1  # bumped when model.json or the model's input/output change; predict refuses others
 OPSET = 17
 PARITY_LIMIT = 1e-4
-FIXED_TIME_BACKBONES = ("ast", "ast-small", "ast-tiny")  # a positional embedding per patch: fixed frames
 PARITY_BATCH = 16
 
 
@@ -75,7 +74,6 @@ class Run:
 
 def load_run(run_dir: str | Path, data_dir: str = "") -> Run:
     """A finished run's config, summary, weights and dataset; an ExportError for anything missing."""
-    from data import load_dataset
     from mirror_app.core.config import ConfigError
     from mirror_app.results import load_checkpoint
     from strategies import resolve_config
@@ -97,7 +95,7 @@ def load_run(run_dir: str | Path, data_dir: str = "") -> Run:
     except ConfigError as exc:
         raise ExportError(f"{run}/config.json: {exc}") from None
     try:
-        cache = load_dataset(cfg.dataset, cfg.data_path, cfg.fold, cfg.dev_fraction, cfg.seed)
+        cache = cfg.load_dataset()
     except (FileNotFoundError, ValueError) as exc:
         raise ExportError(
             f"the run's dataset {cfg.dataset!r} is not under {cfg.data_path} ({exc}); "
@@ -177,6 +175,8 @@ def export(run_dir: str | Path, out: str | Path | None = None, data_dir: str = "
     if test.size == 0:
         raise ExportError(f"the dataset of {run.dir} has no test clips to check the export with")
     example = torch.from_numpy(np.ascontiguousarray(run.cache.audio[test]))
+    from mirror_app.core.backbones import FIXED_TIME_BACKBONES
+
     dynamic_time = run.cfg.audio_backbone not in FIXED_TIME_BACKBONES
     checks = [example]
     if dynamic_time:  # the same clips, a third longer (edge frames repeated)

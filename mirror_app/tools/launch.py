@@ -64,14 +64,13 @@ def check_run(run_config: str, dataset: bool = True):
     """What a run would check first, in this process and in a second: the run config (pyproject defaults
     plus ``run_config``), the strategy, the output dir and (``dataset``) that the dataset is there.
     Returns the RunConfig; raises ValueError (ConfigError, DatasetNotPrepared) with a one-line reason."""
-    from data import load_dataset
     from strategies import resolve_config
 
     cfg, _ = resolve_config(pairs_to_values(parse_pairs(run_config)))
     cfg.check_output_dir()
     if dataset:
         try:
-            load_dataset(cfg.dataset, cfg.data_path, cfg.fold, cfg.dev_fraction, cfg.seed)
+            cfg.load_dataset()
         except FileNotFoundError as exc:
             raise ValueError(str(exc)) from None
     return cfg

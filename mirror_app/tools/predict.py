@@ -81,9 +81,9 @@ class Predictor:
 
     def features(self, wave: np.ndarray) -> tuple[np.ndarray, int]:
         """(windows, frames, mels) features of a mono 16 kHz waveform, and the number of windows."""
-        from data.features import SAMPLE_RATE, log_mel, normalise
+        from data.features import log_mel, normalise
 
-        clip = int(round(self.spec.audio_seconds * SAMPLE_RATE))
+        clip = self.spec.num_samples
         if wave.size <= clip:
             starts = [0]
         else:
