@@ -131,6 +131,16 @@ def collapse_summary(rows: list[dict]) -> dict:
     return out
 
 
+def megabytes_per_round(metrics: pd.DataFrame) -> float | None:
+    """Mean megabytes on the wire per round (to plus from the clients) of a run's metrics.csv rows. A row holds
+    the bytes of every round since the previous evaluated one (eval-every > 1), so the total is divided by the
+    rounds, not by the rows; None without rounds or byte columns."""
+    if not {"bytes_to_clients", "bytes_from_clients"} <= set(metrics.columns):
+        return None
+    rounds = int(metrics["round"].max()) if len(metrics) else 0
+    return float((metrics["bytes_to_clients"] + metrics["bytes_from_clients"]).sum() / rounds / 1e6) if rounds else None
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename the temp file onto ``path``."""
     path = Path(path)

@@ -129,3 +129,11 @@ ERROR :     Exit Code: 700
     kept = [line for line in log.splitlines() if shown.keep(line)]
     assert kept == ["INFO :      [ROUND 1]", "ERROR :     Simulation raised an exception", "ERROR :     Exit Code: 700"]
     assert failure_reason("no error here") == ""
+
+
+def test_a_default_is_added_only_for_keys_the_run_config_leaves_out():
+    from mirror_app.tools.launch import with_defaults
+
+    # "seed=3" inside a quoted value is not a key: the seed default is still added
+    assert with_defaults("output-dir='/tmp/x seed=3'", {"seed": "1"}) == "seed=1 output-dir='/tmp/x seed=3'"
+    assert with_defaults("seed=3 lr=0.1", {"seed": "1", "local-epochs": "2"}) == "local-epochs=2 seed=3 lr=0.1"

@@ -372,39 +372,11 @@ def import_seconds(module: str, repeats: int = 3) -> dict:
     return {"interpreter_s": bare, "import_s": full - bare}
 
 
-# run in a fresh interpreter (as a deployed SuperNode's ClientApp process, a process of the app the bench
-# measures, like `flwr run`): seconds to make the client and of two training calls one after the other
-# (``train-av``, the model as the server would send it). argv: run config, partition, partitions, threads.
-COLD_CALL = """
-import json, sys, time
-from flwr.app import Context, RecordDict
-from mirror_app import client_app
-from mirror_app.core.groups import AV_MODEL, flatten, get_groups
-from mirror_app.tools.launch import pairs_to_values, parse_pairs
-
-run_config, partition, partitions, threads = sys.argv[1], *map(int, sys.argv[2:5])
-node = {"partition-id": partition, "num-partitions": partitions, "num-threads": threads, "modality": "audiovisual"}
-config = pairs_to_values(parse_pairs(run_config))
-ctx = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config=config)
-t0 = time.perf_counter()
-client = client_app.make_client(ctx)
-made = time.perf_counter() - t0
-arrays = flatten(get_groups(client.workspace.model, AV_MODEL), AV_MODEL)
-fit_config = {"task": "train-av", "groups": ",".join(AV_MODEL), "server-round": 2}
-times = []
-for _ in range(2):
-    start = time.perf_counter()
-    client.fit(arrays, fit_config)
-    times.append(time.perf_counter() - start)
-print(json.dumps({"make_client_s": made, "first_fit_s": times[0], "second_fit_s": times[1]}))
-"""
-
-
 def cold_call_seconds(run_config: str, partitions: int, threads: int) -> dict:
-    """:data:`COLD_CALL` in a fresh interpreter, and what importing torch._dynamo costs after torch. The first
-    training call pays torch's first-use costs (its optimiser imports torch._dynamo), which every message pays
-    when Flower starts a process per message."""
-    cmd = [sys.executable, "-c", COLD_CALL, run_config, "1", str(partitions), str(threads)]
+    """``python -m mirror_app.cold_client`` (a fresh interpreter, as a deployed SuperNode's ClientApp process),
+    and what importing torch._dynamo costs after torch. The first training call pays torch's first-use costs
+    (its optimiser imports torch._dynamo), which every message pays when Flower starts a process per message."""
+    cmd = [sys.executable, "-m", "mirror_app.cold_client", run_config, "1", str(partitions), str(threads)]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"the cold client call failed: {res.stderr[-1500:]}")
@@ -418,7 +390,7 @@ def deployment_rounds(work: Path, nodes: int, rounds: int, run_config: str, time
     """The same clients (``nodes`` partitions, one of them audio-only, all of them every round) and rounds as a
     ``flwr run`` simulation and as ``make deploy-local`` (a real SuperLink and SuperNodes on loopback): median
     round time of rounds 2..``rounds`` for each, and where a deployed round goes."""
-    from mirror_app.tools.deploy import deploy
+    from mirror_app.tools.deploy import deploy, threads_per_node
     from mirror_app.tools.launch import SuperLink, with_defaults
 
     config = with_defaults(
@@ -442,7 +414,7 @@ def deployment_rounds(work: Path, nodes: int, rounds: int, run_config: str, time
     ok = dep_clients[(dep_clients["status"] == "ok") & (dep_clients["round"] >= 2)]
     per_round = ok.groupby("round")
     imports = import_seconds("mirror_app.client_app")
-    cold = cold_call_seconds(config, nodes, max(1, (os.cpu_count() or 1) // nodes))
+    cold = cold_call_seconds(config, nodes, threads_per_node(nodes))
     train = float(per_round["train_seconds"].max().median())  # clients train in parallel, one per SuperNode
     setup = float(per_round["setup_seconds"].max().median())
     sim_ok = sim["clients"][(sim["clients"]["status"] == "ok") & (sim["clients"]["round"] >= 2)]
@@ -702,8 +674,8 @@ def run_bench(
     import torch
 
     from mirror_app.core.config import RunConfig
-    from mirror_app.results import atomic_write
-    from mirror_app.tools.launch import SuperLink, interrupt_on_signals, with_defaults
+    from mirror_app.results import atomic_write, megabytes_per_round
+    from mirror_app.tools.launch import SuperLink, interrupt_on_signals, pairs_to_values, parse_pairs, with_defaults
 
     if rounds < 2:
         raise BenchError(f"--rounds {rounds} is too few: at least 2 (round 1 includes start-up)")
@@ -723,7 +695,9 @@ def run_bench(
             "eval-every": "1",
         },
     )  # round times
-    cfg = RunConfig.from_dict(_parse(base))  # a bad value stops here, before anything starts
+    cfg = RunConfig.from_dict(pairs_to_values(parse_pairs(base)))  # a bad value stops here, before anything starts
+    if cfg.eval_every != 1:
+        raise BenchError(f"eval-every {cfg.eval_every}: the bench times every round, so it runs with eval-every=1")
     if cfg.clients_per_round > num_supernodes:
         raise BenchError(f"clients-per-round {cfg.clients_per_round} > --num-supernodes {num_supernodes}")
     out.mkdir(parents=True, exist_ok=True)
@@ -772,7 +746,6 @@ def run_bench(
             bare = bare_loop(cfg, num_supernodes, rounds)
             bare_rounds = [b["round_s"] for b in bare]
             flwr_s, bare_s = float(train_rounds.median()), float(np.median(bare_rounds[1:]))
-            metrics = main["metrics"][main["metrics"]["round"] > 0]
             ok = main["clients"][main["clients"]["status"] == "ok"]
             train_sum = ok.groupby("round")["train_seconds"].sum().loc[2:rounds]
             report["rounds"] = {
@@ -785,7 +758,7 @@ def run_bench(
                 "bare_rounds_s": bare_rounds,
                 "flwr_steps": round_breakdown(main["run_dir"], 2, rounds),
                 "bare_steps": {k: float(np.median([b[k] for b in bare[1:]])) for k in bare[0]},
-                "bytes_per_round": float((metrics["bytes_to_clients"] + metrics["bytes_from_clients"]).mean()),
+                "bytes_per_round": 1e6 * megabytes_per_round(main["metrics"]),
             }
             steps = startup_breakdown(main["run_dir"], main["flwr_run_at"])
             report["startup"] |= {
@@ -819,13 +792,6 @@ def run_bench(
     atomic_write(out / "bench.json", lambda p: Path(p).write_text(json.dumps(report, indent=2, default=float)))
     atomic_write(out / "bench.md", lambda p: Path(p).write_text(markdown(report)))
     return report
-
-
-def _parse(run_config: str) -> dict:
-    """'key=value ...' as Flower parses it (TOML values)."""
-    from flwr.common.config import parse_config_args
-
-    return parse_config_args([run_config]) if run_config else {}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,26 +19,24 @@ public key was registered with ``flwr supernode register``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from mirror_app.tools.launch import (
-    SuperLink,
-    check_run,
-    failure_reason,
-    interrupt_on_signals,
-    run_status,
-    started_run_id,
-    with_defaults,
-)
+from mirror_app.tools.launch import SuperLink, check_run, interrupt_on_signals, run_outcome, with_defaults
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 class ConfigProblem(ValueError):
     """The run config or the data is wrong: found before anything starts."""
+
+
+def threads_per_node(nodes: int) -> int:
+    """torch threads of each of ``nodes`` SuperNodes sharing this machine: its share of the cores."""
+    return max(1, (os.cpu_count() or 1) // nodes)
 
 
 def node_configs(nodes: int, audio_only: int, data_dir: str | None = None) -> list[str]:
@@ -49,9 +47,7 @@ def node_configs(nodes: int, audio_only: int, data_dir: str | None = None) -> li
         raise ValueError(f"--nodes {nodes}: at least 1")
     if not 0 <= audio_only <= nodes:
         raise ValueError(f"--audio-only {audio_only}: between 0 and --nodes ({nodes})")
-    import os
-
-    extra = f" num-threads={max(1, (os.cpu_count() or 1) // nodes)}" + (f" data-dir='{data_dir}'" if data_dir else "")
+    extra = f" num-threads={threads_per_node(nodes)}" + (f" data-dir='{data_dir}'" if data_dir else "")
     return [
         f"partition-id={i} num-partitions={nodes} modality='{'audio' if i < audio_only else 'audiovisual'}'" + extra
         for i in range(nodes)
@@ -73,9 +69,13 @@ def deploy(
     configs = node_configs(nodes, audio_only, data_dir)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    config = with_defaults(run_config, {"output-dir": f"'{out}'", "clients-per-round": str(nodes)})
+    # the server reads the data where the nodes do, unless the run config says otherwise
+    defaults = {"output-dir": f"'{out}'", "clients-per-round": str(nodes)} | (
+        {"data-dir": f"'{data_dir}'"} if data_dir else {}
+    )
+    config = with_defaults(run_config, defaults)
     try:  # a bad config or an unprepared dataset costs a second, not a deployment
-        check_run(config + (f" data-dir='{data_dir}'" if data_dir and "data-dir=" not in config else ""))
+        check_run(config)
     except ValueError as exc:
         raise ConfigProblem(str(exc)) from None
     home = Path(home) if home else Path(tempfile.mkdtemp(prefix="flwr-deploy-"))
@@ -100,14 +100,12 @@ def deploy(
             on_started(link)
         before = set(out.iterdir())
         log_file = out / f"deploy-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        log(f'flwr run . test --stream --run-config "{config}"  (log: {log_file})')
+        log(f'flwr run . {link.CONNECTION} --stream --run-config "{config}"  (log: {log_file})')
         res = link.flwr_run(ROOT, "--run-config", config, log_file=log_file, timeout=None)
         runs = [d for d in set(out.iterdir()) - before if d.is_dir()]
         if res.returncode != 0 or len(runs) != 1 or not (runs[0] / "summary.json").is_file():
             text = log_file.read_text(errors="replace") if log_file.is_file() else ""
-            run_id = started_run_id(text)
-            details = run_status(run_id, link.env, "test", ROOT)[1] if run_id is not None else ""
-            reason = details.removeprefix("Simulation failed with exception: ") or failure_reason(text)
+            _, _, reason = run_outcome(text, link.env, link.CONNECTION, ROOT)
             raise RuntimeError(
                 f"the deployed run failed: {reason or 'no reason recorded'} (log: {log_file}; node logs in {home})"
             )

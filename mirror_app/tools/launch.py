@@ -34,7 +34,7 @@ def with_defaults(run_config: str, defaults: dict[str, str]) -> str:
 
     Flower refuses a key given twice, so a default is only added when the user left it out.
     """
-    given = set(re.findall(r"(\S+?)=", run_config))
+    given = parse_pairs(run_config)
     return " ".join([f"{k}={v}" for k, v in defaults.items() if k not in given] + [run_config]).strip()
 
 
@@ -96,6 +96,20 @@ def run_status(run_id: int, env: dict, connection: str = "", cwd: Path | None = 
         said = (res.stdout + res.stderr).strip().splitlines()
         return "unknown", said[-1] if said else "flwr list gave no answer"
     return str(run["status"]), str(run.get("status-details") or "")
+
+
+def run_outcome(output: str, env: dict, connection: str = "", cwd: Path | None = None) -> tuple[int | None, str, str]:
+    """(run id, status, reason) of the run ``flwr run`` started with this ``output``: its status from the
+    SuperLink's records and, unless it completed, the one-line reason (the status details Flower records, else
+    the log's last exception or ERROR line). Run id None: the run never started."""
+    run_id = started_run_id(output)
+    if run_id is None:
+        return None, "not started", failure_reason(output)
+    status, details = run_status(run_id, env, connection, cwd)
+    if status == "finished:completed":
+        return run_id, status, ""
+    reason = details.removeprefix("Simulation failed with exception: ") or failure_reason(output) or status
+    return run_id, status, reason
 
 
 def failure_reason(output: str) -> str:
@@ -177,8 +191,8 @@ def _table() -> dict[int, tuple[int, int]]:
     return out
 
 
-def descendants(pid: int) -> set[int]:
-    table = _table()
+def descendants(pid: int, table: dict[int, tuple[int, int]] | None = None) -> set[int]:
+    table = _table() if table is None else table
     found, frontier = set(), {pid}
     while frontier:
         children = {p for p, (ppid, _) in table.items() if ppid in frontier and p not in found}
@@ -190,7 +204,7 @@ def descendants(pid: int) -> set[int]:
 def tree_members(pid: int) -> set[int]:
     """``pid``, everything it spawned, and every member of the sessions those started."""
     table = _table()
-    tree = {pid} | descendants(pid)
+    tree = {pid} | descendants(pid, table)
     sessions = {table[p][1] for p in tree if p in table}
     members = {p for p, (_, sid) in table.items() if sid in sessions} | tree
     members.discard(os.getpid())
@@ -230,8 +244,10 @@ class SuperLink:
     ``simulation=True`` runs ClientApps in Ray (``flwr run`` simulations); ``False`` waits for
     real SuperNodes. ``certs`` (a :class:`mirror_app.certs.Certs`) turns on TLS, and
     ``node_auth`` accepts only SuperNodes whose public key was registered (``register``).
-    The connection is stored in FLWR_HOME/config.toml under the name ``test``.
+    The connection is stored in FLWR_HOME/config.toml under the name ``CONNECTION``.
     """
+
+    CONNECTION = "test"  # the connection's name in FLWR_HOME/config.toml
 
     def __init__(
         self, home: Path, simulation: bool = True, certs=None, node_auth: bool = False, env: dict | None = None
@@ -243,7 +259,8 @@ class SuperLink:
         self.certs = certs
         security = f'root-certificates = "{certs.ca_cert}"\n' if certs else "insecure = true\n"
         (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{self.port}"\n{security}'
+            f'[superlink]\ndefault = "{self.CONNECTION}"\n\n[superlink.{self.CONNECTION}]\n'
+            f'address = "127.0.0.1:{self.port}"\n{security}'
         )
         cmd = [
             "flower-superlink",
@@ -297,7 +314,7 @@ class SuperLink:
     def register(self, public_key: Path) -> None:
         """Register a SuperNode's public key (``flwr supernode register``), for ``node_auth``."""
         res = subprocess.run(
-            ["flwr", "supernode", "register", str(public_key), "test"],
+            ["flwr", "supernode", "register", str(public_key), self.CONNECTION],
             env=self.env,
             capture_output=True,
             text=True,
@@ -325,7 +342,7 @@ class SuperLink:
         self, app: Path, *args: str, timeout: float = 600, log_file: Path | None = None
     ) -> subprocess.CompletedProcess:
         """``flwr run <app> <this superlink> --stream ARGS``; output captured, or written to ``log_file``."""
-        cmd = ["flwr", "run", str(app), "test", "--stream", *args]
+        cmd = ["flwr", "run", str(app), self.CONNECTION, "--stream", *args]
         if log_file is None:
             return subprocess.run(cmd, env=self.env, cwd=app, capture_output=True, text=True, timeout=timeout)
         with open(log_file, "w") as fh:

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from mirror_app.tools.launch import TracebackFilter, check_run, failure_reason, run_status, started_run_id
+from mirror_app.tools.launch import TracebackFilter, check_run, run_outcome
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,18 +104,15 @@ def main(argv: list[str] | None = None) -> int:
             proc.terminate()
             print(f"\ninterrupted (log: {log_path})", file=sys.stderr)
             return 130
-    text = "".join(output)
-    run_id = started_run_id(text)
+    run_id, status, reason = run_outcome("".join(output), env, args.connection, Path(args.app))
     if run_id is None:
-        reason = failure_reason(text) or f"flwr run exited with status {proc.returncode}"
+        reason = reason or f"flwr run exited with status {proc.returncode}"
         print(f"run failed to start: {reason} (log: {log_path})", file=sys.stderr)
         return 1
-    status, details = run_status(run_id, env, args.connection, Path(args.app))
     if status == "finished:completed":
         folders = sorted(cfg.resolve(cfg.output_dir).glob(f"*-run{run_id}"))
         print(f"run {run_id} finished: {folders[-1] if folders else cfg.resolve(cfg.output_dir)} (log: {log_path})")
         return 0
-    reason = details.removeprefix("Simulation failed with exception: ") or failure_reason(text) or status
     print(f"run failed: {reason} (run {run_id}, status {status}; full log: {log_path})", file=sys.stderr)
     return 1
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mirror_app.results import megabytes_per_round
 from mirror_app.tools.launch import pairs_to_values, parse_pairs
 from strategies import compared_methods
 
@@ -218,13 +219,7 @@ def _mb_per_round(out: Path, cell: Cell) -> float | None:
     metrics = out / "runs" / cell.key / "metrics.csv"
     if not metrics.is_file():
         return None
-    m = pd.read_csv(metrics)
-    if not {"bytes_to_clients", "bytes_from_clients"} <= set(m.columns):
-        return None
-    # a row holds the bytes of every round since the previous evaluated one (eval-every > 1), so divide the
-    # total by the rounds, not by the rows
-    rounds = int(m["round"].max()) if len(m) else 0
-    return float((m["bytes_to_clients"] + m["bytes_from_clients"]).sum() / rounds / 1e6) if rounds > 0 else None
+    return megabytes_per_round(pd.read_csv(metrics))
 
 
 def _cell(sel: pd.DataFrame, prefix: str, runs: int) -> str:
