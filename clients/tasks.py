@@ -1,10 +1,10 @@
-"""The client tasks the paper's methods share: ``train-audio``, ``train-av``, ``train-unimodal`` and
-``distill``. A strategy lists the ones it uses in its ``client_tasks``; a method with tasks of its own keeps
-them in its folder (strategies/fedcmi/client.py, strategies/align/client.py)."""
+"""The client tasks the paper's methods share: ``train-audio``, ``train-av``, ``train-av-audio-head``,
+``train-unimodal`` and ``distill``. A strategy lists the ones it uses in its ``client_tasks``; a method with
+tasks of its own keeps them in its folder (strategies/fedcmi/client.py, strategies/align/client.py)."""
 
 from __future__ import annotations
 
-from mirror_app.core.groups import AUDIO_MODEL, AV_MODEL, TEACHER_PREFIX, VIDEO_MODEL
+from mirror_app.core.groups import AUDIO_HEAD, AUDIO_MODEL, AV_MODEL, TEACHER_PREFIX, VIDEO_MODEL
 from mirror_app.core.training import distill, train_audio, train_av, train_unimodal
 
 from .base import GroupClient, Task, Workspace
@@ -22,6 +22,17 @@ def run_train_av(client: GroupClient, ws: Workspace, received: dict, seed: int) 
     client.load(ws.model, received)
     loss = train_av(ws.model, ws.cache, client.partition.indices, **client.train_kwargs(ws, seed))
     return list(AV_MODEL), loss
+
+
+def run_train_av_audio_head(client: GroupClient, ws: Workspace, received: dict, seed: int) -> tuple[list[str], float]:
+    """The fused model's cross-entropy plus ``av-audio-head-weight`` x the audio head's on the audio branch
+    (run config ``av-trains-audio-head``): updates audio encoder, video encoder, fusion head and audio head."""
+    client.load(ws.model, received)
+    kw = client.train_kwargs(ws, seed)
+    loss = train_av(
+        ws.model, ws.cache, client.partition.indices, audio_head_weight=client.settings.av_audio_head_weight, **kw
+    )
+    return list(AV_AUDIO_HEAD), loss
 
 
 def run_train_unimodal(client: GroupClient, ws: Workspace, received: dict, seed: int) -> tuple[list[str], float]:
@@ -43,6 +54,7 @@ def run_distill(client: GroupClient, ws: Workspace, received: dict, seed: int) -
         client.partition.indices,
         temperature=s.temperature,
         ce_weight=s.distill_ce_weight,
+        divergence=s.distill_divergence,
         **client.train_kwargs(ws, seed),
     )
     return list(AUDIO_MODEL), loss
@@ -50,5 +62,7 @@ def run_distill(client: GroupClient, ws: Workspace, received: dict, seed: int) -
 
 TRAIN_AUDIO = Task(run_train_audio, needs=AUDIO_MODEL)
 TRAIN_AV = Task(run_train_av, needs=AV_MODEL, video=True)
+AV_AUDIO_HEAD = (*AV_MODEL, AUDIO_HEAD)  # what train-av-audio-head trains
+TRAIN_AV_AUDIO_HEAD = Task(run_train_av_audio_head, needs=AV_AUDIO_HEAD, video=True)
 TRAIN_UNIMODAL = Task(run_train_unimodal, needs=AUDIO_MODEL + VIDEO_MODEL, video=True)
 DISTILL = Task(run_distill, needs=AUDIO_MODEL + tuple(TEACHER_PREFIX + g for g in AV_MODEL), video=True)

@@ -75,9 +75,31 @@ def _mean(values: list) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def protocol_summary(rows: list[dict]) -> dict:
+def best_dev_row(rows: list[dict]) -> dict | None:
+    """The trained row with the best dev audio top-1 (strictly better only: the earliest round wins a tie),
+    as summary.json records it; None without dev metrics."""
+    best = None
+    for row in _trained(rows):
+        dev = row.get("dev_audio_top1")
+        if dev is not None and dev == dev and (best is None or dev > best["dev_audio_top1"]):
+            best = row
+    if best is None:
+        return None
+    return {
+        "round": best["round"],
+        "phase": best.get("phase"),
+        "dev_audio_top1": best["dev_audio_top1"],
+        **{k: best.get(k) for k in (*TEST_KEYS, "av_top1")},
+    }
+
+
+def protocol_summary(rows: list[dict], product_phases: tuple[str, ...] | list[str] = ()) -> dict:
     """``last``, ``last5_mean`` and ``best_dev`` of the audio model, derived from the metrics rows alone
-    (so a resumed run gets the same answer). Round 0, the initial model, is never chosen nor averaged."""
+    (so a resumed run gets the same answer). Round 0, the initial model, is never chosen nor averaged.
+
+    ``best_dev`` is the headline: chosen among the rounds of ``product_phases`` (the phases that hold the
+    method's product, e.g. ModalityMirror's distillation; all rounds when empty or when none of them ran),
+    which ``best_dev["within"]`` names. ``best_dev_all_rounds`` is the same rule over every round."""
     trained = _trained(rows)
     last = trained[-1] if trained else (rows[-1] if rows else {})
     tail = trained[-LAST_N:]
@@ -90,11 +112,9 @@ def protocol_summary(rows: list[dict]) -> dict:
             **{k: _mean([r.get(k) for r in tail]) for k in TEST_KEYS},
         },
     }
-    best = None
-    for row in trained:  # strictly better only: the earliest round wins a tie
-        dev = row.get("dev_audio_top1")
-        if dev is not None and dev == dev and (best is None or dev > best["dev_audio_top1"]):
-            best = row
+    overall = best_dev_row(rows)
+    within = [p for p in product_phases if any(r.get("phase") == p for r in trained)]
+    best = best_dev_row([r for r in rows if r.get("phase") in within]) if within else overall
     if best is None:
         out["best_dev"] = None
         out["best_dev_reason"] = (
@@ -102,12 +122,19 @@ def protocol_summary(rows: list[dict]) -> dict:
             "few training clips per class to carve one)"
         )
     else:
-        out["best_dev"] = {
-            "round": best["round"],
-            "phase": best.get("phase"),
-            "dev_audio_top1": best["dev_audio_top1"],
-            **{k: best.get(k) for k in (*TEST_KEYS, "av_top1")},
-        }
+        out["best_dev"] = {**best, "within": ", ".join(within) if within else "all rounds"}
+    out["best_dev_all_rounds"] = overall
+    return out
+
+
+def phase_summary(rows: list[dict]) -> dict[str, dict]:
+    """Per phase, in the order they ran: where it left the audio model (its last evaluated round's test
+    metrics and AV top-1) and its own best-dev round (:func:`best_dev_row` among its rounds)."""
+    out: dict[str, dict] = {}
+    for row in _trained(rows):
+        out[row["phase"]] = {"round": row["round"], **{k: row.get(k) for k in (*TEST_KEYS, "av_top1")}}
+    for phase, record in out.items():
+        record["best_dev"] = best_dev_row([r for r in rows if r.get("phase") == phase])
     return out
 
 
@@ -325,24 +352,18 @@ class RunRecorder:
         }
         atomic_write(self.dir / name, lambda p: torch.save(payload, p))
 
-    def finish(self, metrics: dict, schedule: list[tuple[str, int]] | None = None) -> None:
-        """summary.json; ``schedule``: (phase, rounds) of every phase the method ran."""
+    def finish(
+        self, metrics: dict, schedule: list[tuple[str, int]] | None = None, product_phases: tuple[str, ...] = ()
+    ) -> None:
+        """summary.json; ``schedule``: (phase, rounds) of every phase the method ran; ``product_phases``: those
+        among which the headline best-dev round is chosen (:func:`protocol_summary`)."""
         final = {k: v for k, v in metrics.items() if not isinstance(v, list)}
         first = self.metrics[0] if self.metrics else {}
         summary = {"final": final, "initial_audio_top1": first.get("audio_top1")}
-        # where each phase left the audio model (last evaluated row of each phase)
-        by_phase: dict[str, dict] = {}
-        for row in self.metrics:
-            if row["round"] > 0:
-                by_phase[row["phase"]] = {
-                    "round": row["round"],
-                    "audio_top1": row.get("audio_top1"),
-                    "av_top1": row.get("av_top1"),
-                }
-        summary["phases"] = by_phase
+        summary["phases"] = phase_summary(self.metrics)
         if schedule is not None:
             summary["schedule"] = [{"phase": name, "rounds": int(rounds)} for name, rounds in schedule]
-        summary |= protocol_summary(self.metrics)
+        summary |= protocol_summary(self.metrics, product_phases)
         summary["collapse"] = collapse_summary(self.metrics)
         summary["partitions"] = self.partitions
         write_csv(self.dir / "timeline.csv", self.timeline, TIMELINE_COLUMNS)

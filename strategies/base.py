@@ -82,6 +82,12 @@ class PhasedStrategy(FedAvg):
     # task name -> client task, for every task the phases' instructions name (the clients run them from here)
     client_tasks: ClassVar[dict[str, Task]] = {}
     label: ClassVar[str] = ""  # the method's name in tables and figures (the class name when empty)
+    table_label: ClassVar[str] = ""  # its row in Table 1 where that says more than ``label`` (label when empty)
+    # the phases whose rounds hold the method's product (its headline best-dev round is chosen among them;
+    # empty: all rounds), e.g. ModalityMirror's distillation phase
+    product_phases: ClassVar[tuple[str, ...]] = ()
+    # a Table 1 row for the model this method's first phase left behind, within the same run ("" for none)
+    phase1_label: ClassVar[str] = ""
     compared: ClassVar[bool] = False  # one of the methods of the paper's comparison (`make table1`)
     # the groups of the audio-only model this method evaluates and exports (state keys of the main slot)
     audio_groups: ClassVar[tuple[str, ...]] = AUDIO_MODEL
@@ -299,7 +305,9 @@ class PhasedStrategy(FedAvg):
                 self.recorder.save_resume_state(server_round, self.resume_state(), seconds)
             self.stamp(server_round, "recorded")
             if last:
-                self.recorder.finish(metrics, [(phase.name, rounds) for phase, rounds in self.phases])
+                self.recorder.finish(
+                    metrics, [(phase.name, rounds) for phase, rounds in self.phases], self.product_phases
+                )
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         return (1.0 - scalars["audio_top1"], scalars) if "audio_top1" in scalars else None
 

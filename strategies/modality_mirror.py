@@ -1,25 +1,33 @@
-"""ModalityMirror: modality-aware FL, then federated distillation, in one run."""
+"""ModalityMirror: modality-aware FL, then federated distillation, in one run.
+
+Its product is the distilled student, so its headline (``summary.json`` ``best_dev``) is chosen among the
+rounds of phase 2 (``product_phases``); the best dev over all rounds stays beside it
+(``best_dev_all_rounds``), and phase 1 is reported as the paper reads it, MultiFL within the same run
+(``phase1_label``).
+"""
 
 from __future__ import annotations
 
-from clients.tasks import DISTILL, TRAIN_AUDIO, TRAIN_AV
+from clients.tasks import DISTILL
 from mirror_app.core.config import RunConfig
 
 from .base import PhasedStrategy
 from .distillation import DistillationPhase
-from .multifl import ModalityAwarePhase
+from .multifl import PHASE_TASKS, ModalityAwarePhase
 
 
 class ModalityMirror(PhasedStrategy):
     """Phase 1 for ``num-server-rounds`` rounds, then phase 2 for ``distill-rounds`` rounds."""
 
-    client_tasks = {"train-audio": TRAIN_AUDIO, "train-av": TRAIN_AV, "distill": DISTILL}
+    client_tasks = {**PHASE_TASKS, "distill": DISTILL}
     label = "ModalityMirror"
+    product_phases = (DistillationPhase.name,)
+    phase1_label = "MultiFL (ModalityMirror's phase 1, same run)"
     audio_model_text = "the audio student distilled from the frozen audiovisual teacher in phase 2."
     compared = True
 
     def build_phases(self, cfg: RunConfig):
-        phases = [(ModalityAwarePhase(), cfg.num_server_rounds)]
+        phases = [(ModalityAwarePhase.of(cfg), cfg.num_server_rounds)]
         if cfg.distill_rounds > 0:
             phases.append((DistillationPhase(), cfg.distill_rounds))
         return phases

@@ -5,32 +5,49 @@ train the late-fusion model (audio encoder + video encoder + fusion head). Each 
 averaged, weighted by example counts, over exactly the clients that trained it, so the
 audio encoder is shared by all clients while the video encoder and fusion head only ever
 see audiovisual clients. Audio-only clients never receive video or fusion weights.
+
+The paper does not say which heads audiovisual clients train. By default only audio-only
+clients train the audio head; with run config ``av-trains-audio-head`` audiovisual clients
+add the audio head's label loss on their audio branch (weight ``av-audio-head-weight``), so
+the audio head is averaged over every client that trained it in the round.
 """
 
 from __future__ import annotations
 
-from clients.tasks import TRAIN_AUDIO, TRAIN_AV
+from clients.tasks import AV_AUDIO_HEAD, TRAIN_AUDIO, TRAIN_AV, TRAIN_AV_AUDIO_HEAD
 from mirror_app.core.config import RunConfig
 from mirror_app.core.groups import AUDIO_MODEL, AV_MODEL
 
 from .base import AUDIO, Instruction, Phase, PhasedStrategy
 
+TRAIN_AUDIO_INS = Instruction("train-audio", send=AUDIO_MODEL, train=AUDIO_MODEL)
+TRAIN_AV_INS = Instruction("train-av", send=AV_MODEL, train=AV_MODEL)
+TRAIN_AV_AUDIO_HEAD_INS = Instruction("train-av-audio-head", send=AV_AUDIO_HEAD, train=AV_AUDIO_HEAD)
+# the client tasks of this phase, for the strategies that run it
+PHASE_TASKS = {"train-audio": TRAIN_AUDIO, "train-av": TRAIN_AV, "train-av-audio-head": TRAIN_AV_AUDIO_HEAD}
+
 
 class ModalityAwarePhase(Phase):
     name = "modality-aware-fl"
 
+    def __init__(self, av_trains_audio_head: bool = False) -> None:
+        self.av = TRAIN_AV_AUDIO_HEAD_INS if av_trains_audio_head else TRAIN_AV_INS
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> ModalityAwarePhase:
+        return cls(cfg.av_trains_audio_head)
+
     def instruction(self, modality: str) -> Instruction | None:
-        if modality == AUDIO:
-            return Instruction("train-audio", send=AUDIO_MODEL, train=AUDIO_MODEL)
-        return Instruction("train-av", send=AV_MODEL, train=AV_MODEL)
+        return TRAIN_AUDIO_INS if modality == AUDIO else self.av
 
 
 class ModalityAwareFedAvg(PhasedStrategy):
     """Paper Algorithm 1 for the whole round budget, ``num-server-rounds + distill-rounds``."""
 
-    client_tasks = {"train-audio": TRAIN_AUDIO, "train-av": TRAIN_AV}
+    client_tasks = PHASE_TASKS
     label = "MultiFL"
+    table_label = "MultiFL (same total budget)"
     compared = True
 
     def build_phases(self, cfg: RunConfig):
-        return [(ModalityAwarePhase(), cfg.num_server_rounds + cfg.distill_rounds)]
+        return [(ModalityAwarePhase.of(cfg), cfg.num_server_rounds + cfg.distill_rounds)]

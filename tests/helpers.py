@@ -73,11 +73,13 @@ def tiny_federation(
     seed: int = 0,
     failing: tuple[int, ...] = (),
     node_ids: list[str] | None = None,
+    **config,
 ):
     """In-process clients over ``cache`` registered in a SimpleClientManager.
 
     Partitions listed in ``failing`` get a client whose training raises. ``node_ids`` names the
-    nodes (by default ``node<partition>``), e.g. at random like Flower does per run.
+    nodes (by default ``node<partition>``), e.g. at random like Flower does per run. ``config``: run config
+    keys of the clients' settings (snake_case, e.g. ``distill_divergence="reverse"``).
     """
     import torch
     from flwr.server import SimpleClientManager
@@ -104,7 +106,10 @@ def tiny_federation(
         )
 
     ws = Workspace(cache, make(), make(), torch.device("cpu"), make_base=make_base)
-    settings = RunConfig.from_dict({"local-epochs": 1, "batch-size": 8, "lr": 1e-3, "seed": seed})
+    settings = RunConfig.from_dict(
+        {"local-epochs": 1, "batch-size": 8, "lr": 1e-3, "seed": seed}
+        | {k.replace("_", "-"): v for k, v in config.items()}
+    )
     tasks = all_client_tasks()
     manager = SimpleClientManager()
     proxies = {}

@@ -157,3 +157,63 @@ def test_skew_plan_and_table(tmp_path):
     markdown, _ = ablations.skew_table(cells, tmp_path)
     assert "| 5 of 20 | pretrained | restricted softmax | 70.0 | 20 | 20.0 | 50 | 0 |" in markdown
     assert "| 10 of 20 | from scratch | cross-entropy | 10.0 | 100 | 20.0 | 50 | 2 |" in markdown
+
+
+def fidelity_fake(cell: Cell, output_dir: Path, log: Path) -> bool:
+    """A finished run whose scores encode its settings: reverse +2 points, the AV audio head +10, rate x 10."""
+    log.write_text("ok")
+    p = parse_pairs(cell.config)
+    base = 0.2 + cell.rate / 10 + 0.01 * cell.seed + (0.1 if p.get("av-trains-audio-head") == "true" else 0)
+    student = base + (0.02 if "reverse" in p.get("distill-divergence", "") else 0)
+    phase1 = {"round": 8, "audio_top1": base - 0.05, "best_dev": {"round": 6, "audio_top1": base - 0.04}}
+    run_dir = output_dir / "run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                "final": {"audio_top1": student},
+                "best_dev": {"round": 10, "audio_top1": student, "audio_top5": 0.6, "audio_macro_f1": 0.1},
+                "best_dev_all_rounds": {"round": 10, "audio_top1": student + 0.001},
+                "schedule": [{"phase": "modality-aware-fl", "rounds": 8}, {"phase": "distillation", "rounds": 2}],
+                "phases": {"modality-aware-fl": phase1},
+            }
+        )
+    )
+    return True
+
+
+def test_fidelity_plan_and_table_report_every_reading_with_both_rules(tmp_path):
+    cells = ablations.fidelity_cells([0.1, 0.5], [0, 1])
+    assert len(cells) == 2 * 2 * 7 and len({c.key for c in cells}) == len(cells)
+    assert sum(c.method == "harmony" for c in cells) == 4  # once per rate and seed
+    mm = [parse_pairs(c.config) for c in cells if c.method == "modality-mirror"]
+    assert {(p["distill-divergence"], p["av-trains-audio-head"]) for p in mm} == {
+        ("'forward'", "false"),
+        ("'forward'", "true"),
+        ("'reverse'", "false"),
+        ("'reverse'", "true"),
+    }
+    run_cells(cells, tmp_path, fidelity_fake)
+    md, runs = ablations.fidelity_table(cells, tmp_path, [0.1, 0.5])
+    lines = md.splitlines()
+
+    def row(*start: str) -> str:
+        prefix = "| " + " | ".join(start) + " |"
+        (line,) = [line for line in lines if line.startswith(prefix)]
+        return line
+
+    # mean over seeds 0 and 1 (+0.5 points), std 0.5
+    assert row("ModalityMirror", "forward", "no", "best dev within phase 2").endswith(
+        "| 21.5 +- 0.5 / 60.0 / 10.0 | 25.5 +- 0.5 / 60.0 / 10.0 |"
+    )
+    assert row("ModalityMirror", "reverse", "yes", "best dev within phase 2").startswith(
+        "| ModalityMirror | reverse | yes | best dev within phase 2 | 33.5 +- 0.5"
+    )
+    assert "| 21.6 +- 0.5 / n/a / n/a |" in row("ModalityMirror", "forward", "no", "best dev over all rounds")
+    assert row("MultiFL (ModalityMirror's phase 1, same run)", "-", "yes", "best dev within phase 1").endswith(
+        "| 27.5 +- 0.5 / n/a / n/a | 31.5 +- 0.5 / n/a / n/a |"
+    )
+    assert "| 31.5 +- 0.5 / 60.0 / 10.0 |" in row("MultiFL (same total budget)", "-", "yes", "best dev")
+    assert row("Harmony", "-", "-", "best dev")
+    assert "agrees in 8 of 8 runs" in md  # forward and reverse runs share phase 1
+    assert (runs["status"] == "ok").all()

@@ -67,7 +67,9 @@ def test_best_dev_is_the_earliest_best_dev_round_not_the_last_nor_round_0(tmp_pa
         "audio_top5": 0.7,
         "audio_macro_f1": 0.3,
         "av_top1": 0.45,
+        "within": "all rounds",
     }
+    assert s["best_dev_all_rounds"] == {k: v for k, v in s["best_dev"].items() if k != "within"}
     assert s["last"] == {"round": 6, "audio_top1": 0.52, "audio_top5": 0.9, "audio_macro_f1": 0.5}
     assert s["final"]["audio_top1"] == 0.52  # unchanged key that other code reads
     last5 = s["last5_mean"]
@@ -76,6 +78,38 @@ def test_best_dev_is_the_earliest_best_dev_round_not_the_last_nor_round_0(tmp_pa
     assert last5["audio_macro_f1"] == pytest.approx(np.mean([0.3, 0.35, 0.4, 0.45, 0.5]))
     metrics = pd.read_csv(rec.dir / "metrics.csv")
     assert metrics["dev_audio_top1"].tolist() == [r["dev_audio_top1"] for r in rows]
+
+
+def test_the_headline_is_chosen_within_the_product_phases_and_each_phase_has_its_own_best_dev(tmp_path):
+    """ModalityMirror's product is the distilled student: its headline best-dev round is searched in phase 2
+    only, even where a phase-1 round has a better dev score; the all-rounds figure and each phase's own best
+    dev stay in summary.json."""
+    rec = RunRecorder(tmp_path / "run", {}, CLASSES)
+    rows = [
+        ("fl", 0, 0.9, 0.05),
+        ("fl", 1, 0.3, 0.20),
+        ("fl", 2, 0.7, 0.40),  # the best dev of all rounds, in phase 1
+        ("fl", 3, 0.5, 0.45),
+        ("kd", 4, 0.4, 0.30),
+        ("kd", 5, 0.6, 0.35),  # the best dev of phase 2
+        ("kd", 6, 0.55, 0.38),
+    ]
+    for phase, r, dev, top1 in rows:
+        rec.round(
+            r, 6, 1 if phase == "fl" else 2, phase, {"audio_top1": top1, "av_top1": 0.7, "dev_audio_top1": dev}, {}, 1.0
+        )
+    rec.finish({"audio_top1": 0.38, "av_top1": 0.7}, [("fl", 3), ("kd", 3)], ("kd",))
+    s = summary(rec)
+    assert (s["best_dev"]["round"], s["best_dev"]["audio_top1"], s["best_dev"]["within"]) == (5, 0.35, "kd")
+    assert (s["best_dev_all_rounds"]["round"], s["best_dev_all_rounds"]["audio_top1"]) == (2, 0.40)
+    assert s["phases"]["fl"]["round"] == 3 and s["phases"]["fl"]["audio_top1"] == 0.45  # where phase 1 ended
+    assert s["phases"]["fl"]["best_dev"]["round"] == 2 and s["phases"]["kd"]["best_dev"]["round"] == 5
+    assert list(s["phases"]) == ["fl", "kd"]
+    # a product phase that never ran (distill-rounds = 0): the headline falls back to all rounds
+    fallback = protocol_summary(
+        [{"round": r, "phase": "fl", "dev_audio_top1": d, "audio_top1": t} for _, r, d, t in rows[:4]], ("kd",)
+    )
+    assert fallback["best_dev"]["round"] == 2 and fallback["best_dev"]["within"] == "all rounds"
 
 
 def test_last5_mean_over_fewer_rounds_and_no_best_dev_without_dev_split():

@@ -65,6 +65,20 @@ def fake_runner(calls: list, fail: set = frozenset(), crash: set = frozenset(), 
                     "av": {"last_round_collapsed": False, "rounds": []},
                 },
             }
+            if cell.method == "modality-mirror":  # phase 1 is the paper's MultiFL; the headline is phase 2's
+                p1 = {"audio_top1": score - 0.2, "audio_top5": 0.6, "audio_macro_f1": score - 0.3}
+                summary |= {
+                    "schedule": [{"phase": "modality-aware-fl", "rounds": 1}, {"phase": "distillation", "rounds": 1}],
+                    "best_dev_all_rounds": {"round": 1, "audio_top1": score + 0.1, "audio_top5": 0.5},
+                    "phases": {
+                        "modality-aware-fl": {
+                            "round": 1,
+                            **p1,
+                            "best_dev": {"round": 1, **p1, "audio_top1": score - 0.15},
+                        },
+                        "distillation": {"round": 2, "audio_top1": score, "best_dev": {"round": 2}},
+                    },
+                }
         (run_dir / "summary.json").write_text(json.dumps(summary))
         return True
 
@@ -156,6 +170,23 @@ def test_runs_csv_has_last_best_dev_and_last5_columns(tmp_path):
     assert mm["best_dev_audio_macro_f1"] == pytest.approx(0.48) and mm["best_dev_av_top1"] == pytest.approx(0.8)
     assert mm["last5_audio_top1"] == pytest.approx(0.52) and mm["last5_rounds"] == 2
     assert not mm["audio_collapsed"] and runs.loc["unifl", "audio_collapsed"]
+
+
+def test_table1_reports_modality_mirror_within_phase_2_beside_all_rounds_and_its_phase_1_as_multifl(tmp_path):
+    cells = plan(["modality-mirror", "multifl"], [0.3], [0])
+    runs = run_cells(cells, tmp_path, fake_runner([]))
+    mm = runs.set_index("method").loc["modality-mirror"]
+    assert mm["phase1_best_dev_audio_top1"] == pytest.approx(0.38) and mm["phase1_audio_top1"] == pytest.approx(0.33)
+    assert mm["all_best_dev_audio_top1"] == pytest.approx(0.63)
+    md = table1(runs, [0.3])
+    best, last = section(md, "Best dev (headline)"), section(md, "Last round")
+    assert "| ModalityMirror | 58.0 / 95.0 / 48.0 | 1.00 |" in best  # the headline: best dev within phase 2
+    assert "| ModalityMirror, best dev over all rounds | 63.0 / 50.0 / n/a | 1.00 |" in best
+    assert "| MultiFL (ModalityMirror's phase 1, same run) | 38.0 / 60.0 / 23.0 | 1.00 |" in best
+    assert "| MultiFL (ModalityMirror's phase 1, same run) | 33.0 / 60.0 / 23.0 | 1.00 |" in last  # end of phase 1
+    assert "| MultiFL (same total budget) | 38.0 / 95.0 / 28.0 | 1.00 |" in best
+    assert not any("over all rounds" in line for line in last)  # the all-rounds search is a best-dev rule only
+    assert "best dev is chosen among the rounds of its distillation phase" in md
 
 
 def test_runs_without_the_protocol_keys_are_still_reported(tmp_path):

@@ -31,6 +31,9 @@ def _err(key: str, value: Any, allowed: str) -> ConfigError:
 
 
 AGGREGATORS = ("fedavg", "fedprox", "fedadam", "fedavgm")
+# phase 2's divergence between the softened teacher (p^M) and student (p^A): forward KL(p^M || p^A) (Hinton),
+# reverse KL(p^A || p^M) (the paper's formula read literally), symmetric: the mean of the two
+DIVERGENCES = ("forward", "reverse", "symmetric")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class RunConfig:
     optimizer: str
     temperature: float
     distill_ce_weight: float
+    distill_divergence: str
+    av_trains_audio_head: bool
+    av_audio_head_weight: float
     audio_backbone: str
     video_backbone: str
     embed_dim: int
@@ -165,6 +171,10 @@ class RunConfig:
             raise _err("temperature", self.temperature, "a number > 0")
         if self.distill_ce_weight < 0:
             raise _err("distill-ce-weight", self.distill_ce_weight, "a number >= 0")
+        if self.distill_divergence not in DIVERGENCES:
+            raise _err("distill-divergence", self.distill_divergence, f"one of {list(DIVERGENCES)}")
+        if not self.av_audio_head_weight > 0:
+            raise _err("av-audio-head-weight", self.av_audio_head_weight, "a number > 0")
         from .backbones import AUDIO_ONLY_BACKBONES
 
         if self.audio_backbone not in BACKBONES:

@@ -37,9 +37,12 @@ class DualEncoder(nn.Module):
     def video_logits(self, video: torch.Tensor) -> torch.Tensor:
         return self.video_head(self.video_features(self.video_encoder(video)))
 
+    def fuse(self, za: torch.Tensor, zv: torch.Tensor) -> torch.Tensor:
+        """The late-fusion head on an audio and a video embedding."""
+        return self.fusion_head(torch.cat([za, zv], dim=1))
+
     def av_logits(self, audio: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
-        z = torch.cat([self.audio_encoder(audio), self.video_encoder(video)], dim=1)
-        return self.fusion_head(z)
+        return self.fuse(self.audio_encoder(audio), self.video_encoder(video))
 
 
 def build_model(

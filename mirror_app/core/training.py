@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import DIVERGENCES
 from .models import DualEncoder
 
 
@@ -116,17 +117,31 @@ def train_audio(model: DualEncoder, cache, indices, **kw) -> float:
     )
 
 
-def train_av(model: DualEncoder, cache, indices, **kw) -> float:
-    """Audiovisual client: cross-entropy of the late-fusion model (both encoders + fusion head)."""
-    return run_epochs(
-        model,
-        lambda b: label_ce(model.av_logits(b.audio, b.video), b),
-        [model.audio_encoder, model.video_encoder, model.fusion_head],
-        cache,
-        indices,
-        with_video=True,
-        **kw,
-    )
+def train_av(model: DualEncoder, cache, indices, audio_head_weight: float = 0.0, **kw) -> float:
+    """Audiovisual client: cross-entropy of the late-fusion model (both encoders + fusion head).
+
+    With ``audio_head_weight`` > 0 (run config ``av-trains-audio-head``), the audio head's cross-entropy on
+    the same clip's audio embedding is added with that weight, and the audio head is trained too.
+    """
+    trainable = [model.audio_encoder, model.video_encoder, model.fusion_head]
+    if audio_head_weight <= 0:
+        return run_epochs(
+            model,
+            lambda b: label_ce(model.av_logits(b.audio, b.video), b),
+            trainable,
+            cache,
+            indices,
+            with_video=True,
+            **kw,
+        )
+
+    def loss_fn(b: Batch) -> torch.Tensor:
+        assert b.video is not None
+        za = model.audio_encoder(b.audio)
+        fused = label_ce(model.fuse(za, model.video_encoder(b.video)), b)
+        return fused + audio_head_weight * label_ce(model.audio_head(model.audio_features(za)), b)
+
+    return run_epochs(model, loss_fn, [*trainable, model.audio_head], cache, indices, with_video=True, **kw)
 
 
 def train_unimodal(model: DualEncoder, cache, indices, **kw) -> float:
@@ -149,26 +164,48 @@ def distillation_loss(
     labels: torch.Tensor,
     temperature: float,
     ce_weight: float = 0.0,
+    divergence: str = "forward",
 ) -> torch.Tensor:
-    """KL(teacher_T || student_T) * T^2 (Hinton et al.), plus ``ce_weight`` x cross-entropy.
+    """T^2 x a divergence between the softened teacher p^M = softmax(teacher / T) and student
+    p^A = softmax(student / T), mean over the batch, plus ``ce_weight`` x the student's cross-entropy.
 
-    Both distributions are softened by the temperature T; the T^2 factor keeps the
-    gradient scale independent of T.
+    ``divergence`` (run config ``distill-divergence``):
+
+    * ``forward``: KL(p^M || p^A), Hinton et al.'s; mass-covering: the student spreads probability over
+      every class the teacher gives mass to;
+    * ``reverse``: KL(p^A || p^M), the ModalityMirror paper's formula (Section 3.2.3) read literally;
+      mode-seeking: the student may commit to the classes it can tell apart from audio;
+    * ``symmetric``: (forward + reverse) / 2.
+
+    The T^2 factor keeps the gradient scale independent of T. Every term is zero when student equals teacher.
     """
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence {divergence!r} is unknown; one of {list(DIVERGENCES)}")
     t = temperature
-    kl = F.kl_div(
-        F.log_softmax(student_logits / t, dim=1),
-        F.log_softmax(teacher_logits / t, dim=1),
-        reduction="batchmean",
-        log_target=True,
-    ) * (t * t)
+    log_s = F.log_softmax(student_logits / t, dim=1)
+    log_t = F.log_softmax(teacher_logits / t, dim=1)
+    # F.kl_div(a, b, log_target=True) = KL(exp(b) || exp(a)), summed over classes, mean over the batch
+    terms = []
+    if divergence in ("forward", "symmetric"):
+        terms.append(F.kl_div(log_s, log_t, reduction="batchmean", log_target=True))
+    if divergence in ("reverse", "symmetric"):
+        terms.append(F.kl_div(log_t, log_s, reduction="batchmean", log_target=True))
+    loss = sum(terms) / len(terms) * (t * t)
     if ce_weight > 0:
-        kl = kl + ce_weight * F.cross_entropy(student_logits, labels)
-    return kl
+        loss = loss + ce_weight * F.cross_entropy(student_logits, labels)
+    return cast(torch.Tensor, loss)
 
 
 def distill(
-    student: DualEncoder, teacher: DualEncoder, cache, indices, *, temperature: float, ce_weight: float = 0.0, **kw
+    student: DualEncoder,
+    teacher: DualEncoder,
+    cache,
+    indices,
+    *,
+    temperature: float,
+    ce_weight: float = 0.0,
+    divergence: str = "forward",
+    **kw,
 ) -> float:
     """Phase 2 on an audiovisual client: the audio student learns the frozen AV teacher's outputs."""
     teacher.eval()
@@ -179,7 +216,7 @@ def distill(
         assert b.video is not None  # distillation reads video (with_video=True below)
         with torch.no_grad():
             target = teacher.av_logits(b.audio, b.video)
-        return distillation_loss(student.audio_logits(b.audio), target, b.labels, temperature, ce_weight)
+        return distillation_loss(student.audio_logits(b.audio), target, b.labels, temperature, ce_weight, divergence)
 
     return run_epochs(
         student, loss_fn, [student.audio_encoder, student.audio_head], cache, indices, with_video=True, **kw

@@ -4,6 +4,7 @@
     python -m mirror_app.tools.ablations drift --out results/ablation-drift       # local epochs x label skew
     python -m mirror_app.tools.ablations fig2 --sweep results/table1              # per-class F1 by sound source
     python -m mirror_app.tools.ablations skew --out results/ablation-skew         # label-skew collapse, 20 clients
+    python -m mirror_app.tools.ablations fidelity --seeds 0,1,2                  # the paper's ambiguous readings
 
 ``teacher`` runs ModalityMirror with teachers of different strength: phase 1 of a quarter, a
 half and all of the preset's ``num-server-rounds``, each with and without the pretrained
@@ -17,6 +18,10 @@ in per-class audio F1 from MultiFL to ModalityMirror and from Harmony to Modalit
 the classes grouped by sound source. ``skew`` runs MultiFL on 20 clients under alpha 0.1 with the
 default local training for 60 rounds, from scratch or pretrained, with plain or restricted
 softmax, with 5 or 10 clients per round: what a user's own label-skewed dataset needs (README, "Label skew").
+``fidelity`` runs ModalityMirror under ``distill-divergence`` forward and reverse and MultiFL, each with
+``av-trains-audio-head`` false and true, plus Harmony as the reference, at missing rates 0.1 / 0.3 / 0.5; its
+table reports ModalityMirror at the best dev round within phase 2 and over all rounds, and MultiFL both as
+ModalityMirror's phase 1 in the same run and as its own run with the whole budget (README, "Fidelity").
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ from mirror_app.tools.sweep import (
     LABELS,
     Cell,
     SweepError,
+    _cell,
     _save,
     check_settings,
+    collect,
     flwr_runner,
     merged_run_config,
     parse_pairs,
@@ -145,6 +152,148 @@ def skew_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
         "majority share (the share of test clips given the most predicted class) in %; a collapsed "
         "evaluation is one where that share is >= 90 % (from round 3).",
     ), frame
+
+
+FIDELITY_RATES = (0.1, 0.3, 0.5)
+FIDELITY_DIVERGENCES = ("forward", "reverse")
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def fidelity_cells(rates: list[float], seeds: list[int]) -> list[Cell]:
+    """Per seed and missing rate: ModalityMirror x divergence x who trains the audio head, MultiFL x who trains
+    the audio head (the divergence does not touch it), Harmony once."""
+    cells = []
+    for s in seeds:
+        for r in rates:
+            for head in (False, True):
+                flag = f"av-trains-audio-head={str(head).lower()}"
+                for d in FIDELITY_DIVERGENCES:
+                    cells.append(
+                        Cell("modality-mirror", r, s, f"distill-divergence='{d}' {flag}", f"{d}-head{_on(head)}")
+                    )
+                cells.append(Cell("multifl", r, s, flag, f"head{_on(head)}"))
+            cells.append(Cell("harmony", r, s))
+    return cells
+
+
+FIDELITY_ROWS = [  # (label, method, divergence, AV clients train the audio head, rule, runs.csv prefix)
+    *[
+        row
+        for head in (False, True)
+        for row in [
+            *[
+                r
+                for d in FIDELITY_DIVERGENCES
+                for r in (
+                    ("ModalityMirror", "modality-mirror", d, head, "best dev within phase 2", "best_dev_"),
+                    ("ModalityMirror", "modality-mirror", d, head, "best dev over all rounds", "all_best_dev_"),
+                )
+            ],
+            (
+                "MultiFL (ModalityMirror's phase 1, same run)",
+                "modality-mirror",
+                "forward",
+                head,
+                "best dev within phase 1",
+                "phase1_best_dev_",
+            ),
+            ("MultiFL (same total budget)", "multifl", None, head, "best dev", "best_dev_"),
+        ]
+    ],
+    ("Harmony", "harmony", None, None, "best dev", "best_dev_"),
+]
+
+
+def fidelity_frame(cells: list[Cell], out: Path) -> pd.DataFrame:
+    """runs.csv's rows of these cells, with each cell's divergence and audio-head setting as columns."""
+    runs = collect(cells, out)
+    pairs = [parse_pairs(c.config) for c in cells]
+    runs["divergence"] = [p.get("distill-divergence", "").strip("'") or None for p in pairs]
+    runs["av_head"] = [p["av-trains-audio-head"] == "true" if "av-trains-audio-head" in p else None for p in pairs]
+    return runs
+
+
+def fidelity_table(
+    cells: list[Cell], out: Path, rates: list[float], run_config: str = "", num_supernodes: int = 100
+) -> tuple[str, pd.DataFrame]:
+    from mirror_app.core.config import RunConfig
+    from mirror_app.tools.launch import pairs_to_values
+
+    cfg = RunConfig.from_dict(pairs_to_values(parse_pairs(run_config)))
+    runs = fidelity_frame(cells, out)
+    ok = runs[runs["status"] == "ok"]
+    header = ["method", "distill-divergence", "AV clients train the audio head", "rule"] + [f"{r:g}" for r in rates]
+    rows = []
+    for label, method, divergence, head, rule, prefix in FIDELITY_ROWS:
+        sel = ok[ok["method"] == method]
+        if divergence is not None:
+            sel = sel[sel["divergence"] == divergence]
+        if head is not None:
+            sel = sel[sel["av_head"] == head]
+        cells_ = [
+            _cell(g, prefix, len(g)) if len(g := sel[np.isclose(sel["missing_rate"], r)]) else "n/a" for r in rates
+        ]
+        div = divergence if method == "modality-mirror" and "phase 1" not in label else "-"
+        rows.append([label, div, "-" if head is None else ("yes" if head else "no"), rule, *cells_])
+    # phase 1 does not depend on the divergence: the forward and reverse runs of a cell must agree on it
+    mm = ok[ok["method"] == "modality-mirror"]
+    same = total = 0
+    for _, g in mm.groupby(["missing_rate", "seed", "av_head"]):
+        if set(g["divergence"]) >= set(FIDELITY_DIVERGENCES):
+            total += 1
+            same += int(g["phase1_best_dev_audio_top1"].nunique(dropna=False) == 1)
+    note = (
+        "Audio-only test top-1 in % (mean +- std over seeds) / top-5 / macro-F1 (means, in %); "
+        f"{cfg.num_server_rounds} rounds of modality-aware FL + {cfg.distill_rounds} of distillation, "
+        f"{cfg.clients_per_round} of {num_supernodes} clients a round, Dirichlet alpha {cfg.dirichlet_alpha:g}, "
+        f"{cfg.local_epochs} local epoch(s) at lr {cfg.lr:g}, T = {cfg.temperature:g}. "
+        "'Best dev within phase 2': ModalityMirror's headline, its distilled student at the phase-2 "
+        "round with the best dev audio top-1; 'over all rounds': the same search over phase 1 too. 'MultiFL "
+        "(ModalityMirror's phase 1, same run)': the phase-1 model of the forward runs at the best dev round within "
+        f"phase 1 (the reverse runs' phase 1 agrees in {same} of {total} runs); 'MultiFL (same total budget)': "
+        f"its own run of {cfg.num_server_rounds + cfg.distill_rounds} rounds. "
+        "Harmony's audio model does not depend on the audio-head setting."
+    )
+    return _markdown(header, rows, note), runs
+
+
+def fidelity_figure(runs: pd.DataFrame, out: Path, rates: list[float]) -> Path | None:
+    ok = runs[runs["status"] == "ok"]
+    if ok.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = []
+    for label, method, divergence, head, rule, prefix in FIDELITY_ROWS:
+        if "over all rounds" in rule:
+            continue
+        sel = ok[ok["method"] == method]
+        sel = sel if divergence is None or "phase 1" in label else sel[sel["divergence"] == divergence]
+        sel = sel if head is None else sel[sel["av_head"] == head]
+        name = label.replace(" (ModalityMirror's phase 1, same run)", " (MM phase 1)").replace(
+            " (same total budget)", ""
+        )
+        name += f", {divergence}" if method == "modality-mirror" and "phase 1" not in label else ""
+        name += "" if head is None else f", AV head {_on(head)}"
+        values = [
+            100 * pd.to_numeric(sel[np.isclose(sel["missing_rate"], r)][f"{prefix}audio_top1"], errors="coerce").mean()
+            for r in rates
+        ]
+        series.append((name, values))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series):
+        ax.bar(np.arange(len(rates)) + i * width, values, width, label=name)
+    ax.set_xticks(np.arange(len(rates)) + 0.4 - width / 2, [f"{r:g}" for r in rates])
+    ax.set(xlabel="missing rate", ylabel="audio top-1 at the best dev round (%)", title="Readings of the paper")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, out / "fidelity.png")
 
 
 def _finished(cells: list[Cell], out: Path):
@@ -388,11 +537,14 @@ def fig2(sweep: Path, rate: float) -> tuple[str, Path | None]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Ablations that explain Table 1.")
-    p.add_argument("which", choices=("teacher", "drift", "skew", "fig2"))
+    p.add_argument("which", choices=("teacher", "drift", "skew", "fig2", "fidelity"))
     p.add_argument("--out", default="", help="results folder (default results/ablation-<which>)")
     p.add_argument("--preset", default=DEFAULT_PRESET)
     p.add_argument("--run-config", default="", help="extra run config for every run (over the preset)")
     p.add_argument("--rate", type=float, default=0.3, help="missing rate")
+    p.add_argument(
+        "--rates", default=",".join(map(str, FIDELITY_RATES)), help="fidelity: the missing rates, comma-separated"
+    )
     p.add_argument("--seeds", default="0")
     p.add_argument("--num-supernodes", type=int, default=100)
     p.add_argument("--timeout", type=float, default=3600)
@@ -413,8 +565,9 @@ def main(argv: list[str] | None = None) -> int:
             args.num_supernodes = 20
         else:
             run_config = merged_run_config(args.preset, args.run_config)
-        if not seeds or not 0 <= args.rate < 1:
-            raise SweepError("give at least one seed and a missing rate in [0, 1)")
+        rates = [float(r) for r in args.rates.split(",") if r.strip()]
+        if not seeds or not rates or not all(0 <= r < 1 for r in [args.rate, *rates]):
+            raise SweepError("give at least one seed and missing rates in [0, 1)")
     except (SweepError, ValueError) as exc:
         print(f"ablations: {exc}", file=sys.stderr)
         return 2
@@ -424,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
         "teacher": lambda: teacher_cells(run_config, args.rate, seeds),
         "drift": lambda: drift_cells(args.rate, seeds),
         "skew": lambda: skew_cells(args.rate, seeds),
+        "fidelity": lambda: fidelity_cells(rates, seeds),
     }
     cells = plans[args.which]()
     try:
@@ -442,6 +596,9 @@ def main(argv: list[str] | None = None) -> int:
         teacher_figure(frame, out)
     elif args.which == "skew":
         markdown, frame = skew_table(cells, out)
+    elif args.which == "fidelity":
+        markdown, frame = fidelity_table(cells, out, rates, run_config, args.num_supernodes)
+        fidelity_figure(frame, out, rates)
     else:
         markdown, frame = drift_table(cells, out)
     atomic_write(out / "ablation.md", lambda path: path.write_text(markdown))

@@ -156,6 +156,22 @@ RUN_COLUMNS = [
     "best_dev_audio_top5",
     "best_dev_audio_macro_f1",
     "best_dev_av_top1",
+    # best dev over all rounds (summary.json "best_dev_all_rounds"; the headline above is chosen within the
+    # method's product phases, e.g. ModalityMirror's phase 2)
+    "all_best_dev_round",
+    "all_best_dev_audio_top1",
+    "all_best_dev_audio_top5",
+    "all_best_dev_audio_macro_f1",
+    # the model the first phase left behind, same run (summary.json "phases"): at its last round and at its
+    # own best-dev round (ModalityMirror's phase 1, the paper's MultiFL)
+    "phase1_round",
+    "phase1_audio_top1",
+    "phase1_audio_top5",
+    "phase1_audio_macro_f1",
+    "phase1_best_dev_round",
+    "phase1_best_dev_audio_top1",
+    "phase1_best_dev_audio_top5",
+    "phase1_best_dev_audio_macro_f1",
     # mean of the last 5 evaluated rounds (summary.json "last5_mean")
     "last5_rounds",
     "last5_audio_top1",
@@ -185,6 +201,15 @@ def summary_row(summary: dict) -> dict:
     row = {k: final.get(k) for k in ("audio_top1", "audio_top5", "audio_macro_f1", "av_top1")}
     row |= {"best_dev_round": best.get("round"), "best_dev_dev_audio_top1": best.get("dev_audio_top1")}
     row |= {f"best_dev_{k}": best.get(k) for k in ("audio_top1", "audio_top5", "audio_macro_f1", "av_top1")}
+    every = summary.get("best_dev_all_rounds") or {}
+    row |= {f"all_best_dev_{k}": every.get(k) for k in ("round", "audio_top1", "audio_top5", "audio_macro_f1")}
+    phases = summary.get("phases") or {}
+    order = [step["phase"] for step in summary.get("schedule") or []] or list(phases)
+    first = phases.get(order[0], {}) if order else {}
+    first_best = first.get("best_dev") or {}
+    for k in ("round", "audio_top1", "audio_top5", "audio_macro_f1"):
+        row[f"phase1_{k}"] = first.get(k)
+        row[f"phase1_best_dev_{k}"] = first_best.get(k)
     row |= {"last5_rounds": last5.get("rounds")}
     row |= {f"last5_{k}": last5.get(k) for k in ("audio_top1", "audio_top5", "audio_macro_f1")}
     row |= {f"{m}_collapsed": (collapse.get(m) or {}).get("last_round_collapsed") for m in ("audio", "av")}
@@ -236,11 +261,34 @@ def _cell(sel: pd.DataFrame, prefix: str, runs: int) -> str:
     return " / ".join(parts) + fewer
 
 
+def table_rows(methods) -> list[tuple[str, str, dict[str, str]]]:
+    """Table 1's rows: (label, method, protocol prefix -> the runs.csv prefix that row reports; a protocol
+    missing from the map leaves the row out of that table). Besides one row per method: for a method whose
+    headline is chosen within its product phases (ModalityMirror: phase 2), its best dev over all rounds;
+    for a method with a ``phase1_label``, the model its first phase left in the same run."""
+    from strategies import STRATEGIES
+
+    rows = []
+    for method in methods:
+        cls = STRATEGIES.get(method)
+        label = (cls.table_label or cls.display_name()) if cls else LABELS.get(method, method)
+        rows.append((label, method, {p: p for p in PROTOCOLS}))
+        if cls is not None and cls.product_phases:
+            rows.append((f"{label}, best dev over all rounds", method, {"best_dev_": "all_best_dev_"}))
+        if cls is not None and cls.phase1_label:
+            rows.append((cls.phase1_label, method, {"best_dev_": "phase1_best_dev_", "": "phase1_"}))
+    return rows
+
+
 def table1(runs: pd.DataFrame, rates) -> str:
     """Markdown shaped like the paper's Table 1, once per protocol (best dev, then last round): rows are
-    methods, columns missing rates, cells 'top-1 +- std / top-5 / macro-F1' of the audio model in %."""
+    methods (:func:`table_rows`), columns missing rates, cells 'top-1 +- std / top-5 / macro-F1' of the audio
+    model in %."""
+    from strategies import STRATEGIES
+
     ok = runs[(runs["status"] == "ok") & runs["missing_rate"].isin(list(rates))]
     methods = [m for m in METHODS if m in set(runs["method"])] + sorted(set(runs["method"]) - set(METHODS))
+    rows = table_rows(methods)
     lines = []
     for prefix, (title, meaning) in PROTOCOLS.items():
         lines += [
@@ -251,14 +299,16 @@ def table1(runs: pd.DataFrame, rates) -> str:
             "| method | " + " | ".join(f"{r:g}" for r in rates) + " | MB / round |",
             "|" + " --- |" * (len(rates) + 2),
         ]
-        for method in methods:
+        for label, method, prefixes in rows:
+            if prefix not in prefixes:
+                continue
             cells = []
             for r in rates:
                 sel = ok[(ok["method"] == method) & np.isclose(ok["missing_rate"], r)]
-                cells.append(_cell(sel, prefix, len(sel)) if len(sel) else "n/a")
+                cells.append(_cell(sel, prefixes[prefix], len(sel)) if len(sel) else "n/a")
             mb = pd.to_numeric(ok.loc[ok["method"] == method, "mb_per_round"], errors="coerce")
             cells.append(f"{mb.mean():.2f}" if mb.notna().any() else "n/a")
-            lines.append(f"| {LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
     per_cell = ok.groupby(["method", "missing_rate"])["seed"].nunique() if not ok.empty else pd.Series(dtype=int)
     if per_cell.nunique() <= 1:
@@ -268,11 +318,26 @@ def table1(runs: pd.DataFrame, rates) -> str:
         n = "seeds per cell: " + ", ".join(
             f"{LABELS.get(m, m)} {lo}" + (f"-{hi}" if hi != lo else "") for m, (lo, hi) in spans.iterrows()
         )
+    within = [
+        f"{STRATEGIES[m].display_name()}'s best dev is chosen among the rounds of its "
+        f"{', '.join(STRATEGIES[m].product_phases)} phase, which holds its product (its best dev over all rounds "
+        "is the row below it)"
+        for m in methods
+        if m in STRATEGIES and STRATEGIES[m].product_phases
+    ]
+    phase1 = [
+        f"'{STRATEGIES[m].phase1_label}' is the model {STRATEGIES[m].display_name()}'s first phase left in the same "
+        "runs: at the best dev round within that phase, and at its last round"
+        for m in methods
+        if m in STRATEGIES and STRATEGIES[m].phase1_label
+    ]
     lines.append(
         f"Cells: audio-only test top-1 in % (mean +- std over seeds) / top-5 / macro-F1 (means, in %); {n}. "
         "Best dev is the headline: the test metrics of each run at the round whose dev audio top-1 is "
         "highest (the earliest on ties), so no round is picked by looking at test; last round is the "
-        "model the run ended with. n/a: no finished run, or runs made without a dev split (dev-fraction "
+        "model the run ended with. "
+        + "".join(f"{s}. " for s in within + phase1)
+        + "n/a: no finished run, or runs made without a dev split (dev-fraction "
         "= 0) or before dev evaluation existed; (n = k): only k runs of that cell have the metrics. "
         "MB / round: parameters sent to plus received from the clients, mean over rounds and runs."
     )
