@@ -7,7 +7,9 @@ RUN_CONFIG ?=
 OUTPUT_DIR ?= $(CURDIR)/results
 DATA_DIR ?= $(HOME)/.cache/modality-mirror
 PRETRAINED ?= $(DATA_DIR)/pretrained
-PRETRAINED_FILES = $(PRETRAINED)/audio-tdnn-small-d64.pt $(PRETRAINED)/video-cnn-small-d64.pt
+# make pretrain's encoders for the embedded dataset's front end (40 mel bins x 98 frames, 32 px): what
+# conf/paper-laptop.toml names and audio-/video-pretrained='auto' finds for the embedded dataset
+PRETRAINED_FILES = $(PRETRAINED)/audio-tdnn-small-d64-mel40-t98.pt $(PRETRAINED)/video-cnn-small-d64-img32.pt
 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # runs use this project's venv instead of a per-run env built with uv, and send no telemetry
@@ -26,12 +28,12 @@ $(VENV)/.installed: requirements.txt
 
 venv: $(VENV)/.installed
 
-## run: the default ModalityMirror simulation (100 clients) on the embedded dataset, from the pretrained
-## encoders (built first if missing; PRETRAINED_CONFIG= starts from random weights). The run config is
-## checked before Flower starts; the exit status says whether the run finished (mirror_app/tools/run.py)
-PRETRAINED_CONFIG ?= audio-pretrained='$(PRETRAINED)/audio-tdnn-small-d64.pt' video-pretrained='$(PRETRAINED)/video-cnn-small-d64.pt'
-run: venv $(PRETRAINED_FILES)
-	$(PY) -m mirror_app.tools.run --num-supernodes $(NUM_CLIENTS) --run-config "output-dir='$(OUTPUT_DIR)' $(PRETRAINED_CONFIG) $(RUN_CONFIG)"
+## run: the default ModalityMirror simulation (100 clients) on the embedded dataset (or the dataset named in
+## RUN_CONFIG), from encoders pretrained for the dataset's front end (built first where missing and cheap;
+## RUN_CONFIG="audio-pretrained='none' video-pretrained='none'" starts from random weights). The run config and
+## the pretrained files are checked before Flower starts; the exit status says whether the run finished
+run: venv
+	$(PY) -m mirror_app.tools.run --pretrain --num-supernodes $(NUM_CLIENTS) --run-config "output-dir='$(OUTPUT_DIR)' $(RUN_CONFIG)"
 
 ## test: lint (ruff), format check, import contracts (import-linter), types of the core (mypy), then the
 ## whole suite (unit tests and end-to-end `flwr run` tests; a deprecated Flower API fails it)
@@ -65,9 +67,10 @@ bench: venv
 calibrate: venv
 	$(PY) -m mirror_app.tools.centralized --dataset embedded --epochs 8 --data-dir "$(DATA_DIR)"
 
-## pretrain: encoders trained on the proxy set (classes disjoint from the task's) -> $(PRETRAINED)/*.pt
+## pretrain: encoders trained on the proxy set (classes disjoint from the task's) -> $(PRETRAINED)/*.pt, for
+## the embedded dataset's front end, or a prepared dataset's with DATASET=ucf101|activitynet|manifest
 pretrain: venv
-	$(PY) -m mirror_app.tools.pretrain --out "$(PRETRAINED)" --data-dir "$(DATA_DIR)"
+	$(PY) -m mirror_app.tools.pretrain --out "$(PRETRAINED)" --data-dir "$(DATA_DIR)" $(if $(DATASET),--dataset $(DATASET))
 
 $(PRETRAINED_FILES) &: | venv
 	$(PY) -m mirror_app.tools.pretrain --out "$(PRETRAINED)" --data-dir "$(DATA_DIR)"

@@ -116,6 +116,19 @@ class FeatureCache:
         return video
 
     @property
+    def spec(self):
+        """The front end the cache was made with (a data.features.FeatureSpec): as its fingerprint records it,
+        else read off the arrays' shapes."""
+        from .features import SAMPLE_RATE, FeatureSpec
+
+        features = (self.meta.get("fingerprint") or {}).get("features")
+        if features:
+            return FeatureSpec(**features)
+        frames, mels = self.audio.shape[1:]
+        seconds = ((frames - 1) * 160 + 400) / SAMPLE_RATE  # FBANK's 10 ms shift and 25 ms window
+        return FeatureSpec(num_mel_bins=int(mels), audio_seconds=seconds, image_size=int(self.video.shape[-1]))
+
+    @property
     def classes(self) -> list[str]:
         return list(self.meta["classes"])
 

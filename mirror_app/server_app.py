@@ -37,6 +37,8 @@ def make_components(context: Context) -> ServerAppComponents:
     stamps.append(("config-checked", time.time()))
     cache = cfg.load_dataset()
     stamps.append(("dataset-loaded", time.time()))
+    pretrained = cfg.pretrained_files(cache.spec)  # "auto": make pretrain's encoders for this front end, if built
+    log(INFO, "%s", cfg.starting_point(cache.spec, pretrained))
     log(
         INFO,
         "dataset %s: %d samples, %d classes, fold %d: %d train / %d dev / %d test (%s, %.1f s)",
@@ -73,7 +75,7 @@ def make_components(context: Context) -> ServerAppComponents:
         cfg.video_backbone,
         cfg.embed_dim,
         cfg.seed,
-        *cfg.pretrained_paths(),
+        *pretrained,
     )
     model = strategy_cls.server_model(model, cfg, cache.classes)
     teacher = None

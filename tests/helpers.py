@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from flwr.common import Code, FitRes, GetPropertiesRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_proxy import ClientProxy
 
 from data.cache import TEST, TRAIN, FeatureCache, ensure_cache
 
 TINY_CLASSES = 4
+TINY = 192  # ast-tiny's width (SSAST tiny224): 12 blocks of 3 heads
+SMALL = 384
 
 
 def tiny_cache(path: Path, n: int = 160, frames: int = 20, mels: int = 8, size: int = 8, seed: int = 0) -> FeatureCache:
@@ -162,3 +165,60 @@ def fit_round(strategy, manager, server_round: int = 1):
     instructions = strategy.configure_fit(server_round, strategy.initialize_parameters(manager), manager)
     results = [(proxy, proxy.fit(ins, None, server_round)) for proxy, ins in instructions]
     return instructions, results
+
+
+# ------------------------------------------------------------- published checkpoint layouts
+def deit_blocks(prefix: str, width: int, g: torch.Generator, depth: int = 12) -> dict[str, torch.Tensor]:
+    """DeiT's transformer blocks and final norm under ``prefix``, as timm 0.4.5 names them (SSAST's ``v``)."""
+    out = {}
+    for i in range(depth):
+        b = f"{prefix}blocks.{i}."
+        shapes = {
+            "norm1.weight": (width,),
+            "norm1.bias": (width,),
+            "attn.qkv.weight": (3 * width, width),
+            "attn.qkv.bias": (3 * width,),
+            "attn.proj.weight": (width, width),
+            "attn.proj.bias": (width,),
+            "norm2.weight": (width,),
+            "norm2.bias": (width,),
+            "mlp.fc1.weight": (4 * width, width),
+            "mlp.fc1.bias": (4 * width,),
+            "mlp.fc2.weight": (width, 4 * width),
+            "mlp.fc2.bias": (width,),
+        }
+        out |= {b + k: 0.05 * torch.randn(s, generator=g) for k, s in shapes.items()}
+    out[prefix + "norm.weight"] = 1 + 0.05 * torch.randn(width, generator=g)
+    out[prefix + "norm.bias"] = 0.05 * torch.randn(width, generator=g)
+    return out
+
+
+def ssast_checkpoint(width=TINY, patch=(16, 16), tokens=2, fdim=128, tdim=1024, seed=0) -> dict[str, torch.Tensor]:
+    """A checkpoint in the layout SSAST releases: DataParallel around the pretraining model."""
+    g = torch.Generator().manual_seed(seed)
+    grid = (fdim // patch[0], tdim // patch[1])
+    v = "module.v."
+    state = {
+        v + "cls_token": torch.randn(1, 1, width, generator=g),
+        v + "pos_embed": torch.randn(1, tokens + grid[0] * grid[1], width, generator=g),
+        v + "patch_embed.proj.weight": 0.05 * torch.randn(width, 1, *patch, generator=g),
+        v + "patch_embed.proj.bias": 0.05 * torch.randn(width, generator=g),
+        v + "head.weight": torch.randn(1000, width, generator=g),  # timm DeiT's ImageNet heads, unused
+        v + "head.bias": torch.randn(1000, generator=g),
+        "module.cpredlayer.0.weight": torch.randn(width, width, generator=g),  # the pretext heads
+        "module.cpredlayer.0.bias": torch.randn(width, generator=g),
+        "module.cpredlayer.2.weight": torch.randn(256, width, generator=g),
+        "module.cpredlayer.2.bias": torch.randn(256, generator=g),
+        "module.gpredlayer.0.weight": torch.randn(width, width, generator=g),
+        "module.gpredlayer.0.bias": torch.randn(width, generator=g),
+        "module.gpredlayer.2.weight": torch.randn(256, width, generator=g),
+        "module.gpredlayer.2.bias": torch.randn(256, generator=g),
+        "module.mask_embed": torch.randn(1, 1, width, generator=g),
+        "module.p_input_fdim": torch.tensor(fdim),
+        "module.p_input_tdim": torch.tensor(tdim),
+    }
+    if tokens == 2:
+        state[v + "dist_token"] = torch.randn(1, 1, width, generator=g)
+        state[v + "head_dist.weight"] = torch.randn(1000, width, generator=g)
+        state[v + "head_dist.bias"] = torch.randn(1000, generator=g)
+    return state | deit_blocks(v, width, g)

@@ -36,7 +36,7 @@ def test_the_laptop_preset_is_the_papers_local_training():
     for key in ("local-epochs", "lr", "dirichlet-alpha", "clients-per-round"):
         assert laptop[key] == paper[key], key
     assert laptop["num-server-rounds"] < paper["num-server-rounds"]
-    assert laptop["audio-pretrained"].endswith("audio-tdnn-small-d64.pt")
+    assert laptop["audio-pretrained"].endswith("audio-tdnn-small-d64-mel40-t98.pt")
 
 
 def test_teacher_and_drift_plans():
@@ -44,7 +44,7 @@ def test_teacher_and_drift_plans():
     rounds = sorted({int(parse_pairs(c.config)["num-server-rounds"]) for c in cells})
     assert rounds == [10, 20, 40] and len(cells) == 3 * 2 * 2
     scratch = [c for c in cells if c.tag.endswith("scratch")]
-    assert scratch and all("audio-pretrained=''" in c.config for c in scratch)
+    assert scratch and all("audio-pretrained='none'" in c.config for c in scratch)
     assert len({c.key for c in cells}) == len(cells)  # every variant has its own run folder
     drift = ablations.drift_cells(0.3, [0])
     assert {(c.method, c.config) for c in drift} >= {
@@ -132,7 +132,7 @@ def test_skew_plan_and_table(tmp_path):
     cells = ablations.skew_cells(0.3, [0])
     assert len(cells) == 8 and len({c.key for c in cells}) == 8 and {c.method for c in cells} == {"multifl"}
     pre = [c for c in cells if "-pre-" in c.tag]
-    assert len(pre) == 4 and all("audio-tdnn-small-d64.pt" in c.config for c in pre)
+    assert len(pre) == 4 and all("audio-tdnn-small-d64-mel40-t98.pt" in c.config for c in pre)
 
     def run(cell: Cell, output_dir: Path, log: Path) -> bool:
         log.write_text("ok")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mirror_app.core.backbones import AudioTransformer, PretrainedError, load_pretrained
+from mirror_app.core.backbones import AudioTransformer
 from mirror_app.core.config import ConfigError, RunConfig
 from mirror_app.core.models import build_model
+from mirror_app.core.pretrained import PretrainedError, load_pretrained
 
 
 @pytest.mark.parametrize(
@@ -47,7 +48,7 @@ def test_audio_transformer_uses_ssast_normalisation_and_ast_layout():
     enc(x)
     assert seen["x"].shape == (1, 1, 32, 64)
     assert torch.allclose(seen["x"], torch.ones_like(seen["x"]))  # (x - mean) / (2 std)
-    with pytest.raises(ValueError, match="at least 16 frames"):
+    with pytest.raises(ValueError, match="at least 16 mel bins and 16 frames"):
         AudioTransformer((8, 32), 8, "ast-tiny")
 
 

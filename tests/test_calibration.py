@@ -9,9 +9,9 @@ import torch
 from helpers import tiny_cache
 
 import mirror_app.tools.centralized as centralized_module
-from mirror_app.core.backbones import PretrainedError
 from mirror_app.core.evaluation import evaluate
 from mirror_app.core.models import initial_model
+from mirror_app.core.pretrained import PretrainedError
 from mirror_app.core.training import train_audio
 
 KW = dict(epochs=2, lr=1e-3, batch_size=16, seed=3)

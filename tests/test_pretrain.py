@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +20,8 @@ def test_pretrain_writes_encoders_that_initial_model_loads(tmp_path):
     )
     audio_file, video_file = pretrain_module.weight_files(tmp_path / "weights", "tdnn-small", "cnn-small", 16)
     assert report["audio_pretrained"] == str(audio_file) and audio_file.is_file() and video_file.is_file()
-    saved = json.loads((tmp_path / "weights" / "pretrain.json").read_text())
+    assert audio_file.name == "audio-tdnn-small-d16-mel40-t98.pt" and video_file.name == "video-cnn-small-d16-img32.pt"
+    saved = json.loads(audio_file.with_name(audio_file.name + ".json").read_text())
     assert 0.0 <= saved["proxy_audio_top1"] <= 1.0 and saved["proxy_classes"][0] == "proxy 00"
     assert not set(saved["proxy_classes"]) & set(synthetic.class_names())
 
@@ -38,7 +40,17 @@ def test_pretrain_writes_encoders_that_initial_model_loads(tmp_path):
     # the heads are the task's own, from the seed: pretraining brings features, not the task's classifier
     assert torch.equal(loaded.audio_head.weight, plain.audio_head.weight)
     cfg = RunConfig.from_dict({"audio-pretrained": str(audio_file), "video-pretrained": str(video_file)})
-    assert cfg.pretrained_paths() == (str(audio_file), str(video_file))
+    assert cfg.pretrained_files(task.spec) == (str(audio_file), str(video_file))
+    # 'auto' finds them under <data-dir>/pretrained for the run's backbones, embedding size and front end
+    auto = RunConfig.from_dict({"data-dir": str(tmp_path / "data"), "embed-dim": 16})
+    assert auto.pretrained_files(task.spec) == ("", "")
+    (tmp_path / "data" / "pretrained").symlink_to(tmp_path / "weights")
+    found = auto.pretrained_files(task.spec)
+    assert [Path(f).resolve() for f in found] == [audio_file.resolve(), video_file.resolve()]
+    assert RunConfig.from_dict({"data-dir": str(tmp_path / "data"), "embed-dim": 32}).pretrained_files(task.spec) == (
+        "",
+        "",
+    )
 
 
 def test_pretrain_refuses_bad_backbones_in_one_line(tmp_path, capsys):

@@ -1,7 +1,7 @@
-"""Encoders by name: ``BACKBONES[name](input_shape, embed_dim)``, and local pretrained weights for them.
+"""Encoders by name: ``BACKBONES[name](input_shape, embed_dim)``.
 
 ``input_shape`` is one sample's shape without batch: (frames, mel_bins) for audio, (3, H, W) for video.
-Weights never come from a hub: ``load_pretrained`` reads a local file.
+Pretrained weights for them (files, published layouts, library names) are :mod:`.pretrained`'s.
 """
 
 from __future__ import annotations
@@ -81,41 +81,53 @@ class TimmEncoder(nn.Module):
 
 
 class AudioTransformer(nn.Module):
-    """AST/SSAST-style audio transformer: a timm VisionTransformer over the log-mel "image".
+    """AST/SSAST-style audio transformer: a DeiT (timm's ``VisionTransformerDistilled``) over the log-mel "image".
 
-    Input (B, frames, mel_bins) of raw kaldi fbank is normalised as SSAST does,
-    ``(x - mean) / (2 * std)`` with its AudioSet statistics, transposed to (B, 1, mels, frames)
-    as in AST, cut into 16 x 16 patches by a single-channel patch embedding, and the class
-    token's output is projected to ``embed_dim``.
+    Input (B, frames, mel_bins) of raw kaldi fbank is normalised as SSAST does, ``(x - mean) / (2 * std)``
+    with its AudioSet statistics, transposed to (B, 1, mels, frames) as in AST, and cut into non-overlapping
+    patches by a single-channel patch embedding: 16 x 16 (AST, SSAST's patch models) or 128 x 2 (SSAST's
+    frame models, which need 128 mel bins). Like every released AST and SSAST model it has two prefix
+    tokens, a class and a distillation token; the clip's representation is the mean of their outputs (what
+    SSAST fine-tuning uses for two-token models), projected to ``embed_dim``. Its state dict has the names
+    of timm's DeiT, which SSAST checkpoints hold under ``module.v.`` (``mirror_app.core.pretrained`` maps
+    the published layouts onto it).
     """
 
     MEAN, STD = -4.2677393, 4.5689974  # SSAST / AST AudioSet fbank statistics
-    SIZES = {"ast": (768, 12, 12), "ast-small": (384, 12, 6), "ast-tiny": (192, 12, 3)}
+    SIZES = {"ast": (768, 12, 12), "ast-small": (384, 12, 6), "ast-tiny": (192, 12, 3)}  # width, depth, heads
+    PATCHES = {"patch": (16, 16), "frame": (128, 2)}  # (frequency, time) extent of one patch
+    TOKENS = 2
 
-    def __init__(self, shape: tuple[int, ...], embed_dim: int, size: str = "ast", patch: int = 16):
+    def __init__(self, shape: tuple[int, ...], embed_dim: int, size: str = "ast", patch: str = "patch"):
         super().__init__()
-        from timm.models.vision_transformer import VisionTransformer
+        from timm.models.deit import VisionTransformerDistilled
 
         frames, mels = shape
-        if frames < patch or mels < patch:
-            raise ValueError(f"audio transformer needs at least {patch} frames and {patch} mel bins, got {shape}")
+        fshape, tshape = self.PATCHES[patch]
+        if mels < fshape or frames < tshape:
+            raise ValueError(
+                f"audio transformer with {fshape} x {tshape} patches needs at least {fshape} mel bins and "
+                f"{tshape} frames, got {shape} (frames, mel bins)"
+            )
+        self.size, self.patch = size, (fshape, tshape)
+        self.grid = (mels // fshape, frames // tshape)  # (frequency, time) patches
         width, depth, heads = self.SIZES[size]
-        self.backbone = VisionTransformer(
-            img_size=(mels, frames),
-            patch_size=patch,
+        self.backbone = VisionTransformerDistilled(
+            img_size=(self.grid[0] * fshape, self.grid[1] * tshape),
+            patch_size=(fshape, tshape),
             in_chans=1,
             num_classes=0,
             embed_dim=width,
             depth=depth,
             num_heads=heads,
-            global_pool="token",
         )
         self.proj = nn.Linear(width, embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.MEAN) / (2 * self.STD)
         x = x.transpose(1, 2).unsqueeze(1)  # (B, frames, mels) -> (B, 1, mels, frames)
-        return torch.relu(self.proj(self.backbone(x)))
+        f, t = self.grid[0] * self.patch[0], self.grid[1] * self.patch[1]
+        return torch.relu(self.proj(self.backbone(x[:, :, :f, :t])))  # a remainder shorter than a patch is left out
 
 
 def _channels(shape: tuple[int, ...]) -> int:
@@ -123,71 +135,24 @@ def _channels(shape: tuple[int, ...]) -> int:
     return 1 if len(shape) == 2 else shape[0]
 
 
+def _ast(size: str, patch: str) -> Callable[[tuple[int, ...], int], nn.Module]:
+    return lambda shape, dim: AudioTransformer(shape, dim, size, patch)
+
+
 # name -> builder(input_shape, embed_dim); input_shape is one sample's shape without batch:
-# (frames, mel_bins) for audio, (3, H, W) for video.
+# (frames, mel_bins) for audio, (3, H, W) for video. The audio transformers: ast (ViT-Base width), ast-small,
+# ast-tiny with 16 x 16 patches, and each with SSAST's 128 x 2 frame patches (suffix -frame).
 BACKBONES: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {
     "tdnn-small": lambda shape, dim: SmallTDNN(shape[-1], dim),
     "cnn-small": lambda shape, dim: SmallCNN(_channels(shape), dim),
     "resnet18": lambda shape, dim: TimmEncoder("resnet18", _channels(shape), dim),
-    "ast": lambda shape, dim: AudioTransformer(shape, dim, "ast"),
-    "ast-small": lambda shape, dim: AudioTransformer(shape, dim, "ast-small"),
-    "ast-tiny": lambda shape, dim: AudioTransformer(shape, dim, "ast-tiny"),
+    **{
+        size + ("" if patch == "patch" else f"-{patch}"): _ast(size, patch)
+        for size in AudioTransformer.SIZES
+        for patch in AudioTransformer.PATCHES
+    },
 }
-AUDIO_ONLY_BACKBONES = ("tdnn-small", "ast", "ast-small", "ast-tiny")  # need (frames, mels) input
+AST_BACKBONES = tuple(name for name in BACKBONES if name.startswith("ast"))
+AUDIO_ONLY_BACKBONES = ("tdnn-small", *AST_BACKBONES)  # need (frames, mels) input
 # a positional embedding per patch: these take a fixed number of frames (an export has no dynamic time axis)
-FIXED_TIME_BACKBONES = tuple(AudioTransformer.SIZES)
-
-
-class PretrainedError(ValueError):
-    """A pretrained-weights file is missing or does not fit the backbone."""
-
-
-def load_pretrained(encoder: nn.Module, path: str, key: str) -> None:
-    """Load a local checkpoint into an encoder; never downloads.
-
-    A timm-based encoder (resnet18, ast*) loads it into ``encoder.backbone`` (the projection to
-    the embedding stays as initialised); the small CPU encoders (tdnn-small, cnn-small) load
-    the whole encoder, as ``python -m mirror_app.tools.pretrain`` writes it. Accepts a plain state
-    dict or one wrapped as {"state_dict": ...} / {"model": ...}, as saved by timm, torchvision or
-    SSAST training (a "module." prefix is stripped). Classifier
-    weights (``fc.``, ``head.``) are ignored; anything else that is missing, unexpected or of
-    another shape is an error naming the first few keys.
-    """
-    from pathlib import Path
-
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise PretrainedError(f"run config '{key}' = {path!r} is invalid: no such file")
-    backbone = getattr(encoder, "backbone", encoder)
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same error for the user
-        raise PretrainedError(
-            f"run config '{key}' = {path!r} is invalid: not a PyTorch checkpoint ({type(exc).__name__})"
-        ) from None
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise PretrainedError(f"run config '{key}' = {path!r} is invalid: expected a state dict")
-    state = {
-        k.removeprefix("module."): v
-        for k, v in state.items()
-        if not k.startswith(("fc.", "head.", "module.fc.", "module.head."))
-    }
-    own = backbone.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [
-        f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            f"{name}: {v[:3]}{' ...' if len(v) > 3 else ''}"
-            for name, v in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
-            if v
-        )
-        raise PretrainedError(f"run config '{key}' = {path!r} does not fit the backbone ({detail})")
-    backbone.load_state_dict(state)
+FIXED_TIME_BACKBONES = AST_BACKBONES

@@ -186,10 +186,13 @@ class RunConfig:
             raise _err("fold", self.fold, "an integer >= 1 (UCF101 has folds 1, 2, 3; other datasets 1)")
         if not 0.0 <= self.dev_fraction < 1.0:
             raise _err("dev-fraction", self.dev_fraction, "a fraction in [0, 1)")
+        from .pretrained import source_problem
+
         for key in ("audio-pretrained", "video-pretrained"):
             value = getattr(self, key.replace("-", "_"))
-            if value and not self.resolve(value).is_file():
-                raise _err(key, value, "a path to an existing local checkpoint file (weights never come from a hub)")
+            problem = source_problem(value)
+            if problem:
+                raise _err(key, value, problem)
         if self.device not in ("cpu", "cuda", "auto"):
             raise _err("device", self.device, "one of ['auto', 'cpu', 'cuda']")
         if self.aggregator not in AGGREGATORS:
@@ -228,10 +231,44 @@ class RunConfig:
     def resolve(path: str) -> Path:
         return Path(path).expanduser().resolve()
 
-    def pretrained_paths(self) -> tuple[str, str]:
-        """``audio-pretrained`` and ``video-pretrained`` as absolute paths ("" where unset)."""
-        audio, video = (str(self.resolve(p)) if p else "" for p in (self.audio_pretrained, self.video_pretrained))
+    @property
+    def pretrained_dir(self) -> Path:
+        """Where ``make pretrain`` writes encoders and ``auto`` looks for them: ``<data-dir>/pretrained``."""
+        return self.data_path / "pretrained"
+
+    def pretrained_files(self, spec, download: bool = False) -> tuple[str, str]:
+        """The files ``audio-pretrained`` and ``video-pretrained`` stand for with the dataset's front end ``spec``
+        (a data.features.FeatureSpec), "" for random weights (:func:`.pretrained.resolve`; ``download``: fetch a
+        named source missing from its library's cache, as the pre-run check does)."""
+        from .pretrained import resolve
+
+        files = (
+            resolve(value, key, kind, backbone, self.embed_dim, spec, self.pretrained_dir, download)
+            for value, key, kind, backbone in (
+                (self.audio_pretrained, "audio-pretrained", "audio", self.audio_backbone),
+                (self.video_pretrained, "video-pretrained", "video", self.video_backbone),
+            )
+        )
+        audio, video = (str(f) if f else "" for f in files)
         return audio, video
+
+    def starting_point(self, spec, files: tuple[str, str]) -> str:
+        """One line: which weights each encoder starts from, given ``pretrained_files``' answer ``files``."""
+        parts = []
+        for kind, backbone, value, file in (
+            ("audio", self.audio_backbone, self.audio_pretrained, files[0]),
+            ("video", self.video_backbone, self.video_pretrained, files[1]),
+        ):
+            if file:
+                parts.append(f"{kind} {backbone} from {file}" + (f" ({value})" if value not in (file, "auto") else ""))
+            elif value == "auto":
+                parts.append(
+                    f"{kind} {backbone} from random weights (none built for this front end in {self.pretrained_dir})"
+                )
+            else:
+                parts.append(f"{kind} {backbone} from random weights ({kind}-pretrained = {value!r})")
+        front = f"{spec.num_mel_bins} mel bins x {spec.num_frames} frames, {spec.image_size} px"
+        return f"initial encoders ({front}): " + "; ".join(parts)
 
     @property
     def data_path(self) -> Path:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones import AUDIO_ONLY_BACKBONES, BACKBONES, load_pretrained
+from .backbones import AUDIO_ONLY_BACKBONES, BACKBONES
+from .pretrained import load_pretrained
 
 
 class DualEncoder(nn.Module):
@@ -89,7 +90,8 @@ def initial_model(
     audio_pretrained: str = "",
     video_pretrained: str = "",
 ) -> DualEncoder:
-    """The run's initial model: seeded weights plus the local pretrained files, if any.
+    """The run's initial model: seeded weights plus the pretrained files, if any (paths, as
+    ``RunConfig.pretrained_files`` resolves the run config's sources).
 
     The server starts from it, and every node rebuilds the same weights from it where they
     must never travel (the frozen base of modality alignment).

@@ -61,7 +61,7 @@ def teacher_cells(run_config: str, rate: float, seeds: list[int]) -> list[Cell]:
         for pretrained in (True, False):
             config = f"num-server-rounds={r}"
             if not pretrained:
-                config += " audio-pretrained='' video-pretrained=''"
+                config += " audio-pretrained='none' video-pretrained='none'"
             tag = f"p1r{r}-{'pre' if pretrained else 'scratch'}"
             cells += [Cell("modality-mirror", rate, s, config, tag) for s in seeds]
     return cells
@@ -78,8 +78,8 @@ def drift_cells(rate: float, seeds: list[int]) -> list[Cell]:
 
 
 PRETRAINED_PAIRS = (
-    "audio-pretrained='~/.cache/modality-mirror/pretrained/audio-tdnn-small-d64.pt' "
-    "video-pretrained='~/.cache/modality-mirror/pretrained/video-cnn-small-d64.pt'"
+    "audio-pretrained='~/.cache/modality-mirror/pretrained/audio-tdnn-small-d64-mel40-t98.pt' "
+    "video-pretrained='~/.cache/modality-mirror/pretrained/video-cnn-small-d64-img32.pt'"
 )
 SKEW_BASE = "num-server-rounds=60 distill-rounds=0 dirichlet-alpha=0.1"  # the default local training
 
@@ -92,7 +92,7 @@ def skew_cells(rate: float, seeds: list[int]) -> list[Cell]:
         for pretrained in (False, True):
             for restricted in (False, True):
                 config = f"clients-per-round={k} restricted-softmax={'true' if restricted else 'false'}"
-                config += (" " + PRETRAINED_PAIRS) if pretrained else " audio-pretrained='' video-pretrained=''"
+                config += (" " + PRETRAINED_PAIRS) if pretrained else " audio-pretrained='none' video-pretrained='none'"
                 tag = f"k{k}-{'pre' if pretrained else 'scratch'}-{'rs' if restricted else 'ce'}"
                 cells += [Cell("multifl", rate, s, config, tag) for s in seeds]
     return cells

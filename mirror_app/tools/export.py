@@ -334,7 +334,18 @@ def write_card(run: Run, meta: dict, folder: Path) -> None:
             mean5,
             f"rounds {mean5.get('from_round')}-{mean5.get('to_round')}" if mean5 else "",
         ),
-        row("best dev round", best, f"round {best.get('round')}, chosen on the dev split" if best else "no dev split"),
+        row(
+            "best dev round",
+            best,
+            f"round {best.get('round')}, chosen on the dev split"
+            + (
+                f" among the rounds of phase {best['within']}"
+                if best.get("within", "all rounds") != "all rounds"
+                else ""
+            )
+            if best
+            else "no dev split",
+        ),
         "",
         f"The best-dev row is the run's protocol headline; the weights exported are the last round's. Initial audio "
         f"top-1 (round 0): {_pct(s.get('initial_audio_top1'))}. Per-class F1: `per_class_f1.png`.",

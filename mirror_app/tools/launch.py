@@ -62,18 +62,59 @@ def pairs_to_values(pairs: dict[str, str]) -> dict:
 
 def check_run(run_config: str, dataset: bool = True):
     """What a run would check first, in this process and in a second: the run config (pyproject defaults
-    plus ``run_config``), the strategy, the output dir and (``dataset``) that the dataset is there.
-    Returns the RunConfig; raises ValueError (ConfigError, DatasetNotPrepared) with a one-line reason."""
+    plus ``run_config``), the strategy, the output dir and (``dataset``) that the dataset is there and that
+    the pretrained encoders fit the run's backbones at its front end (:func:`check_pretrained`).
+    Returns the RunConfig; raises ValueError (ConfigError, DatasetNotPrepared, PretrainedError) with a one-line
+    reason."""
     from strategies import resolve_config
 
     cfg, _ = resolve_config(pairs_to_values(parse_pairs(run_config)))
     cfg.check_output_dir()
     if dataset:
         try:
-            cfg.load_dataset()
+            cache = cfg.load_dataset()
         except FileNotFoundError as exc:
             raise ValueError(str(exc)) from None
+        check_pretrained(cfg, cache)
     return cfg
+
+
+def check_pretrained(cfg, cache) -> tuple[str, str]:
+    """Load the run's pretrained encoders into its backbones at the dataset's front end, as the ServerApp will
+    (a named source missing from its library's cache is downloaded now, where the machine is online). A
+    mismatch is one line: the file, the key with both shapes, and the fix. Returns the files ("" for none)."""
+    from mirror_app.core.models import initial_model
+    from mirror_app.core.pretrained import PretrainedError, keyed_file
+
+    spec = cache.spec
+    try:
+        files = cfg.pretrained_files(spec, download=True)
+        initial_model(
+            cache.num_classes,
+            cache.audio.shape[1:],
+            cache.video.shape[1:],
+            cfg.audio_backbone,
+            cfg.video_backbone,
+            cfg.embed_dim,
+            cfg.seed,
+            *files,
+        )
+    except PretrainedError as exc:
+        kind = "video" if "'video-pretrained'" in str(exc) else "audio"
+        backbone = cfg.video_backbone if kind == "video" else cfg.audio_backbone
+        fitting = keyed_file(cfg.pretrained_dir, kind, backbone, cfg.embed_dim, spec)
+        front = (
+            f"{spec.num_mel_bins} mel bins x {spec.num_frames} frames" if kind == "audio" else f"{spec.image_size} px"
+        )
+        raise PretrainedError(
+            f"{exc}. Fix: give {'an' if kind == 'audio' else 'a'} {kind} encoder made for {backbone!r} "
+            f"at this dataset's front end ({front}); "
+            f"`python -m mirror_app.tools.pretrain --dataset {cfg.dataset} --data-dir {cfg.data_dir} "
+            f"--audio-backbone {cfg.audio_backbone} --video-backbone {cfg.video_backbone} --embed-dim {cfg.embed_dim}` "
+            f"writes {fitting}, which {kind}-pretrained='auto' uses; or start from random weights with "
+            f"{kind}-pretrained='none'"
+        ) from None
+    return files
 
 
 def started_run_id(output: str) -> int | None:

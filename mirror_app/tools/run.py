@@ -48,10 +48,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client-cpus", type=float, default=1.0)
     p.add_argument("--federation-config", default="", help="passed to flwr run as --federation-config")
     p.add_argument("--app", default=str(ROOT), help="the Flower app folder (default: this project)")
+    p.add_argument(
+        "--pretrain",
+        action="store_true",
+        help="where audio-/video-pretrained is 'auto' and no encoder fits the dataset's front end, pretrain one on "
+        "the proxy set first (cheap backbones; others start from random weights, said in one line)",
+    )
     args = p.parse_args(argv)
     try:
         cfg = check_run(args.run_config)
-    except ValueError as exc:  # ConfigError, DatasetNotPrepared, a value that is not TOML
+        if args.pretrain:
+            from mirror_app.tools.pretrain import ensure_pretrained
+
+            if ensure_pretrained(cfg, cfg.load_dataset().spec):
+                cfg = check_run(args.run_config)  # the new files, loaded as the run will
+    except ValueError as exc:  # ConfigError, DatasetNotPrepared, PretrainedError, a value that is not TOML
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.num_supernodes and cfg.clients_per_round > args.num_supernodes:

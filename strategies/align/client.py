@@ -37,7 +37,7 @@ def align_model(client: GroupClient, ws: Workspace, config: dict) -> AlignModel:
         raise TaskError(
             f"alignment instructions need 'text-dim' and 'base-fingerprint' in the fit config ({exc})"
         ) from None
-    audio_pretrained, video_pretrained = s.pretrained_paths()
+    audio_pretrained, video_pretrained = s.pretrained_files(ws.cache.spec)
     key = ("align", s.seed, s.lora_rank, text_dim, audio_pretrained, video_pretrained)
     entry = ws.extras.get("align")
     if entry is None or entry[0] != key:
