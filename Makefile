@@ -32,8 +32,10 @@ venv: $(VENV)/.installed
 ## RUN_CONFIG), from encoders pretrained for the dataset's front end (built first where missing and cheap;
 ## RUN_CONFIG="audio-pretrained='none' video-pretrained='none'" starts from random weights). The run config and
 ## the pretrained files are checked before Flower starts; the exit status says whether the run finished
+## PRESET=conf/paper-ucf101.toml runs a preset (RUN_CONFIG's keys override it; its named weights are fetched first)
+PRESET ?=
 run: venv
-	$(PY) -m mirror_app.tools.run --pretrain --num-supernodes $(NUM_CLIENTS) --run-config "output-dir='$(OUTPUT_DIR)' $(RUN_CONFIG)"
+	$(PY) -m mirror_app.tools.run --pretrain --num-supernodes $(NUM_CLIENTS) $(if $(PRESET),--preset $(PRESET)) --run-config "output-dir='$(OUTPUT_DIR)' $(RUN_CONFIG)"
 
 ## test: lint (ruff), format check, import contracts (import-linter), types of the core (mypy), then the
 ## whole suite (unit tests and end-to-end `flwr run` tests; a deprecated Flower API fails it)
@@ -59,9 +61,10 @@ export: venv
 ## bench: Flower + Ray overhead against a bare loop, start-up, client set-up, memory at 10/100/1000
 ## partitions, a deployed round (make deploy-local, 3 SuperNodes) against a simulated one, preprocessing
 ## against the ffmpeg CLI, bytes per client kind -> results/bench/bench.{md,json}; GPU=1 adds GPU packing
-## (clients per GPU 1, 2, 4; one line and skipped without a GPU)
+## (clients per GPU 1, 2, 4; one line and skipped without a GPU). PAPER=1 instead: what the paper's setting
+## (conf/paper.toml) costs, 2 rounds measured and the full schedule projected -> results/bench/paper.{md,json}
 bench: venv
-	$(PY) -m mirror_app.tools.bench --out $(CURDIR)/results/bench --run-config "$(RUN_CONFIG)" $(if $(GPU),--gpu)
+	$(PY) -m mirror_app.tools.bench --out $(CURDIR)/results/bench --run-config "$(RUN_CONFIG)" $(if $(GPU),--gpu) $(if $(PAPER),--paper)
 
 ## calibrate: centralised audio-only and audiovisual accuracy of the embedded dataset (two separate models)
 calibrate: venv

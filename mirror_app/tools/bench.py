@@ -124,35 +124,10 @@ def bare_loop(cfg, num_partitions: int, rounds: int) -> list[dict]:
 
 
 # ----------------------------------------------------------------------- simulation
-class Monitor(threading.Thread):
-    """Samples the memory of a SuperLink's process tree."""
-
-    def __init__(self, root_pid: int, every: float = 0.25):
-        super().__init__(daemon=True)
-        self.root_pid, self.every = root_pid, every
-        self.peak_pss = self.peak_rss = 0
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        import psutil
-
-        from mirror_app.tools.launch import tree_members
-
-        while not self.done.is_set():
-            pss = rss = 0
-            for pid in tree_members(self.root_pid):
-                try:
-                    info = psutil.Process(pid).memory_full_info()
-                except (psutil.Error, OSError):
-                    continue
-                pss += getattr(info, "pss", info.rss)
-                rss += info.rss
-            self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
-            self.done.wait(self.every)
-
-
 def simulate(link, out_dir: Path, num_supernodes: int, run_config: str, timeout: float, federation: str = "") -> dict:
     """One ``flwr run .`` on ``link``: its run folder, metrics and clients, peak memory, when it was launched."""
+    from mirror_app.tools.launch import Monitor
+
     out_dir.mkdir(parents=True, exist_ok=True)
     monitor = Monitor(link.proc.pid)
     monitor.start()
@@ -817,8 +792,24 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="measure GPU packing (clients per GPU 1, 2, 4); one line and skipped without a GPU",
     )
+    p.add_argument(
+        "--paper",
+        action="store_true",
+        help="instead: what the paper's setting (conf/paper.toml) costs, 2 rounds measured on a small prepared "
+        "dataset and the full schedule projected (results/bench/paper.md)",
+    )
     p.add_argument("--timeout", type=float, default=1800)
     args = p.parse_args(argv)
+    if args.paper:
+        from mirror_app.tools.bench_paper import markdown as paper_markdown
+        from mirror_app.tools.bench_paper import paper_bench
+
+        try:
+            print(paper_markdown(paper_bench(Path(args.out).resolve(), timeout=args.timeout)))
+        except KeyboardInterrupt:
+            print("bench: interrupted; everything it started is stopped", file=sys.stderr)
+            return 130
+        return 0
     try:
         sizes = [int(x) for x in args.memory_partitions.split(",") if x.strip()]
     except ValueError:

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -568,3 +569,28 @@ def wait_for_ray_nodes(address: str, count: int, timeout: float = 120.0, nodes: 
             last = (res.stderr.strip().splitlines() or ["no output"])[-1]
         time.sleep(2)
     raise RuntimeError(f"Ray cluster at {address} did not reach {count} nodes in {timeout:g} s: {last}")
+
+
+class Monitor(threading.Thread):
+    """Samples the memory of a SuperLink's process tree."""
+
+    def __init__(self, root_pid: int, every: float = 0.25):
+        super().__init__(daemon=True)
+        self.root_pid, self.every = root_pid, every
+        self.peak_pss = self.peak_rss = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.done.is_set():
+            pss = rss = 0
+            for pid in tree_members(self.root_pid):
+                try:
+                    info = psutil.Process(pid).memory_full_info()
+                except (psutil.Error, OSError):
+                    continue
+                pss += getattr(info, "pss", info.rss)
+                rss += info.rss
+            self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
+            self.done.wait(self.every)

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         description="flwr run . --stream, with the run config checked first and an exit "
         "status that says whether the run finished"
     )
-    p.add_argument("--run-config", default="", help='"key=value ..." over [tool.flwr.app.config]')
+    p.add_argument("--run-config", default="", help='"key=value ..." over [tool.flwr.app.config] (and --preset)')
+    p.add_argument("--preset", default="", help="a run-config TOML file (conf/*.toml) under --run-config's keys")
     p.add_argument(
         "--connection",
         default="",
@@ -55,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         "the proxy set first (cheap backbones; others start from random weights, said in one line)",
     )
     args = p.parse_args(argv)
+    if args.preset:  # Flower takes a TOML file or key=value pairs, not both: the preset becomes pairs
+        from mirror_app.tools.sweep import SweepError, merged_run_config
+
+        try:
+            args.run_config = merged_run_config(args.preset, args.run_config, per_run_keys=())
+        except SweepError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     try:
         cfg = check_run(args.run_config)
         if args.pretrain:

@@ -421,7 +421,7 @@ def _toml_value(value) -> str:
     return "'" + str(value).replace("'", "") + "'"
 
 
-def merged_run_config(preset: str, run_config: str) -> str:
+def merged_run_config(preset: str, run_config: str, per_run_keys: tuple[str, ...] = PER_CELL) -> str:
     """A preset file's keys as ``key=value`` pairs, overridden by ``run_config``; checked as a run would be.
 
     Flower takes either a TOML file or ``key=value`` pairs, never both, and every sweep run adds its own
@@ -441,9 +441,9 @@ def merged_run_config(preset: str, run_config: str) -> str:
             table = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise SweepError(f"--preset {preset!r} is not valid TOML: {exc}") from None
-        pairs = {k: _toml_value(v) for k, v in table.items() if k not in PER_CELL}  # the sweep sets these
+        pairs = {k: _toml_value(v) for k, v in table.items() if k not in per_run_keys}  # the sweep sets these
     for key, value in parse_pairs(run_config).items():
-        if key in PER_CELL:
+        if key in per_run_keys:
             raise SweepError(f"--run-config {key}={value}: the sweep sets {', '.join(PER_CELL)} for each run itself")
         pairs[key] = value
     try:
