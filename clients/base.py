@@ -3,12 +3,15 @@ video) and ``AudioVisualClient``. Neither knows a method: each round the server 
 config, and the client runs it from the task table the run's strategy declares (``client_tasks``).
 
 Wire format: the fit config names the task (``task``) and the parameter groups the arrays belong to
-(``groups``, comma-separated, in order); teacher copies are sent as ``teacher/<group>``. The client
-answers with the groups it trained (metric ``groups``), nothing else.
+(``groups``, comma-separated, in order, and how many arrays each has, ``group-sizes``); teacher copies are
+sent as ``teacher/<group>``. The client answers with the groups it trained (metric ``groups``), nothing else.
+A fit config may carry ``label-permutation`` (a seed): the client then trains on labels permuted by it. Only
+the attack mod (clients/mods.py) sets it, on a simulated label-flip attacker; it removes any the server sends.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -21,6 +24,7 @@ import torch
 from flwr.client import NumPyClient
 from torch import nn
 
+from data.cache import RelabelledCache
 from data.partition import AUDIO, AUDIOVISUAL, Partition
 from mirror_app.core.config import RunConfig
 from mirror_app.core.groups import TEACHER_PREFIX, flatten, get_groups, group_sizes, set_groups, unflatten
@@ -33,6 +37,19 @@ def ray_node_id() -> str:
     if ray is None or not ray.is_initialized():
         return ""
     return str(ray.get_runtime_context().get_node_id())
+
+
+GROUP_SIZES = "group-sizes"  # fit config: arrays per sent group, comma-separated, in the order of "groups"
+LABEL_PERMUTATION = "label-permutation"  # fit config: train on labels permuted by this seed (a label-flip attacker)
+
+
+def received_groups(parameters: list[np.ndarray], config: dict) -> dict[str, list[np.ndarray]]:
+    """The arrays of a fit instruction by group name, split by its ``groups`` and ``group-sizes``."""
+    names = [n for n in str(config.get("groups", "")).split(",") if n]
+    sizes = [int(n) for n in str(config.get(GROUP_SIZES, "")).split(",") if n]
+    if len(sizes) != len(names):
+        raise TaskError(f"fit config has groups {names} but group-sizes {sizes}")
+    return dict(unflatten(list(parameters), names, sizes))
 
 
 class TaskError(ValueError):
@@ -114,6 +131,8 @@ class GroupClient(NumPyClient):
         if missing:
             raise TaskError(f"task {name!r} needs parameter groups {list(task.needs)}; missing {missing}")
         ws = self.workspace
+        if LABEL_PERMUTATION in config:  # a simulated label-flip attacker (clients/mods.py) trains on wrong labels
+            ws = dataclasses.replace(ws, cache=RelabelledCache(ws.cache, int(config[LABEL_PERMUTATION])))
         started_at = self.created_at or time.time()
         start = time.perf_counter()
         seed = (
@@ -158,9 +177,10 @@ class GroupClient(NumPyClient):
             teacher, {g.removeprefix(TEACHER_PREFIX): a for g, a in received.items() if g.startswith(TEACHER_PREFIX)}
         )
 
-    def held_classes(self) -> np.ndarray:
-        """The classes of this client's partition (its restricted softmax, its reported class count)."""
-        return np.unique(self.workspace.cache.labels[self.partition.indices])
+    def held_classes(self, cache=None) -> np.ndarray:
+        """The classes of this client's partition in ``cache`` (the workspace's by default): its restricted
+        softmax, its reported class count."""
+        return np.unique((cache or self.workspace.cache).labels[self.partition.indices])
 
     def train_kwargs(self, ws: Workspace, seed: int) -> dict:
         """Keyword arguments of the local loop (mirror_app.core.training.run_epochs) from the run config."""
@@ -168,7 +188,7 @@ class GroupClient(NumPyClient):
         present = None
         if s.restricted_softmax:
             present = torch.zeros(ws.cache.num_classes, dtype=torch.bool, device=ws.device)
-            present[self.held_classes()] = True
+            present[self.held_classes(ws.cache)] = True
         return dict(
             epochs=s.local_epochs,
             batch_size=s.batch_size,

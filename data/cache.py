@@ -196,3 +196,16 @@ def ensure_cache(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return FeatureCache(path)
+
+
+class RelabelledCache:
+    """A cache whose labels are permuted by a seeded permutation of the classes (what a label-flip attacker
+    trains on); every other attribute is the wrapped cache's."""
+
+    def __init__(self, cache: FeatureCache, seed: int):
+        self._cache = cache
+        self.permutation = np.random.default_rng(seed).permutation(cache.num_classes)
+        self.labels = self.permutation[np.asarray(cache.labels)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cache, name)

@@ -77,6 +77,14 @@ def audio_only_partitions(num_partitions: int, missing_rate: float, seed: int) -
     return np.sort(rng.permutation(num_partitions)[:count])
 
 
+def attacked_partitions(num_partitions: int, fraction: float, seed: int) -> np.ndarray:
+    """Sorted ids of the partitions that attack (a simulation's ``attack-fraction``): round(fraction * P), seeded,
+    drawn apart from the audio-only set."""
+    count = int(round(fraction * num_partitions))
+    rng = np.random.default_rng([seed, 6007])
+    return np.sort(rng.permutation(num_partitions)[:count])
+
+
 def iid_partitions(num_samples: int, num_partitions: int, seed: int) -> list[np.ndarray]:
     """Split rows ``0..num_samples-1`` into ``num_partitions`` near-equal random shares with
     flwr-datasets' IidPartitioner (rows shuffled with ``seed`` first)."""

@@ -23,6 +23,7 @@ from flwr.client import Client
 from flwr.clientapp import ClientApp
 
 from clients import CLIENT_KINDS, Workspace
+from clients.mods import attack_mod, local_dp_mod
 from data import load_dataset
 from data.partition import AUDIOVISUAL, MODALITIES, Partition, get_partition
 from mirror_app.core.config import RunConfig
@@ -187,4 +188,6 @@ def client_fn(context: Context) -> Client:
     return make_client(context).to_client()
 
 
-app = ClientApp(client_fn=client_fn)
+# mods around every method's client: simulated attackers (outermost: their reply is what leaves the device) and
+# local differential privacy (clients/mods.py); both pass messages through unless the run or node asks for them
+app = ClientApp(client_fn=client_fn, mods=[attack_mod, local_dp_mod])

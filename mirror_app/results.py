@@ -54,6 +54,8 @@ METRIC_COLUMNS = [
     "failures",
     "bytes_to_clients",
     "bytes_from_clients",
+    "fallbacks",
+    "epsilon",
     "seconds",
 ]
 TIMELINE_COLUMNS = ["round", "event", "at"]
@@ -241,7 +243,7 @@ class Curves:
 
 
 class RunRecorder:
-    SAVED = ("metrics", "clients", "per_class", "timeline", "pending", "partitions")  # what resume.pt keeps
+    SAVED = ("metrics", "clients", "per_class", "timeline", "pending", "partitions", "attack")  # what resume.pt keeps
 
     def __init__(self, run_dir: Path, config: dict, classes: list[str], tensorboard: bool = False):
         self.dir = Path(run_dir)
@@ -260,6 +262,7 @@ class RunRecorder:
         self.timeline: list[dict] = []
         self.pending: dict[str, float] = {}  # counts of rounds without evaluation, for the next row
         self.partitions: dict | None = None  # set by the strategy once it knows the connected clients
+        self.attack: dict | None = None  # the simulated attackers (set by the strategy), for summary.json
 
     def save_resume_state(self, server_round: int, strategy_state: dict, seconds: float) -> None:
         """``resume.pt``: what ``resume`` needs to continue after ``server_round`` (atomic, every round)."""
@@ -296,8 +299,10 @@ class RunRecorder:
         self, server_round: int, total: int, phase_index: int, phase: str, metrics: dict, stats: dict, seconds: float
     ) -> None:
         """Record one round; rounds without evaluation fold their counts into the next row."""
-        for key in ("clients", "failures", "bytes_to_clients", "bytes_from_clients"):
+        for key in ("clients", "failures", "bytes_to_clients", "bytes_from_clients", "fallbacks"):
             self.pending[key] = self.pending.get(key, 0) + stats.get(key, 0)
+        if "epsilon" in stats:  # privacy spent so far: the latest value, not a sum
+            self.pending["epsilon"] = stats["epsilon"]
         line = f"[phase {phase_index} {phase}] round {server_round}/{total}"
         if metrics:
             row = {"round": server_round, "phase_index": phase_index, "phase": phase, "seconds": round(seconds, 2)}
@@ -319,6 +324,8 @@ class RunRecorder:
         failures = stats.get("failures", 0)
         if failures:
             line += f"  failures {failures}"
+        if "epsilon" in stats:
+            line += f"  epsilon {stats['epsilon']:.2f}"
         if self.curves:
             self.curves.round(server_round, phase_index, phase, metrics, stats, self.clients[self._curved :])
             self._curved = len(self.clients)
@@ -353,10 +360,15 @@ class RunRecorder:
         atomic_write(self.dir / name, lambda p: torch.save(payload, p))
 
     def finish(
-        self, metrics: dict, schedule: list[tuple[str, int]] | None = None, product_phases: tuple[str, ...] = ()
+        self,
+        metrics: dict,
+        schedule: list[tuple[str, int]] | None = None,
+        product_phases: tuple[str, ...] = (),
+        privacy: dict | None = None,
     ) -> None:
         """summary.json; ``schedule``: (phase, rounds) of every phase the method ran; ``product_phases``: those
-        among which the headline best-dev round is chosen (:func:`protocol_summary`)."""
+        among which the headline best-dev round is chosen (:func:`protocol_summary`); ``privacy``: the
+        (epsilon, delta) a differentially private run spent."""
         final = {k: v for k, v in metrics.items() if not isinstance(v, list)}
         first = self.metrics[0] if self.metrics else {}
         summary = {"final": final, "initial_audio_top1": first.get("audio_top1")}
@@ -366,6 +378,8 @@ class RunRecorder:
         summary |= protocol_summary(self.metrics, product_phases)
         summary["collapse"] = collapse_summary(self.metrics)
         summary["partitions"] = self.partitions
+        summary["attack"] = self.attack
+        summary["privacy"] = privacy
         write_csv(self.dir / "timeline.csv", self.timeline, TIMELINE_COLUMNS)
         write_json(self.dir / "summary.json", summary)
         (self.dir / RESUME_FILE).unlink(missing_ok=True)  # a finished run is not resumed

@@ -1,22 +1,67 @@
 """Per-group aggregation and update validation.
 
-Each parameter group (strategy state key) is averaged over exactly the clients that returned it. Run config
-``aggregator`` fedavg/fedprox: Flower's weighted mean by example count. fedadam/fedavgm: one Flower
-FedAdam/FedAvgM instance per group, fed only that group's updates, so each group keeps its own server
-optimiser state.
+Each parameter group (strategy state key) is aggregated over exactly the clients that returned it, by run
+config ``aggregator``, with Flower's own rules:
+
+* ``fedavg`` / ``fedprox``: the example-weighted mean (``flwr.server.strategy.aggregate.aggregate``);
+* ``fedadam`` / ``fedavgm``: one Flower FedAdam / FedAvgM instance per group, fed only that group's updates, so
+  each group keeps its own server optimiser state;
+* ``fedmedian``, ``fedtrimmedavg`` (``trim-beta``), ``krum`` / multi-Krum (``num-malicious``, ``krum-keep``) and
+  ``bulyan`` (``num-malicious``): Flower's ``aggregate_median``, ``aggregate_trimmed_avg``, ``aggregate_krum`` and
+  ``aggregate_bulyan``. A group with too few contributors for Krum (more than 2 f + 2) or Bulyan (4 f + 3 or
+  more) is aggregated by the median instead, said in one line and recorded (``fallbacks``).
+
+Before the rule: example counts are capped so that no client weighs more than ``max-client-weight`` of a
+group (a lying count does not buy the average), and each update (the client's weights minus the group's
+current ones) is clipped to ``max-update-norm`` times the round's median update norm of that group.
+
+``dp = central``: Flower's ``DifferentialPrivacyServerSideFixedClipping`` around each group's FedAvg: every
+update clipped to ``dp-clipping-norm`` C, the uniform mean (each client weighs 1, as the Gaussian mechanism's
+sensitivity C / n assumes), then Gaussian noise of std ``dp-noise-multiplier`` x C / n, with n the group's
+contributors this round.
 """
 
 from __future__ import annotations
 
+import logging
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from logging import WARNING
+
 import numpy as np
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.server.strategy import FedAdam, FedAvg, FedAvgM
-from flwr.server.strategy.aggregate import aggregate
+from flwr.common import Code, FitRes, Status, log, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.strategy import DifferentialPrivacyServerSideFixedClipping, FedAdam, FedAvg, FedAvgM
+from flwr.server.strategy.aggregate import (
+    aggregate,
+    aggregate_bulyan,
+    aggregate_krum,
+    aggregate_median,
+    aggregate_trimmed_avg,
+)
 
 from mirror_app.core.config import RunConfig
 from mirror_app.core.groups import unflatten
 
 MAX_EXAMPLES = 10**9  # example-count bound for a client that did not report its partition size
+Contribution = tuple[list[np.ndarray], float]  # a client's arrays of one group and its weight (example count)
+
+# rule name -> (cfg, contributions) -> arrays; each is Flower's function for that rule
+RULES: dict[str, Callable[[RunConfig, list], list[np.ndarray]]] = {
+    "fedavg": lambda cfg, c: aggregate(c),
+    "fedprox": lambda cfg, c: aggregate(c),
+    "fedmedian": lambda cfg, c: aggregate_median(c),
+    "fedtrimmedavg": lambda cfg, c: aggregate_trimmed_avg(c, cfg.trim_beta),
+    "krum": lambda cfg, c: aggregate_krum(c, cfg.num_malicious, cfg.krum_keep),
+    "bulyan": lambda cfg, c: aggregate_bulyan(list(c), cfg.num_malicious, aggregate_krum, to_keep=0),
+}
+SERVER_OPTIMIZERS = ("fedadam", "fedavgm")
+
+
+def min_contributors(cfg: RunConfig) -> int:
+    """The fewest updates of a group the run's rule accepts (Krum: more than 2 f + 2; Bulyan: 4 f + 3)."""
+    f = cfg.num_malicious
+    return {"krum": 2 * f + 3, "bulyan": 4 * f + 3}.get(cfg.aggregator, 1)
 
 
 def make_server_optimizer(cfg: RunConfig, initial: list[np.ndarray]) -> FedAvg:
@@ -31,31 +76,138 @@ def make_server_optimizer(cfg: RunConfig, initial: list[np.ndarray]) -> FedAvg:
     raise ValueError(f"no server optimiser for aggregator {cfg.aggregator!r}")
 
 
+def capped_weights(counts: list[float], share: float) -> list[float]:
+    """Example counts -> weights in which none exceeds ``share`` of their sum: the k largest are cut to the level t
+    at which t = share x (k t + the rest), the smallest k for which the next one is already below t (water-filling).
+    With ``share`` x n <= 1 every weight is equal."""
+    w = np.asarray(counts, dtype=np.float64)
+    n = w.size
+    if share >= 1 or n == 0:
+        return w.tolist()
+    if share * n <= 1:
+        return [1.0] * n
+    order = np.sort(w)[::-1]
+    if order[0] <= share * order.sum():
+        return w.tolist()
+    for k in range(1, n):
+        if share * k >= 1:
+            break
+        t = share * order[k:].sum() / (1 - share * k)
+        if order[k] <= t:
+            return np.minimum(w, t).tolist()
+    return [1.0] * n
+
+
+def _floating(arrays: list[np.ndarray]) -> list[int]:
+    return [i for i, a in enumerate(arrays) if np.issubdtype(a.dtype, np.floating)]
+
+
+def update_norm(arrays: list[np.ndarray], current: list[np.ndarray]) -> float:
+    """L2 norm of ``arrays - current`` over the floating-point arrays of a group."""
+    return float(np.sqrt(sum(float(np.sum((arrays[i] - current[i]) ** 2.0)) for i in _floating(current))))
+
+
+def bound_norms(current: list[np.ndarray], contributions: list[Contribution], factor: float) -> list[Contribution]:
+    """Each update clipped to ``factor`` x the median update norm of these contributions (a client whose update
+    is larger is pulled back along its own direction)."""
+    norms = [update_norm(arrays, current) for arrays, _ in contributions]
+    bound = factor * float(np.median(norms))
+    out = []
+    for (arrays, n), norm in zip(contributions, norms):
+        if norm > bound > 0:
+            scale = bound / norm
+            arrays = [
+                current[i] + (a - current[i]) * scale if i in set(_floating(current)) else a
+                for i, a in enumerate(arrays)
+            ]
+        out.append((arrays, n))
+    return out
+
+
+@contextmanager
+def _quiet_flower() -> Iterator[None]:
+    """Flower's DP wrapper logs two INFO lines per call (a group, a round): keep them out of the run's log."""
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    logger.setLevel(WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 class GroupAggregator:
-    """Aggregates one group at a time; ``inner`` holds the per-group Flower server optimisers."""
+    """Aggregates one group at a time; ``inner`` holds the per-group Flower server optimisers and ``fallbacks``
+    the groups the current round aggregated by the median for want of contributors (the strategy clears it)."""
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
         self.inner: dict[str, FedAvg] = {}
+        self.fallbacks: set[str] = set()
 
     def __call__(
-        self, key: str, current: list[np.ndarray], contributions: list[tuple[list[np.ndarray], int]], server_round: int
+        self, key: str, current: list[np.ndarray], contributions: list[Contribution], server_round: int
     ) -> list[np.ndarray]:
         """The new value of group ``key`` (now ``current``) from ``(arrays, num_examples)`` contributions."""
+        cfg = self.cfg
         dtypes = [a.dtype for a in current]
-        if self.cfg.aggregator in ("fedavg", "fedprox"):
-            merged = aggregate(contributions)
-        else:
+        if cfg.max_client_weight < 1:
+            weights = capped_weights([n for _, n in contributions], cfg.max_client_weight)
+            contributions = [(arrays, w) for (arrays, _), w in zip(contributions, weights)]
+        if cfg.max_update_norm > 0:
+            contributions = bound_norms(current, contributions, cfg.max_update_norm)
+        if cfg.dp == "central":
+            merged = self.private(key, current, contributions, server_round)
+        elif cfg.aggregator in SERVER_OPTIMIZERS:
             inner = self.inner.get(key)
             if inner is None:
-                inner = self.inner[key] = make_server_optimizer(self.cfg, current)
-            results = [
-                (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(arrays), n, {}))
-                for arrays, n in contributions
-            ]
-            parameters, _ = inner.aggregate_fit(server_round, results, [])
+                inner = self.inner[key] = make_server_optimizer(cfg, current)
+            parameters, _ = inner.aggregate_fit(server_round, _fit_results(contributions), [])
             merged = parameters_to_ndarrays(parameters)
+        else:
+            rule = cfg.aggregator
+            if len(contributions) < min_contributors(cfg):
+                log(
+                    WARNING,
+                    "round %s: group %s has %d updates, %s needs at least %d (num-malicious %d): median instead",
+                    server_round,
+                    key,
+                    len(contributions),
+                    rule,
+                    min_contributors(cfg),
+                    cfg.num_malicious,
+                )
+                self.fallbacks.add(key)
+                rule = "fedmedian"
+            merged = RULES[rule](cfg, contributions)
         return [np.asarray(a).astype(d, copy=False) for a, d in zip(merged, dtypes)]
+
+    def private(
+        self, key: str, current: list[np.ndarray], contributions: list[Contribution], server_round: int
+    ) -> list[np.ndarray]:
+        """Central DP for one group: Flower's server-side fixed-clipping wrapper around FedAvg, each client weighing
+        1, noise std sigma * C / n for the n contributors. Arrays that are not floating point (counters) are
+        averaged without noise. The noise is seeded by (seed, round, group)."""
+        cfg = self.cfg
+        floats = _floating(current)
+        wrapper = DifferentialPrivacyServerSideFixedClipping(
+            FedAvg(accept_failures=True), cfg.dp_noise_multiplier, cfg.dp_clipping_norm, len(contributions)
+        )
+        wrapper.current_round_params = [current[i] for i in floats]
+        np.random.seed(zlib.crc32(f"{cfg.seed}/{server_round}/{key}".encode()))  # Flower's noise draws from np.random
+        with _quiet_flower():
+            parameters, _ = wrapper.aggregate_fit(
+                server_round, _fit_results([([arrays[i] for i in floats], 1) for arrays, _ in contributions]), []
+            )
+        noisy = iter(parameters_to_ndarrays(parameters))
+        plain = aggregate([(arrays, 1) for arrays, _ in contributions])
+        return [next(noisy) if i in set(floats) else plain[i] for i in range(len(current))]
+
+
+def _fit_results(contributions: list[Contribution]) -> list:
+    return [
+        (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(list(arrays)), n, {})) for arrays, n in contributions
+    ]
 
 
 def check_update(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from logging import WARNING
+from logging import INFO, WARNING
 from typing import Any, ClassVar
 
 import numpy as np
@@ -28,8 +28,8 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
-from clients.base import Task
-from data.partition import AUDIO, AUDIOVISUAL
+from clients.base import GROUP_SIZES, Task
+from data.partition import AUDIO, AUDIOVISUAL, attacked_partitions
 from mirror_app.core.config import ConfigError, RunConfig
 from mirror_app.core.groups import (
     AUDIO_MODEL,
@@ -41,6 +41,7 @@ from mirror_app.core.groups import (
     nbytes,
     unflatten,
 )
+from mirror_app.core.privacy import PrivacyLedger
 
 from .aggregation import MAX_EXAMPLES, GroupAggregator, check_update
 from .census import Census, draw_clients
@@ -132,6 +133,9 @@ class PhasedStrategy(FedAvg):
         self.check_client_tasks()
         self.census = Census(cfg.clients_per_round)
         self.aggregator = GroupAggregator(cfg)
+        self.ledger = PrivacyLedger(cfg.dp, cfg.dp_noise_multiplier, cfg.dp_delta) if cfg.dp != "off" else None
+        self.attacked: set[int] | None = None  # partitions of the simulated attackers (attack-fraction), once known
+        self._release: tuple[int, int] = (0, 0)  # this round's (most groups in one update, clients it drew from)
         self._started: set[int] = set()
         self._pending: dict[str, tuple[Instruction, int]] = {}
         self._round_stats: dict[str, float] = {}
@@ -141,6 +145,24 @@ class PhasedStrategy(FedAvg):
     # ---------------------------------------------------------------- schedule
     def build_phases(self, cfg: RunConfig) -> list[tuple[Phase, int]]:
         raise NotImplementedError
+
+    @classmethod
+    def privacy_plan(cls, cfg: RunConfig, num_clients: int) -> list[tuple[float, float]]:
+        """The (effective noise multiplier, sampling rate) of every round this method would release with ``dp``
+        on and ``num_clients`` clients (a seeded ``missing-rate`` share of them audio-only), as the run's
+        privacy ledger records them: the pre-run check's epsilon for ``dp-target-epsilon``."""
+        from mirror_app.core.privacy import effective_multiplier
+
+        audio = int(round(cfg.missing_rate * num_clients))
+        counts = {AUDIO: audio, AUDIOVISUAL: num_clients - audio}
+        plan: list[tuple[float, float]] = []
+        for phase, rounds in cls.build_phases(cls.__new__(cls), cfg):
+            given = {m: phase.instruction(m) for m in counts}
+            eligible = sum(counts[m] for m, ins in given.items() if ins is not None)
+            groups = max((len(ins.train) for ins in given.values() if ins is not None), default=1)
+            sigma = effective_multiplier(cfg.dp_noise_multiplier, cfg.dp, groups)
+            plan += [(sigma, min(1.0, cfg.clients_per_round / max(eligible, 1)))] * rounds
+        return plan
 
     @property
     def total_rounds(self) -> int:
@@ -203,6 +225,8 @@ class PhasedStrategy(FedAvg):
         clients = self.census.take(client_manager)
         if self.recorder and self.recorder.partitions is None:
             self.recorder.partitions = self.partitions
+        if self.attacked is None:
+            self.attacked = self.attackers(client_manager.num_available())
         eligible = sorted(
             (c for c in clients if c in self.properties and phase.instruction(self.properties[c]["modality"])),
             key=self._order,
@@ -210,19 +234,23 @@ class PhasedStrategy(FedAvg):
         chosen = draw_clients(self.cfg.seed, server_round, eligible, self.cfg.clients_per_round)
         if not chosen:
             raise RuntimeError(f"no connected client can take part in phase {phase.name!r}")
+        released = [phase.instruction(self.properties[cid]["modality"]) for cid in chosen]
+        self._release = (max(len(ins.train) for ins in released if ins), len(eligible))
         out = []
         self._pending = {}
-        sent: dict[Instruction, tuple[Parameters, int]] = {}  # serialised once per instruction, shared by its clients
+        sent: dict[Instruction, tuple[Parameters, int, str]] = {}  # serialised once per instruction, for its clients
         for cid in chosen:
             ins = phase.instruction(self.properties[cid]["modality"])
             if ins not in sent:
                 arrays = self.arrays_for(ins.send, ins.slot)
-                sent[ins] = (ndarrays_to_parameters(arrays), nbytes(arrays))
-            parameters, size = sent[ins]
+                sizes = ",".join(str(len(self.arrays_for((g,), ins.slot))) for g in ins.send)
+                sent[ins] = (ndarrays_to_parameters(arrays), nbytes(arrays), sizes)
+            parameters, size, sizes = sent[ins]
             self._pending[cid] = (ins, size)
             config: dict[str, Scalar] = {
                 "task": ins.task,
                 "groups": ",".join(ins.send),
+                GROUP_SIZES: sizes,
                 "server-round": server_round,
                 "phase": phase.name,
                 **self.fit_config_extra(),
@@ -240,6 +268,7 @@ class PhasedStrategy(FedAvg):
         rejected = 0
         bytes_down = bytes_up = 0
         answered = set()
+        rows: list[tuple[dict, list[str]]] = []  # client rows and the state keys each one's update went to
         for proxy, res in results:
             ins, down = self._pending.get(proxy.cid, (None, 0))
             answered.add(proxy.cid)
@@ -250,9 +279,8 @@ class PhasedStrategy(FedAvg):
             limit = int(self.properties.get(proxy.cid, {}).get("num-examples", MAX_EXAMPLES))
             problem = self.check_update(ins, res, arrays, limit) if ins else "client was not sent an instruction"
             row = self._client_row(server_round, phase, proxy.cid, ins, down, up, res, problem)
-            if self.recorder:
-                self.recorder.client_row(row)
             if problem:
+                rows.append((row, []))
                 rejected += 1
                 log(WARNING, "round %s: update of client %s rejected: %s", server_round, proxy.cid, problem)
                 continue
@@ -260,19 +288,28 @@ class PhasedStrategy(FedAvg):
             groups = unflatten(arrays, names, [len(self.state[ins.slot + g]) for g in names])
             for g in names:
                 contributions.setdefault(ins.slot + g, []).append((groups[g], int(res.num_examples)))
+            rows.append((row, [ins.slot + g for g in names]))
         for cid, (ins, down) in self._pending.items():
             if cid not in answered:  # failed clients still downloaded the model
                 bytes_down += down
-                if self.recorder:
-                    self.recorder.client_row(self._client_row(server_round, phase, cid, ins, down, 0, None, "failed"))
+                rows.append((self._client_row(server_round, phase, cid, ins, down, 0, None, "failed"), []))
+        self.aggregator.fallbacks = set()
         for g, contribs in contributions.items():
             self.state[g] = self.aggregate_group(g, contribs, server_round)
+        fallbacks = self.aggregator.fallbacks  # groups aggregated by the median for want of contributors
+        if self.recorder:
+            for row, keys in rows:
+                self.recorder.client_row(row | {"fallback_groups": ";".join(k for k in keys if k in fallbacks)})
         self._round_stats = {
             "clients": len(results) - rejected,
             "failures": len(failures) + rejected,
             "bytes_to_clients": bytes_down,
             "bytes_from_clients": bytes_up,
+            "fallbacks": len(fallbacks),
         }
+        if self.ledger is not None:
+            groups, eligible = self._release
+            self._round_stats["epsilon"] = self.ledger.record(groups, self.cfg.clients_per_round, eligible)
         for failure in failures:
             if isinstance(failure, BaseException):
                 log(WARNING, "round %s: a client failed: %s", server_round, failure)
@@ -306,7 +343,10 @@ class PhasedStrategy(FedAvg):
             self.stamp(server_round, "recorded")
             if last:
                 self.recorder.finish(
-                    metrics, [(phase.name, rounds) for phase, rounds in self.phases], self.product_phases
+                    metrics,
+                    [(phase.name, rounds) for phase, rounds in self.phases],
+                    self.product_phases,
+                    self.privacy_summary(),
                 )
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         return (1.0 - scalars["audio_top1"], scalars) if "audio_top1" in scalars else None
@@ -319,7 +359,12 @@ class PhasedStrategy(FedAvg):
         """Everything a resumed run needs besides the run config: weights, teacher, server optimisers."""
         import pickle
 
-        return {"state": self.state, "teacher": self.teacher, "inner": pickle.dumps(self.aggregator.inner)}
+        return {
+            "state": self.state,
+            "teacher": self.teacher,
+            "inner": pickle.dumps(self.aggregator.inner),
+            "privacy": list(self.ledger.rounds) if self.ledger is not None else [],
+        }
 
     def restore(self, done_rounds: int, saved: dict, elapsed: float) -> None:
         """Continue after round ``done_rounds`` from ``resume_state()`` as saved then."""
@@ -329,10 +374,50 @@ class PhasedStrategy(FedAvg):
             raise ValueError(f"cannot resume after round {done_rounds} of {self.total_rounds}")
         self.state, self.teacher = dict(saved["state"]), saved["teacher"]
         self.aggregator.inner = pickle.loads(saved["inner"])
+        if self.ledger is not None:
+            self.ledger.rounds = list(saved.get("privacy", []))
         self.round_offset = done_rounds
         self._t0 -= elapsed
         # phases that already began must not run their start hook again (its effects are restored)
         self._started = {i for i in range(len(self.phases)) if self.phase_end(i - 1) < done_rounds}
+
+    def privacy_summary(self) -> dict | None:
+        """The (epsilon, delta) spent by a differentially private run and how it was accounted; None without DP."""
+        if self.ledger is None:
+            return None
+        cfg = self.cfg
+        return {
+            "dp": cfg.dp,
+            "epsilon": self.ledger.epsilon(),
+            "delta": cfg.dp_delta,
+            "noise_multiplier": cfg.dp_noise_multiplier,
+            "clipping_norm": cfg.dp_clipping_norm,
+            "rounds": len(self.ledger.rounds),
+            "accountant": "dp-accounting RDP, Poisson-subsampled Gaussian per round (mirror_app/core/privacy.py)",
+        }
+
+    def attackers(self, num_partitions: int) -> set[int]:
+        """The partitions of the simulated attackers (run config attack, attack-fraction) among ``num_partitions``,
+        as the clients' attack mod draws them; recorded for summary.json."""
+        cfg = self.cfg
+        if cfg.attack == "none" or cfg.attack_fraction <= 0:
+            return set()
+        from clients.mods import simulated
+
+        attacked = attacked_partitions(num_partitions, cfg.attack_fraction, cfg.seed).tolist()
+        where = "simulation" if simulated() else "deployment: nodes whose own node config names the attack"
+        log(INFO, "attackers (%s): partitions %s of %d (%s)", cfg.attack, attacked, num_partitions, where)
+        if self.recorder:
+            self.recorder.attack = {
+                "attack": cfg.attack,
+                "fraction": cfg.attack_fraction,
+                "partitions": attacked,
+                "of": num_partitions,
+                "honoured_by": where,
+                **({"scale": cfg.attack_scale} if cfg.attack == "scale" else {}),
+                **({"std": cfg.attack_std} if cfg.attack == "gaussian" else {}),
+            }
+        return set(attacked)
 
     def fit_config_extra(self) -> dict[str, Scalar]:
         """Extra entries of every fit config (a method's own settings for its clients)."""
@@ -406,4 +491,5 @@ class PhasedStrategy(FedAvg):
             "started_at": float(m.get("started-at", nan)),
             "finished_at": float(m.get("finished-at", nan)),
             "problem": problem,
+            "attacker": int(props.get("partition-id", -1)) in (self.attacked or set()),
         }

@@ -30,6 +30,16 @@ def run_tool(args: list[str], env: dict | None = None, timeout: float = 600) -> 
     [
         ("misssing-rate=0.5", "error: run config key 'misssing-rate' is unknown; known keys: aggregator, "),
         ("missing-rate=1.5", "error: run config 'missing-rate' = 1.5 is invalid: a fraction in [0, 1)"),
+        ("attack='sign-flip' attack-fraction=1.2", "error: run config 'attack-fraction' = 1.2 is invalid: a fraction"),
+        (
+            "aggregator='krum' num-malicious=4",
+            "error: run config 'num-malicious' = 4 is invalid: at most 3 with aggregator 'krum' and 10 clients",
+        ),
+        ("dp='central'", "error: run config 'dp-clipping-norm' = 0.0 is invalid: a number > 0 with dp 'central'"),
+        (
+            "dp='central' dp-clipping-norm=1.0 dp-noise-multiplier=0.5 dp-target-epsilon=8.0 clients-per-round=2",
+            "error: run config 'dp-target-epsilon' = 8 is exceeded: with 3 clients",
+        ),
         (
             "dataset='manifest' data-dir='{tmp}'",
             "error: dataset 'manifest' is not prepared under data-dir {tmp}: run "

@@ -30,7 +30,9 @@ def _err(key: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"run config '{key}' = {value!r} is invalid: {allowed}")
 
 
-AGGREGATORS = ("fedavg", "fedprox", "fedadam", "fedavgm")
+AGGREGATORS = ("fedavg", "fedprox", "fedadam", "fedavgm", "fedmedian", "fedtrimmedavg", "krum", "bulyan")
+ATTACKS = ("none", "sign-flip", "scale", "gaussian", "label-flip", "inflate-count", "stale")
+DP_MODES = ("off", "central", "local")
 # phase 2's divergence between the softened teacher (p^M) and student (p^A): forward KL(p^M || p^A) (Hinton),
 # reverse KL(p^A || p^M) (the paper's formula read literally), symmetric: the mean of the two
 DIVERGENCES = ("forward", "reverse", "symmetric")
@@ -67,6 +69,20 @@ class RunConfig:
     mu: float
     server_lr: float
     server_momentum: float
+    trim_beta: float
+    num_malicious: int
+    krum_keep: int
+    max_update_norm: float
+    max_client_weight: float
+    attack: str
+    attack_fraction: float
+    attack_scale: float
+    attack_std: float
+    dp: str
+    dp_noise_multiplier: float
+    dp_clipping_norm: float
+    dp_delta: float
+    dp_target_epsilon: float
     fold: int
     dev_fraction: float
     audio_pretrained: str
@@ -205,6 +221,8 @@ class RunConfig:
             raise _err("server-lr", self.server_lr, "a number > 0")
         if not 0 <= self.server_momentum < 1:
             raise _err("server-momentum", self.server_momentum, "a number in [0, 1)")
+        self.validate_robustness()
+        self.validate_privacy()
         if self.align_av_weight < 0:
             raise _err("align-av-weight", self.align_av_weight, "a number >= 0")
         if self.round_timeout < 0:
@@ -215,6 +233,65 @@ class RunConfig:
             raise _err("seed", self.seed, "an integer >= 0")
         if self.init_checkpoint and not self.resolve(self.init_checkpoint).is_file():
             raise _err("init-checkpoint", self.init_checkpoint, "a path to an existing model.pt")
+
+    def validate_robustness(self) -> None:
+        """Robust aggregation and simulated attacks (issue 'Clients that lie')."""
+        if not 0 <= self.trim_beta < 0.5:
+            raise _err("trim-beta", self.trim_beta, "a fraction in [0, 0.5) cut from each end")
+        if self.num_malicious < 0:
+            raise _err("num-malicious", self.num_malicious, "an integer >= 0")
+        if self.krum_keep < 0:
+            raise _err("krum-keep", self.krum_keep, "an integer >= 0 (0: Krum picks one update)")
+        k, f = self.clients_per_round, self.num_malicious
+        if self.aggregator == "krum" and not k > 2 * f + 2:
+            raise _err(
+                "num-malicious",
+                f,
+                f"at most {max((k - 3) // 2, 0)} with aggregator 'krum' and {k} clients per round "
+                "(Krum needs more than 2 f + 2 updates)",
+            )
+        if self.aggregator == "krum" and self.krum_keep > k:
+            raise _err("krum-keep", self.krum_keep, f"at most clients-per-round ({k})")
+        if self.aggregator == "bulyan" and not k >= 4 * f + 3:
+            raise _err(
+                "num-malicious",
+                f,
+                f"at most {max((k - 3) // 4, 0)} with aggregator 'bulyan' and {k} clients per round "
+                "(Bulyan needs at least 4 f + 3 updates)",
+            )
+        if self.max_update_norm < 0:
+            raise _err("max-update-norm", self.max_update_norm, "a number >= 0 (0: off)")
+        if not 0 < self.max_client_weight <= 1:
+            raise _err("max-client-weight", self.max_client_weight, "a fraction in (0, 1] (1: off)")
+        if self.attack not in ATTACKS:
+            raise _err("attack", self.attack, f"one of {list(ATTACKS)}")
+        if not 0 <= self.attack_fraction < 1:
+            raise _err("attack-fraction", self.attack_fraction, "a fraction in [0, 1)")
+        if self.attack_fraction > 0 and self.attack == "none":
+            raise _err("attack-fraction", self.attack_fraction, "0 with attack 'none' (choose an attack)")
+        if not self.attack_scale > 0:
+            raise _err("attack-scale", self.attack_scale, "a number > 0")
+        if not self.attack_std > 0:
+            raise _err("attack-std", self.attack_std, "a number > 0")
+
+    def validate_privacy(self) -> None:
+        """Differential privacy settings."""
+        if self.dp not in DP_MODES:
+            raise _err("dp", self.dp, f"one of {list(DP_MODES)}")
+        if self.dp_clipping_norm < 0:
+            raise _err("dp-clipping-norm", self.dp_clipping_norm, "a number > 0")
+        if self.dp != "off" and self.dp_clipping_norm <= 0:
+            raise _err("dp-clipping-norm", self.dp_clipping_norm, f"a number > 0 with dp {self.dp!r}")
+        if not self.dp_noise_multiplier > 0:
+            raise _err("dp-noise-multiplier", self.dp_noise_multiplier, "a number > 0")
+        if not 0 < self.dp_delta < 1:
+            raise _err("dp-delta", self.dp_delta, "a number in (0, 1)")
+        if self.dp_target_epsilon < 0:
+            raise _err("dp-target-epsilon", self.dp_target_epsilon, "a number >= 0 (0: no target)")
+        if self.dp == "central" and self.aggregator not in ("fedavg", "fedprox"):
+            raise _err(
+                "aggregator", self.aggregator, "fedavg or fedprox with dp 'central' (Flower's DP wrapper averages)"
+            )
 
     def check_output_dir(self) -> Path:
         """Create the output dir (if needed) and check it is writable."""

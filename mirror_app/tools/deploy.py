@@ -54,6 +54,17 @@ def node_configs(nodes: int, audio_only: int, data_dir: str | None = None) -> li
     ]
 
 
+def attack_node_config(cfg, partition: int, nodes: int) -> str:
+    """The node config that makes partition ``partition`` a simulated attacker (run config ``attack``,
+    ``attack-fraction``: the same seeded set a simulation draws), or ''. A deployed node attacks only when its own
+    node config says so."""
+    from data.partition import attacked_partitions
+
+    if cfg.attack == "none" or partition not in set(attacked_partitions(nodes, cfg.attack_fraction, cfg.seed).tolist()):
+        return ""
+    return f" attack='{cfg.attack}' attack-scale={cfg.attack_scale} attack-std={cfg.attack_std}"
+
+
 def deploy(
     nodes: int = 3,
     audio_only: int = 1,
@@ -75,9 +86,10 @@ def deploy(
     )
     config = with_defaults(run_config, defaults)
     try:  # a bad config or an unprepared dataset costs a second, not a deployment
-        check_run(config)
+        cfg = check_run(config, num_clients=nodes)
     except ValueError as exc:
         raise ConfigProblem(str(exc)) from None
+    configs = [c + attack_node_config(cfg, i, nodes) for i, c in enumerate(configs)]
     home = Path(home) if home else Path(tempfile.mkdtemp(prefix="flwr-deploy-"))
     certs = keys = None
     if secure:

@@ -61,15 +61,18 @@ def pairs_to_values(pairs: dict[str, str]) -> dict:
     return raw
 
 
-def check_run(run_config: str, dataset: bool = True):
+def check_run(run_config: str, dataset: bool = True, num_clients: int = 0):
     """What a run would check first, in this process and in a second: the run config (pyproject defaults
     plus ``run_config``), the strategy, the output dir and (``dataset``) that the dataset is there and that
-    the pretrained encoders fit the run's backbones at its front end (:func:`check_pretrained`).
+    the pretrained encoders fit the run's backbones at its front end (:func:`check_pretrained`); with
+    ``num_clients`` known (a simulation's size), that a ``dp-target-epsilon`` holds to the last round.
     Returns the RunConfig; raises ValueError (ConfigError, DatasetNotPrepared, PretrainedError) with a one-line
     reason."""
     from strategies import resolve_config
 
-    cfg, _ = resolve_config(pairs_to_values(parse_pairs(run_config)))
+    cfg, strategy_cls = resolve_config(pairs_to_values(parse_pairs(run_config)))
+    if num_clients and cfg.dp != "off" and cfg.dp_target_epsilon > 0:
+        check_budget(cfg, strategy_cls.privacy_plan(cfg, num_clients), num_clients)
     cfg.check_output_dir()
     if dataset:
         try:
@@ -78,6 +81,27 @@ def check_run(run_config: str, dataset: bool = True):
             raise ValueError(str(exc)) from None
         check_pretrained(cfg, cache)
     return cfg
+
+
+def check_budget(cfg, plan: list[tuple[float, float]], num_clients: int) -> float:
+    """The epsilon ``plan`` (a method's rounds, ``privacy_plan``) spends; a ConfigError naming the round at which
+    it passes ``dp-target-epsilon`` when it does, before the last round."""
+    from mirror_app.core.config import ConfigError
+    from mirror_app.core.privacy import spent
+
+    total = spent(plan, cfg.dp_delta)
+    if total <= cfg.dp_target_epsilon:
+        return total
+    lo, hi = 0, len(plan)  # the first round after which epsilon exceeds the target
+    while lo + 1 < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if spent(plan[:mid], cfg.dp_delta) <= cfg.dp_target_epsilon else (lo, mid)
+    raise ConfigError(
+        f"run config 'dp-target-epsilon' = {cfg.dp_target_epsilon:g} is exceeded: with {num_clients} clients, "
+        f"{cfg.clients_per_round} a round, dp '{cfg.dp}' and dp-noise-multiplier {cfg.dp_noise_multiplier:g}, "
+        f"epsilon passes it at round {hi} of {len(plan)} and reaches {total:.2f} (delta {cfg.dp_delta:g}); raise "
+        "dp-noise-multiplier, or run fewer rounds or fewer clients per round"
+    )
 
 
 def check_pretrained(cfg, cache) -> tuple[str, str]:

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     try:
-        cfg = check_run(args.run_config)
+        cfg = check_run(args.run_config, num_clients=args.num_supernodes)
         if args.pretrain:
             from mirror_app.tools.pretrain import ensure_pretrained
 

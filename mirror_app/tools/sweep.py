@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         from mirror_app.tools.launch import check_run
 
         try:
-            check_run(run_config)  # the dataset is there (or built now), the output dir writable
+            check_run(run_config, num_clients=args.num_supernodes)  # the dataset is there, the output dir writable
         except ValueError as exc:
             print(f"sweep: {exc}", file=sys.stderr)
             return 2

@@ -1,0 +1,201 @@
+"""Flower client mods around every method's client, which know nothing of them: simulated attackers and local
+differential privacy. The ClientApp runs them as ``ClientApp(client_fn, mods=[attack_mod, local_dp_mod])``:
+``attack_mod`` is outermost, so an attacker's reply is what leaves the device whatever the layers inside did.
+
+**Attacks** (run config ``attack``, ``attack-fraction``, ``attack-scale``, ``attack-std``). In a simulation, the
+partitions of ``data.partition.attacked_partitions`` (a seeded set, recorded in summary.json) attack. A deployed
+SuperNode attacks only when its own node config says so (``--node-config "attack='sign-flip'"``, with optional
+``attack-scale`` / ``attack-std``); the server's run config never makes a real node attack. With Δ the client's
+update of a group (its trained weights minus those it received):
+
+* ``sign-flip``: sends received - Δ; ``scale``: received + attack-scale x Δ; ``gaussian``: received plus Gaussian
+  noise of std attack-std instead of its update; ``stale``: the weights it received, untrained;
+* ``label-flip``: trains on labels permuted by a seeded permutation of the classes (the fit config key
+  ``label-permutation``, which this mod alone sets and strips from what the server sends);
+* ``inflate-count``: reports 100 x its examples, in its fit replies and in the properties the server asks for.
+
+**Local DP** (``dp = local``): Flower's ``LocalDpMod`` on the groups a client returns: the update (over all of
+them) clipped to ``dp-clipping-norm`` C, then Gaussian noise of std ``dp-noise-multiplier`` x C (LocalDpMod's
+std sensitivity x sqrt(2 ln(1.25 / delta)) / epsilon, with sensitivity C and epsilon chosen to give it).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from flwr.app import Context, Message, MessageType
+from flwr.client.mod import LocalDpMod
+from flwr.common import FitIns, FitRes, GetPropertiesRes, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.constant import MessageTypeLegacy
+from flwr.compat.common import recorddict_compat as compat
+
+from data.partition import attacked_partitions
+from mirror_app.core.config import ATTACKS, RunConfig
+
+from .base import LABEL_PERMUTATION, received_groups
+
+COUNT_FACTOR = 100  # inflate-count: reported examples x this
+
+
+@lru_cache(maxsize=8)
+def _config(items: tuple) -> RunConfig:
+    return RunConfig.from_dict(dict(items))
+
+
+def run_config(context: Context) -> RunConfig:
+    return _config(tuple(sorted(context.run_config.items())))
+
+
+def simulated() -> bool:
+    """Whether this ClientApp runs inside a simulation (a Ray worker), not on a deployed SuperNode."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+@dataclass(frozen=True)
+class Attack:
+    kind: str
+    scale: float
+    std: float
+    seed: int  # the attacker's own randomness (Gaussian noise, label permutation)
+
+
+def attack_of(context: Context) -> Attack | None:
+    """This node's attack, if it is an attacker: its node config's ``attack`` (deployed or simulated), else in a
+    simulation the run config's, for the partitions of the seeded attacked set."""
+    node = context.node_config
+    defaults = RunConfig.default()
+    if "attack" in node:
+        kind = str(node["attack"])
+        if kind not in ATTACKS:
+            raise ValueError(f"node config 'attack' = {kind!r} is invalid: one of {list(ATTACKS)}")
+        scale = float(node.get("attack-scale", defaults.attack_scale))
+        std = float(node.get("attack-std", defaults.attack_std))
+        return None if kind == "none" else Attack(kind, scale, std, int(node.get("partition-id", 0)))
+    if not simulated() or "partition-id" not in node:
+        return None
+    cfg = run_config(context)
+    if cfg.attack == "none" or cfg.attack_fraction <= 0:
+        return None
+    pid, num = int(node["partition-id"]), int(node["num-partitions"])
+    if pid not in set(attacked_partitions(num, cfg.attack_fraction, cfg.seed).tolist()):
+        return None
+    return Attack(cfg.attack, cfg.attack_scale, cfg.attack_std, cfg.seed * 1_000_003 + pid)
+
+
+def attacked_reply(attack: Attack, fit_ins: FitIns, res: FitRes) -> FitRes:
+    """The reply an attacker sends instead of ``res`` (the honest one) to instruction ``fit_ins``."""
+    if attack.kind == "inflate-count":
+        return FitRes(res.status, res.parameters, res.num_examples * COUNT_FACTOR, res.metrics)
+    if attack.kind not in ("sign-flip", "scale", "gaussian", "stale"):
+        return res
+    received = received_groups(parameters_to_ndarrays(fit_ins.parameters), fit_ins.config)
+    names = [n for n in str(res.metrics.get("groups", "")).split(",") if n]
+    sent = parameters_to_ndarrays(res.parameters)
+    rng = np.random.default_rng([attack.seed, int(fit_ins.config.get("server-round", 0))])
+    out, pos = [], 0
+    for name in names:
+        before = received.get(name)
+        count = len(before) if before is not None else 0
+        for i in range(count):
+            w, r = sent[pos + i], before[i]
+            if not np.issubdtype(w.dtype, np.floating) or w.shape != r.shape:
+                out.append(w)
+            elif attack.kind == "sign-flip":
+                out.append((r - (w - r)).astype(w.dtype))
+            elif attack.kind == "scale":
+                out.append((r + attack.scale * (w - r)).astype(w.dtype))
+            elif attack.kind == "gaussian":
+                out.append((r + rng.normal(0.0, attack.std, r.shape)).astype(w.dtype))
+            else:  # stale
+                out.append(r.copy())
+        pos += count
+    out += sent[pos:]  # groups it was not sent (none in the methods here) go out as trained
+    return FitRes(res.status, ndarrays_to_parameters(out), res.num_examples, res.metrics)
+
+
+def attack_mod(msg: Message, context: Context, call_next) -> Message:
+    """Makes this client an attacker where :func:`attack_of` says it is one; otherwise passes messages through,
+    except that a ``label-permutation`` from the server is always removed."""
+    kind = msg.metadata.message_type
+    attack = attack_of(context)
+    if kind == MessageType.TRAIN:
+        fit_ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+        config = {k: v for k, v in fit_ins.config.items() if k != LABEL_PERMUTATION}
+        if attack is not None and attack.kind == "label-flip":
+            config[LABEL_PERMUTATION] = attack.seed
+        if config != fit_ins.config:
+            fit_ins = FitIns(fit_ins.parameters, config)
+            msg.content = compat.fitins_to_recorddict(fit_ins, keep_input=True)
+        reply = call_next(msg, context)
+        if attack is None or reply.has_error():
+            return reply
+        res = compat.recorddict_to_fitres(reply.content, keep_input=True)
+        reply.content = compat.fitres_to_recorddict(attacked_reply(attack, fit_ins, res), keep_input=True)
+        return reply
+    reply = call_next(msg, context)
+    if kind == MessageTypeLegacy.GET_PROPERTIES and attack is not None and attack.kind == "inflate-count":
+        if not reply.has_error():
+            res = compat.recorddict_to_getpropertiesres(reply.content)
+            props = dict(res.properties)
+            props["num-examples"] = int(props.get("num-examples", 0)) * COUNT_FACTOR
+            reply.content = compat.getpropertiesres_to_recorddict(GetPropertiesRes(res.status, props))
+    return reply
+
+
+class GroupLocalDpMod(LocalDpMod):
+    """Flower's LocalDpMod, applied to the groups a client returns (the reply holds the trained groups only, the
+    instruction the sent ones, teacher copies included): the floating-point arrays of the update are clipped
+    jointly to the clipping norm and noised with LocalDpMod's Gaussian std."""
+
+    def __init__(self, clipping_norm: float, noise_multiplier: float, delta: float, seed: int) -> None:
+        epsilon = float(np.sqrt(2 * np.log(1.25 / delta)) / noise_multiplier)  # LocalDpMod's std = sigma * C
+        super().__init__(clipping_norm=clipping_norm, sensitivity=clipping_norm, epsilon=epsilon, delta=delta)
+        self.seed = seed
+
+    def __call__(self, msg: Message, ctxt: Context, call_next) -> Message:
+        from flwr.supercore.differential_privacy import (
+            add_localdp_gaussian_noise_to_params,
+            compute_clip_model_update,
+        )
+
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, ctxt)
+        fit_ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+        reply = call_next(msg, ctxt)
+        if reply.has_error():
+            return reply
+        res = compat.recorddict_to_fitres(reply.content, keep_input=True)
+        received = received_groups(parameters_to_ndarrays(fit_ins.parameters), fit_ins.config)
+        names = [n for n in str(res.metrics.get("groups", "")).split(",") if n]
+        sent = parameters_to_ndarrays(res.parameters)
+        before = [a for name in names for a in received[name]]
+        floats = [i for i, a in enumerate(sent) if np.issubdtype(a.dtype, np.floating)]
+        update = [sent[i].astype(np.float64) for i in floats]
+        compute_clip_model_update(update, [before[i].astype(np.float64) for i in floats], self.clipping_norm)
+        np.random.seed(self.seed % 2**32)  # Flower's noise draws from np.random
+        noisy = parameters_to_ndarrays(
+            add_localdp_gaussian_noise_to_params(
+                ndarrays_to_parameters(update), self.sensitivity, self.epsilon, self.delta
+            )
+        )
+        for i, a in zip(floats, noisy):
+            sent[i] = a.astype(sent[i].dtype)
+        res = FitRes(res.status, ndarrays_to_parameters(sent), res.num_examples, res.metrics)
+        reply.content = compat.fitres_to_recorddict(res, keep_input=True)
+        return reply
+
+
+def local_dp_mod(msg: Message, context: Context, call_next) -> Message:
+    """``dp = local``: :class:`GroupLocalDpMod` with the run's clipping norm, noise multiplier and delta (seeded
+    by run seed, round and partition); any other setting passes messages through."""
+    cfg = run_config(context)
+    if cfg.dp != "local" or msg.metadata.message_type != MessageType.TRAIN:
+        return call_next(msg, context)
+    round_ = int(compat.recorddict_to_fitins(msg.content, keep_input=True).config.get("server-round", 0))
+    seed = cfg.seed * 1_000_003 + round_ * 1009 + int(context.node_config.get("partition-id", 0))
+    mod = GroupLocalDpMod(cfg.dp_clipping_norm, cfg.dp_noise_multiplier, cfg.dp_delta, seed)
+    return mod(msg, context, call_next)
