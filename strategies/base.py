@@ -43,7 +43,7 @@ from mirror_app.core.groups import (
 )
 from mirror_app.core.privacy import PrivacyLedger
 
-from .aggregation import MAX_EXAMPLES, GroupAggregator, check_update
+from .aggregation import MAX_EXAMPLES, GroupAggregator, check_update, update_norm
 from .census import Census, draw_clients
 
 AV_SLOT = "av/"  # state slot of a method's separate audiovisual model (UniFL, Harmony)
@@ -288,6 +288,9 @@ class PhasedStrategy(FedAvg):
             groups = unflatten(arrays, names, [len(self.state[ins.slot + g]) for g in names])
             for g in names:
                 contributions.setdefault(ins.slot + g, []).append((groups[g], int(res.num_examples)))
+            row["update_norm"] = float(
+                np.sqrt(sum(update_norm(groups[g], self.state[ins.slot + g]) ** 2 for g in names))
+            )
             rows.append((row, [ins.slot + g for g in names]))
         for cid, (ins, down) in self._pending.items():
             if cid not in answered:  # failed clients still downloaded the model

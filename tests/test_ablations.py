@@ -217,3 +217,70 @@ def test_fidelity_plan_and_table_report_every_reading_with_both_rules(tmp_path):
     assert row("Harmony", "-", "-", "best dev")
     assert "agrees in 8 of 8 runs" in md  # forward and reverse runs share phase 1
     assert (runs["status"] == "ok").all()
+
+
+def test_robust_plan_covers_every_attack_fraction_and_aggregator_and_tables_them(tmp_path):
+    from mirror_app.tools import security
+
+    cells = security.robust_cells(0.3, [0, 1])
+    per_seed = len(security.AGGREGATORS) * (1 + len(security.ATTACKS) * len(security.FRACTIONS))
+    assert len(cells) == 2 * per_seed and len({c.key for c in cells}) == len(cells)
+    assert [c.seed for c in cells] == sorted(c.seed for c in cells)  # seed-major
+    assert security.cell_setting("clean-fedavg-countscapped") == ("none", 0.0, "fedavg, counts capped")
+    assert security.cell_setting("sign-flip-f0.2-fedavg") == ("sign-flip", 0.2, "fedavg")
+    assert security.cell_setting("scalex10-f0.3-krum") == ("scale x10", 0.3, "krum")
+    krum = next(c for c in cells if c.tag == "inflate-count-f0.1-krum")
+    assert parse_pairs(krum.config) == {
+        "aggregator": "'krum'",
+        "num-malicious": "3",
+        "attack": "'inflate-count'",
+        "attack-fraction": "0.1",
+    }
+
+    def fake(cell: Cell, output_dir: Path, log: Path) -> bool:
+        """Fedavg falls under sign-flip in proportion to the fraction; every other cell scores 0.4 / 0.8."""
+        log.write_text("ok")
+        attack, fraction, agg = security.cell_setting(cell.tag)
+        audio = 0.4 - (fraction if attack == "sign-flip" and agg == "fedavg" else 0) + 0.01 * cell.seed
+        run = output_dir / "run"
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps({"best_dev": {"audio_top1": audio, "av_top1": 0.8}}))
+        return True
+
+    run_cells(cells, tmp_path, fake)
+    md, runs = security.robust_table(cells, tmp_path)
+    audio_md, av_md = md.split("Best-dev AV top-1")
+    rows = {" | ".join(line.split(" | ")[:2]): line for line in audio_md.splitlines() if line.startswith("| ")}
+    assert rows["| none | 0"].startswith("| none | 0 | 40.5 +- 0.5 | 40.5 +- 0.5 |")
+    assert rows["| sign-flip | 0.3"].startswith("| sign-flip | 0.3 | 10.5 +- 0.5 | 40.5 +- 0.5 |")
+    assert "| sign-flip | 0.3 | 80.0 +- 0.0 | 80.0 +- 0.0 |" in av_md
+    assert security.robust_figure(runs, tmp_path).stat().st_size > 1000
+
+
+def test_privacy_takes_its_clipping_norm_from_the_clean_run_and_tables_epsilon(tmp_path):
+    from mirror_app.tools import security
+
+    clean = security.privacy_clean_cells(0.3, [0])
+    run = tmp_path / "runs" / clean[0].key
+    run.mkdir(parents=True)
+    pd.DataFrame({"status": ["ok", "ok", "ok", "failed"], "update_norm": [0.1, 0.2345, 0.5, float("nan")]}).to_csv(
+        run / "clients.csv", index=False
+    )
+    assert security.clipping_norm(tmp_path, clean[0]) == 0.23
+    cells = security.privacy_dp_cells(0.3, [0], 0.23)
+    assert len(cells) == len(security.CENTRAL_SIGMAS) + len(security.LOCAL_SIGMAS)
+    assert all("dp-clipping-norm=0.23" in c.config for c in cells)
+
+    def fake(cell: Cell, output_dir: Path, log: Path) -> bool:
+        log.write_text("ok")
+        sigma = float(parse_pairs(cell.config)["dp-noise-multiplier"])
+        out = output_dir / "run"
+        out.mkdir()
+        summary = {"best_dev": {"audio_top1": 0.1 * sigma, "av_top1": 0.5}, "privacy": {"epsilon": 10 / sigma}}
+        (out / "summary.json").write_text(json.dumps(summary))
+        return True
+
+    run_cells(cells, tmp_path, fake)
+    md, runs = security.privacy_table(cells, tmp_path, 0.23)
+    assert "| central | 2 | 5.0 | 20.0 | 50.0 |" in md and "C = 0.23" in md
+    assert security.privacy_figure(runs, tmp_path).stat().st_size > 1000

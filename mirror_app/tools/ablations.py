@@ -5,6 +5,8 @@
     python -m mirror_app.tools.ablations fig2 --sweep results/table1              # per-class F1 by sound source
     python -m mirror_app.tools.ablations skew --out results/ablation-skew         # label-skew collapse, 20 clients
     python -m mirror_app.tools.ablations fidelity --seeds 0,1,2                  # the paper's ambiguous readings
+    python -m mirror_app.tools.ablations robust --seeds 0,1,2                    # attacks x robust aggregators
+    python -m mirror_app.tools.ablations privacy --seeds 0,1,2                   # accuracy against epsilon
 
 ``teacher`` runs ModalityMirror with teachers of different strength: phase 1 of a quarter, a
 half and all of the preset's ``num-server-rounds``, each with and without the pretrained
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mirror_app.tools import security
 from mirror_app.tools.sweep import (
     LABELS,
     Cell,
@@ -537,7 +540,7 @@ def fig2(sweep: Path, rate: float) -> tuple[str, Path | None]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Ablations that explain Table 1.")
-    p.add_argument("which", choices=("teacher", "drift", "skew", "fig2", "fidelity"))
+    p.add_argument("which", choices=("teacher", "drift", "skew", "fig2", "fidelity", "robust", "privacy"))
     p.add_argument("--out", default="", help="results folder (default results/ablation-<which>)")
     p.add_argument("--preset", default=DEFAULT_PRESET)
     p.add_argument("--run-config", default="", help="extra run config for every run (over the preset)")
@@ -578,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
         "drift": lambda: drift_cells(args.rate, seeds),
         "skew": lambda: skew_cells(args.rate, seeds),
         "fidelity": lambda: fidelity_cells(rates, seeds),
+        "robust": lambda: security.robust_cells(args.rate, seeds),
+        "privacy": lambda: security.privacy_clean_cells(args.rate, seeds),
     }
     cells = plans[args.which]()
     try:
@@ -589,13 +594,27 @@ def main(argv: list[str] | None = None) -> int:
     from mirror_app.tools.launch import SuperLink, interrupt_on_signals
 
     with interrupt_on_signals(), SuperLink(out / ".flwr") as link:
-        runs = run_cells(cells, out, flwr_runner(link, args.num_supernodes, run_config, args.timeout))
+        runner = flwr_runner(link, args.num_supernodes, run_config, args.timeout)
+        runs = run_cells(cells, out, runner)
+        if args.which == "privacy":  # the clipping norm comes from the clean seed-0 run
+            if runs.loc[0, "status"] != "ok":
+                print(f"ablations: the clean run {cells[0].key} failed (log: {runs.loc[0, 'log']})", file=sys.stderr)
+                return 1
+            norm = security.clipping_norm(out, cells[0])
+            cells = cells + security.privacy_dp_cells(args.rate, seeds, norm)
+            runs = run_cells(cells, out, runner)
     write_csv(out / "runs.csv", runs.to_dict("records"), list(runs.columns))
     if args.which == "teacher":
         markdown, frame = teacher_table(cells, out)
         teacher_figure(frame, out)
     elif args.which == "skew":
         markdown, frame = skew_table(cells, out)
+    elif args.which == "robust":
+        markdown, frame = security.robust_table(cells, out)
+        security.robust_figure(frame, out)
+    elif args.which == "privacy":
+        markdown, frame = security.privacy_table(cells, out, norm)
+        security.privacy_figure(frame, out)
     elif args.which == "fidelity":
         markdown, frame = fidelity_table(cells, out, rates, run_config, args.num_supernodes)
         fidelity_figure(frame, out, rates)

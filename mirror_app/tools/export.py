@@ -375,6 +375,8 @@ def write_card(run: Run, meta: dict, folder: Path) -> None:
         ),
         "- Federated: the numbers come from one seed of one simulated federation; other seeds and partitions "
         "give other numbers (see the README's Table 1 for the spread).",
+        privacy_line(s.get("privacy")),
+        attack_line(s.get("attack"), cfg.aggregator),
         "",
         "## Run config",
         "",
@@ -416,3 +418,24 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def privacy_line(privacy: dict | None) -> str:
+    """The model card's statement of the privacy guarantee (or of its absence)."""
+    if not privacy:
+        return "- Privacy: trained without differential privacy; the model can memorise details of clients' clips."
+    return (
+        f"- Privacy: {privacy['dp']} differential privacy, (epsilon, delta) = ({privacy['epsilon']:.2f}, "
+        f"{privacy['delta']:g}) after {privacy['rounds']} rounds (noise multiplier {privacy['noise_multiplier']:g}, "
+        f"clipping norm {privacy['clipping_norm']:g}; {privacy['accountant']}), client-level."
+    )
+
+
+def attack_line(attack: dict | None, aggregator: str) -> str:
+    """The model card's statement of the simulated attackers the run was trained against."""
+    if not attack:
+        return f"- Attackers: none simulated; aggregator {aggregator}."
+    return (
+        f"- Attackers: {len(attack['partitions'])} of {attack['of']} partitions ran a simulated {attack['attack']} "
+        f"attack ({attack.get('honoured_by', 'simulation')}); aggregator {aggregator}."
+    )

@@ -1,0 +1,218 @@
+"""Two studies of ``python -m mirror_app.tools.ablations``: clients that lie (``robust``) and clients that must not
+be seen (``privacy``). Both run ModalityMirror through ``flwr run`` like the Table 1 sweep (same preset, private
+SuperLink, resumable, a finished run never redone) and write ``runs.csv``, ``ablation.md`` and a figure.
+
+``robust``: every attack (sign-flip, scale x10, gaussian, label-flip, inflate-count) at attack-fraction 0.1, 0.2
+and 0.3, and the clean run, against each aggregator (fedavg; fedavg with counts capped at a fifth of a group;
+fedmedian; fedtrimmedavg at beta 0.2; Krum with f = 3). ``privacy``: the clean run, then central DP at noise
+multipliers 1, 1.5, 2 and 3 and local DP at 1 and 2, with the clipping norm set to the median update norm of the
+clean seed-0 run (``update_norm`` in its clients.csv).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mirror_app.tools.sweep import Cell, _cell, _save, collect, parse_pairs
+
+ATTACKS = {
+    "sign-flip": "attack='sign-flip'",
+    "scale x10": "attack='scale' attack-scale=10.0",
+    "gaussian": "attack='gaussian' attack-std=1.0",
+    "label-flip": "attack='label-flip'",
+    "inflate-count": "attack='inflate-count'",
+}
+FRACTIONS = (0.1, 0.2, 0.3)
+AGGREGATORS = {
+    "fedavg": "aggregator='fedavg'",
+    "fedavg, counts capped": "aggregator='fedavg' max-client-weight=0.2",
+    "fedmedian": "aggregator='fedmedian'",
+    "fedtrimmedavg": "aggregator='fedtrimmedavg' trim-beta=0.2",
+    "krum": "aggregator='krum' num-malicious=3",
+}
+CENTRAL_SIGMAS = (1.0, 1.5, 2.0, 3.0)
+LOCAL_SIGMAS = (1.0, 2.0)
+METHOD = "modality-mirror"
+
+
+def _tag(text: str) -> str:
+    return text.replace(", ", "-").replace(" ", "")
+
+
+def robust_cells(rate: float, seeds: list[int]) -> list[Cell]:
+    """Per seed (seed-major): the clean run under each aggregator, then every attack and fraction under each."""
+    cells = []
+    for s in seeds:
+        for agg, agg_config in AGGREGATORS.items():
+            cells.append(Cell(METHOD, rate, s, agg_config, f"clean-{_tag(agg)}"))
+        for fraction in FRACTIONS:
+            for attack, attack_config in ATTACKS.items():
+                for agg, agg_config in AGGREGATORS.items():
+                    config = f"{agg_config} {attack_config} attack-fraction={fraction}"
+                    cells.append(Cell(METHOD, rate, s, config, f"{_tag(attack)}-f{fraction:g}-{_tag(agg)}"))
+    return cells
+
+
+def cell_setting(tag: str) -> tuple[str, float, str]:
+    """(attack, fraction, aggregator) of a robust cell's tag ('clean-fedmedian', 'sign-flip-f0.2-krum')."""
+    agg = max((a for a in AGGREGATORS if tag.endswith("-" + _tag(a))), key=len)
+    head = tag[: -len(_tag(agg)) - 1]
+    if head == "clean":
+        return "none", 0.0, agg
+    attack_tag, _, fraction = head.rpartition("-f")
+    return next(a for a in ATTACKS if _tag(a) == attack_tag), float(fraction), agg
+
+
+def _labelled(cells: list[Cell], out: Path) -> pd.DataFrame:
+    """runs.csv's rows of ``cells`` with each cell's attack, fraction and aggregator as columns."""
+    runs = collect(cells, out)
+    settings = [cell_setting(c.tag) for c in cells]
+    runs["attack"] = [a for a, _, _ in settings]
+    runs["fraction"] = [f for _, f, _ in settings]
+    runs["aggregator"] = [g for _, _, g in settings]
+    return runs
+
+
+def robust_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
+    runs = _labelled(cells, out)
+    ok = runs[runs["status"] == "ok"]
+    aggs = list(AGGREGATORS)
+    lines = []
+    for metric, title in (("audio_top1", "audio top-1"), ("av_top1", "AV top-1")):
+        lines += [
+            f"Best-dev {title} in % (mean +- std over seeds), ModalityMirror; rows: attack and attack-fraction.",
+            "",
+            "| attack | fraction | " + " | ".join(aggs) + " |",
+            "|" + " --- |" * (len(aggs) + 2),
+        ]
+        for attack, fraction in [("none", 0.0)] + [(a, f) for a in ATTACKS for f in FRACTIONS]:
+            row = []
+            for agg in aggs:
+                sel = ok[(ok["attack"] == attack) & np.isclose(ok["fraction"], fraction) & (ok["aggregator"] == agg)]
+                values = 100 * pd.to_numeric(sel[f"best_dev_{metric}"], errors="coerce").dropna()
+                std = f" +- {values.std(ddof=0):.1f}" if len(values) > 1 else ""
+                row.append(f"{values.mean():.1f}{std}" if len(values) else "n/a")
+            lines.append(f"| {attack} | {fraction:g} | " + " | ".join(row) + " |")
+        lines.append("")
+    seeds = ok.groupby(["attack", "fraction", "aggregator"])["seed"].nunique()
+    lines.append(
+        f"Seeds per cell: {seeds.min() if len(seeds) else 0}-{seeds.max() if len(seeds) else 0}. AV top-1 is the "
+        "audiovisual model's at the same round (ModalityMirror's headline round is in phase 2, where it is the "
+        "frozen teacher). Krum tolerates f = 3 of a group's updates; groups with fewer than 2 f + 3 = 9 "
+        "contributors (the audio head, the video encoder and fusion head in phase 1) are aggregated by the "
+        "median, counted in clients.csv (fallback_groups)."
+    )
+    return "\n".join(lines) + "\n", runs
+
+
+def robust_figure(runs: pd.DataFrame, out: Path) -> Path | None:
+    ok = runs[runs["status"] == "ok"]
+    if ok.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(ATTACKS), figsize=(4 * len(ATTACKS), 3.6), sharey=True)
+    for ax, attack in zip(axes, ATTACKS):
+        for agg in AGGREGATORS:
+            xs, ys = [], []
+            for fraction in (0.0, *FRACTIONS):
+                kind = "none" if fraction == 0 else attack
+                sel = ok[(ok["attack"] == kind) & np.isclose(ok["fraction"], fraction) & (ok["aggregator"] == agg)]
+                values = pd.to_numeric(sel["best_dev_audio_top1"], errors="coerce").dropna()
+                if len(values):
+                    xs.append(fraction)
+                    ys.append(100 * values.mean())
+            ax.plot(xs, ys, marker="o", label=agg)
+        ax.set(title=attack, xlabel="attack-fraction")
+    axes[0].set(ylabel="best-dev audio top-1 (%)")
+    axes[-1].legend(fontsize=7)
+    return _save(fig, out / "robust.png")
+
+
+# ----------------------------------------------------------------------------------------------- privacy
+def privacy_clean_cells(rate: float, seeds: list[int]) -> list[Cell]:
+    return [Cell(METHOD, rate, s, "", "nodp") for s in seeds]
+
+
+def clipping_norm(out: Path, clean: Cell) -> float:
+    """The median update norm of a finished clean run (clients.csv ``update_norm``), to two significant digits."""
+    clients = pd.read_csv(out / "runs" / clean.key / "clients.csv")
+    norm = float(clients.loc[clients["status"] == "ok", "update_norm"].median())
+    return float(f"{norm:.2g}")
+
+
+def privacy_dp_cells(rate: float, seeds: list[int], norm: float) -> list[Cell]:
+    cells = []
+    for s in seeds:
+        for mode, sigmas in (("central", CENTRAL_SIGMAS), ("local", LOCAL_SIGMAS)):
+            for sigma in sigmas:
+                config = f"dp='{mode}' dp-noise-multiplier={sigma} dp-clipping-norm={norm}"
+                cells.append(Cell(METHOD, rate, s, config, f"dp-{mode}-s{sigma:g}"))
+    return cells
+
+
+def privacy_table(cells: list[Cell], out: Path, norm: float) -> tuple[str, pd.DataFrame]:
+    runs = collect(cells, out)
+    pairs = [parse_pairs(c.config) for c in cells]
+    runs["dp"] = [p.get("dp", "'off'").strip("'") for p in pairs]
+    runs["sigma"] = [float(p.get("dp-noise-multiplier", "nan")) for p in pairs]
+    eps = []
+    for c in cells:
+        path = out / "runs" / c.key / "summary.json"
+        privacy = json.loads(path.read_text()).get("privacy") if path.is_file() else None
+        eps.append(privacy["epsilon"] if privacy else np.nan)
+    runs["epsilon"] = eps
+    ok = runs[runs["status"] == "ok"]
+    lines = [
+        "| DP | noise multiplier | epsilon (delta 1e-5) | audio top-1 (best dev) | AV top-1 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for (mode, sigma), g in ok.groupby(["dp", "sigma"], dropna=False, sort=False):
+        top = _cell(g, "best_dev_", len(g)).split(" / ")[0]
+        av = 100 * pd.to_numeric(g["best_dev_av_top1"], errors="coerce")
+        epsilon = "inf (no DP)" if mode == "off" else f"{g['epsilon'].mean():.1f}"
+        lines.append(
+            f"| {mode} | {'-' if mode == 'off' else f'{sigma:g}'} | {epsilon} | {top} | "
+            f"{av.mean():.1f}{f' +- {av.std(ddof=0):.1f}' if len(av) > 1 else ''} |"
+        )
+    lines += [
+        "",
+        f"ModalityMirror, best-dev top-1 in % (mean +- std over seeds). Clipping norm C = {norm:g}, the median "
+        "update norm of the clean seed-0 run (choosing C from a non-private run is the usual shortcut; it is not "
+        "itself accounted). Central: Flower's server-side fixed clipping per parameter group, noise sigma x C / n; "
+        "local: each client clips its update to C and adds sigma x C. Epsilon from dp-accounting's RDP accountant "
+        "over the run's rounds (mirror_app/core/privacy.py).",
+    ]
+    return "\n".join(lines) + "\n", runs
+
+
+def privacy_figure(runs: pd.DataFrame, out: Path) -> Path | None:
+    ok = runs[(runs["status"] == "ok") & (runs["dp"] != "off")]
+    if ok.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clean = runs[(runs["status"] == "ok") & (runs["dp"] == "off")]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for mode, marker in (("central", "o"), ("local", "s")):
+        g = ok[ok["dp"] == mode].groupby("sigma")
+        for metric, style in (("best_dev_audio_top1", "-"), ("best_dev_av_top1", "--")):
+            mean = g.agg({"epsilon": "mean", metric: "mean"}).sort_values("epsilon")
+            label = f"{mode} DP, {'audio' if 'audio' in metric else 'AV'}"
+            ax.plot(mean["epsilon"], 100 * mean[metric], style, marker=marker, label=label)
+    for metric, style in (("best_dev_audio_top1", ":"), ("best_dev_av_top1", "-.")):
+        if len(clean):
+            ax.axhline(100 * clean[metric].mean(), ls=style, color="grey", label=f"no DP, {metric.split('_')[2]}")
+    ax.set(xscale="log", xlabel="epsilon (delta 1e-5)", ylabel="top-1 at the best dev round (%)")
+    ax.legend(fontsize=7)
+    return _save(fig, out / "privacy.png")
