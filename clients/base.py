@@ -24,7 +24,7 @@ import torch
 from flwr.client import NumPyClient
 from torch import nn
 
-from data.cache import RelabelledCache
+from data.cache import RelabelledCache, VideoMaskedCache
 from data.partition import AUDIO, AUDIOVISUAL, Partition
 from mirror_app.core.config import RunConfig
 from mirror_app.core.groups import TEACHER_PREFIX, flatten, get_groups, group_sizes, set_groups, unflatten
@@ -41,6 +41,9 @@ def ray_node_id() -> str:
 
 GROUP_SIZES = "group-sizes"  # fit config: arrays per sent group, comma-separated, in the order of "groups"
 LABEL_PERMUTATION = "label-permutation"  # fit config: train on labels permuted by this seed (a label-flip attacker)
+
+
+SKIP, MASK = "skip", "mask"  # Task.without_video
 
 
 def received_groups(parameters: list[np.ndarray], config: dict) -> dict[str, list[np.ndarray]]:
@@ -80,13 +83,17 @@ class Task:
 
     ``needs``: the groups it must receive (checked before it runs); ``video``: whether it needs the video
     modality (an audio-only client refuses it); ``layout``: the model whose groups it receives and returns,
-    ``(client, workspace, fit config) -> module`` (the workspace's dual encoder when None).
+    ``(client, workspace, fit config) -> module`` (the workspace's dual encoder when None);
+    ``without_video``: what it does with an audiovisual client's clips that have no frame (run config
+    ``sample-missing-video``): ``skip`` (the base trains it on the clips with video only) or ``mask`` (it
+    trains on every clip and its losses use the frame only where ``Batch.has_video`` says there is one).
     """
 
     run: TaskFn
     needs: tuple[str, ...]
     video: bool = False
     layout: Callable[[GroupClient, Workspace, dict], nn.Module] | None = None
+    without_video: str = "skip"
 
 
 def split_groups(parameters: list[np.ndarray], names: list[str], model: nn.Module) -> dict[str, list]:
@@ -106,15 +113,23 @@ class GroupClient(NumPyClient):
     setup_seconds: float = 0.0  # time the ClientApp spent making this client (set by client_app)
     workspace_built: bool = False  # whether that included building the worker's dataset and models
     created_at: float = 0.0  # wall-clock time (time.time()) the ClientApp started making this client
+    # rows of the partition whose clip has no video (run config sample-missing-video); None: every clip has it
+    missing_video: np.ndarray | None = None
+    # the device's modality at a round (run config missing-schedule); None: its modality all run long
+    schedule: Callable[[int], str] | None = None
     modality = ""
 
     @property
     def has_video(self) -> bool:
         return self.modality == AUDIOVISUAL
 
+    def modality_at(self, server_round: int) -> str:
+        """What the device has at ``server_round``: its kind's modality, unless a schedule took its camera."""
+        return self.schedule(server_round) if self.schedule is not None else self.modality
+
     def get_properties(self, config: dict) -> dict:
         return {
-            "modality": self.modality,
+            "modality": self.modality_at(int(config.get("server-round", 0))),
             "partition-id": int(self.partition.partition_id),
             "num-examples": int(len(self.partition.indices)),
             "num-classes": int(self.held_classes().size),
@@ -123,31 +138,40 @@ class GroupClient(NumPyClient):
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
         name = str(config.get("task", ""))
         task = self.tasks.get(name)
-        if task is None or (task.video and not self.has_video):
-            runnable = sorted(n for n, t in self.tasks.items() if self.has_video or not t.video)
+        server_round = int(config.get("server-round", 0))
+        modality = self.modality_at(server_round)
+        if task is None:
+            runnable = sorted(n for n, t in self.tasks.items() if modality == AUDIOVISUAL or not t.video)
             raise TaskError(f"{type(self).__name__} cannot run task {name!r}; it runs {runnable}")
+        if task.video and modality != AUDIOVISUAL:  # no camera (now): say so in the reply, train nothing
+            return [], 0, self.refusal(name, modality, f"{type(self).__name__} has no video at round {server_round}")
         names = [n for n in str(config.get("groups", "")).split(",") if n]
         missing = [g for g in task.needs if g not in names]
         if missing:
             raise TaskError(f"task {name!r} needs parameter groups {list(task.needs)}; missing {missing}")
-        ws = self.workspace
+        ws, client = self.workspace, self
         if LABEL_PERMUTATION in config:  # a simulated label-flip attacker (clients/mods.py) trains on wrong labels
             ws = dataclasses.replace(ws, cache=RelabelledCache(ws.cache, int(config[LABEL_PERMUTATION])))
+        if task.video and self.missing_video is not None and self.missing_video.size:
+            ws = dataclasses.replace(ws, cache=VideoMaskedCache(ws.cache, self.missing_video))
+            if task.without_video == SKIP:  # the base trains the task on the clips with video only
+                kept = np.setdiff1d(self.partition.indices, self.missing_video)
+                client = dataclasses.replace(self, partition=dataclasses.replace(self.partition, indices=kept))
+            if not len(client.partition.indices):
+                return [], 0, self.refusal(name, modality, "none of its clips has video")
         started_at = self.created_at or time.time()
         start = time.perf_counter()
-        seed = (
-            self.settings.seed * 1_000_003 + int(config.get("server-round", 0)) * 1009 + self.partition.partition_id
-        ) % 2**32
+        seed = (self.settings.seed * 1_000_003 + server_round * 1009 + self.partition.partition_id) % 2**32
         with ws.lock:
-            model = task.layout(self, ws, config) if task.layout else ws.model
+            model = task.layout(client, ws, config) if task.layout else ws.model
             received = split_groups(parameters, names, model)
             torch.manual_seed(seed)
-            trained, loss, *extra = task.run(self, ws, received, seed)  # extra: optional metrics dict
+            trained, loss, *extra = task.run(client, ws, received, seed)  # extra: optional metrics dict
             out = get_groups(model, trained)
         metrics = {
             "groups": ",".join(trained),
             "task": name,
-            "modality": self.modality,
+            "modality": modality,
             "partition-id": int(self.partition.partition_id),
             "train-loss": float(loss),
             "train-seconds": time.perf_counter() - start,
@@ -159,7 +183,16 @@ class GroupClient(NumPyClient):
             "finished-at": time.time(),
             **(extra[0] if extra else {}),
         }
-        return flatten(out, trained), int(len(self.partition.indices)), metrics
+        return flatten(out, trained), int(len(client.partition.indices)), metrics
+
+    def refusal(self, task: str, modality: str, reason: str) -> dict:
+        """The metrics of a reply that trains nothing: why, and what the device has now (the census reads it)."""
+        return {
+            "refused": f"{reason}: cannot run task {task!r}",
+            "task": task,
+            "modality": modality,
+            "partition-id": int(self.partition.partition_id),
+        }
 
     def evaluate(self, parameters, config):  # evaluation is server-side on the held-out split
         raise TaskError("clients do not evaluate; the server evaluates on the held-out test split")

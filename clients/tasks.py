@@ -7,7 +7,7 @@ from __future__ import annotations
 from mirror_app.core.groups import AUDIO_HEAD, AUDIO_MODEL, AV_MODEL, TEACHER_PREFIX, VIDEO_MODEL
 from mirror_app.core.training import distill, train_audio, train_av, train_unimodal
 
-from .base import GroupClient, Task, Workspace
+from .base import MASK, GroupClient, Task, Workspace
 
 
 def run_train_audio(client: GroupClient, ws: Workspace, received: dict, seed: int) -> tuple[list[str], float]:
@@ -61,8 +61,9 @@ def run_distill(client: GroupClient, ws: Workspace, received: dict, seed: int) -
 
 
 TRAIN_AUDIO = Task(run_train_audio, needs=AUDIO_MODEL)
-TRAIN_AV = Task(run_train_av, needs=AV_MODEL, video=True)
+TRAIN_AV = Task(run_train_av, needs=AV_MODEL, video=True)  # clips without video: skipped (nothing to fuse)
 AV_AUDIO_HEAD = (*AV_MODEL, AUDIO_HEAD)  # what train-av-audio-head trains
-TRAIN_AV_AUDIO_HEAD = Task(run_train_av_audio_head, needs=AV_AUDIO_HEAD, video=True)
-TRAIN_UNIMODAL = Task(run_train_unimodal, needs=AUDIO_MODEL + VIDEO_MODEL, video=True)
+TRAIN_AV_AUDIO_HEAD = Task(run_train_av_audio_head, needs=AV_AUDIO_HEAD, video=True, without_video=MASK)
+TRAIN_UNIMODAL = Task(run_train_unimodal, needs=AUDIO_MODEL + VIDEO_MODEL, video=True, without_video=MASK)
+# clips without video: skipped (the audiovisual teacher needs the frame)
 DISTILL = Task(run_distill, needs=AUDIO_MODEL + tuple(TEACHER_PREFIX + g for g in AV_MODEL), video=True)

@@ -209,3 +209,28 @@ class RelabelledCache:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._cache, name)
+
+
+class VideoMaskedCache:
+    """A cache in which some clips have no video (run config ``sample-missing-video``): ``has_video(rows)`` says
+    which, and their frames read as NaN, so that a task that used them anyway would poison its loss (and the
+    server would reject the update) instead of training on a frame the device never had. Every other attribute
+    is the wrapped cache's."""
+
+    def __init__(self, cache, rows_without_video: np.ndarray):
+        self._cache = cache
+        self.without_video = np.asarray(rows_without_video, dtype=np.int64)
+
+    def has_video(self, rows: np.ndarray) -> np.ndarray:
+        return ~np.isin(np.asarray(rows), self.without_video)
+
+    def frames(self, rows: np.ndarray) -> np.ndarray:
+        out = self._cache.frames(rows)
+        missing = ~self.has_video(rows)
+        if missing.any():
+            out = out.copy()
+            out[missing] = np.nan
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cache, name)

@@ -71,10 +71,52 @@ def dirichlet_partitions(labels: np.ndarray, num_partitions: int, alpha: float, 
 
 
 def audio_only_partitions(num_partitions: int, missing_rate: float, seed: int) -> np.ndarray:
-    """Sorted ids of the partitions that lost video: round(missing_rate * P), seeded."""
+    """Sorted ids of the partitions that lost video: round(missing_rate * P), seeded. A longer share takes the
+    partitions of a shorter one and more, in one seeded order (so a schedule's losses extend the set)."""
     count = int(round(missing_rate * num_partitions))
     rng = np.random.default_rng([seed, 7919])
     return np.sort(rng.permutation(num_partitions)[:count])
+
+
+def parse_schedule(text: str) -> list[tuple[int, float]]:
+    """Run config ``missing-schedule`` ("120:+0.2,180:-0.1": from round 120 another 20 % of all clients lose
+    their camera, from round 180 10 % get it back) -> [(round, change)], in round order; a ValueError names the
+    entry that is not ``<round>:<+/-share>``."""
+    out = []
+    for entry in (e.strip() for e in text.split(",") if e.strip()):
+        head, sep, tail = entry.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            out.append((int(head), float(tail)))
+        except ValueError:
+            raise ValueError(f"entry {entry!r} is not <round>:<+/-share>, e.g. '120:+0.2'") from None
+    return sorted(out)
+
+
+def audio_only_share(missing_rate: float, schedule: list[tuple[int, float]], server_round: int) -> float:
+    """The share of partitions without video at ``server_round``: the missing rate plus every change of the
+    schedule made at or before that round."""
+    return missing_rate + sum(change for at, change in schedule if at <= server_round)
+
+
+def audio_only_at(
+    num_partitions: int, missing_rate: float, seed: int, schedule: list[tuple[int, float]], server_round: int
+) -> np.ndarray:
+    """Sorted ids of the partitions without video at ``server_round`` (the run's seeded order: the last to lose
+    their camera are the first to get it back)."""
+    share = audio_only_share(missing_rate, schedule, server_round)
+    return audio_only_partitions(num_partitions, share, seed)
+
+
+def missing_video_rows(indices: np.ndarray, fraction: float, seed: int, partition_id: int) -> np.ndarray:
+    """Sorted rows of a partition (``indices``, training rows only) whose clip has no video: round(fraction * n),
+    seeded per partition (run config ``sample-missing-video``)."""
+    count = int(round(fraction * len(indices)))
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng([seed, 2711, partition_id])
+    return np.sort(rng.choice(np.asarray(indices), count, replace=False))
 
 
 def attacked_partitions(num_partitions: int, fraction: float, seed: int) -> np.ndarray:

@@ -3,9 +3,14 @@
 Node config keys: ``partition-id`` and ``num-partitions`` (set by the simulation engine, or
 by ``flower-supernode --node-config``; leave both out to train on all of the node's own
 data), optional ``modality`` (``audio`` | ``audiovisual``, overriding the run's seeded
-missing-rate assignment), optional ``data-dir`` (where this node's feature caches are) and optional
-``num-threads`` (torch threads for this node's training: give each of N SuperNodes sharing a machine its
-share of the cores, as Ray does for simulated clients; `make deploy-local` sets it).
+missing-rate assignment), optional ``modality-file`` (a file holding ``audio`` or ``audiovisual``, read at every
+message: a device whose camera comes and goes says so in its next reply), optional ``data-dir`` (where this node's
+feature caches are), optional ``attack`` (clients/mods.py) and optional ``num-threads`` (torch threads for this
+node's training: give each of N SuperNodes sharing a machine its share of the cores, as Ray does for simulated
+clients; `make deploy-local` sets it).
+
+In a simulation, run config ``missing-schedule`` changes a partition's modality over the rounds, and
+``sample-missing-video`` takes the frame of a seeded share of an audiovisual client's clips.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +31,16 @@ from flwr.clientapp import ClientApp
 from clients import CLIENT_KINDS, Workspace
 from clients.mods import attack_mod, local_dp_mod
 from data import load_dataset
-from data.partition import AUDIOVISUAL, MODALITIES, Partition, get_partition
+from data.partition import (
+    AUDIO,
+    AUDIOVISUAL,
+    MODALITIES,
+    Partition,
+    audio_only_at,
+    get_partition,
+    missing_video_rows,
+    parse_schedule,
+)
 from mirror_app.core.config import RunConfig
 from mirror_app.core.models import build_model, initial_model
 from mirror_app.core.training import resolve_device
@@ -165,6 +180,8 @@ def make_client(context: Context):
     )
     part = _node_partition(context, cfg, str(ws.cache.path), pid, num)
     modality = str(node.get("modality", part.modality))
+    if "modality-file" in node:  # a real device whose camera comes and goes: the file says what it has now
+        modality = Path(str(node["modality-file"])).expanduser().read_text().strip()
     if modality not in MODALITIES:
         raise ValueError(f"node config 'modality' = {modality!r} is invalid: one of {list(MODALITIES)}")
     if modality == AUDIOVISUAL and not ws.cache.meta.get("has_video", True):
@@ -178,10 +195,25 @@ def make_client(context: Context):
         settings=cfg,
         tasks=strategy_cls.client_tasks,
     )
+    if modality == AUDIOVISUAL and cfg.sample_missing_video > 0:  # clips without a frame, seeded per client
+        client.missing_video = missing_video_rows(part.indices, cfg.sample_missing_video, cfg.seed, pid)
+    if modality == AUDIOVISUAL and cfg.missing_schedule and "modality" not in node and "modality-file" not in node:
+        client.schedule = _scheduled(cfg, pid, num)
     client.setup_seconds = time.perf_counter() - start
     client.workspace_built = built
     client.created_at = created_at
     return client
+
+
+def _scheduled(cfg: RunConfig, partition_id: int, num_partitions: int):
+    """Round -> this partition's modality under run config ``missing-schedule`` (data.partition.audio_only_at)."""
+    schedule = parse_schedule(cfg.missing_schedule)
+
+    def modality_at(server_round: int) -> str:
+        lost = audio_only_at(num_partitions, cfg.missing_rate, cfg.seed, schedule, server_round)
+        return AUDIO if partition_id in set(lost.tolist()) else AUDIOVISUAL
+
+    return modality_at
 
 
 def client_fn(context: Context) -> Client:

@@ -48,6 +48,9 @@ METRIC_COLUMNS = [
     "dev_audio_top5",
     "dev_audio_macro_f1",
     "dev_av_top1",
+    "audio_only_share",
+    "audio_clients",
+    "av_clients",
     "audio_majority_share",
     "av_majority_share",
     "clients",
@@ -58,7 +61,19 @@ METRIC_COLUMNS = [
     "epsilon",
     "seconds",
 ]
+MISSING_PREFIX = "av_top1_missing"  # AV top-1 at a test-time share of clips without video: one column per share
 TIMELINE_COLUMNS = ["round", "event", "at"]
+
+
+def metric_columns(rows: list[dict]) -> list[str]:
+    """metrics.csv's columns: METRIC_COLUMNS with the AV top-1 under each test-time missing share after av_top5."""
+    extra = sorted(
+        {k for r in rows for k in r if k.startswith(MISSING_PREFIX)}, key=lambda k: int(k[len(MISSING_PREFIX) :])
+    )
+    at = METRIC_COLUMNS.index("av_top5") + 1
+    return METRIC_COLUMNS[:at] + extra + METRIC_COLUMNS[at:]
+
+
 STARTUP_ROUND = -1  # timeline.csv's round of the ServerApp's start-up steps
 TEST_KEYS = ("audio_top1", "audio_top5", "audio_macro_f1")  # the audio model's test metrics of the summary
 LAST_N = 5  # summary.json "last5_mean": mean over this many last evaluated rounds
@@ -211,6 +226,12 @@ class Curves:
         "dev_audio_macro_f1": "dev/audio_macro_f1",
         "dev_av_top1": "dev/av_top1",
     }
+    STATS = {  # per-kind and per-modality counts of the round
+        "audio_only_share": "clients/audio_only_share",
+        "audio_clients": "clients/audio_trained",
+        "av_clients": "clients/audiovisual_trained",
+        "epsilon": "privacy/epsilon",
+    }
 
     def __init__(self, folder: Path, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
@@ -227,6 +248,11 @@ class Curves:
         for key, tag in self.SCALARS.items():
             if isinstance(metrics.get(key), (int, float)):
                 w.add_scalar(tag, metrics[key], step)
+        for key in (k for k in metrics if k.startswith(MISSING_PREFIX)):
+            w.add_scalar(f"av/top1_missing_video_{key[len(MISSING_PREFIX) :]}pct", metrics[key], step)
+        for key, tag in self.STATS.items():
+            if isinstance(stats.get(key), (int, float)):
+                w.add_scalar(tag, stats[key], step)
         if step > 0:
             for key in ("bytes_to_clients", "bytes_from_clients", "clients", "failures"):
                 w.add_scalar(f"round/{key}", stats.get(key, 0), step)
@@ -299,20 +325,30 @@ class RunRecorder:
         self, server_round: int, total: int, phase_index: int, phase: str, metrics: dict, stats: dict, seconds: float
     ) -> None:
         """Record one round; rounds without evaluation fold their counts into the next row."""
-        for key in ("clients", "failures", "bytes_to_clients", "bytes_from_clients", "fallbacks"):
+        for key in (
+            "clients",
+            "failures",
+            "bytes_to_clients",
+            "bytes_from_clients",
+            "fallbacks",
+            "audio_clients",
+            "av_clients",
+        ):
             self.pending[key] = self.pending.get(key, 0) + stats.get(key, 0)
+        if "audio_only_share" in stats:  # the census's view at this round: the latest value, not a sum
+            self.pending["audio_only_share"] = stats["audio_only_share"]
         if "epsilon" in stats:  # privacy spent so far: the latest value, not a sum
             self.pending["epsilon"] = stats["epsilon"]
         line = f"[phase {phase_index} {phase}] round {server_round}/{total}"
         if metrics:
             row = {"round": server_round, "phase_index": phase_index, "phase": phase, "seconds": round(seconds, 2)}
-            row.update({k: v for k, v in metrics.items() if k in METRIC_COLUMNS})
+            row.update({k: v for k, v in metrics.items() if k in METRIC_COLUMNS or k.startswith(MISSING_PREFIX)})
             row.update(self.pending)
             self.pending = {}
             self.metrics.append(row)
             for name, f1 in zip(self.classes, metrics.get("audio_per_class_f1", [])):
                 self.per_class.append({"round": server_round, "class": name, "f1": f1})
-            write_csv(self.dir / "metrics.csv", self.metrics, METRIC_COLUMNS)
+            write_csv(self.dir / "metrics.csv", self.metrics, metric_columns(self.metrics))
             write_csv(self.dir / "per_class_f1.csv", self.per_class, ["round", "class", "f1"])
             line += f"  audio top-1 {metrics['audio_top1']:.3f}  AV top-1 {metrics['av_top1']:.3f}"
             if "dev_audio_top1" in metrics:
@@ -365,10 +401,11 @@ class RunRecorder:
         schedule: list[tuple[str, int]] | None = None,
         product_phases: tuple[str, ...] = (),
         privacy: dict | None = None,
+        missingness: dict | None = None,
     ) -> None:
         """summary.json; ``schedule``: (phase, rounds) of every phase the method ran; ``product_phases``: those
         among which the headline best-dev round is chosen (:func:`protocol_summary`); ``privacy``: the
-        (epsilon, delta) a differentially private run spent."""
+        (epsilon, delta) a differentially private run spent; ``missingness``: how video went missing."""
         final = {k: v for k, v in metrics.items() if not isinstance(v, list)}
         first = self.metrics[0] if self.metrics else {}
         summary = {"final": final, "initial_audio_top1": first.get("audio_top1")}
@@ -380,6 +417,7 @@ class RunRecorder:
         summary["partitions"] = self.partitions
         summary["attack"] = self.attack
         summary["privacy"] = privacy
+        summary["missingness"] = missingness
         write_csv(self.dir / "timeline.csv", self.timeline, TIMELINE_COLUMNS)
         write_json(self.dir / "summary.json", summary)
         (self.dir / RESUME_FILE).unlink(missing_ok=True)  # a finished run is not resumed

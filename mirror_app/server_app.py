@@ -96,7 +96,11 @@ def make_components(context: Context) -> ServerAppComponents:
         cache.classes,
     )
     strategy = strategy_cls(
-        cfg=cfg, model=model, evaluator=Evaluator(eval_model, cache, device), recorder=recorder, teacher=teacher
+        cfg=cfg,
+        model=model,
+        evaluator=Evaluator(eval_model, cache, device, cfg.eval_missing_shares),
+        recorder=recorder,
+        teacher=teacher,
     )
     if saved is not None:
         strategy.restore(saved["round"], saved["strategy"], saved["seconds"])

@@ -276,13 +276,18 @@ class PhasedStrategy(FedAvg):
             arrays = parameters_to_ndarrays(res.parameters)
             up = nbytes(arrays)
             bytes_up += up
+            self.census.heard(proxy.cid, res.metrics)  # what the device has now (a schedule may have taken its camera)
             limit = int(self.properties.get(proxy.cid, {}).get("num-examples", MAX_EXAMPLES))
-            problem = self.check_update(ins, res, arrays, limit) if ins else "client was not sent an instruction"
+            refused = str(res.metrics.get("refused", ""))  # the client could not do its task, and said why
+            problem = refused or (
+                self.check_update(ins, res, arrays, limit) if ins else "client was not sent an instruction"
+            )
             row = self._client_row(server_round, phase, proxy.cid, ins, down, up, res, problem)
             if problem:
+                row["status"] = "failed" if refused else "rejected"
                 rows.append((row, []))
                 rejected += 1
-                log(WARNING, "round %s: update of client %s rejected: %s", server_round, proxy.cid, problem)
+                log(WARNING, "round %s: client %s %s: %s", server_round, proxy.cid, row["status"], problem)
                 continue
             names = str(res.metrics["groups"]).split(",")
             groups = unflatten(arrays, names, [len(self.state[ins.slot + g]) for g in names])
@@ -303,12 +308,16 @@ class PhasedStrategy(FedAvg):
         if self.recorder:
             for row, keys in rows:
                 self.recorder.client_row(row | {"fallback_groups": ";".join(k for k in keys if k in fallbacks)})
+        trained = [row["modality"] for row, keys in rows if keys]
         self._round_stats = {
             "clients": len(results) - rejected,
             "failures": len(failures) + rejected,
             "bytes_to_clients": bytes_down,
             "bytes_from_clients": bytes_up,
             "fallbacks": len(fallbacks),
+            "audio_clients": trained.count(AUDIO),
+            "av_clients": trained.count(AUDIOVISUAL),
+            "audio_only_share": self.census.audio_only_share(),
         }
         if self.ledger is not None:
             groups, eligible = self._release
@@ -350,6 +359,7 @@ class PhasedStrategy(FedAvg):
                     [(phase.name, rounds) for phase, rounds in self.phases],
                     self.product_phases,
                     self.privacy_summary(),
+                    self.missingness_summary(),
                 )
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         return (1.0 - scalars["audio_top1"], scalars) if "audio_top1" in scalars else None
@@ -383,6 +393,23 @@ class PhasedStrategy(FedAvg):
         self._t0 -= elapsed
         # phases that already began must not run their start hook again (its effects are restored)
         self._started = {i for i in range(len(self.phases)) if self.phase_end(i - 1) < done_rounds}
+
+    def missingness_summary(self) -> dict:
+        """How video went missing in this run: per client, per clip, over time (the schedule, with the audio-only
+        share it sets from each change on), and at test time."""
+        from data.partition import audio_only_share, parse_schedule
+
+        cfg = self.cfg
+        schedule = parse_schedule(cfg.missing_schedule)
+        return {
+            "missing_rate": cfg.missing_rate,
+            "sample_missing_video": cfg.sample_missing_video,
+            "schedule": [
+                {"round": at, "change": change, "audio_only_share": audio_only_share(cfg.missing_rate, schedule, at)}
+                for at, change in schedule
+            ],
+            "eval_missing_video": list(cfg.eval_missing_shares),
+        }
 
     def privacy_summary(self) -> dict | None:
         """The (epsilon, delta) spent by a differentially private run and how it was accounted; None without DP."""
@@ -480,7 +507,7 @@ class PhasedStrategy(FedAvg):
             "phase": phase.name,
             "node_id": cid,
             "partition_id": props.get("partition-id", -1),
-            "modality": props.get("modality", ""),
+            "modality": str(m.get("modality", props.get("modality", ""))),
             "task": ins.task if ins else "",
             "status": "rejected" if problem and res is not None else ("failed" if problem else "ok"),
             "num_examples": int(res.num_examples) if res is not None else 0,

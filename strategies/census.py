@@ -69,6 +69,20 @@ class Census:
         self.partitions: dict | None = None  # partition_summary of the nodes first queried
         self._waited = False
 
+    def heard(self, cid: str, metrics: dict) -> None:
+        """A reply from ``cid``: its ``modality`` (what the device has now) replaces what the census knew, so a
+        client that lost its camera is not sent a video task again, and one that got it back is."""
+        modality = metrics.get("modality")
+        if cid in self.properties and modality in (AUDIO, AUDIOVISUAL):
+            if self.properties[cid].get("modality") != modality:
+                log(INFO, "client %s now reports modality %s", cid, modality)
+            self.properties[cid]["modality"] = str(modality)
+
+    def audio_only_share(self) -> float:
+        """The share of the known clients that have no video, as their latest answers say."""
+        known = [p.get("modality") for p in self.properties.values()]
+        return known.count(AUDIO) / len(known) if known else 0.0
+
     def order(self, cid: str) -> tuple[int, str]:
         """Sort key of a node: its partition id (stable across runs), then its node id."""
         return int(self.properties.get(cid, {}).get("partition-id", -1)), cid

@@ -42,8 +42,15 @@ from strategies import ModalityAwareFedAvg, resolve_config, resolve_strategy
         ("dev-fraction", 1.0, "[0, 1)"),
         ("mu", -1, ">= 0"),
         ("server-momentum", 1.0, "[0, 1)"),
-        ("aggregator", "fedmedian", "one of"),
-        ("audio-pretrained", "/nonexistent.pt", "existing local checkpoint"),
+        ("aggregator", "geomedian", "one of"),
+        ("audio-pretrained", "/nonexistent.pt", "existing local checkpoint file"),
+        ("audio-pretrained", "torchvision:resnet18", "'torchvision:<Weights>.<member>'"),
+        ("sample-missing-video", 1.0, "[0, 1)"),
+        ("missing-schedule", "120+0.2", "<round>:<+/-share>"),
+        ("missing-schedule", "300:+0.2", "round 300 is past the run"),
+        ("missing-schedule", "20:+0.9", "[missing-rate 0.3, 1)"),
+        ("missing-schedule", "20:-0.1", "cannot get one"),
+        ("eval-missing-video", "0.5,1.5", "fractions in (0, 1]"),
         ("init-checkpoint", "/nonexistent/model.pt", "existing model.pt"),
     ],
 )
@@ -148,8 +155,9 @@ def test_clients_run_only_the_tasks_of_their_kind_that_the_method_declares(tmp_p
             flatten(get_groups(model, groups), groups), {"task": task, "groups": ",".join(groups), "server-round": 1}
         )
 
-    with pytest.raises(TaskError, match=r"AudioClient cannot run task 'train-av'; it runs \['train-audio'\]"):
-        fit(audio, "train-av", AV_MODEL)
+    arrays, examples, refused = fit(audio, "train-av", AV_MODEL)  # says so in its reply, trains nothing
+    assert arrays == [] and examples == 0 and refused["modality"] == "audio"
+    assert refused["refused"] == "AudioClient has no video at round 1: cannot run task 'train-av'"
     with pytest.raises(TaskError, match="cannot run task 'align-av'"):
         fit(av, "align-av", AV_MODEL)  # declared by another method only
     with pytest.raises(TaskError, match=r"task 'train-av' needs parameter groups .*missing \['video_encoder'"):

@@ -45,6 +45,9 @@ class RunConfig:
     data_dir: str
     output_dir: str
     missing_rate: float
+    sample_missing_video: float
+    missing_schedule: str
+    eval_missing_video: str
     dirichlet_alpha: float
     num_server_rounds: int
     distill_rounds: int
@@ -159,6 +162,7 @@ class RunConfig:
             raise _err("dataset", self.dataset, f"one of {sorted(DATASETS)}")
         if not 0.0 <= self.missing_rate < 1.0:
             raise _err("missing-rate", self.missing_rate, "a fraction in [0, 1)")
+        self.validate_missingness()
         from data.partition import PARTITIONERS
 
         if self.partitioner not in PARTITIONERS:
@@ -233,6 +237,43 @@ class RunConfig:
             raise _err("seed", self.seed, "an integer >= 0")
         if self.init_checkpoint and not self.resolve(self.init_checkpoint).is_file():
             raise _err("init-checkpoint", self.init_checkpoint, "a path to an existing model.pt")
+
+    def validate_missingness(self) -> None:
+        """Per-sample missing video, the availability schedule and test-time missing video."""
+        if not 0.0 <= self.sample_missing_video < 1.0:
+            raise _err("sample-missing-video", self.sample_missing_video, "a fraction in [0, 1)")
+        from data.partition import audio_only_share, parse_schedule
+
+        rounds = self.num_server_rounds + self.distill_rounds
+        try:
+            schedule = parse_schedule(self.missing_schedule)
+        except ValueError as exc:
+            raise _err("missing-schedule", self.missing_schedule, f"'<round>:<+/-share>,...' ({exc})") from None
+        for at, _ in schedule:
+            if not 1 <= at <= rounds:
+                raise _err(
+                    "missing-schedule", self.missing_schedule, f"rounds in [1, {rounds}] (round {at} is past the run)"
+                )
+            share = audio_only_share(self.missing_rate, schedule, at)
+            if not self.missing_rate <= share < 1:
+                raise _err(
+                    "missing-schedule",
+                    self.missing_schedule,
+                    f"an audio-only share in [missing-rate {self.missing_rate:g}, 1) at every round (round {at} "
+                    f"makes it {share:g}; clients that never had video cannot get one)",
+                )
+        for part in (p.strip() for p in self.eval_missing_video.split(",") if p.strip()):
+            try:
+                ok = 0 < float(part) <= 1
+            except ValueError:
+                ok = False
+            if not ok:
+                raise _err("eval-missing-video", self.eval_missing_video, "comma-separated fractions in (0, 1]")
+
+    @property
+    def eval_missing_shares(self) -> tuple[float, ...]:
+        """``eval-missing-video`` as numbers: the test-time shares of clips without video."""
+        return tuple(float(p) for p in self.eval_missing_video.split(",") if p.strip())
 
     def validate_robustness(self) -> None:
         """Robust aggregation and simulated attacks (issue 'Clients that lie')."""

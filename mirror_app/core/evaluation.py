@@ -88,26 +88,66 @@ def evaluate(
     return out
 
 
+def missing_key(share: float) -> str:
+    """metrics.csv's column of the AV top-1 with ``share`` of the test clips without video."""
+    return f"av_top1_missing{round(100 * share):d}"
+
+
+def test_time_missing(num_clips: int, share: float) -> np.ndarray:
+    """Which of ``num_clips`` test clips lack their video at test-time share ``share`` (the same clips in every
+    run and method, so that the numbers compare)."""
+    rng = np.random.default_rng([65537, round(1000 * share)])
+    mask = np.zeros(num_clips, dtype=bool)
+    mask[rng.choice(num_clips, int(round(share * num_clips)), replace=False)] = True
+    return mask
+
+
 class Evaluator:
     """Server-side evaluation of the audio and audiovisual models on the held-out test split and, when
     ``dev-fraction`` > 0, on the server-held dev split (carved from train, never given to a client), which
-    picks the best-dev round of ``summary.json`` without looking at test."""
+    picks the best-dev round of ``summary.json`` without looking at test.
 
-    def __init__(self, model, cache, device: torch.device):
+    ``missing``: test-time shares of clips without video (run config ``eval-missing-video``): the AV model is also
+    scored with that share of the test clips lacking their frame, through the method's fallback, its audio-only
+    model, for those clips (``av_top1_missing<percent>``)."""
+
+    def __init__(self, model, cache, device: torch.device, missing: tuple[float, ...] = ()):
         self.model = model.to(device)
         self.cache = cache
-        self.indices = cache.indices("test")
+        self.indices = np.sort(cache.indices("test"))
         self.dev = cache.indices("dev")
         self.device = device
+        self.missing = {share: test_time_missing(len(self.indices), share) for share in missing}
 
     def __call__(self, audio_state: dict, av_state: dict) -> dict:
+        labels = torch.from_numpy(self.cache.labels[self.indices])
         set_groups(self.model, audio_state)
-        out = evaluate(self.model, self.cache, self.indices, device=self.device, parts=("audio",))
+        audio = predict(self.model, self.cache, self.indices, 256, self.device, with_video=False)
+        m = classification_metrics(audio, labels, self.cache.num_classes)
+        out: dict = {
+            "audio_top1": m["top1"],
+            "audio_top5": m["top5"],
+            "audio_majority_share": m["majority_share"],
+            "audio_majority_class": m["majority_class"],
+            "audio_macro_f1": m["macro_f1"],
+            "audio_per_class_f1": m["per_class_f1"],
+        }
         if self.dev.size:
             dev = evaluate(self.model, self.cache, self.dev, device=self.device, parts=("audio",))
             out |= {f"dev_{k}": dev[k] for k in ("audio_top1", "audio_top5", "audio_macro_f1")}
         set_groups(self.model, av_state)
-        out |= evaluate(self.model, self.cache, self.indices, device=self.device, parts=("av",))
+        av = predict(self.model, self.cache, self.indices, 256, self.device, with_video=True)
+        m = classification_metrics(av, labels, self.cache.num_classes)
+        out |= {
+            "av_top1": m["top1"],
+            "av_top5": m["top5"],
+            "av_majority_share": m["majority_share"],
+            "av_majority_class": m["majority_class"],
+            "av_macro_f1": m["macro_f1"],
+        }
+        for share, mask in self.missing.items():
+            mixed = torch.where(torch.from_numpy(mask)[:, None], audio, av)
+            out[missing_key(share)] = classification_metrics(mixed, labels, self.cache.num_classes)["top1"]
         if self.dev.size:
             dev = evaluate(self.model, self.cache, self.dev, device=self.device, parts=("av",))
             out["dev_av_top1"] = dev["av_top1"]

@@ -22,6 +22,12 @@ class Batch:
     video: torch.Tensor | None
     labels: torch.Tensor
     present: torch.Tensor | None = None  # classes the client holds (restricted softmax), None: all classes
+    has_video: torch.Tensor | None = None  # which clips have a frame (sample-missing-video); None: all of them
+
+    def subset(self, keep: torch.Tensor) -> Batch:
+        """The clips of ``keep`` (a boolean mask)."""
+        video = None if self.video is None else self.video[keep]
+        return Batch(self.audio[keep], video, self.labels[keep], self.present, None)
 
 
 def label_ce(logits: torch.Tensor, b: Batch) -> torch.Tensor:
@@ -46,14 +52,17 @@ def batches(
     device: torch.device,
     rng: np.random.Generator | None = None,
 ) -> Iterator[Batch]:
-    """Mini-batches read straight from the memory-mapped cache (shuffled when ``rng`` is given)."""
+    """Mini-batches read straight from the memory-mapped cache (shuffled when ``rng`` is given). A cache that
+    knows clips without video (data.cache.VideoMaskedCache) marks them in ``Batch.has_video``."""
     order = rng.permutation(indices) if rng is not None else indices
+    masked = with_video and hasattr(cache, "has_video")
     for start in range(0, len(order), batch_size):
         rows = np.sort(order[start : start + batch_size])  # sorted reads are memmap-friendly
         audio = torch.from_numpy(np.ascontiguousarray(cache.audio[rows])).to(device)
         video = torch.from_numpy(cache.frames(rows)).to(device) if with_video else None
         labels = torch.from_numpy(cache.labels[rows]).to(device)
-        yield Batch(audio, video, labels)
+        has_video = torch.from_numpy(cache.has_video(rows)).to(device) if masked else None
+        yield Batch(audio, video, labels, has_video=has_video)
 
 
 def make_optimizer(params, name: str, lr: float) -> torch.optim.Optimizer:
@@ -138,18 +147,32 @@ def train_av(model: DualEncoder, cache, indices, audio_head_weight: float = 0.0,
     def loss_fn(b: Batch) -> torch.Tensor:
         assert b.video is not None
         za = model.audio_encoder(b.audio)
-        fused = label_ce(model.fuse(za, model.video_encoder(b.video)), b)
-        return fused + audio_head_weight * label_ce(model.audio_head(model.audio_features(za)), b)
+        audio = audio_head_weight * label_ce(model.audio_head(model.audio_features(za)), b)
+        v = b.has_video
+        if v is None:
+            return label_ce(model.fuse(za, model.video_encoder(b.video)), b) + audio
+        # clips without a frame train the audio branch only; the fusion loss is over the clips with one
+        fused = label_ce(model.fuse(za[v], model.video_encoder(b.video[v])), b.subset(v)) if v.any() else 0.0 * audio
+        return fused + audio
 
     return run_epochs(model, loss_fn, [*trainable, model.audio_head], cache, indices, with_video=True, **kw)
 
 
+def _unimodal_loss(model: DualEncoder, b: Batch) -> torch.Tensor:
+    audio = label_ce(model.audio_logits(b.audio), b)
+    v = b.has_video
+    assert b.video is not None
+    if v is None:
+        return audio + label_ce(model.video_logits(b.video), b)
+    return audio + (label_ce(model.video_logits(b.video[v]), b.subset(v)) if v.any() else 0.0 * audio)
+
+
 def train_unimodal(model: DualEncoder, cache, indices, **kw) -> float:
     """Harmony stage 1 on an audiovisual client: a unimodal audio model and a unimodal video model,
-    each trained with its own cross-entropy (no fusion)."""
+    each trained with its own cross-entropy (no fusion); the video loss over the clips that have a frame."""
     return run_epochs(
         model,
-        lambda b: label_ce(model.audio_logits(b.audio), b) + label_ce(model.video_logits(b.video), b),
+        lambda b: _unimodal_loss(model, b),
         [model.audio_encoder, model.audio_head, model.video_encoder, model.video_head],
         cache,
         indices,

@@ -91,7 +91,7 @@ def bare_loop(cfg, num_partitions: int, rounds: int) -> list[dict]:
 
     state = dict(get_groups(make(cfg.seed), GROUPS))
     ws = Workspace(cache=cache, model=make().to(device), teacher=make().to(device), device=device)
-    evaluator = Evaluator(make(), cache, device)
+    evaluator = Evaluator(make(), cache, device, cfg.eval_missing_shares)
     parts = [get_partition(*cfg.partition_args(str(cache.path), pid, num_partitions)) for pid in range(num_partitions)]
     clients = [
         CLIENT_KINDS[part.modality](partition=part, workspace=ws, settings=cfg, tasks=strategy_cls.client_tasks)
