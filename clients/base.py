@@ -25,7 +25,7 @@ from flwr.client import NumPyClient
 from torch import nn
 
 from data.cache import RelabelledCache, VideoMaskedCache
-from data.partition import AUDIO, AUDIOVISUAL, Partition
+from data.partition import AUDIO, AUDIOVISUAL, Partition, audio_only_at, missing_video_rows, parse_schedule
 from mirror_app.core.config import RunConfig
 from mirror_app.core.groups import TEACHER_PREFIX, flatten, get_groups, group_sizes, set_groups, unflatten
 from mirror_app.core.models import DualEncoder
@@ -184,6 +184,24 @@ class GroupClient(NumPyClient):
             **(extra[0] if extra else {}),
         }
         return flatten(out, trained), int(len(client.partition.indices)), metrics
+
+    def apply_missingness(self, num_partitions: int, scheduled: bool = True) -> None:
+        """Run config ``sample-missing-video`` (a seeded share of this audiovisual client's clips without a
+        frame) and, where ``scheduled`` (a simulated partition, not a node whose config fixes its modality),
+        ``missing-schedule`` (the rounds at which it loses or regains its camera)."""
+        cfg, pid = self.settings, self.partition.partition_id
+        if not self.has_video:
+            return
+        if cfg.sample_missing_video > 0:
+            self.missing_video = missing_video_rows(self.partition.indices, cfg.sample_missing_video, cfg.seed, pid)
+        if cfg.missing_schedule and scheduled:
+            schedule = parse_schedule(cfg.missing_schedule)
+
+            def modality_at(server_round: int) -> str:
+                lost = audio_only_at(num_partitions, cfg.missing_rate, cfg.seed, schedule, server_round)
+                return AUDIO if pid in set(lost.tolist()) else AUDIOVISUAL
+
+            self.schedule = modality_at
 
     def refusal(self, task: str, modality: str, reason: str) -> dict:
         """The metrics of a reply that trains nothing: why, and what the device has now (the census reads it)."""

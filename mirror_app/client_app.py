@@ -31,16 +31,7 @@ from flwr.clientapp import ClientApp
 from clients import CLIENT_KINDS, Workspace
 from clients.mods import attack_mod, local_dp_mod
 from data import load_dataset
-from data.partition import (
-    AUDIO,
-    AUDIOVISUAL,
-    MODALITIES,
-    Partition,
-    audio_only_at,
-    get_partition,
-    missing_video_rows,
-    parse_schedule,
-)
+from data.partition import AUDIOVISUAL, MODALITIES, Partition, get_partition
 from mirror_app.core.config import RunConfig
 from mirror_app.core.models import build_model, initial_model
 from mirror_app.core.training import resolve_device
@@ -195,25 +186,11 @@ def make_client(context: Context):
         settings=cfg,
         tasks=strategy_cls.client_tasks,
     )
-    if modality == AUDIOVISUAL and cfg.sample_missing_video > 0:  # clips without a frame, seeded per client
-        client.missing_video = missing_video_rows(part.indices, cfg.sample_missing_video, cfg.seed, pid)
-    if modality == AUDIOVISUAL and cfg.missing_schedule and "modality" not in node and "modality-file" not in node:
-        client.schedule = _scheduled(cfg, pid, num)
+    client.apply_missingness(num, scheduled="modality" not in node and "modality-file" not in node)
     client.setup_seconds = time.perf_counter() - start
     client.workspace_built = built
     client.created_at = created_at
     return client
-
-
-def _scheduled(cfg: RunConfig, partition_id: int, num_partitions: int):
-    """Round -> this partition's modality under run config ``missing-schedule`` (data.partition.audio_only_at)."""
-    schedule = parse_schedule(cfg.missing_schedule)
-
-    def modality_at(server_round: int) -> str:
-        lost = audio_only_at(num_partitions, cfg.missing_rate, cfg.seed, schedule, server_round)
-        return AUDIO if partition_id in set(lost.tolist()) else AUDIOVISUAL
-
-    return modality_at
 
 
 def client_fn(context: Context) -> Client:

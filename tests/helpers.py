@@ -110,7 +110,7 @@ def tiny_federation(
 
     ws = Workspace(cache, make(), make(), torch.device("cpu"), make_base=make_base)
     settings = RunConfig.from_dict(
-        {"local-epochs": 1, "batch-size": 8, "lr": 1e-3, "seed": seed}
+        {"local-epochs": 1, "batch-size": 8, "lr": 1e-3, "seed": seed, "missing-rate": missing_rate}
         | {k.replace("_", "-"): v for k, v in config.items()}
     )
     tasks = all_client_tasks()
@@ -119,6 +119,7 @@ def tiny_federation(
     for pid in range(num_partitions):
         part = get_partition(str(cache.path), pid, num_partitions, alpha, missing_rate, seed)
         client = CLIENT_KINDS[part.modality](partition=part, workspace=ws, settings=settings, tasks=tasks)
+        client.apply_missingness(num_partitions)
         if pid in failing:
 
             def boom(*args, **kwargs):

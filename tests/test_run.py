@@ -36,6 +36,11 @@ def run_tool(args: list[str], env: dict | None = None, timeout: float = 600) -> 
             "error: run config 'num-malicious' = 4 is invalid: at most 3 with aggregator 'krum' and 10 clients",
         ),
         ("dp='central'", "error: run config 'dp-clipping-norm' = 0.0 is invalid: a number > 0 with dp 'central'"),
+        ("sample-missing-video=1.0", "error: run config 'sample-missing-video' = 1.0 is invalid: a fraction in [0, 1)"),
+        (
+            "missing-schedule='300:+0.1'",
+            "error: run config 'missing-schedule' = '300:+0.1' is invalid: rounds in [1, 250] (round 300 is past",
+        ),
         (
             "dp='central' dp-clipping-norm=1.0 dp-noise-multiplier=0.5 dp-target-epsilon=8.0 clients-per-round=2",
             "error: run config 'dp-target-epsilon' = 8 is exceeded: with 3 clients",

@@ -93,7 +93,7 @@ def missing_key(share: float) -> str:
     return f"av_top1_missing{round(100 * share):d}"
 
 
-def test_time_missing(num_clips: int, share: float) -> np.ndarray:
+def missing_at_test_time(num_clips: int, share: float) -> np.ndarray:
     """Which of ``num_clips`` test clips lack their video at test-time share ``share`` (the same clips in every
     run and method, so that the numbers compare)."""
     rng = np.random.default_rng([65537, round(1000 * share)])
@@ -117,7 +117,7 @@ class Evaluator:
         self.indices = np.sort(cache.indices("test"))
         self.dev = cache.indices("dev")
         self.device = device
-        self.missing = {share: test_time_missing(len(self.indices), share) for share in missing}
+        self.missing = {share: missing_at_test_time(len(self.indices), share) for share in missing}
 
     def __call__(self, audio_state: dict, av_state: dict) -> dict:
         labels = torch.from_numpy(self.cache.labels[self.indices])
