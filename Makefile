@@ -106,10 +106,11 @@ table1-quick: venv $(PRETRAINED_FILES)
 		--run-config "$(RUN_CONFIG)"
 
 ## ablations: teacher strength, drift (local epochs x alpha), label skew, the paper's ambiguous readings
-## (distillation divergence x who trains the audio head, 3 seeds), attacks x robust aggregators and accuracy
-## against epsilon (3 seeds each), Fig. 2 by sound source (after table1)
+## (distillation divergence x who trains the audio head, 3 seeds), missing video per client, per clip and over
+## time, accuracy against epsilon, attacks x robust aggregators (3 seeds each), Fig. 2 by sound source (after table1)
 ablations: venv $(PRETRAINED_FILES)
 	$(PY) -m mirror_app.tools.ablations fidelity --seeds 0,1,2 --out $(CURDIR)/results/ablation-fidelity --run-config "$(RUN_CONFIG)"
+	$(PY) -m mirror_app.tools.ablations missingness --seeds 0,1,2 --out $(CURDIR)/results/ablation-missingness --run-config "$(RUN_CONFIG)"
 	$(PY) -m mirror_app.tools.ablations privacy --seeds 0,1,2 --out $(CURDIR)/results/ablation-privacy --run-config "$(RUN_CONFIG)"
 	$(PY) -m mirror_app.tools.ablations robust --seeds 0,1,2 --out $(CURDIR)/results/ablation-robust --run-config "$(RUN_CONFIG)"
 	$(PY) -m mirror_app.tools.ablations teacher --out $(CURDIR)/results/ablation-teacher --run-config "$(RUN_CONFIG)"

@@ -284,3 +284,33 @@ def test_privacy_takes_its_clipping_norm_from_the_clean_run_and_tables_epsilon(t
     md, runs = security.privacy_table(cells, tmp_path, 0.23)
     assert "| central | 2 | 5.0 | 20.0 | 50.0 |" in md and "C = 0.23" in md
     assert security.privacy_figure(runs, tmp_path).stat().st_size > 1000
+
+
+def test_missingness_plan_and_table(tmp_path):
+    from mirror_app.tools import missing_study
+
+    cells = missing_study.missingness_cells([0, 1])
+    assert len(cells) == 2 * 3 * 5 and len({c.key for c in cells}) == len(cells)
+    per_sample = [c for c in cells if c.tag == "per-sample"]
+    assert all(c.rate == 0.0 and "sample-missing-video=0.3" in c.config for c in per_sample)
+    assert all(c.rate == 0.1 and "missing-schedule=" in c.config for c in cells if c.tag == "schedule")
+
+    def fake(cell: Cell, output_dir: Path, log: Path) -> bool:
+        log.write_text("ok")
+        run = output_dir / "run"
+        run.mkdir()
+        audio = {"per-client": 0.2, "per-sample": 0.3, "schedule": 0.25}[cell.tag] + 0.01 * cell.seed
+        (run / "summary.json").write_text(json.dumps({"best_dev": {"round": 10, "audio_top1": audio, "av_top1": 0.9}}))
+        pd.DataFrame({"round": [0, 10], "audio_top1": [0.05, audio], "av_top1_missing50": [0.1, 0.6]}).to_csv(
+            run / "metrics.csv", index=False
+        )
+        return True
+
+    run_cells(cells, tmp_path, fake)
+    md, runs = missing_study.missingness_table(cells, tmp_path)
+    mm = next(line for line in md.splitlines() if line.startswith("| ModalityMirror"))
+    assert mm == (
+        "| ModalityMirror | 20.5 +- 0.5 | 90.0 +- 0.0 | 60.0 +- 0.0 | 30.5 +- 0.5 | 90.0 +- 0.0 | 60.0 +- 0.0 "
+        "| 25.5 +- 0.5 | 90.0 +- 0.0 | 60.0 +- 0.0 |"
+    )
+    assert missing_study.missingness_figure(cells, tmp_path).stat().st_size > 1000

@@ -7,6 +7,7 @@
     python -m mirror_app.tools.ablations fidelity --seeds 0,1,2                  # the paper's ambiguous readings
     python -m mirror_app.tools.ablations robust --seeds 0,1,2                    # attacks x robust aggregators
     python -m mirror_app.tools.ablations privacy --seeds 0,1,2                   # accuracy against epsilon
+    python -m mirror_app.tools.ablations missingness --seeds 0,1,2               # per client, per clip, over time
 
 ``teacher`` runs ModalityMirror with teachers of different strength: phase 1 of a quarter, a
 half and all of the preset's ``num-server-rounds``, each with and without the pretrained
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mirror_app.tools import security
+from mirror_app.tools import missing_study, security
 from mirror_app.tools.sweep import (
     LABELS,
     Cell,
@@ -540,7 +541,9 @@ def fig2(sweep: Path, rate: float) -> tuple[str, Path | None]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Ablations that explain Table 1.")
-    p.add_argument("which", choices=("teacher", "drift", "skew", "fig2", "fidelity", "robust", "privacy"))
+    p.add_argument(
+        "which", choices=("teacher", "drift", "skew", "fig2", "fidelity", "robust", "privacy", "missingness")
+    )
     p.add_argument("--out", default="", help="results folder (default results/ablation-<which>)")
     p.add_argument("--preset", default=DEFAULT_PRESET)
     p.add_argument("--run-config", default="", help="extra run config for every run (over the preset)")
@@ -583,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         "fidelity": lambda: fidelity_cells(rates, seeds),
         "robust": lambda: security.robust_cells(args.rate, seeds),
         "privacy": lambda: security.privacy_clean_cells(args.rate, seeds),
+        "missingness": lambda: missing_study.missingness_cells(seeds),
     }
     cells = plans[args.which]()
     try:
@@ -609,6 +613,9 @@ def main(argv: list[str] | None = None) -> int:
         teacher_figure(frame, out)
     elif args.which == "skew":
         markdown, frame = skew_table(cells, out)
+    elif args.which == "missingness":
+        markdown, frame = missing_study.missingness_table(cells, out)
+        missing_study.missingness_figure(cells, out)
     elif args.which == "robust":
         markdown, frame = security.robust_table(cells, out)
         security.robust_figure(frame, out)
