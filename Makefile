@@ -62,9 +62,14 @@ export: venv
 ## partitions, a deployed round (make deploy-local, 3 SuperNodes) against a simulated one, preprocessing
 ## against the ffmpeg CLI, bytes per client kind -> results/bench/bench.{md,json}; GPU=1 adds GPU packing
 ## (clients per GPU 1, 2, 4; one line and skipped without a GPU). PAPER=1 instead: what the paper's setting
-## (conf/paper.toml) costs, 2 rounds measured and the full schedule projected -> results/bench/paper.{md,json}
+## (conf/paper.toml) costs, 2 rounds measured and the full schedule projected -> results/bench/paper.{md,json}.
+## SCALE=1 instead: start, rounds and memory at 100 / 1,000 / 10,000 / 30,000 SuperNodes -> results/bench/scale.*
 bench: venv
+ifdef SCALE
+	$(PY) -m mirror_app.tools.bench_scale --out $(CURDIR)/results/bench
+else
 	$(PY) -m mirror_app.tools.bench --out $(CURDIR)/results/bench --run-config "$(RUN_CONFIG)" $(if $(GPU),--gpu) $(if $(PAPER),--paper)
+endif
 
 ## calibrate: centralised audio-only and audiovisual accuracy of the embedded dataset (two separate models)
 calibrate: venv

@@ -52,7 +52,8 @@ def run_config(context: Context) -> RunConfig:
 def simulated() -> bool:
     """Whether this ClientApp runs inside a simulation (a Ray worker), not on a deployed SuperNode."""
     ray = sys.modules.get("ray")
-    return ray is not None and ray.is_initialized()
+    initialized = getattr(ray, "is_initialized", None)  # ray may be half-imported by another thread
+    return bool(initialized and initialized())
 
 
 @dataclass(frozen=True)

@@ -40,10 +40,20 @@ DATASETS: dict[str, Callable[[str | Path], FeatureCache]] = {
 
 
 def load_dataset(
-    name: str, data_dir: str | Path, fold: int = 1, dev_fraction: float = 0.0, seed: int = 0
+    name: str,
+    data_dir: str | Path,
+    fold: int = 1,
+    dev_fraction: float = 0.0,
+    seed: int = 0,
+    clips_per_class: int = synthetic.SAMPLES_PER_CLASS,
 ) -> FeatureCache:
-    """The cache of dataset ``name`` with the chosen fold and a seeded dev split carved from train."""
+    """The cache of dataset ``name`` with the chosen fold and a seeded dev split carved from train.
+    ``clips_per_class``: the embedded dataset's size (generated on first use at each size; the default is the
+    size its calibration is stated for)."""
     if name not in DATASETS:
         raise ValueError(f"dataset {name!r} is unknown; available: {sorted(DATASETS)}")
-    cache = DATASETS[name](data_dir)
+    if name == "embedded":
+        cache = synthetic.load(data_dir, samples_per_class=clips_per_class)
+    else:
+        cache = DATASETS[name](data_dir)
     return FeatureCache(cache.path, fold=fold, dev_fraction=dev_fraction, dev_seed=seed)

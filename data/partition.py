@@ -167,6 +167,29 @@ def _split(
     return tuple(train[p] for p in parts)
 
 
+def federation_problem(
+    train_labels: np.ndarray, num_partitions: int, partitioner: str, alpha: float, seed: int, dataset: str
+) -> str:
+    """Why ``num_partitions`` clients cannot each hold clips of this training split ('' when they can): more
+    clients than clips, or a Dirichlet split that leaves clients empty. One line naming the counts and the fixes;
+    the ServerApp says it before it asks any node, and `make run` / the sweep before Flower starts."""
+    clips = len(train_labels)
+    fixes = "use fewer SuperNodes (--num-supernodes, NUM_CLIENTS), a larger dataset" + (
+        " (run config embedded-clips-per-class)" if dataset == "embedded" else ""
+    )
+    if num_partitions > clips:
+        return (
+            f"{num_partitions} SuperNodes but dataset {dataset!r} has {clips} training clips: every client needs at "
+            f"least one; {fixes}"
+        )
+    if partitioner == "dirichlet":
+        try:
+            dirichlet_partitions(np.asarray(train_labels), num_partitions, alpha, seed)
+        except PartitionError as exc:
+            return f"{exc} ({num_partitions} SuperNodes); {fixes}, partitioner='iid' or a larger dirichlet-alpha"
+    return ""
+
+
 def get_partition(
     cache_path: str,
     partition_id: int,

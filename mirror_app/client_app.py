@@ -43,11 +43,18 @@ _workspaces_lock = threading.Lock()
 
 
 def _build_workspace(
-    dataset: str, data_dir: str, audio_backbone: str, video_backbone: str, embed_dim: int, device: str, fold: int
+    dataset: str,
+    data_dir: str,
+    audio_backbone: str,
+    video_backbone: str,
+    embed_dim: int,
+    device: str,
+    fold: int,
+    clips_per_class: int,
 ) -> Workspace:
     # torch's thread count follows OMP_NUM_THREADS, which Ray sets to the client's share
     # (client-resources-num-cpus, Flower's default 2); a SuperNode's ClientApp uses the device's cores
-    cache = load_dataset(dataset, data_dir, fold)
+    cache = load_dataset(dataset, data_dir, fold, clips_per_class=clips_per_class)
     shapes = (cache.audio.shape[1:], cache.video.shape[1:])
 
     def make():
@@ -79,6 +86,7 @@ def _workspace(
     embed_dim: int,
     device: str,
     fold: int = 1,
+    clips_per_class: int = 250,
 ) -> tuple[Workspace, bool]:
     """This run's dataset (memory-mapped) and models, built once per worker process and reused: (workspace,
     whether this call built it).
@@ -87,7 +95,18 @@ def _workspace(
     workspace's models hold (e.g. FedCMI's projectors, which other methods never send) must never reach
     another run. Workspaces of other runs are dropped when a new run's is built.
     """
-    key = (int(run_id), strategy, dataset, data_dir, audio_backbone, video_backbone, int(embed_dim), device, int(fold))
+    key = (
+        int(run_id),
+        strategy,
+        dataset,
+        data_dir,
+        audio_backbone,
+        video_backbone,
+        int(embed_dim),
+        device,
+        int(fold),
+        int(clips_per_class),
+    )
     with _workspaces_lock:
         ws = _workspaces.get(key)
         if ws is not None:
@@ -96,7 +115,7 @@ def _workspace(
         for old in [k for k in _workspaces if k[0] != key[0]]:
             del _workspaces[old]
         ws = _workspaces[key] = _build_workspace(
-            dataset, data_dir, audio_backbone, video_backbone, embed_dim, device, fold
+            dataset, data_dir, audio_backbone, video_backbone, embed_dim, device, fold, clips_per_class
         )
         while len(_workspaces) > MAX_WORKSPACES:
             _workspaces.popitem(last=False)
@@ -168,6 +187,7 @@ def make_client(context: Context):
         cfg.embed_dim,
         cfg.device,
         cfg.fold,
+        cfg.embedded_clips_per_class,
     )
     part = _node_partition(context, cfg, str(ws.cache.path), pid, num)
     modality = str(node.get("modality", part.modality))

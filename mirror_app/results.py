@@ -400,12 +400,12 @@ class RunRecorder:
         metrics: dict,
         schedule: list[tuple[str, int]] | None = None,
         product_phases: tuple[str, ...] = (),
-        privacy: dict | None = None,
-        missingness: dict | None = None,
+        sections: dict | None = None,
     ) -> None:
         """summary.json; ``schedule``: (phase, rounds) of every phase the method ran; ``product_phases``: those
-        among which the headline best-dev round is chosen (:func:`protocol_summary`); ``privacy``: the
-        (epsilon, delta) a differentially private run spent; ``missingness``: how video went missing."""
+        among which the headline best-dev round is chosen (:func:`protocol_summary`); ``sections``: the method's
+        own entries (``privacy``: the (epsilon, delta) a differentially private run spent; ``missingness``: how
+        video went missing; ``census``: how many nodes it asked)."""
         final = {k: v for k, v in metrics.items() if not isinstance(v, list)}
         first = self.metrics[0] if self.metrics else {}
         summary = {"final": final, "initial_audio_top1": first.get("audio_top1")}
@@ -416,8 +416,7 @@ class RunRecorder:
         summary["collapse"] = collapse_summary(self.metrics)
         summary["partitions"] = self.partitions
         summary["attack"] = self.attack
-        summary["privacy"] = privacy
-        summary["missingness"] = missingness
+        summary |= sections or {}
         write_csv(self.dir / "timeline.csv", self.timeline, TIMELINE_COLUMNS)
         write_json(self.dir / "summary.json", summary)
         (self.dir / RESUME_FILE).unlink(missing_ok=True)  # a finished run is not resumed

@@ -9,6 +9,7 @@ fraction of a second of the last client's answer; everything else is the run's o
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from logging import INFO
@@ -102,6 +103,9 @@ def make_components(context: Context) -> ServerAppComponents:
         recorder=recorder,
         teacher=teacher,
     )
+    strategy.simulated = SIMULATION.is_set()
+    if strategy.simulated:  # simulated nodes split the run's dataset: can every one of them hold clips?
+        strategy.federation_check = lambda nodes: cfg.federation_problem(cache, nodes)
     if saved is not None:
         strategy.restore(saved["round"], saved["strategy"], saved["seconds"])
     stamps.append(("strategy-built", time.time()))
@@ -174,8 +178,11 @@ class MirrorServerApp(ServerApp):
     :class:`PromptGrid`."""
 
     def __call__(self, grid: Grid, context: Context) -> None:
+        if getattr(grid, "pull_interval", None) is not None:  # Flower's in-memory grid: a simulation
+            SIMULATION.set()
         super().__call__(PromptGrid(grid), context)
 
 
+SIMULATION = threading.Event()  # set when the run's grid is Flower's in-memory one (simulated nodes)
 app = MirrorServerApp(server_fn=make_components)
 IMPORTED_AT = time.time()  # when this module (Flower, torch and the project's code) finished importing

@@ -44,7 +44,7 @@ from mirror_app.core.groups import (
 from mirror_app.core.privacy import PrivacyLedger
 
 from .aggregation import MAX_EXAMPLES, GroupAggregator, check_update, update_norm
-from .census import Census, draw_clients
+from .census import Census
 
 AV_SLOT = "av/"  # state slot of a method's separate audiovisual model (UniFL, Harmony)
 
@@ -131,7 +131,10 @@ class PhasedStrategy(FedAvg):
         if self.total_rounds < 1:
             raise ConfigError(f"strategy {cfg.strategy!r} has no rounds to run with this config")
         self.check_client_tasks()
-        self.census = Census(cfg.clients_per_round)
+        self.census = Census(cfg.clients_per_round, cfg.census)
+        # the node count -> why the nodes cannot each hold clips ('' when they can); set by the ServerApp
+        self.federation_check: Callable[[int], str] | None = None
+        self.simulated = True  # simulated nodes (the ServerApp says when they are deployed ones)
         self.aggregator = GroupAggregator(cfg)
         self.ledger = PrivacyLedger(cfg.dp, cfg.dp_noise_multiplier, cfg.dp_delta) if cfg.dp != "off" else None
         self.attacked: set[int] | None = None  # partitions of the simulated attackers (attack-fraction), once known
@@ -222,20 +225,23 @@ class PhasedStrategy(FedAvg):
         if index not in self._started:
             self._started.add(index)
             phase.start(self)
+        if not self.census.nodes:  # round 1: before anyone is asked, can every node hold clips?
+            clients = self.census.connect(client_manager)
+            problem = self.federation_check(len(clients)) if self.federation_check else ""
+            if problem:
+                raise ConfigError(problem)
         clients = self.census.take(client_manager)
+        if self.attacked is None:
+            self.attacked = self.attackers(self.census.nodes)
+        chosen, pool = self.census.draw(
+            clients, server_round, self.cfg.seed, lambda modality: phase.instruction(modality) is not None
+        )
         if self.recorder and self.recorder.partitions is None:
             self.recorder.partitions = self.partitions
-        if self.attacked is None:
-            self.attacked = self.attackers(client_manager.num_available())
-        eligible = sorted(
-            (c for c in clients if c in self.properties and phase.instruction(self.properties[c]["modality"])),
-            key=self._order,
-        )
-        chosen = draw_clients(self.cfg.seed, server_round, eligible, self.cfg.clients_per_round)
         if not chosen:
             raise RuntimeError(f"no connected client can take part in phase {phase.name!r}")
         released = [phase.instruction(self.properties[cid]["modality"]) for cid in chosen]
-        self._release = (max(len(ins.train) for ins in released if ins), len(eligible))
+        self._release = (max(len(ins.train) for ins in released if ins), pool)
         out = []
         self._pending = {}
         sent: dict[Instruction, tuple[Parameters, int, str]] = {}  # serialised once per instruction, for its clients
@@ -358,8 +364,11 @@ class PhasedStrategy(FedAvg):
                     metrics,
                     [(phase.name, rounds) for phase, rounds in self.phases],
                     self.product_phases,
-                    self.privacy_summary(),
-                    self.missingness_summary(),
+                    {
+                        "privacy": self.privacy_summary(),
+                        "missingness": self.missingness_summary(),
+                        "census": self.census.summary(),
+                    },
                 )
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         return (1.0 - scalars["audio_top1"], scalars) if "audio_top1" in scalars else None
@@ -432,10 +441,8 @@ class PhasedStrategy(FedAvg):
         cfg = self.cfg
         if cfg.attack == "none" or cfg.attack_fraction <= 0:
             return set()
-        from clients.mods import simulated
-
         attacked = attacked_partitions(num_partitions, cfg.attack_fraction, cfg.seed).tolist()
-        where = "simulation" if simulated() else "deployment: nodes whose own node config names the attack"
+        where = "simulation" if self.simulated else "deployment: nodes whose own node config names the attack"
         log(INFO, "attackers (%s): partitions %s of %d (%s)", cfg.attack, attacked, num_partitions, where)
         if self.recorder:
             self.recorder.attack = {

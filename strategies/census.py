@@ -59,15 +59,91 @@ def partition_line(summary: dict) -> str:
     )
 
 
+def node_key(cid: str) -> tuple[int, int, str]:
+    """Sort key of a node ID: Flower's are integers written as strings."""
+    return (0, int(cid), "") if cid.isdigit() else (1, 0, cid)
+
+
 class Census:
     """The nodes of a run and what each reported (``properties``: node id -> {"modality", "partition-id",
-    "num-examples", "num-classes"})."""
+    "num-examples", "num-classes"}), and the seeded draw of each round's clients.
 
-    def __init__(self, clients_per_round: int) -> None:
+    ``full`` census: every node is asked once before round 1, and clients are drawn from the nodes ordered by
+    partition id, so that a seed gives the same clients in every run (Flower draws node IDs at random per run).
+    ``sampled`` census (thousands of nodes): nobody is asked up front; a round draws among the connected nodes
+    (by node ID, so two runs with one seed draw different partitions) and asks only the drawn ones it does not
+    know. A phase that only some clients can do (distillation: audiovisual ones) draws among the nodes known to
+    qualify, topped up from nodes not asked yet. Every reply updates what the census knows (:meth:`heard`), and
+    no node is asked twice. ``auto``: full up to ``FULL_CENSUS_UP_TO`` nodes."""
+
+    def __init__(self, clients_per_round: int, mode: str = "full") -> None:
         self.clients_per_round = clients_per_round
+        self.mode = mode
         self.properties: dict[str, dict] = {}
-        self.partitions: dict | None = None  # partition_summary of the nodes first queried
+        self.asked: set[str] = set()
+        self.partitions: dict | None = None  # partition_summary of the nodes first known
+        self.nodes = 0  # connected nodes at round 1
         self._waited = False
+
+    def connect(self, client_manager: ClientManager) -> dict[str, ClientProxy]:
+        """The connected clients (before round 1, once enough are there or their number settled); settles
+        ``auto`` into ``full`` or ``sampled`` by their number."""
+        from mirror_app.core.config import FULL_CENSUS_UP_TO
+
+        clients = self._connected(client_manager)
+        if not self.nodes:
+            self.nodes = len(clients)
+            if self.mode == "auto":
+                self.mode = "full" if self.nodes <= FULL_CENSUS_UP_TO else "sampled"
+            log(INFO, "census: %s over %d nodes", self.mode, self.nodes)
+        return clients
+
+    def take(self, client_manager: ClientManager) -> dict[str, ClientProxy]:
+        """The connected clients; a full census asks every new one for its modality and partition."""
+        clients = self.connect(client_manager)
+        if self.mode == "full":
+            self._query([c for c in clients if c not in self.asked], clients)
+            self._summarise()
+        return clients
+
+    def draw(self, clients: dict[str, ClientProxy], server_round: int, seed: int, takes) -> tuple[list[str], int]:
+        """The clients of a round and the number it drew from: ``clients_per_round`` of the nodes whose modality
+        ``takes`` (modality -> bool) accepts."""
+        k = self.clients_per_round
+        if self.mode == "full":
+            pool = sorted(
+                (c for c in clients if c in self.properties and takes(self.properties[c]["modality"])), key=self.order
+            )
+            return draw_clients(seed, server_round, pool, k), len(pool)
+        if takes(AUDIO) and takes(AUDIOVISUAL):  # any node will do: draw among all, ask the unknown drawn ones
+            nodes = sorted(clients, key=node_key)
+            drawn = draw_clients(seed, server_round, nodes, k)
+            self._query([c for c in drawn if c not in self.asked], clients)
+            self._summarise()
+            return sorted((c for c in drawn if c in self.properties), key=self.order), len(nodes)
+        known = [c for c in clients if c in self.properties and takes(self.properties[c]["modality"])]
+        unknown = [c for c in sorted(clients, key=node_key) if c not in self.asked]
+        order = random.Random(seed * 100_003 + server_round).sample(unknown, len(unknown))
+        while len(known) < k and order:  # top up from nodes not asked yet, a few more than needed at a time
+            batch, order = order[: 2 * (k - len(known))], order[2 * (k - len(known)) :]
+            self._query(batch, clients)
+            known += [c for c in batch if c in self.properties and takes(self.properties[c]["modality"])]
+        self._summarise()
+        pool = sorted(known, key=self.order)
+        return draw_clients(seed, server_round, pool, k), len(pool)
+
+    def _summarise(self) -> None:
+        if self.partitions is None and self.properties:
+            self.partitions = partition_summary(list(self.properties.values()))
+            self.partitions["nodes"] = self.nodes
+            line = partition_line(self.partitions)
+            if self.mode == "sampled":
+                line += f" (the {len(self.properties)} asked so far of {self.nodes} nodes: a sampled census)"
+            log(INFO, "%s", line)
+
+    def summary(self) -> dict:
+        """For summary.json: the census mode, the nodes connected at round 1, and how many of them were asked."""
+        return {"mode": self.mode, "nodes": self.nodes, "asked": len(self.asked)}
 
     def heard(self, cid: str, metrics: dict) -> None:
         """A reply from ``cid``: its ``modality`` (what the device has now) replaces what the census knew, so a
@@ -86,17 +162,6 @@ class Census:
     def order(self, cid: str) -> tuple[int, str]:
         """Sort key of a node: its partition id (stable across runs), then its node id."""
         return int(self.properties.get(cid, {}).get("partition-id", -1)), cid
-
-    def take(self, client_manager: ClientManager) -> dict[str, ClientProxy]:
-        """The connected clients, every new one asked once for its modality and partition. Clients are
-        later drawn from the nodes ordered by partition id, so that a seed gives the same clients in every
-        run (Flower draws node IDs at random per run). The first call logs the partition summary."""
-        clients = self._connected(client_manager)
-        self._query([c for c in clients if c not in self.properties], clients)
-        if self.partitions is None and self.properties:
-            self.partitions = partition_summary(list(self.properties.values()))
-            log(INFO, "%s", partition_line(self.partitions))
-        return clients
 
     def _connected(self, client_manager: ClientManager) -> dict[str, ClientProxy]:
         """Connected clients; before round 1, wait until enough nodes are there or their number settles."""
@@ -124,6 +189,8 @@ class Census:
 
     def _query(self, cids: list[str], clients: dict[str, ClientProxy]) -> None:
         """Ask clients for their modality and partition (once per client, in parallel)."""
+        cids = [c for c in cids if c not in self.asked]
+        self.asked.update(cids)
         if not cids:
             return
         ins = GetPropertiesIns(config={})
@@ -139,3 +206,5 @@ class Census:
             for cid, props in pool.map(ask, cids):
                 if props and props.get("modality") in (AUDIO, AUDIOVISUAL):
                     self.properties[cid] = dict(props)
+                else:
+                    self.asked.discard(cid)  # no answer: asked again when it is next needed

@@ -183,3 +183,32 @@ SAMPLE = {
     "gpu": "not measured",
     "bytes_per_client": [],
 }
+
+
+def test_the_scale_report_states_each_target_against_its_figure(tmp_path):
+    from mirror_app.tools.bench_scale import figure, markdown
+
+    report = {
+        "clips": 42000,
+        "train_clips": 30240,
+        "rounds": 4,
+        "runs": {
+            str(n): {
+                "first_eval_s": 8.0 + n / 10000,
+                "round1_s": r1,
+                "later_s": later,
+                "peak_pss_mib": mem,
+                "census": "full" if n <= 1000 else "sampled",
+                "asked": n if n <= 1000 else 40,
+                "census_share": 1.0 if n <= 1000 else 40 / n,
+            }
+            for n, r1, later, mem in ((100, 7.5, 0.6, 2600), (10000, 9.0, 0.8, 3000), (30000, 12.0, 0.9, 4200))
+        },
+        "refusal": {"seconds": 9.5, "reason": "10000 SuperNodes but ...", "clients_csv": False, "asked": False},
+    }
+    md = markdown(report)
+    assert "| round 1 at 10,000 / at 100 <= 2.0x | 1.20x | met |" in md
+    assert "| later rounds at 10,000 / at 100 <= 1.2x | 1.33x | **not met** |" in md
+    assert "| peak PSS at 30,000 / at 100 <= 1.5x | 1.62x | **not met** |" in md
+    assert "| 10,000 | sampled (40, 0.4 %) |" in md and "9.5 s; no node asked" in md
+    assert figure(report, tmp_path).stat().st_size > 1000

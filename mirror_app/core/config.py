@@ -33,6 +33,8 @@ def _err(key: str, value: Any, allowed: str) -> ConfigError:
 AGGREGATORS = ("fedavg", "fedprox", "fedadam", "fedavgm", "fedmedian", "fedtrimmedavg", "krum", "bulyan")
 ATTACKS = ("none", "sign-flip", "scale", "gaussian", "label-flip", "inflate-count", "stale")
 DP_MODES = ("off", "central", "local")
+CENSUS_MODES = ("auto", "full", "sampled")
+FULL_CENSUS_UP_TO = 1000  # census 'auto': ask every node first up to this many nodes, learn from the drawn above
 # phase 2's divergence between the softened teacher (p^M) and student (p^A): forward KL(p^M || p^A) (Hinton),
 # reverse KL(p^A || p^M) (the paper's formula read literally), symmetric: the mean of the two
 DIVERGENCES = ("forward", "reverse", "symmetric")
@@ -42,6 +44,8 @@ DIVERGENCES = ("forward", "reverse", "symmetric")
 class RunConfig:
     strategy: str
     dataset: str
+    embedded_clips_per_class: int
+    census: str
     data_dir: str
     output_dir: str
     missing_rate: float
@@ -130,7 +134,19 @@ class RunConfig:
         carved from it, and test)."""
         from data import load_dataset
 
-        return load_dataset(self.dataset, self.data_path, self.fold, self.dev_fraction, self.seed)
+        return load_dataset(
+            self.dataset, self.data_path, self.fold, self.dev_fraction, self.seed, self.embedded_clips_per_class
+        )
+
+    def federation_problem(self, cache, num_partitions: int) -> str:
+        """Why ``num_partitions`` simulated clients cannot each hold clips of ``cache``'s training split under this
+        run's partitioner ('' when they can; data.partition.federation_problem)."""
+        from data.partition import federation_problem
+
+        labels = cache.labels[cache.indices("train")]
+        return federation_problem(
+            labels, num_partitions, self.partitioner, self.dirichlet_alpha, self.seed, self.dataset
+        )
 
     def partition_args(self, cache_path: str, partition_id: int, num_partitions: int) -> tuple:
         """``data.partition.get_partition``'s arguments for partition ``partition_id`` of this run."""
@@ -160,6 +176,10 @@ class RunConfig:
             raise _err("strategy", self.strategy, "a registered method or a dotted class path")
         if self.dataset not in DATASETS:
             raise _err("dataset", self.dataset, f"one of {sorted(DATASETS)}")
+        if self.embedded_clips_per_class < 10:
+            raise _err("embedded-clips-per-class", self.embedded_clips_per_class, "an integer >= 10")
+        if self.census not in CENSUS_MODES:
+            raise _err("census", self.census, f"one of {list(CENSUS_MODES)}")
         if not 0.0 <= self.missing_rate < 1.0:
             raise _err("missing-rate", self.missing_rate, "a fraction in [0, 1)")
         self.validate_missingness()

@@ -79,6 +79,12 @@ def check_run(run_config: str, dataset: bool = True, num_clients: int = 0):
             cache = cfg.load_dataset()
         except FileNotFoundError as exc:
             raise ValueError(str(exc)) from None
+        if num_clients:  # a simulation of that size: can every client hold clips?
+            problem = cfg.federation_problem(cache, num_clients)
+            if problem:
+                from mirror_app.core.config import ConfigError
+
+                raise ConfigError(problem)
         check_pretrained(cfg, cache)
     return cfg
 
