@@ -223,3 +223,19 @@ def ssast_checkpoint(width=TINY, patch=(16, 16), tokens=2, fdim=128, tdim=1024, 
         state[v + "head_dist.weight"] = torch.randn(1000, width, generator=g)
         state[v + "head_dist.bias"] = torch.randn(1000, generator=g)
     return state | deit_blocks(v, width, g)
+
+
+def run_tool(args: list[str], env: dict | None = None, timeout: float = 600):
+    """`make run`'s tool (python -m mirror_app.tools.run) as a subprocess from the project root."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run(
+        [sys.executable, "-m", "mirror_app.tools.run", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -4,14 +4,13 @@ weights through `make run`'s tool on a manifest dataset at 128 mel bins."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from helpers import ssast_checkpoint
+from helpers import run_tool, ssast_checkpoint
 
 from data.features import FeatureSpec
 from data.media import make_manifest
@@ -27,17 +26,6 @@ SPEC = FeatureSpec(num_mel_bins=128, audio_seconds=2.0, image_size=64)  # 128-bi
 def manifest_128(tmp_path_factory):
     src = make_manifest(tmp_path_factory.mktemp("clips"), per_class=6)
     return prepare("manifest", src, tmp_path_factory.mktemp("data-128"), SPEC, workers=1, log=lambda m: None)
-
-
-def run_tool(args: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mirror_app.tools.run", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def test_a_pretrained_file_for_another_front_end_stops_make_run_in_one_line_before_flower(manifest_128, tmp_path):

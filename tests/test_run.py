@@ -8,21 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_tool
 
 from mirror_app.tools.launch import SuperLink, TracebackFilter, failure_reason
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_tool(args: list[str], env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mirror_app.tools.run", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.mark.parametrize(

@@ -3,14 +3,13 @@ refusals of a federation that cannot hold clips, and an embedded dataset that gr
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from flwr.server import Server
-from helpers import tiny_cache, tiny_federation, tiny_strategy
+from helpers import run_tool, tiny_cache, tiny_federation, tiny_strategy
 
 from data import synthetic
 from data.features import FeatureSpec
@@ -115,14 +114,7 @@ def test_make_runs_tool_refuses_too_many_nodes_before_flower_starts(tmp_path, da
     home = tmp_path / "flwr-home"
     env = {"PATH": str(Path(sys.executable).parent), "FLWR_HOME": str(home), "HOME": str(tmp_path)}
     config = f"data-dir='{data_dir}' output-dir='{tmp_path / 'out'}' partitioner='iid'"
-    res = subprocess.run(
-        [sys.executable, "-m", "mirror_app.tools.run", "--num-supernodes", "10000", "--run-config", config],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    res = run_tool(["--num-supernodes", "10000", "--run-config", config], env)
     assert res.returncode == 2
     (line,) = res.stderr.strip().splitlines()
     assert line == (
