@@ -406,12 +406,18 @@ class PhasedStrategy(FedAvg):
     def missingness_summary(self) -> dict:
         """How video went missing in this run: per client, per clip, over time (the schedule, with the audio-only
         share it sets from each change on), and at test time."""
-        from data.partition import audio_only_share, parse_schedule
+        from data.partition import audio_only_partitions, audio_only_share, parse_schedule
 
         cfg = self.cfg
         schedule = parse_schedule(cfg.missing_schedule)
+
+        nodes = self.census.nodes
         return {
             "missing_rate": cfg.missing_rate,
+            # the seeded audio-only partitions of a simulation (a deployed node's own config decides for it)
+            "audio_only_partitions": audio_only_partitions(nodes, cfg.missing_rate, cfg.seed).tolist()
+            if self.simulated and nodes
+            else None,
             "sample_missing_video": cfg.sample_missing_video,
             "schedule": [
                 {"round": at, "change": change, "audio_only_share": audio_only_share(cfg.missing_rate, schedule, at)}

@@ -56,6 +56,11 @@ def test_a_sampled_census_asks_only_the_drawn_nodes_and_never_twice(cache, tmp_p
     trained = {r["partition_id"] for r in strategy.recorder.clients}
     assert set(asked) == trained and len(asked) < 12  # only the nodes drawn were asked
     assert strategy.census.mode == "sampled" and strategy.census.nodes == 12
+    # the seeded audio-only set does not depend on who was asked, and is recorded
+    from data.partition import audio_only_partitions
+
+    recorded = strategy.missingness_summary()["audio_only_partitions"]
+    assert recorded == audio_only_partitions(12, 0.25, 0).tolist() and len(recorded) == 3
     assert all(r["status"] == "ok" for r in strategy.recorder.clients)
 
 
