@@ -48,8 +48,11 @@ def run_in_process(
     }
     cfg, cls = resolve_config(raw)
     shapes = (cache.audio.shape[1:], cache.video.shape[1:])
+    pretrained = cfg.pretrained_files(cache.spec)  # as the ServerApp (and every node's make_base) resolve them
     model = cls.server_model(
-        initial_model(cache.num_classes, *shapes, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim, cfg.seed),
+        initial_model(
+            cache.num_classes, *shapes, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim, cfg.seed, *pretrained
+        ),
         cfg,
         cache.classes,
     )
@@ -67,7 +70,8 @@ def run_in_process(
         recorder.checkpoint("model.pt", s.state, s.teacher)
         recorder.finish(metrics, [(phase.name, rounds) for phase, rounds in s.phases])
         return run_dir
-    manager, _ = tiny_federation(cache, 12, missing_rate=0.5)  # 300 clips per client
+    # 300 clips per client, reading the run's data-dir (its pretrained encoders) like the server
+    manager, _ = tiny_federation(cache, 12, missing_rate=0.5, data_dir=str(data_dir))
     params = s.initialize_parameters(manager)
     s.evaluate(0, params)
     for r in range(1, s.total_rounds + 1):

@@ -238,7 +238,8 @@ def test_partition_summary_is_logged_once_and_written(cache, tmp_path, caplog):
     strategy.evaluate(strategy.total_rounds, params)
     written = json.loads((strategy.recorder.dir / "summary.json").read_text())["partitions"]
     assert written == {
-        "clients": 6,
+        "clients": 6,  # the nodes the census asked (all of them: a full census)
+        "nodes": 6,  # the nodes connected
         "audio_only": audio_only,
         "audiovisual": 6 - audio_only,
         "clips": {"min": min(clips), "median": float(np.median(clips)), "max": max(clips)},
