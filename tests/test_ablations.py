@@ -255,6 +255,13 @@ def test_robust_plan_covers_every_attack_fraction_and_aggregator_and_tables_them
     assert rows["| sign-flip | 0.3"].startswith("| sign-flip | 0.3 | 10.5 +- 0.5 | 40.5 +- 0.5 |")
     assert "| sign-flip | 0.3 | 80.0 +- 0.0 | 80.0 +- 0.0 |" in av_md
     assert security.robust_figure(runs, tmp_path).stat().st_size > 1000
+    # --fractions 0.2: the same clean cells, only that fraction's attacks, and a table of just those rows
+    subset = security.robust_cells(0.3, [0, 1], (0.2,))
+    assert {c.key for c in subset} <= {c.key for c in cells}
+    assert len(subset) == 2 * len(security.AGGREGATORS) * (1 + len(security.ATTACKS))
+    md, _ = security.robust_table(subset, tmp_path)
+    fractions = {line.split(" | ")[1] for line in md.splitlines() if line.startswith("| ") and " --- " not in line}
+    assert fractions == {"fraction", "0", "0.2"}
 
 
 def test_privacy_takes_its_clipping_norm_from_the_clean_run_and_tables_epsilon(tmp_path):

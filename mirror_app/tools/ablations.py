@@ -6,6 +6,7 @@
     python -m mirror_app.tools.ablations skew --out results/ablation-skew         # label-skew collapse, 20 clients
     python -m mirror_app.tools.ablations fidelity --seeds 0,1,2                  # the paper's ambiguous readings
     python -m mirror_app.tools.ablations robust --seeds 0,1,2                    # attacks x robust aggregators
+    python -m mirror_app.tools.ablations robust --fractions 0.2                  # one attack fraction only
     python -m mirror_app.tools.ablations privacy --seeds 0,1,2                   # accuracy against epsilon
     python -m mirror_app.tools.ablations missingness --seeds 0,1,2               # per client, per clip, over time
 
@@ -552,6 +553,11 @@ def main(argv: list[str] | None = None) -> int:
         "--rates", default=",".join(map(str, FIDELITY_RATES)), help="fidelity: the missing rates, comma-separated"
     )
     p.add_argument("--seeds", default="0")
+    p.add_argument(
+        "--fractions",
+        default=",".join(map(str, security.FRACTIONS)),
+        help="robust: the attack fractions, comma-separated",
+    )
     p.add_argument("--num-supernodes", type=int, default=100)
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--sweep", default="results/table1", help="fig2: the finished Table 1 sweep to read")
@@ -572,8 +578,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_config = merged_run_config(args.preset, args.run_config)
         rates = [float(r) for r in args.rates.split(",") if r.strip()]
+        fractions = tuple(float(f) for f in args.fractions.split(",") if f.strip())
         if not seeds or not rates or not all(0 <= r < 1 for r in [args.rate, *rates]):
             raise SweepError("give at least one seed and missing rates in [0, 1)")
+        if not fractions or not all(0 < f < 1 for f in fractions):
+            raise SweepError(f"--fractions {args.fractions!r}: give attack fractions in (0, 1), comma-separated")
     except (SweepError, ValueError) as exc:
         print(f"ablations: {exc}", file=sys.stderr)
         return 2
@@ -584,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         "drift": lambda: drift_cells(args.rate, seeds),
         "skew": lambda: skew_cells(args.rate, seeds),
         "fidelity": lambda: fidelity_cells(rates, seeds),
-        "robust": lambda: security.robust_cells(args.rate, seeds),
+        "robust": lambda: security.robust_cells(args.rate, seeds, fractions),
         "privacy": lambda: security.privacy_clean_cells(args.rate, seeds),
         "missingness": lambda: missing_study.missingness_cells(seeds),
     }

@@ -43,13 +43,13 @@ def _tag(text: str) -> str:
     return text.replace(", ", "-").replace(" ", "")
 
 
-def robust_cells(rate: float, seeds: list[int]) -> list[Cell]:
+def robust_cells(rate: float, seeds: list[int], fractions: tuple[float, ...] = FRACTIONS) -> list[Cell]:
     """Per seed (seed-major): the clean run under each aggregator, then every attack and fraction under each."""
     cells = []
     for s in seeds:
         for agg, agg_config in AGGREGATORS.items():
             cells.append(Cell(METHOD, rate, s, agg_config, f"clean-{_tag(agg)}"))
-        for fraction in FRACTIONS:
+        for fraction in fractions:
             for attack, attack_config in ATTACKS.items():
                 for agg, agg_config in AGGREGATORS.items():
                     config = f"{agg_config} {attack_config} attack-fraction={fraction}"
@@ -77,10 +77,16 @@ def _labelled(cells: list[Cell], out: Path) -> pd.DataFrame:
     return runs
 
 
+def _fractions(runs: pd.DataFrame) -> list[float]:
+    """The attack fractions a robust study ran (``--fractions``)."""
+    return sorted({float(f) for f in runs["fraction"] if f > 0})
+
+
 def robust_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
     runs = _labelled(cells, out)
     ok = runs[runs["status"] == "ok"]
     aggs = list(AGGREGATORS)
+    fractions = _fractions(runs)
     lines = []
     for metric, title in (("audio_top1", "audio top-1"), ("av_top1", "AV top-1")):
         lines += [
@@ -89,7 +95,7 @@ def robust_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
             "| attack | fraction | " + " | ".join(aggs) + " |",
             "|" + " --- |" * (len(aggs) + 2),
         ]
-        for attack, fraction in [("none", 0.0)] + [(a, f) for a in ATTACKS for f in FRACTIONS]:
+        for attack, fraction in [("none", 0.0)] + [(a, f) for a in ATTACKS for f in fractions]:
             row = []
             for agg in aggs:
                 sel = ok[(ok["attack"] == attack) & np.isclose(ok["fraction"], fraction) & (ok["aggregator"] == agg)]
@@ -122,7 +128,7 @@ def robust_figure(runs: pd.DataFrame, out: Path) -> Path | None:
     for ax, attack in zip(axes, ATTACKS):
         for agg in AGGREGATORS:
             xs, ys = [], []
-            for fraction in (0.0, *FRACTIONS):
+            for fraction in (0.0, *_fractions(runs)):
                 kind = "none" if fraction == 0 else attack
                 sel = ok[(ok["attack"] == kind) & np.isclose(ok["fraction"], fraction) & (ok["aggregator"] == agg)]
                 values = pd.to_numeric(sel["best_dev_audio_top1"], errors="coerce").dropna()
