@@ -73,7 +73,7 @@ def test_phase_two_uses_only_audiovisual_clients_and_a_frozen_teacher(cache, tmp
         if proxy.client.modality == "audio":
             assert tasks == ["train-audio"] and rounds == [1]  # never in phase 2
         else:
-            assert tasks == ["train-av", "distill", "distill"]
+            assert tasks == ["train-av-audio-head", "distill", "distill"]  # AV clients train the audio head too (default)
             sent = proxy.fit_calls[1]["config"]["groups"].split(",")
             assert sent == [
                 "audio_encoder",

@@ -100,7 +100,7 @@ def test_a_client_that_loses_its_camera_refuses_video_tasks_in_its_reply_and_the
     for pid in lost:
         mine = [r for r in rows if r["partition_id"] == pid]
         refused = [r for r in mine if r["status"] == "failed"]
-        # round 2: still known as audiovisual, it is sent train-av and says it has no video; never again after
+        # round 2: still known as audiovisual, it is sent its video task and says it has no video; never again after
         assert [r["round"] for r in refused] == [2] and "no video at round 2" in refused[0]["problem"]
         assert all(r["task"] == "train-audio" for r in mine if r["round"] > 2 and r["phase"] == "modality-aware-fl")
         assert not [r for r in mine if r["phase"] == "distillation"]

@@ -370,6 +370,7 @@ def test_central_dp_records_epsilon_every_round_and_in_the_summary(superlink, da
     eps = metrics.loc[metrics["round"] > 0, "epsilon"].tolist()
     assert len(eps) == 3 and eps == sorted(eps) and eps[0] > 0
     assert summary["privacy"]["epsilon"] == pytest.approx(eps[-1]) and summary["privacy"]["delta"] == 1e-5
-    # phase 1: train-av updates span 3 groups, q = 4 / 8; distillation: the student's 2 groups, q = 4 / (8 - 2)
-    plan = [(1.5 / np.sqrt(3), 0.5)] * 2 + [(1.5 / np.sqrt(2), 4 / 6)]
+    # phase 1: train-av-audio-head updates span 4 groups (audio and video encoders, fusion and audio heads),
+    # q = 4 / 8; distillation: the student's 2 groups, q = 4 / (8 - 2)
+    plan = [(1.5 / np.sqrt(4), 0.5)] * 2 + [(1.5 / np.sqrt(2), 4 / 6)]
     assert eps[-1] == pytest.approx(spent(plan, 1e-5), rel=1e-9)
