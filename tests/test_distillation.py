@@ -72,8 +72,8 @@ def test_phase_two_uses_only_audiovisual_clients_and_a_frozen_teacher(cache, tmp
         rounds = [call["config"]["server-round"] for call in proxy.fit_calls]
         if proxy.client.modality == "audio":
             assert tasks == ["train-audio"] and rounds == [1]  # never in phase 2
-        else:
-            assert tasks == ["train-av-audio-head", "distill", "distill"]  # AV clients train the audio head too (default)
+        else:  # audiovisual clients also train the audio head in phase 1 (the default)
+            assert tasks == ["train-av-audio-head", "distill", "distill"]
             sent = proxy.fit_calls[1]["config"]["groups"].split(",")
             assert sent == [
                 "audio_encoder",
