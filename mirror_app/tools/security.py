@@ -124,11 +124,12 @@ def robust_figure(runs: pd.DataFrame, out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fractions = (0.0, *_fractions(runs))
     fig, axes = plt.subplots(1, len(ATTACKS), figsize=(4 * len(ATTACKS), 3.6), sharey=True)
     for ax, attack in zip(axes, ATTACKS):
         for agg in AGGREGATORS:
             xs, ys = [], []
-            for fraction in (0.0, *_fractions(runs)):
+            for fraction in fractions:
                 kind = "none" if fraction == 0 else attack
                 sel = ok[(ok["attack"] == kind) & np.isclose(ok["fraction"], fraction) & (ok["aggregator"] == agg)]
                 values = pd.to_numeric(sel["best_dev_audio_top1"], errors="coerce").dropna()
