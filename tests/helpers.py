@@ -68,6 +68,12 @@ def all_client_tasks() -> dict:
     return {name: task for cls in STRATEGIES.values() for name, task in cls.client_tasks.items()}
 
 
+def run_data_dir(cache: FeatureCache) -> str:
+    """The data-dir of an in-process run over ``cache``: the cache's own folder, never the user's default data-dir
+    (whose ``pretrained/`` files ``audio-pretrained='auto'`` would otherwise pick up)."""
+    return str(Path(cache.path).parent)
+
+
 def tiny_federation(
     cache: FeatureCache,
     num_partitions: int,
@@ -111,6 +117,7 @@ def tiny_federation(
     ws = Workspace(cache, make(), make(), torch.device("cpu"), make_base=make_base)
     settings = RunConfig.from_dict(
         {"local-epochs": 1, "batch-size": 8, "lr": 1e-3, "seed": seed, "missing-rate": missing_rate}
+        | {"data-dir": run_data_dir(cache)}
         | {k.replace("_", "-"): v for k, v in config.items()}
     )
     tasks = all_client_tasks()
@@ -149,6 +156,7 @@ def tiny_strategy(cls, cache: FeatureCache, tmp: Path, recorder: bool = True, ev
         "eval-every": 1,
         "output-dir": str(tmp / "out"),
         "dirichlet-alpha": 1.0,
+        "data-dir": run_data_dir(cache),
     }
     raw.update(overrides)
     cfg = RunConfig.from_dict(raw)
