@@ -262,6 +262,19 @@ def test_robust_plan_covers_every_attack_fraction_and_aggregator_and_tables_them
     md, _ = security.robust_table(subset, tmp_path)
     fractions = {line.split(" | ")[1] for line in md.splitlines() if line.startswith("| ") and " --- " not in line}
     assert fractions == {"fraction", "0", "0.2"}
+    # --attacks sign-flip,scalex10: the same clean cells and those attacks' cells, in the study's order
+    assert security.attack_names("scalex10, sign-flip") == ("sign-flip", "scale x10")
+    few = security.robust_cells(0.3, [0, 1], (0.2,), security.attack_names("sign-flip,scalex10"))
+    assert [c.key for c in few] == [
+        c.key for c in subset if security.cell_setting(c.tag)[0] in ("none", "sign-flip", "scale x10")
+    ]
+    for bad in ("scale", "sign-flip,,nope", ""):
+        with pytest.raises(ValueError, match="give attacks from sign-flip, scalex10, gaussian"):
+            security.attack_names(bad)
+    from mirror_app.tools.ablations import main
+
+    assert main(["robust", "--attacks", "scale", "--out", str(tmp_path / "never")]) == 2
+    assert not (tmp_path / "never").exists()
 
 
 def test_privacy_takes_its_clipping_norm_from_the_clean_run_and_tables_epsilon(tmp_path):

@@ -558,6 +558,11 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(map(str, security.FRACTIONS)),
         help="robust: the attack fractions, comma-separated",
     )
+    p.add_argument(
+        "--attacks",
+        default=",".join(a.replace(" ", "") for a in security.ATTACKS),
+        help="robust: the attacks, comma-separated (a subset of the study)",
+    )
     p.add_argument("--num-supernodes", type=int, default=100)
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--sweep", default="results/table1", help="fig2: the finished Table 1 sweep to read")
@@ -583,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SweepError("give at least one seed and missing rates in [0, 1)")
         if not fractions or not all(0 < f < 1 for f in fractions):
             raise SweepError(f"--fractions {args.fractions!r}: give attack fractions in (0, 1), comma-separated")
+        attacks = security.attack_names(args.attacks)
     except (SweepError, ValueError) as exc:
         print(f"ablations: {exc}", file=sys.stderr)
         return 2
@@ -593,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         "drift": lambda: drift_cells(args.rate, seeds),
         "skew": lambda: skew_cells(args.rate, seeds),
         "fidelity": lambda: fidelity_cells(rates, seeds),
-        "robust": lambda: security.robust_cells(args.rate, seeds, fractions),
+        "robust": lambda: security.robust_cells(args.rate, seeds, fractions, attacks),
         "privacy": lambda: security.privacy_clean_cells(args.rate, seeds),
         "missingness": lambda: missing_study.missingness_cells(seeds),
     }

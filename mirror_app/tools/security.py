@@ -43,14 +43,26 @@ def _tag(text: str) -> str:
     return text.replace(", ", "-").replace(" ", "")
 
 
-def robust_cells(rate: float, seeds: list[int], fractions: tuple[float, ...] = FRACTIONS) -> list[Cell]:
-    """Per seed (seed-major): the clean run under each aggregator, then every attack and fraction under each."""
+def attack_names(text: str) -> tuple[str, ...]:
+    """``--attacks`` ('sign-flip,scalex10'): the ATTACKS keys it names, in the study's order; one-line error."""
+    by_tag = {_tag(a): a for a in ATTACKS}
+    asked = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in asked if t not in by_tag]
+    if unknown or not asked:
+        raise ValueError(f"--attacks {text!r}: give attacks from {', '.join(by_tag)}, comma-separated")
+    return tuple(a for tag, a in by_tag.items() if tag in asked)
+
+
+def robust_cells(
+    rate: float, seeds: list[int], fractions: tuple[float, ...] = FRACTIONS, attacks: tuple[str, ...] = tuple(ATTACKS)
+) -> list[Cell]:
+    """Per seed (seed-major): the clean run under each aggregator, then each attack and fraction under each."""
     cells = []
     for s in seeds:
         for agg, agg_config in AGGREGATORS.items():
             cells.append(Cell(METHOD, rate, s, agg_config, f"clean-{_tag(agg)}"))
         for fraction in fractions:
-            for attack, attack_config in ATTACKS.items():
+            for attack, attack_config in ((a, c) for a, c in ATTACKS.items() if a in attacks):
                 for agg, agg_config in AGGREGATORS.items():
                     config = f"{agg_config} {attack_config} attack-fraction={fraction}"
                     cells.append(Cell(METHOD, rate, s, config, f"{_tag(attack)}-f{fraction:g}-{_tag(agg)}"))
