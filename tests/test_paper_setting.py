@@ -112,6 +112,10 @@ def test_resnet18_and_ast_tiny_from_ssast_weights_run_through_make_runs_tool(man
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-4000:]
     (run,) = list(out.glob("*-run*"))
+    # the tool names the finished run's folder
+    line = [x for x in res.stdout.splitlines() if x.startswith("run ") and " finished: " in x]
+    folder = Path(line[-1].split(" finished: ", 1)[1].split(" (log: ")[0]) if line else None
+    assert folder is not None and folder.resolve() == run.resolve(), res.stdout[-2000:]
     metrics = pd.read_csv(run / "metrics.csv")
     assert list(metrics["phase"]) == ["modality-aware-fl"] * 3 + ["distillation"]
     assert (metrics["failures"] == 0).all()

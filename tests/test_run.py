@@ -81,22 +81,6 @@ def test_a_run_that_fails_inside_flower_exits_1_with_its_reason(superlink, data_
     assert "Traceback (most recent call last)" in log.read_text()  # ... which stays in the log
 
 
-@pytest.mark.timeout(600)
-def test_a_run_that_finishes_exits_0_and_names_its_folder(superlink, data_dir, tmp_path):
-    config = (
-        f"clients-per-round=2 num-server-rounds=1 distill-rounds=0 eval-every=1 data-dir='{data_dir}' "
-        f"output-dir='{tmp_path}'"
-    )
-    res = run_tool(
-        ["--connection", "test", "--federation-config", "num-supernodes=3", "--run-config", config], env=superlink.env
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    line = [x for x in res.stdout.splitlines() if x.startswith("run ") and " finished: " in x]
-    assert line, res.stdout[-2000:]
-    folder = Path(line[-1].split(" finished: ", 1)[1].split(" (log: ")[0])
-    assert (folder / "summary.json").is_file() and folder.parent == tmp_path
-
-
 def test_deploy_local_checks_the_config_before_starting_anything(tmp_path):
     res = subprocess.run(
         [
