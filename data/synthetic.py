@@ -37,6 +37,7 @@ VERSION = 3
 DATA_SEED = 2024
 PROXY_SEED = 7331
 SAMPLES_PER_CLASS = 250
+SERIAL_UP_TO = 400  # clips rendered in this process rather than by worker processes
 TEST_FRACTION = 0.2
 FRAME_SIZE = 64
 SNR_DB = (-21.0, -9.0)
@@ -295,7 +296,8 @@ def _build(tmp: Path, spec: FeatureSpec, samples_per_class: int, kind: str = "em
     del video
     # one child generator per sample: the dataset does not depend on generation order
     seeds = rng.integers(0, 2**63, size=n)
-    workers = max(1, min(os.cpu_count() or 1, 8))
+    # a small dataset is rendered here: starting worker processes (each imports torch) costs more than it saves
+    workers = 1 if n <= SERIAL_UP_TO else max(1, min(os.cpu_count() or 1, 8))
     chunks = np.array_split(np.arange(n), workers * 4)
     args = [(str(tmp), spec, kind, c, seeds[c], labels[c]) for c in chunks if c.size]
     if workers == 1:
