@@ -268,6 +268,9 @@ def test_robust_plan_covers_every_attack_fraction_and_aggregator_and_tables_them
     assert [c.key for c in few] == [
         c.key for c in subset if security.cell_setting(c.tag)[0] in ("none", "sign-flip", "scale x10")
     ]
+    md, _ = security.robust_table(few, tmp_path)  # a table of the plan's attacks only
+    attacks = {line.split(" | ")[0][2:] for line in md.splitlines() if line.startswith("| ") and " --- " not in line}
+    assert attacks == {"attack", "none", "sign-flip", "scale x10"}
     for bad in ("scale", "sign-flip,,nope", ""):
         with pytest.raises(ValueError, match="give attacks from sign-flip, scalex10, gaussian"):
             security.attack_names(bad)

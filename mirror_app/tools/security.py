@@ -99,6 +99,7 @@ def robust_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
     ok = runs[runs["status"] == "ok"]
     aggs = list(AGGREGATORS)
     fractions = _fractions(runs)
+    attacks = [a for a in ATTACKS if a in set(runs["attack"])]  # the plan's (``--attacks``), in the study's order
     lines = []
     for metric, title in (("audio_top1", "audio top-1"), ("av_top1", "AV top-1")):
         lines += [
@@ -107,7 +108,7 @@ def robust_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
             "| attack | fraction | " + " | ".join(aggs) + " |",
             "|" + " --- |" * (len(aggs) + 2),
         ]
-        for attack, fraction in [("none", 0.0)] + [(a, f) for a in ATTACKS for f in fractions]:
+        for attack, fraction in [("none", 0.0)] + [(a, f) for a in attacks for f in fractions]:
             row = []
             for agg in aggs:
                 sel = ok[(ok["attack"] == attack) & np.isclose(ok["fraction"], fraction) & (ok["aggregator"] == agg)]
@@ -137,21 +138,27 @@ def robust_figure(runs: pd.DataFrame, out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fractions = (0.0, *_fractions(runs))
-    fig, axes = plt.subplots(1, len(ATTACKS), figsize=(4 * len(ATTACKS), 3.6), sharey=True)
-    for ax, attack in zip(axes, ATTACKS):
-        for agg in AGGREGATORS:
-            xs, ys = [], []
-            for fraction in fractions:
-                kind = "none" if fraction == 0 else attack
-                sel = ok[(ok["attack"] == kind) & np.isclose(ok["fraction"], fraction) & (ok["aggregator"] == agg)]
-                values = pd.to_numeric(sel["best_dev_audio_top1"], errors="coerce").dropna()
-                if len(values):
-                    xs.append(fraction)
-                    ys.append(100 * values.mean())
-            ax.plot(xs, ys, marker="o", label=agg)
-        ax.set(title=attack, xlabel="attack-fraction")
-    axes[0].set(ylabel="best-dev audio top-1 (%)")
-    axes[-1].legend(fontsize=7)
+    attacks = [a for a in ATTACKS if a in set(runs["attack"])]  # the plan's, as in the table
+    metrics = (("audio_top1", "audio"), ("av_top1", "AV"))
+    fig, axes = plt.subplots(
+        len(metrics), len(attacks), figsize=(4 * len(attacks), 3.2 * len(metrics)), sharey="row", squeeze=False
+    )
+    for row, (metric, name) in zip(axes, metrics):
+        for ax, attack in zip(row, attacks):
+            for agg in AGGREGATORS:
+                xs, ys = [], []
+                for fraction in fractions:
+                    kind = "none" if fraction == 0 else attack
+                    sel = ok[(ok["attack"] == kind) & np.isclose(ok["fraction"], fraction) & (ok["aggregator"] == agg)]
+                    values = pd.to_numeric(sel[f"best_dev_{metric}"], errors="coerce").dropna()
+                    if len(values):
+                        xs.append(fraction)
+                        ys.append(100 * values.mean())
+                ax.plot(xs, ys, marker="o", label=agg)
+            ax.set(title=attack, xlabel="attack-fraction")
+        row[0].set(ylabel=f"best-dev {name} top-1 (%)")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
     return _save(fig, out / "robust.png")
 
 
