@@ -560,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--attacks",
-        default=",".join(a.replace(" ", "") for a in security.ATTACKS),
+        default=",".join(security.ATTACK_TAGS),
         help="robust: the attacks, comma-separated (a subset of the study)",
     )
     p.add_argument("--num-supernodes", type=int, default=100)

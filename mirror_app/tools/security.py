@@ -43,14 +43,16 @@ def _tag(text: str) -> str:
     return text.replace(", ", "-").replace(" ", "")
 
 
+ATTACK_TAGS = {_tag(a): a for a in ATTACKS}  # the names ``--attacks`` takes and run folders carry ('scalex10')
+
+
 def attack_names(text: str) -> tuple[str, ...]:
     """``--attacks`` ('sign-flip,scalex10'): the ATTACKS keys it names, in the study's order; one-line error."""
-    by_tag = {_tag(a): a for a in ATTACKS}
     asked = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [t for t in asked if t not in by_tag]
+    unknown = [t for t in asked if t not in ATTACK_TAGS]
     if unknown or not asked:
-        raise ValueError(f"--attacks {text!r}: give attacks from {', '.join(by_tag)}, comma-separated")
-    return tuple(a for tag, a in by_tag.items() if tag in asked)
+        raise ValueError(f"--attacks {text!r}: give attacks from {', '.join(ATTACK_TAGS)}, comma-separated")
+    return tuple(a for tag, a in ATTACK_TAGS.items() if tag in asked)
 
 
 def robust_cells(
@@ -94,12 +96,24 @@ def _fractions(runs: pd.DataFrame) -> list[float]:
     return sorted({float(f) for f in runs["fraction"] if f > 0})
 
 
+def _attacks(runs: pd.DataFrame) -> list[str]:
+    """The attacks a robust study ran (``--attacks``), in the study's order."""
+    planned = set(runs["attack"])
+    return [a for a in ATTACKS if a in planned]
+
+
+def _values(ok: pd.DataFrame, attack: str, fraction: float, agg: str, metric: str) -> pd.Series:
+    """One cell's best-dev ``metric`` in % over its finished seeds."""
+    sel = ok[(ok["attack"] == attack) & np.isclose(ok["fraction"], fraction) & (ok["aggregator"] == agg)]
+    return 100 * pd.to_numeric(sel[f"best_dev_{metric}"], errors="coerce").dropna()
+
+
 def robust_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
     runs = _labelled(cells, out)
     ok = runs[runs["status"] == "ok"]
     aggs = list(AGGREGATORS)
     fractions = _fractions(runs)
-    attacks = [a for a in ATTACKS if a in set(runs["attack"])]  # the plan's (``--attacks``), in the study's order
+    attacks = _attacks(runs)
     lines = []
     for metric, title in (("audio_top1", "audio top-1"), ("av_top1", "AV top-1")):
         lines += [
@@ -111,8 +125,7 @@ def robust_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
         for attack, fraction in [("none", 0.0)] + [(a, f) for a in attacks for f in fractions]:
             row = []
             for agg in aggs:
-                sel = ok[(ok["attack"] == attack) & np.isclose(ok["fraction"], fraction) & (ok["aggregator"] == agg)]
-                values = 100 * pd.to_numeric(sel[f"best_dev_{metric}"], errors="coerce").dropna()
+                values = _values(ok, attack, fraction, agg, metric)
                 std = f" +- {values.std(ddof=0):.1f}" if len(values) > 1 else ""
                 row.append(f"{values.mean():.1f}{std}" if len(values) else "n/a")
             lines.append(f"| {attack} | {fraction:g} | " + " | ".join(row) + " |")
@@ -138,23 +151,17 @@ def robust_figure(runs: pd.DataFrame, out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fractions = (0.0, *_fractions(runs))
-    attacks = [a for a in ATTACKS if a in set(runs["attack"])]  # the plan's, as in the table
+    attacks = _attacks(runs)  # as in the table
     metrics = (("audio_top1", "audio"), ("av_top1", "AV"))
     fig, axes = plt.subplots(
         len(metrics), len(attacks), figsize=(4 * len(attacks), 3.2 * len(metrics)), sharey="row", squeeze=False
     )
     for row, (metric, name) in zip(axes, metrics):
         for ax, attack in zip(row, attacks):
-            for agg in AGGREGATORS:
-                xs, ys = [], []
-                for fraction in fractions:
-                    kind = "none" if fraction == 0 else attack
-                    sel = ok[(ok["attack"] == kind) & np.isclose(ok["fraction"], fraction) & (ok["aggregator"] == agg)]
-                    values = pd.to_numeric(sel[f"best_dev_{metric}"], errors="coerce").dropna()
-                    if len(values):
-                        xs.append(fraction)
-                        ys.append(100 * values.mean())
-                ax.plot(xs, ys, marker="o", label=agg)
+            for agg in AGGREGATORS:  # the clean run at fraction 0, then the attack's fractions
+                means = [(f, _values(ok, attack if f else "none", f, agg, metric).mean()) for f in fractions]
+                points = [(f, v) for f, v in means if pd.notna(v)]
+                ax.plot([f for f, _ in points], [v for _, v in points], marker="o", label=agg)
             ax.set(title=attack, xlabel="attack-fraction")
         row[0].set(ylabel=f"best-dev {name} top-1 (%)")
     axes[0][-1].legend(fontsize=7)
