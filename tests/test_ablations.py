@@ -293,6 +293,8 @@ def test_privacy_takes_its_clipping_norm_from_the_clean_run_and_tables_epsilon(t
     cells = security.privacy_dp_cells(0.3, [0], 0.23)
     assert len(cells) == len(security.CENTRAL_SIGMAS) + len(security.LOCAL_SIGMAS)
     assert all("dp-clipping-norm=0.23" in c.config for c in cells)
+    # another clean run's norm names other runs: a sweep never resumes from runs made with a different C
+    assert not {c.key for c in cells} & {c.key for c in security.privacy_dp_cells(0.3, [0], 0.21)}
 
     def fake(cell: Cell, output_dir: Path, log: Path) -> bool:
         log.write_text("ok")
@@ -305,7 +307,7 @@ def test_privacy_takes_its_clipping_norm_from_the_clean_run_and_tables_epsilon(t
 
     run_cells(cells, tmp_path, fake)
     md, runs = security.privacy_table(cells, tmp_path, 0.23)
-    assert "| central | 2 | 5.0 | 20.0 | 50.0 |" in md and "C = 0.23" in md
+    assert "| central | 2 | 5.0 | 20.0 | 50.0 |" in md and "C = 0.23, the median update norm of the clean seed-0" in md
     assert security.privacy_figure(runs, tmp_path).stat().st_size > 1000
 
 

@@ -615,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     with interrupt_on_signals(), SuperLink(out / ".flwr") as link:
         runner = flwr_runner(link, args.num_supernodes, run_config, args.timeout)
         runs = run_cells(cells, out, runner)
-        if args.which == "privacy":  # the clipping norm comes from the clean seed-0 run
+        if args.which == "privacy":  # the clipping norm comes from the first seed's clean run
             if runs.loc[0, "status"] != "ok":
                 print(f"ablations: the clean run {cells[0].key} failed (log: {runs.loc[0, 'log']})", file=sys.stderr)
                 return 1

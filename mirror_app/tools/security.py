@@ -6,7 +6,7 @@ SuperLink, resumable, a finished run never redone) and write ``runs.csv``, ``abl
 and 0.3, and the clean run, against each aggregator (fedavg; fedavg with counts capped at a fifth of a group;
 fedmedian; fedtrimmedavg at beta 0.2; Krum with f = 3). ``privacy``: the clean run, then central DP at noise
 multipliers 1, 1.5, 2 and 3 and local DP at 1 and 2, with the clipping norm set to the median update norm of the
-clean seed-0 run (``update_norm`` in its clients.csv).
+first seed's clean run (``update_norm`` in its clients.csv).
 """
 
 from __future__ import annotations
@@ -187,7 +187,8 @@ def privacy_dp_cells(rate: float, seeds: list[int], norm: float) -> list[Cell]:
         for mode, sigmas in (("central", CENTRAL_SIGMAS), ("local", LOCAL_SIGMAS)):
             for sigma in sigmas:
                 config = f"dp='{mode}' dp-noise-multiplier={sigma} dp-clipping-norm={norm}"
-                cells.append(Cell(METHOD, rate, s, config, f"dp-{mode}-s{sigma:g}"))
+                # the norm is in the key: a sweep whose clean run gave another norm never resumes from these runs
+                cells.append(Cell(METHOD, rate, s, config, f"dp-{mode}-s{sigma:g}-c{norm:g}"))
     return cells
 
 
@@ -218,10 +219,10 @@ def privacy_table(cells: list[Cell], out: Path, norm: float) -> tuple[str, pd.Da
     lines += [
         "",
         f"ModalityMirror, best-dev top-1 in % (mean +- std over seeds). Clipping norm C = {norm:g}, the median "
-        "update norm of the clean seed-0 run (choosing C from a non-private run is the usual shortcut; it is not "
-        "itself accounted). Central: Flower's server-side fixed clipping per parameter group, noise sigma x C / n; "
-        "local: each client clips its update to C and adds sigma x C. Epsilon from dp-accounting's RDP accountant "
-        "over the run's rounds (mirror_app/core/privacy.py).",
+        f"update norm of the clean seed-{cells[0].seed} run (choosing C from a non-private run is the usual "
+        "shortcut; it is not itself accounted). Central: Flower's server-side fixed clipping per parameter group, "
+        "noise sigma x C / n; local: each client clips its update to C and adds sigma x C. Epsilon from "
+        "dp-accounting's RDP accountant over the run's rounds (mirror_app/core/privacy.py).",
     ]
     return "\n".join(lines) + "\n", runs
 
