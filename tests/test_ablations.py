@@ -311,6 +311,60 @@ def test_privacy_takes_its_clipping_norm_from_the_clean_run_and_tables_epsilon(t
     assert security.privacy_figure(runs, tmp_path).stat().st_size > 1000
 
 
+def test_run_records_restore_finished_runs_elsewhere_and_are_never_overwritten(tmp_path):
+    """--records: what one machine ran, another takes as finished (no run redone) and tables alike."""
+    from mirror_app.tools import security
+    from mirror_app.tools.sweep import check_settings, restore_records, save_records
+
+    cells = security.robust_cells(0.3, [0], (0.2,), security.attack_names("sign-flip"))
+    ran: list[str] = []
+
+    def fake(cell: Cell, output_dir: Path, log: Path) -> bool:
+        ran.append(cell.key)
+        log.write_text("ok")
+        run = output_dir / "run"
+        run.mkdir()
+        (run / "model.pt").write_bytes(b"weights")
+        (run / "metrics.csv").write_text("round,bytes_to_clients,bytes_from_clients\n1,1000000,1000000\n")
+        pd.DataFrame({"status": ["ok", "ok", "ok"], "update_norm": [0.1, 0.3, 0.5]}).to_csv(
+            run / "clients.csv", index=False
+        )
+        # attacked cells score 0.2; clean ones 0.41, 0.42, ... in the order this machine ran them
+        audio = 0.2 if cell.tag.startswith("sign-flip") else 0.4 + 0.01 * len(ran)
+        (run / "summary.json").write_text(json.dumps({"best_dev": {"audio_top1": audio, "av_top1": 0.8}}))
+        return True
+
+    first, records = tmp_path / "first", tmp_path / "records"
+    run_cells(cells[:3], first, fake)  # an interrupted sweep: 3 of its cells finished
+    assert save_records(cells, first, records, with_clients={cells[0].key}) == 3
+    kept = {p.relative_to(records / cells[0].key).as_posix() for p in (records / cells[0].key).iterdir()}
+    assert kept == {"summary.json", "metrics.csv", "clients.csv.gz"}  # no model, no log
+    assert not (records / cells[1].key / "clients.csv.gz").exists()
+
+    second = tmp_path / "second"  # another machine: the records' runs are finished, only the rest run
+    ran.clear()
+    assert restore_records(cells, second, records) == 3
+    run_cells(cells, second, fake)
+    assert ran == [c.key for c in cells[3:]]
+    assert security.clipping_norm(second, cells[0]) == 0.3  # from the gzipped clients.csv
+    assert save_records(cells, second, records) == len(cells) - 3
+    before = (records / cells[0].key / "summary.json").read_bytes()
+    (second / "runs" / cells[0].key / "summary.json").write_text("{}")
+    assert save_records(cells, second, records) == 0  # a record is never overwritten
+    assert (records / cells[0].key / "summary.json").read_bytes() == before
+    third = tmp_path / "third"
+    assert restore_records(cells, third, records) == len(cells)
+    md_records, _ = security.robust_table(cells, third)
+    first_md, _ = security.robust_table(cells[:3], first)
+    assert "| none | 0 | 41.0 | 42.0 | 43.0 | n/a | n/a |" in first_md
+    assert "| none | 0 | 41.0 | 42.0 | 43.0 | 41.0 | 42.0 |" in md_records
+    assert "| sign-flip | 0.2 | 20.0 | 20.0 | 20.0 | 20.0 | 20.0 |" in md_records
+    # records made under other settings are refused, naming the flag
+    check_settings(records, {"run-config": "num-server-rounds=6"}, "--records")
+    with pytest.raises(SweepError, match="use another --records"):
+        check_settings(records, {"run-config": "num-server-rounds=30"}, "--records")
+
+
 def test_missingness_plan_and_table(tmp_path):
     from mirror_app.tools import missing_study
 

@@ -26,6 +26,11 @@ softmax, with 5 or 10 clients per round: what a user's own label-skewed dataset 
 ``av-trains-audio-head`` false and true, plus Harmony as the reference, at missing rates 0.1 / 0.3 / 0.5; its
 table reports ModalityMirror at the best dev round within phase 2 and over all rounds, and MultiFL both as
 ModalityMirror's phase 1 in the same run and as its own run with the whole budget (README, "Fidelity").
+
+``--records DIR`` keeps a record of each finished run (summary.json and metrics.csv, a few KB, no model)
+in DIR and takes every run recorded there as finished: the README's robustness tables are printed from
+the records in docs/records/robust without running anything, and a sweep continued on another machine
+adds to them.
 """
 
 from __future__ import annotations
@@ -50,7 +55,9 @@ from mirror_app.tools.sweep import (
     flwr_runner,
     merged_run_config,
     parse_pairs,
+    restore_records,
     run_cells,
+    save_records,
 )
 
 DEFAULT_PRESET = "conf/paper-laptop.toml"
@@ -566,6 +573,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-supernodes", type=int, default=100)
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--sweep", default="results/table1", help="fig2: the finished Table 1 sweep to read")
+    p.add_argument(
+        "--records",
+        default="",
+        help="a folder of run records (summary.json, metrics.csv per run; a few KB each): runs recorded there are "
+        "taken as finished, and every run finished here is recorded there (e.g. docs/records/robust)",
+    )
     args = p.parse_args(argv)
     from mirror_app.results import atomic_write
 
@@ -604,24 +617,38 @@ def main(argv: list[str] | None = None) -> int:
         "missingness": lambda: missing_study.missingness_cells(seeds),
     }
     cells = plans[args.which]()
+    settings = {"run-config": run_config, "num-supernodes": args.num_supernodes, "which": args.which}
+    records = Path(args.records).expanduser().resolve() if args.records else None
     try:
-        check_settings(out, {"run-config": run_config, "num-supernodes": args.num_supernodes, "which": args.which})
+        check_settings(out, settings)
+        if records:
+            records.mkdir(parents=True, exist_ok=True)
+            check_settings(records, settings, "--records")
     except SweepError as exc:
         print(f"ablations: {exc}", file=sys.stderr)
         return 2
+
+    def run_recorded(cells: list[Cell]) -> pd.DataFrame:
+        if records:
+            restore_records(cells, out, records)
+        runs = run_cells(cells, out, runner)
+        if records:  # the clean run's clients.csv gives the privacy study its clipping norm
+            save_records(cells, out, records, with_clients={cells[0].key} if args.which == "privacy" else set())
+        return runs
+
     from mirror_app.results import write_csv
     from mirror_app.tools.launch import SuperLink, interrupt_on_signals
 
     with interrupt_on_signals(), SuperLink(out / ".flwr") as link:
         runner = flwr_runner(link, args.num_supernodes, run_config, args.timeout)
-        runs = run_cells(cells, out, runner)
+        runs = run_recorded(cells)
         if args.which == "privacy":  # the clipping norm comes from the first seed's clean run
             if runs.loc[0, "status"] != "ok":
                 print(f"ablations: the clean run {cells[0].key} failed (log: {runs.loc[0, 'log']})", file=sys.stderr)
                 return 1
             norm = security.clipping_norm(out, cells[0])
             cells = cells + security.privacy_dp_cells(args.rate, seeds, norm)
-            runs = run_cells(cells, out, runner)
+            runs = run_recorded(cells)
     write_csv(out / "runs.csv", runs.to_dict("records"), list(runs.columns))
     if args.which == "teacher":
         markdown, frame = teacher_table(cells, out)

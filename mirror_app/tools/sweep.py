@@ -91,13 +91,13 @@ def plan(methods, rates, seeds, fig3_rates=()) -> list[Cell]:
     return cells
 
 
-def check_settings(out: Path, settings: dict) -> None:
+def check_settings(out: Path, settings: dict, flag: str = "--out") -> None:
     """Finished runs are reused by key (method, rate, seed): refuse to mix runs made with other settings."""
     marker = out / "sweep.json"
     if marker.is_file():
         before = json.loads(marker.read_text())
         if before != settings:
-            raise SweepError(f"{out} holds runs made with {before}, not {settings}; use another --out")
+            raise SweepError(f"{out} holds runs made with {before}, not {settings}; use another {flag}")
     else:
         from mirror_app.results import atomic_write
 
@@ -135,6 +135,58 @@ def run_cells(cells: list[Cell], out: Path, runner: Callable[[Cell, Path, Path],
     table = collect(cells, out)
     write_csv(out / "runs.csv", table.to_dict("records"), list(table.columns))
     return table
+
+
+# what a run record keeps of a finished run (a few KB, no model): the tables and figures read summary.json
+# (and metrics.csv for the traffic); clients.csv only where a study reads it, gzipped
+RECORD_FILES = ("metrics.csv", "summary.json")  # summary.json last: it marks a record (and a run) complete
+
+
+def _copy_atomic(src: Path, dst: Path, compress: bool = False) -> None:
+    import gzip
+
+    from mirror_app.results import atomic_write
+
+    data = src.read_bytes()
+    atomic_write(dst, lambda path: path.write_bytes(gzip.compress(data, mtime=0) if compress else data))
+
+
+def restore_records(cells: list[Cell], out: Path, records: Path) -> int:
+    """Make every cell with a record in ``records`` a finished run under ``out`` (run_cells then skips it).
+    Returns how many were restored; a run already finished under ``out`` is left as it is."""
+    import gzip
+
+    restored = 0
+    for cell in cells:
+        src, dst = records / cell.key, out / "runs" / cell.key
+        if not (src / "summary.json").is_file() or (dst / "summary.json").is_file():
+            continue
+        dst.mkdir(parents=True, exist_ok=True)
+        if (src / "clients.csv.gz").is_file():
+            (dst / "clients.csv").write_bytes(gzip.decompress((src / "clients.csv.gz").read_bytes()))
+        for name in RECORD_FILES:
+            if (src / name).is_file():
+                _copy_atomic(src / name, dst / name)
+        restored += 1
+    return restored
+
+
+def save_records(cells: list[Cell], out: Path, records: Path, with_clients: set[str] = frozenset()) -> int:
+    """Keep a record of every finished run under ``out`` that ``records`` lacks (never overwriting one):
+    ``RECORD_FILES``, plus clients.csv gzipped for the cells keyed in ``with_clients``. Returns how many."""
+    saved = 0
+    for cell in cells:
+        src, dst = out / "runs" / cell.key, records / cell.key
+        if not (src / "summary.json").is_file() or (dst / "summary.json").is_file():
+            continue
+        dst.mkdir(parents=True, exist_ok=True)
+        if cell.key in with_clients and (src / "clients.csv").is_file():
+            _copy_atomic(src / "clients.csv", dst / "clients.csv.gz", compress=True)
+        for name in RECORD_FILES:
+            if (src / name).is_file():
+                _copy_atomic(src / name, dst / name)
+        saved += 1
+    return saved
 
 
 RUN_COLUMNS = [
