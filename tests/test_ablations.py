@@ -365,6 +365,44 @@ def test_run_records_restore_finished_runs_elsewhere_and_are_never_overwritten(t
         check_settings(records, {"run-config": "num-server-rounds=30"}, "--records")
 
 
+def test_ablations_command_records_what_finished_before_an_interrupt_and_resumes_from_records(tmp_path, monkeypatch):
+    """`ablations robust --records R`: a sweep stopped after 3 runs leaves their records; a sweep with another
+    --out (another machine) runs only the rest and prints the whole table."""
+    import contextlib
+
+    from mirror_app.tools import launch, security
+
+    ran: list[str] = []
+
+    def fake(cell: Cell, output_dir: Path, log: Path) -> bool:
+        if len(ran) == 3 and stop:
+            raise KeyboardInterrupt  # Ctrl-C during the 4th run
+        ran.append(cell.key)
+        log.write_text("ok")
+        (output_dir / "run").mkdir()
+        (output_dir / "run" / "summary.json").write_text(json.dumps({"best_dev": {"audio_top1": 0.3, "av_top1": 0.6}}))
+        return True
+
+    monkeypatch.setattr(launch, "SuperLink", lambda home: contextlib.nullcontext())
+    monkeypatch.setattr(ablations, "flwr_runner", lambda *args: fake)
+    args = ["robust", "--seeds", "0", "--fractions", "0.2", "--attacks", "sign-flip", "--records", str(tmp_path / "r")]
+    stop = True
+    with pytest.raises(KeyboardInterrupt):
+        ablations.main([*args, "--out", str(tmp_path / "a")])
+    cells = security.robust_cells(0.3, [0], (0.2,), ("sign-flip",))
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == sorted([c.key for c in cells[:3]] + ["sweep.json"])
+    ran.clear()
+    stop = False
+    assert ablations.main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert ran == [c.key for c in cells[3:]]
+    table = (tmp_path / "b" / "ablation.md").read_text()
+    assert "| sign-flip | 0.2 | 30.0 | 30.0 | 30.0 | 30.0 | 30.0 |" in table
+    assert "| none | 0 | 30.0 | 30.0 | 30.0 | 30.0 | 30.0 |" in table
+    # records made under another run config are refused before anything runs
+    assert ablations.main([*args, "--out", str(tmp_path / "c"), "--run-config", "lr=0.1"]) == 2
+    assert not (tmp_path / "c" / "runs").exists()
+
+
 def test_missingness_plan_and_table(tmp_path):
     from mirror_app.tools import missing_study
 

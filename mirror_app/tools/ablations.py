@@ -629,12 +629,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     def run_recorded(cells: list[Cell]) -> pd.DataFrame:
-        if records:
-            restore_records(cells, out, records)
-        runs = run_cells(cells, out, runner)
-        if records:  # the clean run's clients.csv gives the privacy study its clipping norm
+        if not records:
+            return run_cells(cells, out, runner)
+        restore_records(cells, out, records)
+        try:
+            return run_cells(cells, out, runner)
+        finally:  # also on Ctrl-C or SIGTERM: what finished is recorded
+            # the clean run's clients.csv gives the privacy study its clipping norm
             save_records(cells, out, records, with_clients={cells[0].key} if args.which == "privacy" else set())
-        return runs
 
     from mirror_app.results import write_csv
     from mirror_app.tools.launch import SuperLink, interrupt_on_signals
