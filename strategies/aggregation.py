@@ -9,7 +9,8 @@ config ``aggregator``, with Flower's own rules:
 * ``fedmedian``, ``fedtrimmedavg`` (``trim-beta``), ``krum`` / multi-Krum (``num-malicious``, ``krum-keep``) and
   ``bulyan`` (``num-malicious``): Flower's ``aggregate_median``, ``aggregate_trimmed_avg``, ``aggregate_krum`` and
   ``aggregate_bulyan``. A group with too few contributors for Krum (more than 2 f + 2) or Bulyan (4 f + 3 or
-  more) is aggregated by the median instead, said in one line and recorded (``fallbacks``).
+  more) is aggregated by the median instead, said in one line and recorded (``fallbacks``). Krum and multi-Krum
+  also record whose updates they kept (:func:`krum_selection`, ``clients.csv`` ``kept_groups``).
 
 Before the rule: example counts are capped so that no client weighs more than ``max-client-weight`` of a
 group (a lying count does not buy the average), and each update (the client's weights minus the group's
@@ -32,6 +33,7 @@ from logging import WARNING
 import numpy as np
 from flwr.common import Code, FitRes, Status, log, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import DifferentialPrivacyServerSideFixedClipping, FedAdam, FedAvg, FedAvgM
+from flwr.server.strategy.aggregate import _compute_distances as krum_distances
 from flwr.server.strategy.aggregate import (
     aggregate,
     aggregate_bulyan,
@@ -62,6 +64,19 @@ def min_contributors(cfg: RunConfig) -> int:
     """The fewest updates of a group the run's rule accepts (Krum: more than 2 f + 2; Bulyan: 4 f + 3)."""
     f = cfg.num_malicious
     return {"krum": 2 * f + 3, "bulyan": 4 * f + 3}.get(cfg.aggregator, 1)
+
+
+def krum_selection(contributions: list[Contribution], num_malicious: int, keep: int) -> list[int]:
+    """The indices of the updates Flower's ``aggregate_krum(contributions, num_malicious, keep)`` keeps: the one of
+    lowest score (Krum, ``keep`` 0) or the ``keep`` lowest (multi-Krum), a score being the sum of squared distances
+    to its n - f - 2 nearest updates; Flower's own distances and tie order, so the mean of the kept updates is what
+    that function returns."""
+    distances = krum_distances([arrays for arrays, _ in contributions])
+    nearest = max(1, len(contributions) - num_malicious - 2)
+    scores = [float(np.sum(row[np.argsort(row)[1 : nearest + 1]])) for row in distances]
+    if keep > 0:
+        return sorted(np.argsort(scores)[::-1][len(scores) - keep :].tolist())
+    return [int(np.argmin(scores))]
 
 
 def make_server_optimizer(cfg: RunConfig, initial: list[np.ndarray]) -> FedAvg:
@@ -137,13 +152,15 @@ def _quiet_flower() -> Iterator[None]:
 
 
 class GroupAggregator:
-    """Aggregates one group at a time; ``inner`` holds the per-group Flower server optimisers and ``fallbacks``
-    the groups the current round aggregated by the median for want of contributors (the strategy clears it)."""
+    """Aggregates one group at a time; ``inner`` holds the per-group Flower server optimisers, ``fallbacks`` the
+    groups the current round aggregated by the median for want of contributors, and ``kept`` the indices of the
+    contributions Krum kept, per group (the strategy clears both every round)."""
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
         self.inner: dict[str, FedAvg] = {}
         self.fallbacks: set[str] = set()
+        self.kept: dict[str, list[int]] = {}
 
     def __call__(
         self, key: str, current: list[np.ndarray], contributions: list[Contribution], server_round: int
@@ -180,6 +197,8 @@ class GroupAggregator:
                 self.fallbacks.add(key)
                 rule = "fedmedian"
             merged = RULES[rule](cfg, contributions)
+            if rule == "krum":
+                self.kept[key] = krum_selection(contributions, cfg.num_malicious, cfg.krum_keep)
         return [np.asarray(a).astype(d, copy=False) for a, d in zip(merged, dtypes)]
 
     def private(

@@ -271,6 +271,7 @@ class PhasedStrategy(FedAvg):
         _, phase = self.phase_at(server_round)
         results = sorted(results, key=lambda r: self._order(r[0].cid))  # the same sum order in every run
         contributions: dict[str, list[tuple[list[np.ndarray], int]]] = {}
+        owners: dict[str, list[int]] = {}  # per state key: the index in rows of each contribution
         rejected = 0
         bytes_down = bytes_up = 0
         answered = set()
@@ -299,6 +300,7 @@ class PhasedStrategy(FedAvg):
             groups = unflatten(arrays, names, [len(self.state[ins.slot + g]) for g in names])
             for g in names:
                 contributions.setdefault(ins.slot + g, []).append((groups[g], int(res.num_examples)))
+                owners.setdefault(ins.slot + g, []).append(len(rows))  # the row of that contribution
             row["update_norm"] = float(
                 np.sqrt(sum(update_norm(groups[g], self.state[ins.slot + g]) ** 2 for g in names))
             )
@@ -307,13 +309,20 @@ class PhasedStrategy(FedAvg):
             if cid not in answered:  # failed clients still downloaded the model
                 bytes_down += down
                 rows.append((self._client_row(server_round, phase, cid, ins, down, 0, None, "failed"), []))
-        self.aggregator.fallbacks = set()
+        self.aggregator.fallbacks, self.aggregator.kept = set(), {}
         for g, contribs in contributions.items():
             self.state[g] = self.aggregate_group(g, contribs, server_round)
         fallbacks = self.aggregator.fallbacks  # groups aggregated by the median for want of contributors
+        kept = {g: {owners[g][i] for i in idx} for g, idx in self.aggregator.kept.items()}  # Krum's choice: rows
         if self.recorder:
-            for row, keys in rows:
-                self.recorder.client_row(row | {"fallback_groups": ";".join(k for k in keys if k in fallbacks)})
+            for i, (row, keys) in enumerate(rows):
+                self.recorder.client_row(
+                    row
+                    | {
+                        "fallback_groups": ";".join(k for k in keys if k in fallbacks),
+                        "kept_groups": ";".join(k for k in keys if i in kept.get(k, ())),
+                    }
+                )
         trained = [row["modality"] for row, keys in rows if keys]
         self._round_stats = {
             "clients": len(results) - rejected,

@@ -431,3 +431,33 @@ def test_missingness_plan_and_table(tmp_path):
         "| 25.5 +- 0.5 | 90.0 +- 0.0 | 60.0 +- 0.0 |"
     )
     assert missing_study.missingness_figure(cells, tmp_path).stat().st_size > 1000
+
+
+def test_krum_kept_table_counts_the_attackers_among_the_updates_krum_kept(tmp_path):
+    from mirror_app.tools import security
+
+    cells = security.robust_cells(0.3, [0], (0.2,), ("label-flip",))
+    krum = next(c for c in cells if c.tag == "label-flip-f0.2-krum")
+    assert security.krum_kept_table(cells, tmp_path) == ""  # no run here (records hold no clients.csv)
+    rows = [  # round, attacker, kept_groups
+        (1, True, "audio_encoder;audio_head"),
+        (1, False, ""),
+        (1, False, ""),
+        (1, False, ""),
+        (2, True, ""),
+        (2, True, ""),
+        (2, False, "audio_encoder"),
+        (2, False, ""),
+    ]
+    clients = pd.DataFrame(
+        [
+            {"round": r, "phase": "modality-aware-fl", "status": "ok", "attacker": a, "kept_groups": k}
+            for r, a, k in rows
+        ]
+    )
+    for cell in (krum, next(c for c in cells if c.tag == "label-flip-f0.2-fedavg")):  # fedavg keeps nobody's
+        (tmp_path / "runs" / cell.key).mkdir(parents=True)
+        clients.to_csv(tmp_path / "runs" / cell.key / "clients.csv", index=False)
+    lines = [line for line in security.krum_kept_table(cells, tmp_path).splitlines() if line.startswith("| label")]
+    # 3 updates kept, 2 of them the round-1 attacker's; attackers' share of those rounds' clients: (0.25 x 2 + 0.5) / 3
+    assert lines == ["| label-flip | 0.2 | modality-aware-fl | 1 | 3 | 66.7 | 33.3 |"]

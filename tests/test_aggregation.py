@@ -142,3 +142,26 @@ def test_client_crash_does_not_end_the_run_and_is_counted(cache, tmp_path):
     assert (metrics.loc[metrics["round"] > 0, "clients"] == 3).all()
     assert (clients["status"] == "failed").sum() == 2
     assert (strategy.recorder.dir / "summary.json").is_file()
+
+
+def test_clients_csv_names_the_client_whose_update_krum_kept(cache, tmp_path):
+    manager, _ = tiny_federation(cache, 6, missing_rate=0.5)
+    strategy = tiny_strategy(
+        ModalityAwareFedAvg, cache, tmp_path, clients_per_round=6, evaluator=False, aggregator="krum", num_malicious=1
+    )
+    _, results = fit_round(strategy, manager)
+    strategy.aggregate_fit(1, results, [])
+    rows = strategy.recorder.clients
+    assert len(rows) == 6
+    # the audio encoder has 6 contributors (Krum needs 2 f + 3 = 5): one client's update is the new encoder
+    kept = [row for row in rows if "audio_encoder" in row["kept_groups"].split(";")]
+    assert len(kept) == 1
+    res = next(r for p, r in results if p.cid == kept[0]["node_id"])
+    names = res.metrics["groups"].split(",")
+    theirs = unflatten(parameters_to_ndarrays(res.parameters), names, group_sizes(strategy.model, names))
+    for a, b in zip(strategy.state["audio_encoder"], theirs["audio_encoder"]):
+        np.testing.assert_array_equal(a, b)
+    # the video encoder has 3 (the audiovisual clients): aggregated by the median, so nobody's update was kept
+    av = [row for row in rows if row["modality"] == "audiovisual"]
+    assert len(av) == 3 and all("video_encoder" in row["fallback_groups"].split(";") for row in av)
+    assert not any("video_encoder" in row["kept_groups"] for row in rows)

@@ -62,15 +62,20 @@ def test_krum_and_multi_krum_pick_the_updates_hand_computed_scores_pick():
     values = [1.0, 1.5, 2.0, 2.2, 50.0]  # one far-away update
     scores = krum_scores(values, f=1)
     best = values[int(np.argmin(scores))]
-    krum = aggregator(aggregator="krum", num_malicious=1, clients_per_round=5)("g", CURRENT, contributions(values), 1)
+    agg = aggregator(aggregator="krum", num_malicious=1, clients_per_round=5)
+    krum = agg("g", CURRENT, contributions(values), 1)
     np.testing.assert_allclose(krum[0], np.full(3, best))
+    assert agg.kept == {"g": [int(np.argmin(scores))]}  # whose update it kept, for clients.csv kept_groups
     keep = np.argsort(scores)[:2]  # multi-Krum: the example-weighted mean of the 2 best
     counts = [10, 20, 30, 40, 50]
     expected = sum(values[i] * counts[i] for i in keep) / sum(counts[i] for i in keep)
-    multi = aggregator(aggregator="krum", num_malicious=1, krum_keep=2, clients_per_round=5)(
-        "g", CURRENT, contributions(values, counts), 1
-    )
+    multi_agg = aggregator(aggregator="krum", num_malicious=1, krum_keep=2, clients_per_round=5)
+    multi = multi_agg("g", CURRENT, contributions(values, counts), 1)
     np.testing.assert_allclose(multi[0], np.full(3, expected), rtol=1e-6)
+    assert multi_agg.kept == {"g": sorted(keep.tolist())}
+    median = aggregator(aggregator="fedmedian")
+    median("g", CURRENT, contributions(values), 1)
+    assert median.kept == {}  # a rule that keeps no particular update records none
 
 
 def test_bulyan_keeps_the_far_update_out():
@@ -86,6 +91,7 @@ def test_a_group_with_too_few_contributors_falls_back_to_the_median_and_says_so(
     out = agg("audio_head", CURRENT, contributions([1.0, 2.0, 30.0]), 4)  # Krum needs more than 2 f + 2 = 4
     np.testing.assert_allclose(out[0], np.full(3, 2.0))
     assert agg.fallbacks == {"audio_head"}
+    assert agg.kept == {}  # the median kept no particular update
     assert any("group audio_head has 3 updates, krum needs at least 5" in r.getMessage() for r in caplog.records)
 
 

@@ -663,6 +663,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.which == "robust":
         markdown, frame = security.robust_table(cells, out)
         security.robust_figure(frame, out)
+        kept = security.krum_kept_table(cells, out)  # runs made here, not records: whose updates Krum kept
+        markdown += f"\n{kept}" if kept else ""
     elif args.which == "privacy":
         markdown, frame = security.privacy_table(cells, out, norm)
         security.privacy_figure(frame, out)

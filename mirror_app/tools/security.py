@@ -141,6 +141,56 @@ def robust_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
     return "\n".join(lines) + "\n", runs
 
 
+def krum_kept_table(cells: list[Cell], out: Path) -> str:
+    """Whose updates Krum kept, from the ``kept_groups`` of the attacked Krum runs' clients.csv (runs made here;
+    records hold no clients.csv): per attack, fraction and phase, the updates kept (a client and a group in a
+    round), how many of them were attackers', and the attackers' share of the clients of those rounds. '' when no
+    such run is here."""
+    rows = []
+    for cell in cells:
+        attack, fraction, agg = cell_setting(cell.tag)
+        path = out / "runs" / cell.key / "clients.csv"
+        if agg != "krum" or attack == "none" or not path.is_file():
+            continue
+        clients = pd.read_csv(path, keep_default_na=False)
+        if "kept_groups" not in clients.columns:
+            continue
+        clients = clients[clients["status"] == "ok"]
+        attacker = clients["attacker"].astype(str).str.lower() == "true"
+        kept = clients["kept_groups"].astype(str).str.split(";").apply(lambda g: len([x for x in g if x]))
+        share = attacker.groupby(clients["round"]).transform("mean")  # attackers among that round's clients
+        for phase in clients["phase"].unique():
+            here = (clients["phase"] == phase) & (kept > 0)
+            rows.append(
+                {
+                    "attack": attack,
+                    "fraction": fraction,
+                    "phase": phase,
+                    "seed": cell.seed,
+                    "kept": int(kept[here].sum()),
+                    "kept_attackers": int(kept[here & attacker].sum()),
+                    "share": float((share[here] * kept[here]).sum()),  # expected attackers' updates among kept
+                }
+            )
+    if not rows:
+        return ""
+    frame = pd.DataFrame(rows)
+    lines = [
+        "Updates Krum kept (a client's update of one group in one round, clients.csv kept_groups), and how many "
+        "were attackers', against the attackers' share of the clients of those rounds; over the seeds run here.",
+        "",
+        "| attack | fraction | phase | seeds | updates kept | attackers' (%) | attackers among the clients (%) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (attack, fraction, phase), g in frame.groupby(["attack", "fraction", "phase"], sort=False):
+        kept = g["kept"].sum()
+        lines.append(
+            f"| {attack} | {fraction:g} | {phase} | {g['seed'].nunique()} | {kept} | "
+            f"{100 * g['kept_attackers'].sum() / max(kept, 1):.1f} | {100 * g['share'].sum() / max(kept, 1):.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def robust_figure(runs: pd.DataFrame, out: Path) -> Path | None:
     ok = runs[runs["status"] == "ok"]
     if ok.empty:
@@ -159,9 +209,11 @@ def robust_figure(runs: pd.DataFrame, out: Path) -> Path | None:
     for row, (metric, name) in zip(axes, metrics):
         for ax, attack in zip(row, attacks):
             for agg in AGGREGATORS:  # the clean run at fraction 0, then the attack's fractions
-                means = [(f, _values(ok, attack if f else "none", f, agg, metric).mean()) for f in fractions]
-                points = [(f, v) for f, v in means if pd.notna(v)]
-                ax.plot([f for f, _ in points], [v for _, v in points], marker="o", label=agg)
+                cells = [(f, _values(ok, attack if f else "none", f, agg, metric)) for f in fractions]
+                points = [(f, v.mean(), v.std(ddof=0)) for f, v in cells if len(v)]
+                xs, ys, sd = (np.array([p[i] for p in points]) for i in range(3))
+                (line,) = ax.plot(xs, ys, marker="o", label=agg)
+                ax.fill_between(xs, ys - sd, ys + sd, color=line.get_color(), alpha=0.12, linewidth=0)  # +- std
             ax.set(title=attack, xlabel="attack-fraction")
         row[0].set(ylabel=f"best-dev {name} top-1 (%)")
     axes[0][-1].legend(fontsize=7)
