@@ -10,7 +10,8 @@ config ``aggregator``, with Flower's own rules:
   ``bulyan`` (``num-malicious``): Flower's ``aggregate_median``, ``aggregate_trimmed_avg``, ``aggregate_krum`` and
   ``aggregate_bulyan``. A group with too few contributors for Krum (more than 2 f + 2) or Bulyan (4 f + 3 or
   more) is aggregated by the median instead, said in one line and recorded (``fallbacks``). Krum and multi-Krum
-  also record whose updates they kept (:func:`krum_selection`, ``clients.csv`` ``kept_groups``).
+  are :func:`krum`: Flower's ``aggregate_krum`` computed once, also naming whose updates it kept (``clients.csv``
+  ``kept_groups``).
 
 Before the rule: example counts are capped so that no client weighs more than ``max-client-weight`` of a
 group (a lying count does not buy the average), and each update (the client's weights minus the group's
@@ -48,13 +49,13 @@ from mirror_app.core.groups import unflatten
 MAX_EXAMPLES = 10**9  # example-count bound for a client that did not report its partition size
 Contribution = tuple[list[np.ndarray], float]  # a client's arrays of one group and its weight (example count)
 
-# rule name -> (cfg, contributions) -> arrays; each is Flower's function for that rule
+# rule name -> (cfg, contributions) -> arrays; each is Flower's function for that rule (Krum: :func:`krum`, which
+# also names the updates it kept)
 RULES: dict[str, Callable[[RunConfig, list], list[np.ndarray]]] = {
     "fedavg": lambda cfg, c: aggregate(c),
     "fedprox": lambda cfg, c: aggregate(c),
     "fedmedian": lambda cfg, c: aggregate_median(c),
     "fedtrimmedavg": lambda cfg, c: aggregate_trimmed_avg(c, cfg.trim_beta),
-    "krum": lambda cfg, c: aggregate_krum(c, cfg.num_malicious, cfg.krum_keep),
     "bulyan": lambda cfg, c: aggregate_bulyan(list(c), cfg.num_malicious, aggregate_krum, to_keep=0),
 }
 SERVER_OPTIMIZERS = ("fedadam", "fedavgm")
@@ -66,17 +67,19 @@ def min_contributors(cfg: RunConfig) -> int:
     return {"krum": 2 * f + 3, "bulyan": 4 * f + 3}.get(cfg.aggregator, 1)
 
 
-def krum_selection(contributions: list[Contribution], num_malicious: int, keep: int) -> list[int]:
-    """The indices of the updates Flower's ``aggregate_krum(contributions, num_malicious, keep)`` keeps: the one of
-    lowest score (Krum, ``keep`` 0) or the ``keep`` lowest (multi-Krum), a score being the sum of squared distances
-    to its n - f - 2 nearest updates; Flower's own distances and tie order, so the mean of the kept updates is what
-    that function returns."""
+def krum(contributions: list[Contribution], num_malicious: int, keep: int) -> tuple[list[np.ndarray], list[int]]:
+    """Flower's ``aggregate_krum(contributions, num_malicious, keep)`` and the indices of the updates it kept (sorted):
+    the one of lowest score (Krum, ``keep`` 0) or the example-weighted mean of the ``keep`` lowest (multi-Krum), a
+    score being the sum of squared distances to its n - f - 2 nearest updates. Its steps with Flower's own distance
+    and mean functions, in its tie and summation order, so that the distances are computed once."""
     distances = krum_distances([arrays for arrays, _ in contributions])
     nearest = max(1, len(contributions) - num_malicious - 2)
     scores = [float(np.sum(row[np.argsort(row)[1 : nearest + 1]])) for row in distances]
     if keep > 0:
-        return sorted(np.argsort(scores)[::-1][len(scores) - keep :].tolist())
-    return [int(np.argmin(scores))]
+        chosen = np.argsort(scores)[::-1][len(scores) - keep :].tolist()
+        return aggregate([contributions[i] for i in chosen]), sorted(chosen)
+    best = int(np.argmin(scores))
+    return contributions[best][0], [best]
 
 
 def make_server_optimizer(cfg: RunConfig, initial: list[np.ndarray]) -> FedAvg:
@@ -196,9 +199,10 @@ class GroupAggregator:
                 )
                 self.fallbacks.add(key)
                 rule = "fedmedian"
-            merged = RULES[rule](cfg, contributions)
-            if rule == "krum":
-                self.kept[key] = krum_selection(contributions, cfg.num_malicious, cfg.krum_keep)
+            if rule == "krum":  # which updates it kept is recorded too (clients.csv kept_groups)
+                merged, self.kept[key] = krum(contributions, cfg.num_malicious, cfg.krum_keep)
+            else:
+                merged = RULES[rule](cfg, contributions)
         return [np.asarray(a).astype(d, copy=False) for a, d in zip(merged, dtypes)]
 
     def private(

@@ -78,6 +78,22 @@ def test_krum_and_multi_krum_pick_the_updates_hand_computed_scores_pick():
     assert median.kept == {}  # a rule that keeps no particular update records none
 
 
+@pytest.mark.parametrize("keep", [0, 3])
+def test_krum_is_flowers_aggregate_krum_to_the_bit(keep):
+    from flwr.server.strategy.aggregate import aggregate_krum
+
+    from strategies.aggregation import krum
+
+    rng = np.random.default_rng(keep)
+    updates = [
+        ([rng.normal(size=(4, 5)).astype(np.float32), rng.normal(size=7)], int(rng.integers(1, 50))) for _ in range(9)
+    ]
+    arrays, kept = krum(updates, 2, keep)
+    for a, b in zip(arrays, aggregate_krum(updates, 2, keep)):
+        np.testing.assert_array_equal(a, b)
+    assert len(kept) == max(keep, 1) and kept == sorted(kept)
+
+
 def test_bulyan_keeps_the_far_update_out():
     values = [1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 90.0]  # n = 7 = 4 f + 3 with f = 1
     out = aggregator(aggregator="bulyan", num_malicious=1, clients_per_round=7)("g", CURRENT, contributions(values), 1)

@@ -209,9 +209,8 @@ def robust_figure(runs: pd.DataFrame, out: Path) -> Path | None:
     for row, (metric, name) in zip(axes, metrics):
         for ax, attack in zip(row, attacks):
             for agg in AGGREGATORS:  # the clean run at fraction 0, then the attack's fractions
-                cells = [(f, _values(ok, attack if f else "none", f, agg, metric)) for f in fractions]
-                points = [(f, v.mean(), v.std(ddof=0)) for f, v in cells if len(v)]
-                xs, ys, sd = (np.array([p[i] for p in points]) for i in range(3))
+                seeds = [(f, _values(ok, attack if f else "none", f, agg, metric)) for f in fractions]
+                xs, ys, sd = np.array([(f, v.mean(), v.std(ddof=0)) for f, v in seeds if len(v)]).reshape(-1, 3).T
                 (line,) = ax.plot(xs, ys, marker="o", label=agg)
                 ax.fill_between(xs, ys - sd, ys + sd, color=line.get_color(), alpha=0.12, linewidth=0)  # +- std
             ax.set(title=attack, xlabel="attack-fraction")
