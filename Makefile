@@ -50,13 +50,14 @@ lint: venv
 	$(VENV)/bin/mypy
 
 ## export: a finished run's audio-only model as ONNX + TorchScript, its front end, classes and model card
-## (RUN=results/<run folder> [OUT=folder]; default OUT: <run>/export). Then:
+## (RUN=results/<run folder> [OUT=folder] [FORCE=1 replaces an earlier export]; default OUT: <run>/export). Then:
 ## $(PY) -m mirror_app.tools.predict --model <export folder> FILES...
 RUN ?=
 OUT ?=
+FORCE ?=
 export: venv
-	@test -n "$(RUN)" || { echo "usage: make export RUN=results/<run folder> [OUT=<folder>]"; exit 2; }
-	$(PY) -m mirror_app.tools.export "$(RUN)" $(if $(OUT),--out "$(OUT)")
+	@test -n "$(RUN)" || { echo "usage: make export RUN=results/<run folder> [OUT=<folder>] [FORCE=1]"; exit 2; }
+	$(PY) -m mirror_app.tools.export "$(RUN)" $(if $(OUT),--out "$(OUT)") $(if $(FORCE),--force)
 
 ## bench: Flower + Ray overhead against a bare loop, start-up, client set-up, memory at 10/100/1000
 ## partitions, a deployed round (make deploy-local, 3 SuperNodes) against a simulated one, preprocessing

@@ -4,6 +4,7 @@ generated wav and mp4 files and on bad inputs, the model card, and TensorBoard c
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from data import load_dataset
 from mirror_app.results import RunRecorder
 from strategies import STRATEGIES, compared_methods, resolve_config
 
+ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["modality-mirror", "harmony", "multifl", "unifl", "fedcmi", "modality-align"]
 
 
@@ -159,6 +161,31 @@ def test_export_refuses_what_it_cannot_export(tmp_path, data_dir, embedded):
     assert main([str(run), "--force"]) == 0
     (run / "model.pt").unlink()
     assert main([str(run), "--force"]) == 2
+
+
+def make_export(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "export", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_make_export_runs_as_the_readme_prints_it(tmp_path, data_dir, embedded):
+    """`make export RUN=...` as a user types it (python -m runs the module top to bottom, which an import does not),
+    a second time refused in one line naming FORCE=1, and replaced with FORCE=1."""
+    run = run_in_process(tmp_path, data_dir, embedded, "modality-mirror", train=False)
+    first = make_export(f"RUN={run}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert f"to {run / 'export'}" in first.stdout and "parity on 16 test clips" in first.stdout
+    assert (run / "export" / "model.onnx").is_file() and (run / "export" / "MODEL_CARD.md").is_file()
+    again = make_export(f"RUN={run}")
+    assert again.returncode != 0
+    assert [line for line in again.stderr.splitlines() if line.startswith("export: ")] == [
+        f"export: {run / 'export'} exists; remove it or pass --force (make export ... FORCE=1) to replace it"
+    ]
+    (run / "export" / "model.onnx").unlink()
+    forced = make_export(f"RUN={run}", "FORCE=1")
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert (run / "export" / "model.onnx").is_file()
+    other = make_export(f"RUN={run}", f"OUT={tmp_path / 'elsewhere'}")
+    assert other.returncode == 0 and (tmp_path / "elsewhere" / "model.onnx").is_file()
 
 
 # ----------------------------------------------------------------------------------------------- predict

@@ -99,3 +99,18 @@ def test_the_sweep_takes_its_methods_and_labels_from_the_registry():
     assert sweep.METHODS == ("modality-mirror", "harmony", "multifl", "unifl", "fedcmi", "modality-align")
     assert all(STRATEGIES[m].display_name() == sweep.LABELS[m] for m in sweep.METHODS)
     assert "distill" not in sweep.METHODS and "modality-aware-fedavg" not in sweep.METHODS  # alias, not a method
+
+
+def test_a_main_block_is_the_last_statement_of_its_module():
+    """`python -m tool` runs the module top to bottom: a def or class below `if __name__ == "__main__"` does not exist
+    yet when main() runs (an import of the module, as most tests do, would not notice)."""
+    late = []
+    for folder in PACKAGES:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            body = ast.parse(path.read_text()).body
+            mains = [
+                i for i, node in enumerate(body) if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+            ]
+            if mains and mains[-1] != len(body) - 1:
+                late.append(f"{path.relative_to(ROOT)}:{body[mains[-1] + 1].lineno}")
+    assert not late, "statements below the __main__ block: " + ", ".join(late)

@@ -169,7 +169,7 @@ def export(run_dir: str | Path, out: str | Path | None = None, data_dir: str = "
     run = load_run(run_dir, data_dir)
     target = Path(out).expanduser().resolve() if out else run.dir / "export"
     if target.exists() and not force:
-        raise ExportError(f"{target} exists; remove it or pass --force to replace it")
+        raise ExportError(f"{target} exists; remove it or pass --force (make export ... FORCE=1) to replace it")
     model = audio_model(run)
     test = np.sort(run.cache.indices("test"))[:PARITY_BATCH]
     if test.size == 0:
@@ -416,9 +416,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 def privacy_line(privacy: dict | None) -> str:
     """The model card's statement of the privacy guarantee (or of its absence)."""
@@ -439,3 +436,7 @@ def attack_line(attack: dict | None, aggregator: str) -> str:
         f"- Attackers: {len(attack['partitions'])} of {attack['of']} partitions ran a simulated {attack['attack']} "
         f"attack ({attack.get('honoured_by', 'simulation')}); aggregator {aggregator}."
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
