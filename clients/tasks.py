@@ -4,10 +4,11 @@ tasks of its own keeps them in its folder (strategies/fedcmi/client.py, strategi
 
 from __future__ import annotations
 
-from mirror_app.core.groups import AUDIO_HEAD, AUDIO_MODEL, AV_MODEL, TEACHER_PREFIX, VIDEO_MODEL
+from mirror_app.core.distillation import TEACHERS
+from mirror_app.core.groups import AUDIO_ENCODER, AUDIO_HEAD, AUDIO_MODEL, AV_MODEL, TEACHER_PREFIX, VIDEO_MODEL
 from mirror_app.core.training import distill, train_audio, train_av, train_unimodal
 
-from .base import MASK, GroupClient, Task, Workspace
+from .base import MASK, GroupClient, Task, TaskError, Workspace
 
 
 def run_train_audio(client: GroupClient, ws: Workspace, received: dict, seed: int) -> tuple[list[str], float]:
@@ -42,22 +43,31 @@ def run_train_unimodal(client: GroupClient, ws: Workspace, received: dict, seed:
     return list(AUDIO_MODEL + VIDEO_MODEL), loss
 
 
-def run_distill(client: GroupClient, ws: Workspace, received: dict, seed: int) -> tuple[list[str], float]:
-    """Phase 2: the audio student (audio encoder + head) learns from the frozen AV teacher."""
+DISTILL_KEPT = "distill-kept"  # reply metric: the share of the client's training samples the distillation covered
+
+
+def run_distill(client: GroupClient, ws: Workspace, received: dict, seed: int) -> tuple[list[str], float, dict]:
+    """Phase 2: the audio student (audio encoder + head) learns from the frozen teacher (run config
+    ``distill-objective``, ``distill-teacher``); it reports the share of its samples the distillation covered."""
+    s = client.settings
+    missing = [g for g in TEACHERS[s.distill_teacher].groups if TEACHER_PREFIX + g not in received]
+    if missing:  # the workspace's teacher would keep stale weights for these
+        raise TaskError(f"distill-teacher {s.distill_teacher!r} reads the teacher's {missing}, which were not sent")
     client.load(ws.model, received)
     client.load_teacher(ws.teacher, received)
-    s = client.settings
+    stats: dict = {}
     loss = distill(
         ws.model,
         ws.teacher,
         ws.cache,
         client.partition.indices,
-        temperature=s.temperature,
-        ce_weight=s.distill_ce_weight,
-        divergence=s.distill_divergence,
+        settings=s.distill_settings,
+        objective=s.distill_objective,
+        teacher_kind=s.distill_teacher,
+        stats=stats,
         **client.train_kwargs(ws, seed),
     )
-    return list(AUDIO_MODEL), loss
+    return list(AUDIO_MODEL), loss, {DISTILL_KEPT: stats["kept"] / max(stats["seen"], 1)}
 
 
 TRAIN_AUDIO = Task(run_train_audio, needs=AUDIO_MODEL)
@@ -65,5 +75,6 @@ TRAIN_AV = Task(run_train_av, needs=AV_MODEL, video=True)  # clips without video
 AV_AUDIO_HEAD = (*AV_MODEL, AUDIO_HEAD)  # what train-av-audio-head trains
 TRAIN_AV_AUDIO_HEAD = Task(run_train_av_audio_head, needs=AV_AUDIO_HEAD, video=True, without_video=MASK)
 TRAIN_UNIMODAL = Task(run_train_unimodal, needs=AUDIO_MODEL + VIDEO_MODEL, video=True, without_video=MASK)
-# clips without video: skipped (the audiovisual teacher needs the frame)
-DISTILL = Task(run_distill, needs=AUDIO_MODEL + tuple(TEACHER_PREFIX + g for g in AV_MODEL), video=True)
+# clips without video: skipped (the audiovisual teacher needs the frame); the teacher groups sent are those
+# run config distill-teacher reads (DistillationPhase), checked by the task
+DISTILL = Task(run_distill, needs=(*AUDIO_MODEL, TEACHER_PREFIX + AUDIO_ENCODER), video=True)

@@ -53,6 +53,8 @@ METRIC_COLUMNS = [
     "av_clients",
     "audio_majority_share",
     "av_majority_share",
+    "audio_av_agreement",
+    "distill_kept_share",
     "clients",
     "failures",
     "bytes_to_clients",
@@ -80,6 +82,8 @@ LAST_N = 5  # summary.json "last5_mean": mean over this many last evaluated roun
 COLLAPSE_SHARE = 0.9  # a model whose most frequent predicted class takes this share of the test clips...
 COLLAPSE_FROM_ROUND = 3  # ...at an evaluated round >= this one is collapsed
 MODEL_NAMES = {"audio": "audio", "av": "audiovisual"}
+# round statistics that are shares, not counts: a metrics.csv row holds their mean over the rounds since the last one
+MEAN_STATS = ("distill_kept_share",)
 
 
 def _trained(rows: list[dict]) -> list[dict]:
@@ -112,14 +116,16 @@ def best_dev_row(rows: list[dict]) -> dict | None:
 
 def protocol_summary(rows: list[dict], product_phases: tuple[str, ...] | list[str] = ()) -> dict:
     """``last``, ``last5_mean`` and ``best_dev`` of the audio model, derived from the metrics rows alone
-    (so a resumed run gets the same answer). Round 0, the initial model, is never chosen nor averaged.
+    (so a resumed run gets the same answer). Round 0, the initial model, is never chosen nor averaged;
+    ``last5_mean`` and ``best_dev`` look at the product phases only (where they ran).
 
     ``best_dev`` is the headline: chosen among the rounds of ``product_phases`` (the phases that hold the
     method's product, e.g. ModalityMirror's distillation; all rounds when empty or when none of them ran),
     which ``best_dev["within"]`` names. ``best_dev_all_rounds`` is the same rule over every round."""
     trained = _trained(rows)
     last = trained[-1] if trained else (rows[-1] if rows else {})
-    tail = trained[-LAST_N:]
+    within = [p for p in product_phases if any(r.get("phase") == p for r in trained)]
+    tail = [r for r in trained if not within or r.get("phase") in within][-LAST_N:]
     out: dict[str, Any] = {
         "last": {"round": last.get("round"), **{k: last.get(k) for k in TEST_KEYS}},
         "last5_mean": {
@@ -130,7 +136,6 @@ def protocol_summary(rows: list[dict], product_phases: tuple[str, ...] | list[st
         },
     }
     overall = best_dev_row(rows)
-    within = [p for p in product_phases if any(r.get("phase") == p for r in trained)]
     best = best_dev_row([r for r in rows if r.get("phase") in within]) if within else overall
     if best is None:
         out["best_dev"] = None
@@ -146,10 +151,14 @@ def protocol_summary(rows: list[dict], product_phases: tuple[str, ...] | list[st
 
 def phase_summary(rows: list[dict]) -> dict[str, dict]:
     """Per phase, in the order they ran: where it left the audio model (its last evaluated round's test
-    metrics and AV top-1) and its own best-dev round (:func:`best_dev_row` among its rounds)."""
+    metrics, AV top-1, the audio model's majority share and its agreement with the AV model), the same at its
+    first evaluated round (``first``: a phase that starts by collapsing the audio model shows it there), and its
+    own best-dev round (:func:`best_dev_row` among its rounds)."""
+    keys = (*TEST_KEYS, "av_top1", "audio_majority_share", "audio_av_agreement")
     out: dict[str, dict] = {}
     for row in _trained(rows):
-        out[row["phase"]] = {"round": row["round"], **{k: row.get(k) for k in (*TEST_KEYS, "av_top1")}}
+        record = out.setdefault(row["phase"], {"first": {"round": row["round"], **{k: row.get(k) for k in keys}}})
+        record |= {"round": row["round"], **{k: row.get(k) for k in keys}}
     for phase, record in out.items():
         record["best_dev"] = best_dev_row([r for r in rows if r.get("phase") == phase])
     return out
@@ -269,7 +278,7 @@ class Curves:
 
 
 class RunRecorder:
-    SAVED = ("metrics", "clients", "per_class", "timeline", "pending", "partitions", "attack")  # what resume.pt keeps
+    SAVED = ("metrics", "clients", "per_class", "timeline", "pending", "means", "partitions", "attack")  # resume.pt
 
     def __init__(self, run_dir: Path, config: dict, classes: list[str], tensorboard: bool = False):
         self.dir = Path(run_dir)
@@ -287,6 +296,7 @@ class RunRecorder:
         self.per_class: list[dict] = []
         self.timeline: list[dict] = []
         self.pending: dict[str, float] = {}  # counts of rounds without evaluation, for the next row
+        self.means: dict[str, list[float]] = {}  # MEAN_STATS of rounds without evaluation, for the next row
         self.partitions: dict | None = None  # set by the strategy once it knows the connected clients
         self.attack: dict | None = None  # the simulated attackers (set by the strategy), for summary.json
 
@@ -339,12 +349,16 @@ class RunRecorder:
             self.pending["audio_only_share"] = stats["audio_only_share"]
         if "epsilon" in stats:  # privacy spent so far: the latest value, not a sum
             self.pending["epsilon"] = stats["epsilon"]
+        for key in MEAN_STATS:  # per-round shares: their mean over the rounds the row stands for
+            if key in stats:
+                self.means.setdefault(key, []).append(stats[key])
         line = f"[phase {phase_index} {phase}] round {server_round}/{total}"
         if metrics:
             row = {"round": server_round, "phase_index": phase_index, "phase": phase, "seconds": round(seconds, 2)}
             row.update({k: v for k, v in metrics.items() if k in METRIC_COLUMNS or k.startswith(MISSING_PREFIX)})
             row.update(self.pending)
-            self.pending = {}
+            row.update({key: sum(values) / len(values) for key, values in self.means.items()})
+            self.pending, self.means = {}, {}
             self.metrics.append(row)
             for name, f1 in zip(self.classes, metrics.get("audio_per_class_f1", [])):
                 self.per_class.append({"round": server_round, "class": name, "f1": f1})

@@ -19,13 +19,14 @@ from .distillation import FederatedDistillation
 from .fedcmi import FedCMI
 from .harmony import Harmony
 from .modality_mirror import ModalityMirror
-from .multifl import ModalityAwareFedAvg
+from .multifl import ModalityAwareFedAvg, MultiFLAudioHead
 from .unifl import UniFL
 
 STRATEGIES: dict[str, type[PhasedStrategy]] = {
     "modality-mirror": ModalityMirror,
     "harmony": Harmony,
     "multifl": ModalityAwareFedAvg,
+    "multifl-av-head": MultiFLAudioHead,
     "unifl": UniFL,
     "fedcmi": FedCMI,
     "modality-align": ModalityAlign,
@@ -62,9 +63,22 @@ def resolve_strategy(name: str) -> type[PhasedStrategy]:
 
 
 def resolve_config(raw: Mapping[str, Any]) -> tuple[RunConfig, type[PhasedStrategy]]:
-    """A run config (pyproject defaults + ``raw``), validated, and the strategy class it names."""
+    """A run config (pyproject defaults + ``raw`` + the run config the method fixes, its ``settings``),
+    validated, and the strategy class it names. A ``raw`` value that departs from the default where the method
+    fixes another one is refused (Flower hands the server every key, so a default is indistinguishable from
+    one the user wrote: those are taken as the method's)."""
     cfg = RunConfig.from_dict(raw)
-    return cfg, resolve_strategy(cfg.strategy)
+    cls = resolve_strategy(cfg.strategy)
+    if not cls.settings:
+        return cfg, cls
+    given, default = cfg.to_dict(), RunConfig.default().to_dict()
+    for key, value in cls.settings.items():
+        if given[key] != value and given[key] != default[key]:
+            raise ConfigError(
+                f"run config '{key}' = {given[key]!r} is invalid with strategy {cfg.strategy!r}, which runs with "
+                f"{key} = {value!r} (use the method it varies for another value)"
+            )
+    return RunConfig.from_dict({**raw, **cls.settings}), cls
 
 
 __all__ = [
@@ -77,6 +91,7 @@ __all__ = [
     "Instruction",
     "ModalityMirror",
     "ModalityAwareFedAvg",
+    "MultiFLAudioHead",
     "FederatedDistillation",
     "UniFL",
     "Harmony",

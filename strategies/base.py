@@ -68,6 +68,9 @@ class Phase:
     """A stage of training. Subclasses map a client modality to an instruction (or None)."""
 
     name = "phase"
+    # reply metrics of this phase's clients -> the metrics.csv column of their mean over a round's updates,
+    # weighted by example counts (e.g. the distillation's share of samples distilled)
+    reply_means: ClassVar[dict[str, str]] = {}
 
     def instruction(self, modality: str) -> Instruction | None:
         raise NotImplementedError
@@ -89,7 +92,12 @@ class PhasedStrategy(FedAvg):
     product_phases: ClassVar[tuple[str, ...]] = ()
     # a Table 1 row for the model this method's first phase left behind, within the same run ("" for none)
     phase1_label: ClassVar[str] = ""
-    compared: ClassVar[bool] = False  # one of the methods of the paper's comparison (`make table1`)
+    compared: ClassVar[bool] = False  # one of the methods of the comparison (`make table1`)
+    # a row of Table 1 that is this project's, not the paper's (a stronger baseline, a method of our own)
+    beyond_paper: ClassVar[bool] = False
+    # run config this method fixes (a registered variant of another method, e.g. its phase 1 read another way);
+    # strategies.resolve_config applies it and refuses a run config that asks for another value
+    settings: ClassVar[dict[str, Any]] = {}
     # the groups of the audio-only model this method evaluates and exports (state keys of the main slot)
     audio_groups: ClassVar[tuple[str, ...]] = AUDIO_MODEL
     audio_model_text: ClassVar[str] = "audio encoder + audio head."  # what that model is, for the model card
@@ -276,6 +284,7 @@ class PhasedStrategy(FedAvg):
         bytes_down = bytes_up = 0
         answered = set()
         rows: list[tuple[dict, list[str]]] = []  # client rows and the state keys each one's update went to
+        accepted: list[tuple[dict, int]] = []  # (reply metrics, examples) of the updates averaged in
         for proxy, res in results:
             ins, down = self._pending.get(proxy.cid, (None, 0))
             answered.add(proxy.cid)
@@ -296,6 +305,7 @@ class PhasedStrategy(FedAvg):
                 rejected += 1
                 log(WARNING, "round %s: client %s %s: %s", server_round, proxy.cid, row["status"], problem)
                 continue
+            accepted.append((res.metrics, int(res.num_examples)))
             names = str(res.metrics["groups"]).split(",")
             groups = unflatten(arrays, names, [len(self.state[ins.slot + g]) for g in names])
             for g in names:
@@ -334,6 +344,10 @@ class PhasedStrategy(FedAvg):
             "av_clients": trained.count(AUDIOVISUAL),
             "audio_only_share": self.census.audio_only_share(),
         }
+        for reply, column in phase.reply_means.items():  # over the updates averaged in, by example counts
+            said = [(float(m[reply]), n) for m, n in accepted if reply in m]
+            if sum(n for _, n in said):
+                self._round_stats[column] = sum(v * n for v, n in said) / sum(n for _, n in said)
         if self.ledger is not None:
             groups, eligible = self._release
             self._round_stats["epsilon"] = self.ledger.record(groups, self.cfg.clients_per_round, eligible)
@@ -507,12 +521,13 @@ class PhasedStrategy(FedAvg):
         """The audiovisual model: the frozen teacher once distillation started, else the ``av/`` slot
         where a method keeps a separate audiovisual model, else the main model."""
         if self.teacher is not None:
-            return dict(self.teacher)
+            return {g: self.teacher[g] for g in AV_MODEL}
         slot = AV_SLOT if AV_SLOT + AV_MODEL[0] in self.state else ""
         return {g: self.state[slot + g] for g in AV_MODEL}
 
-    def snapshot_teacher(self) -> None:
-        self.teacher = {g: [a.copy() for a in self.state[g]] for g in AV_MODEL}
+    def snapshot_teacher(self, groups: tuple[str, ...] = AV_MODEL) -> None:
+        """Freeze a copy of ``groups`` of the main model as the teacher."""
+        self.teacher = {g: [a.copy() for a in self.state[g]] for g in groups}
 
     def check_update(self, ins: Instruction, res: FitRes, arrays: list[np.ndarray], limit: int = MAX_EXAMPLES) -> str:
         """Why an update must not be averaged in ('' when it is fine); see :func:`.aggregation.check_update`."""

@@ -29,5 +29,5 @@ class ModalityMirror(PhasedStrategy):
     def build_phases(self, cfg: RunConfig):
         phases = [(ModalityAwarePhase.of(cfg), cfg.num_server_rounds)]
         if cfg.distill_rounds > 0:
-            phases.append((DistillationPhase(), cfg.distill_rounds))
+            phases.append((DistillationPhase.of(cfg), cfg.distill_rounds))
         return phases

@@ -359,10 +359,11 @@ def test_run_records_restore_finished_runs_elsewhere_and_are_never_overwritten(t
     assert "| none | 0 | 41.0 | 42.0 | 43.0 | n/a | n/a |" in first_md
     assert "| none | 0 | 41.0 | 42.0 | 43.0 | 41.0 | 42.0 |" in md_records
     assert "| sign-flip | 0.2 | 20.0 | 20.0 | 20.0 | 20.0 | 20.0 |" in md_records
-    # records made under other settings are refused, naming the flag
-    check_settings(records, {"run-config": "num-server-rounds=6"}, "--records")
+    # records made under other settings are refused, naming the flag (these keep no config.json, so the folder's
+    # run-config string decides)
+    check_settings(records, {"run-config": "num-server-rounds=6"}, "--records", runs=records)
     with pytest.raises(SweepError, match="use another --records"):
-        check_settings(records, {"run-config": "num-server-rounds=30"}, "--records")
+        check_settings(records, {"run-config": "num-server-rounds=30"}, "--records", runs=records)
 
 
 def test_ablations_command_records_what_finished_before_an_interrupt_and_resumes_from_records(tmp_path, monkeypatch):

@@ -9,8 +9,7 @@ from flwr.server import Server
 from flwr.server.strategy import FedAvg
 from helpers import fit_round, tiny_cache, tiny_federation, tiny_strategy
 
-from clients.tasks import AV_AUDIO_HEAD
-from mirror_app.core.groups import AUDIO_MODEL, GROUPS, flatten, group_sizes, unflatten
+from mirror_app.core.groups import AUDIO_MODEL, AV_MODEL, GROUPS, flatten, group_sizes, unflatten
 from strategies import ModalityAwareFedAvg, ModalityMirror
 
 
@@ -57,10 +56,10 @@ def test_audio_only_clients_never_see_or_touch_video_and_fusion(cache, tmp_path)
         if kinds[proxy.cid] == "audio":
             assert sent == list(AUDIO_MODEL)
             assert len(parameters_to_ndarrays(ins.parameters)) == sizes["audio_encoder"] + sizes["audio_head"]
-        else:  # the audiovisual model, plus the audio head they also train (av-trains-audio-head, the default)
-            assert sent == list(AV_AUDIO_HEAD)
+        else:  # the audiovisual model only (av-trains-audio-head = false, the default: the paper's reading)
+            assert sent == list(AV_MODEL)
     for proxy, res in results:
-        expected = AUDIO_MODEL if kinds[proxy.cid] == "audio" else AV_AUDIO_HEAD
+        expected = AUDIO_MODEL if kinds[proxy.cid] == "audio" else AV_MODEL
         assert res.metrics["groups"].split(",") == list(expected)
 
     # Aggregate only the audio-only clients' updates: video encoder and fusion head must not move.

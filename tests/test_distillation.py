@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from flwr.server import Server
 from helpers import tiny_cache, tiny_federation, tiny_strategy
 
+from mirror_app.core.distillation import distillation_loss
 from mirror_app.core.groups import AV_MODEL
-from mirror_app.core.training import distillation_loss
 from strategies import ModalityMirror
 
 
@@ -72,8 +72,8 @@ def test_phase_two_uses_only_audiovisual_clients_and_a_frozen_teacher(cache, tmp
         rounds = [call["config"]["server-round"] for call in proxy.fit_calls]
         if proxy.client.modality == "audio":
             assert tasks == ["train-audio"] and rounds == [1]  # never in phase 2
-        else:  # audiovisual clients also train the audio head in phase 1 (the default)
-            assert tasks == ["train-av-audio-head", "distill", "distill"]
+        else:  # audiovisual clients train the fused model only in phase 1 (the default: the paper's reading)
+            assert tasks == ["train-av", "distill", "distill"]
             sent = proxy.fit_calls[1]["config"]["groups"].split(",")
             assert sent == [
                 "audio_encoder",

@@ -11,9 +11,10 @@ from flwr.common import parameters_to_ndarrays
 from flwr.server import Server
 from helpers import fit_round, tiny_cache, tiny_federation, tiny_strategy
 
+from mirror_app.core.distillation import distillation_loss
 from mirror_app.core.groups import AUDIO_HEAD, AV_MODEL
 from mirror_app.core.models import build_model
-from mirror_app.core.training import distillation_loss, train_av
+from mirror_app.core.training import train_av
 from strategies import ModalityAwareFedAvg, ModalityMirror
 
 LABELS = torch.zeros(6, dtype=torch.long)
@@ -98,9 +99,42 @@ def test_an_unknown_divergence_is_refused_and_the_run_config_checks_it():
         RunConfig.from_dict({"av-audio-head-weight": 0.0})
 
 
+def recomputed_distill_loss(proxy, call: dict, divergence: str) -> float:
+    """The phase-2 loss a client would report for the instruction ``call`` under ``divergence``: the core's
+    distillation loop on the received student and teacher, with the client's seed and local training."""
+    import copy
+
+    from clients.base import received_groups
+    from mirror_app.core.distillation import DistillSettings
+    from mirror_app.core.groups import TEACHER_PREFIX, set_groups
+    from mirror_app.core.training import distill
+
+    client = proxy.client
+    received = received_groups(call["arrays"], call["config"])
+    student, teacher = copy.deepcopy(client.workspace.model), copy.deepcopy(client.workspace.teacher)
+    set_groups(student, {g: a for g, a in received.items() if not g.startswith(TEACHER_PREFIX)})
+    set_groups(
+        teacher, {g.removeprefix(TEACHER_PREFIX): a for g, a in received.items() if g.startswith(TEACHER_PREFIX)}
+    )
+    seed = client.settings.seed * 1_000_003 + int(call["config"]["server-round"]) * 1009 + client.partition.partition_id
+    seed %= 2**32
+    torch.manual_seed(seed)
+    settings = DistillSettings(temperature=client.settings.temperature, divergence=divergence)
+    return distill(
+        student,
+        teacher,
+        client.workspace.cache,
+        client.partition.indices,
+        settings=settings,
+        **client.train_kwargs(client.workspace, seed),
+    )
+
+
 def test_the_run_configs_divergence_reaches_the_clients_distillation(cache, tmp_path):
-    """The same run with forward and with reverse: phase 1 identical, phase 2's student different; the
-    client's reported loss in phase 2 is the reverse divergence's."""
+    """The same run with forward and with reverse: phase 1 identical, phase 2's student different; the loss each
+    client reports in phase 2 is its run's divergence's (recomputed from what it received), not the other's."""
+    import pandas as pd
+
     students, phase1 = {}, {}
     for divergence in ("forward", "reverse"):
         manager, proxies = tiny_federation(cache, 4, missing_rate=0.25, distill_divergence=divergence)
@@ -116,6 +150,18 @@ def test_the_run_configs_divergence_reaches_the_clients_distillation(cache, tmp_
         Server(client_manager=manager, strategy=strategy).fit(strategy.total_rounds, None)
         students[divergence] = strategy.state["audio_head"][0].copy()
         phase1[divergence] = strategy.teacher["fusion_head"][0].copy()
+        reported = pd.read_csv(strategy.recorder.dir / "clients.csv").set_index(["round", "partition_id"])
+        checked = 0
+        for proxy in proxies.values():
+            for call in proxy.fit_calls:
+                if call["config"]["task"] != "distill":
+                    continue
+                loss = reported.loc[(2, proxy.client.partition.partition_id), "train_loss"]
+                other = "reverse" if divergence == "forward" else "forward"
+                assert loss == pytest.approx(recomputed_distill_loss(proxy, call, divergence), rel=1e-5)
+                assert loss != pytest.approx(recomputed_distill_loss(proxy, call, other), rel=1e-3)
+                checked += 1
+        assert checked == 3  # the three audiovisual clients
     np.testing.assert_array_equal(phase1["forward"], phase1["reverse"])
     assert not np.allclose(students["forward"], students["reverse"])
 

@@ -96,7 +96,15 @@ def test_the_sweep_takes_its_methods_and_labels_from_the_registry():
     from mirror_app.tools import sweep
     from strategies import STRATEGIES
 
-    assert sweep.METHODS == ("modality-mirror", "harmony", "multifl", "unifl", "fedcmi", "modality-align")
+    assert sweep.METHODS == (
+        "modality-mirror",
+        "harmony",
+        "multifl",
+        "multifl-av-head",
+        "unifl",
+        "fedcmi",
+        "modality-align",
+    )
     assert all(STRATEGIES[m].display_name() == sweep.LABELS[m] for m in sweep.METHODS)
     assert "distill" not in sweep.METHODS and "modality-aware-fedavg" not in sweep.METHODS  # alias, not a method
 

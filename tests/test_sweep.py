@@ -204,12 +204,59 @@ def test_runs_without_the_protocol_keys_are_still_reported(tmp_path):
 
 
 def test_a_sweep_folder_refuses_runs_made_with_other_settings(tmp_path):
+    """A folder whose runs keep their resolved config must agree on the federation size only (each run is checked
+    on its own); one holding a run without config.json (an older run) must agree on the run-config string too."""
     from mirror_app.tools.sweep import SweepError, check_settings
 
     check_settings(tmp_path, {"run-config": "num-server-rounds=6", "num-supernodes": 20})
     check_settings(tmp_path, {"run-config": "num-server-rounds=6", "num-supernodes": 20})  # same: resume
+    check_settings(tmp_path, {"run-config": "num-server-rounds=30", "num-supernodes": 20})  # runs checked one by one
+    with pytest.raises(SweepError, match="holds runs made with"):
+        check_settings(tmp_path, {"run-config": "num-server-rounds=6", "num-supernodes": 100})
+    old = tmp_path / "runs" / "multifl-mr0.3-s0"
+    old.mkdir(parents=True)
+    (old / "summary.json").write_text("{}")  # a finished run from before runs kept config.json
     with pytest.raises(SweepError, match="holds runs made with"):
         check_settings(tmp_path, {"run-config": "num-server-rounds=30", "num-supernodes": 20})
+
+
+def test_a_finished_run_or_record_under_another_resolved_config_is_refused_naming_the_keys(tmp_path):
+    """The resolved config (defaults, preset, overrides, the method's fixed settings) decides whether a finished
+    run or a record is the cell's: a changed default is caught although the run-config string is the same."""
+    from mirror_app.tools.sweep import SweepError, resolved_config, restore_records
+
+    cell = Cell("multifl", 0.3, 0)
+    run_config = "num-server-rounds=4 distill-rounds=2"
+    expect = {"multifl-mr0.3-s0": resolved_config(cell, run_config)}
+    assert expect["multifl-mr0.3-s0"]["strategy"] == "multifl" and "output-dir" not in expect["multifl-mr0.3-s0"]
+    assert resolved_config(Cell("multifl-av-head", 0.3, 0), run_config)["av-trains-audio-head"] is True
+
+    def writer(config: dict):
+        def run(c: Cell, output_dir: Path, log: Path) -> bool:
+            log.write_text("ok")
+            (output_dir / "run").mkdir()
+            (output_dir / "run" / "config.json").write_text(json.dumps(config | {"output-dir": str(output_dir)}))
+            (output_dir / "run" / "summary.json").write_text("{}")
+            return True
+
+        return run
+
+    calls: list = []
+    run_cells([cell], tmp_path / "a", writer(expect[cell.key]), lambda c: expect[c.key])
+    run_cells([cell], tmp_path / "a", fake_runner(calls), lambda c: expect[c.key])  # the same config: resumed
+    assert calls == []
+    changed = expect[cell.key] | {"distill-divergence": "reverse", "lr": 0.01}
+    run_cells([cell], tmp_path / "b", writer(changed), lambda c: expect[c.key])
+    with pytest.raises(SweepError, match=r"another resolved config .*distill-divergence: 'reverse' -> 'forward', lr"):
+        run_cells([cell], tmp_path / "b", fake_runner(calls), lambda c: expect[c.key])
+    assert calls == []  # refused before anything ran
+    record = tmp_path / "records" / cell.key
+    record.mkdir(parents=True)
+    (record / "config.json").write_text(json.dumps(changed))
+    (record / "summary.json").write_text("{}")
+    with pytest.raises(SweepError, match="the record .* another resolved config"):
+        restore_records([cell], tmp_path / "c", tmp_path / "records", lambda c: expect[c.key])
+    assert not (tmp_path / "c" / "runs" / cell.key).exists()
 
 
 def test_report_only_tables_finished_runs_and_marks_the_rest_not_run(tmp_path):

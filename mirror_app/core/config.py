@@ -19,6 +19,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .distillation import DIVERGENCES, OBJECTIVES, TEACHERS, DistillSettings
+
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"  # the app's root, also inside a FAB
 
 
@@ -35,9 +37,6 @@ ATTACKS = ("none", "sign-flip", "scale", "gaussian", "label-flip", "inflate-coun
 DP_MODES = ("off", "central", "local")
 CENSUS_MODES = ("auto", "full", "sampled")
 FULL_CENSUS_UP_TO = 1000  # census 'auto': ask every node first up to this many nodes, learn from the drawn above
-# phase 2's divergence between the softened teacher (p^M) and student (p^A): forward KL(p^M || p^A) (Hinton),
-# reverse KL(p^A || p^M) (the paper's formula read literally), symmetric: the mean of the two
-DIVERGENCES = ("forward", "reverse", "symmetric")
 
 
 @dataclass(frozen=True)
@@ -63,6 +62,13 @@ class RunConfig:
     temperature: float
     distill_ce_weight: float
     distill_divergence: str
+    distill_objective: str
+    distill_teacher: str
+    distill_alpha: float
+    dkd_alpha: float
+    dkd_beta: float
+    agreement_tau: float
+    distill_audio_only_clients: bool
     av_trains_audio_head: bool
     av_audio_head_weight: float
     audio_backbone: str
@@ -213,6 +219,17 @@ class RunConfig:
             raise _err("distill-ce-weight", self.distill_ce_weight, "a number >= 0")
         if self.distill_divergence not in DIVERGENCES:
             raise _err("distill-divergence", self.distill_divergence, f"one of {list(DIVERGENCES)}")
+        if self.distill_objective not in OBJECTIVES:
+            raise _err("distill-objective", self.distill_objective, f"one of {list(OBJECTIVES)}")
+        if self.distill_teacher not in TEACHERS:
+            raise _err("distill-teacher", self.distill_teacher, f"one of {list(TEACHERS)}")
+        if not 0 <= self.distill_alpha <= 1:
+            raise _err("distill-alpha", self.distill_alpha, "a fraction in [0, 1] (the distillation term's share)")
+        for key in ("dkd-alpha", "dkd-beta"):
+            if getattr(self, key.replace("-", "_")) < 0:
+                raise _err(key, getattr(self, key.replace("-", "_")), "a number >= 0")
+        if not -1 <= self.agreement_tau < 1:
+            raise _err("agreement-tau", self.agreement_tau, "a number in [-1, 1) (Kendall's tau)")
         if not self.av_audio_head_weight > 0:
             raise _err("av-audio-head-weight", self.av_audio_head_weight, "a number > 0")
         from .backbones import AUDIO_ONLY_BACKBONES
@@ -289,6 +306,19 @@ class RunConfig:
                 ok = False
             if not ok:
                 raise _err("eval-missing-video", self.eval_missing_video, "comma-separated fractions in (0, 1]")
+
+    @property
+    def distill_settings(self) -> DistillSettings:
+        """The knobs the distillation objectives read (:mod:`.distillation`)."""
+        return DistillSettings(
+            temperature=self.temperature,
+            divergence=self.distill_divergence,
+            ce_weight=self.distill_ce_weight,
+            alpha=self.distill_alpha,
+            dkd_alpha=self.dkd_alpha,
+            dkd_beta=self.dkd_beta,
+            tau=self.agreement_tau,
+        )
 
     @property
     def eval_missing_shares(self) -> tuple[float, ...]:

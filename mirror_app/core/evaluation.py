@@ -145,6 +145,9 @@ class Evaluator:
             "av_majority_class": m["majority_class"],
             "av_macro_f1": m["macro_f1"],
         }
+        # how much of the audiovisual model's decisions the audio model reproduces (at the end of ModalityMirror's
+        # phase 1: how much of the teacher's knowledge its own audio branch already reaches)
+        out["audio_av_agreement"] = float((audio.argmax(dim=1) == av.argmax(dim=1)).float().mean()) if len(av) else 0.0
         for share, mask in self.missing.items():
             mixed = torch.where(torch.from_numpy(mask)[:, None], audio, av)
             out[missing_key(share)] = classification_metrics(mixed, labels, self.cache.num_classes)["top1"]

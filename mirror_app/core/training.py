@@ -1,5 +1,6 @@
 """Plain PyTorch: mini-batches, the local training loop, the shared clients' losses (audio, audiovisual,
-unimodal, distillation). No Flower here. A method's own losses live in its folder (strategies/<method>/)."""
+unimodal) and phase 2's distillation loop (its objectives and teachers are in :mod:`.distillation`). No Flower
+here. A method's own losses live in its folder (strategies/<method>/)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import DIVERGENCES
+from .distillation import OBJECTIVES, TEACHERS, DistillSettings
 from .models import DualEncoder
 
 
@@ -181,65 +182,40 @@ def train_unimodal(model: DualEncoder, cache, indices, **kw) -> float:
     )
 
 
-def distillation_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    labels: torch.Tensor,
-    temperature: float,
-    ce_weight: float = 0.0,
-    divergence: str = "forward",
-) -> torch.Tensor:
-    """T^2 x a divergence between the softened teacher p^M = softmax(teacher / T) and student
-    p^A = softmax(student / T), mean over the batch, plus ``ce_weight`` x the student's cross-entropy.
-
-    ``divergence`` (run config ``distill-divergence``):
-
-    * ``forward``: KL(p^M || p^A), Hinton et al.'s; mass-covering: the student spreads probability over
-      every class the teacher gives mass to;
-    * ``reverse``: KL(p^A || p^M), the ModalityMirror paper's formula (Section 3.2.3) read literally;
-      mode-seeking: the student may commit to the classes it can tell apart from audio;
-    * ``symmetric``: (forward + reverse) / 2.
-
-    The T^2 factor keeps the gradient scale independent of T. Every term is zero when student equals teacher.
-    """
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence {divergence!r} is unknown; one of {list(DIVERGENCES)}")
-    t = temperature
-    log_s = F.log_softmax(student_logits / t, dim=1)
-    log_t = F.log_softmax(teacher_logits / t, dim=1)
-    # F.kl_div(a, b, log_target=True) = KL(exp(b) || exp(a)), summed over classes, mean over the batch
-    terms = []
-    if divergence in ("forward", "symmetric"):
-        terms.append(F.kl_div(log_s, log_t, reduction="batchmean", log_target=True))
-    if divergence in ("reverse", "symmetric"):
-        terms.append(F.kl_div(log_t, log_s, reduction="batchmean", log_target=True))
-    loss = sum(terms) / len(terms) * (t * t)
-    if ce_weight > 0:
-        loss = loss + ce_weight * F.cross_entropy(student_logits, labels)
-    return cast(torch.Tensor, loss)
-
-
 def distill(
     student: DualEncoder,
     teacher: DualEncoder,
     cache,
     indices,
     *,
-    temperature: float,
-    ce_weight: float = 0.0,
-    divergence: str = "forward",
+    settings: DistillSettings,
+    objective: str = "kl",
+    teacher_kind: str = "fused",
+    stats: dict | None = None,
     **kw,
 ) -> float:
-    """Phase 2 on an audiovisual client: the audio student learns the frozen AV teacher's outputs."""
+    """Phase 2 on an audiovisual client: the audio student learns from the frozen teacher's logits
+    (``TEACHERS[teacher_kind]``) under ``OBJECTIVES[objective]`` (:mod:`.distillation`). ``stats``, when
+    given, receives ``kept`` and ``seen``: how many training samples the distillation term covered."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"distillation objective {objective!r} is unknown; one of {list(OBJECTIVES)}")
+    if teacher_kind not in TEACHERS:
+        raise ValueError(f"distillation teacher {teacher_kind!r} is unknown; one of {list(TEACHERS)}")
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    loss_of, teacher_of = OBJECTIVES[objective], TEACHERS[teacher_kind].logits
+    counts = stats if stats is not None else {}
+    counts.update(kept=0, seen=0)
 
     def loss_fn(b: Batch) -> torch.Tensor:
         assert b.video is not None  # distillation reads video (with_video=True below)
         with torch.no_grad():
-            target = teacher.av_logits(b.audio, b.video)
-        return distillation_loss(student.audio_logits(b.audio), target, b.labels, temperature, ce_weight, divergence)
+            target = teacher_of(teacher, b)
+        loss, kept = loss_of(student.audio_logits(b.audio), target, b.labels, settings)
+        counts["kept"] += int(kept.sum())
+        counts["seen"] += len(b.labels)
+        return loss
 
     return run_epochs(
         student, loss_fn, [student.audio_encoder, student.audio_head], cache, indices, with_video=True, **kw

@@ -9,6 +9,7 @@
     python -m mirror_app.tools.ablations robust --fractions 0.2                  # one attack fraction only
     python -m mirror_app.tools.ablations privacy --seeds 0,1,2                   # accuracy against epsilon
     python -m mirror_app.tools.ablations missingness --seeds 0,1,2               # per client, per clip, over time
+    python -m mirror_app.tools.ablations distill --seeds 0,1,2                   # which distillation earns its phase
 
 ``teacher`` runs ModalityMirror with teachers of different strength: phase 1 of a quarter, a
 half and all of the preset's ``num-server-rounds``, each with and without the pretrained
@@ -43,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mirror_app.tools import missing_study, security
+from mirror_app.tools import distill_study, missing_study, security
 from mirror_app.tools.sweep import (
     LABELS,
     Cell,
@@ -55,6 +56,7 @@ from mirror_app.tools.sweep import (
     flwr_runner,
     merged_run_config,
     parse_pairs,
+    resolved_config,
     restore_records,
     run_cells,
     save_records,
@@ -550,7 +552,8 @@ def fig2(sweep: Path, rate: float) -> tuple[str, Path | None]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Ablations that explain Table 1.")
     p.add_argument(
-        "which", choices=("teacher", "drift", "skew", "fig2", "fidelity", "robust", "privacy", "missingness")
+        "which",
+        choices=("teacher", "drift", "skew", "fig2", "fidelity", "robust", "privacy", "missingness", "distill"),
     )
     p.add_argument("--out", default="", help="results folder (default results/ablation-<which>)")
     p.add_argument("--preset", default=DEFAULT_PRESET)
@@ -569,6 +572,12 @@ def main(argv: list[str] | None = None) -> int:
         "--attacks",
         default=",".join(security.ATTACK_TAGS),
         help="robust: the attacks, comma-separated (a subset of the study)",
+    )
+    p.add_argument(
+        "--best",
+        default="kd",
+        choices=distill_study.OBJECTIVES,
+        help="distill: the objective also run with the other teachers and with audio-only clients training",
     )
     p.add_argument("--num-supernodes", type=int, default=100)
     p.add_argument("--timeout", type=float, default=3600)
@@ -615,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         "robust": lambda: security.robust_cells(args.rate, seeds, fractions, attacks),
         "privacy": lambda: security.privacy_clean_cells(args.rate, seeds),
         "missingness": lambda: missing_study.missingness_cells(seeds),
+        "distill": lambda: distill_study.distill_cells(rates, seeds, args.best),
     }
     cells = plans[args.which]()
     settings = {"run-config": run_config, "num-supernodes": args.num_supernodes, "which": args.which}
@@ -623,17 +633,20 @@ def main(argv: list[str] | None = None) -> int:
         check_settings(out, settings)
         if records:
             records.mkdir(parents=True, exist_ok=True)
-            check_settings(records, settings, "--records")
+            check_settings(records, settings, "--records", runs=records)
     except SweepError as exc:
         print(f"ablations: {exc}", file=sys.stderr)
         return 2
 
+    def expect(cell: Cell) -> dict:
+        return resolved_config(cell, run_config)
+
     def run_recorded(cells: list[Cell]) -> pd.DataFrame:
         if not records:
-            return run_cells(cells, out, runner)
-        restore_records(cells, out, records)
+            return run_cells(cells, out, runner, expect)
+        restore_records(cells, out, records, expect)
         try:
-            return run_cells(cells, out, runner)
+            return run_cells(cells, out, runner, expect)
         finally:  # also on Ctrl-C or SIGTERM: what finished is recorded
             # the clean run's clients.csv gives the privacy study its clipping norm
             save_records(cells, out, records, with_clients={cells[0].key} if args.which == "privacy" else set())
@@ -641,16 +654,22 @@ def main(argv: list[str] | None = None) -> int:
     from mirror_app.results import write_csv
     from mirror_app.tools.launch import SuperLink, interrupt_on_signals
 
-    with interrupt_on_signals(), SuperLink(out / ".flwr") as link:
-        runner = flwr_runner(link, args.num_supernodes, run_config, args.timeout)
-        runs = run_recorded(cells)
-        if args.which == "privacy":  # the clipping norm comes from the first seed's clean run
-            if runs.loc[0, "status"] != "ok":
-                print(f"ablations: the clean run {cells[0].key} failed (log: {runs.loc[0, 'log']})", file=sys.stderr)
-                return 1
-            norm = security.clipping_norm(out, cells[0])
-            cells = cells + security.privacy_dp_cells(args.rate, seeds, norm)
+    try:
+        with interrupt_on_signals(), SuperLink(out / ".flwr") as link:
+            runner = flwr_runner(link, args.num_supernodes, run_config, args.timeout)
             runs = run_recorded(cells)
+            if args.which == "privacy":  # the clipping norm comes from the first seed's clean run
+                if runs.loc[0, "status"] != "ok":
+                    print(
+                        f"ablations: the clean run {cells[0].key} failed (log: {runs.loc[0, 'log']})", file=sys.stderr
+                    )
+                    return 1
+                norm = security.clipping_norm(out, cells[0])
+                cells = cells + security.privacy_dp_cells(args.rate, seeds, norm)
+                runs = run_recorded(cells)
+    except SweepError as exc:  # a finished run or record made under another resolved config
+        print(f"ablations: {exc}", file=sys.stderr)
+        return 2
     write_csv(out / "runs.csv", runs.to_dict("records"), list(runs.columns))
     if args.which == "teacher":
         markdown, frame = teacher_table(cells, out)
@@ -668,6 +687,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.which == "privacy":
         markdown, frame = security.privacy_table(cells, out, norm)
         security.privacy_figure(frame, out)
+    elif args.which == "distill":
+        markdown, frame = distill_study.distill_table(cells, out, rates)
+        distill_study.distill_figure(frame, out, rates)
+        handover = distill_study.handover_csv(frame)
+        write_csv(out / "handover.csv", handover.to_dict("records"), list(handover.columns))
     elif args.which == "fidelity":
         markdown, frame = fidelity_table(cells, out, rates, run_config, args.num_supernodes)
         fidelity_figure(frame, out, rates)

@@ -416,7 +416,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-
 def privacy_line(privacy: dict | None) -> str:
     """The model card's statement of the privacy guarantee (or of its absence)."""
     if not privacy:

@@ -91,25 +91,97 @@ def plan(methods, rates, seeds, fig3_rates=()) -> list[Cell]:
     return cells
 
 
-def check_settings(out: Path, settings: dict, flag: str = "--out") -> None:
-    """Finished runs are reused by key (method, rate, seed): refuse to mix runs made with other settings."""
+def check_settings(out: Path, settings: dict, flag: str = "--out", runs: Path | None = None) -> None:
+    """Finished runs are reused by key (method, rate, seed, tag): refuse a folder made with other settings.
+
+    A run that keeps its resolved config (config.json) is checked on its own against the config its cell would
+    run with now (:func:`check_finished`), so the folder's ``sweep.json`` only has to agree on what config.json
+    does not hold, the federation's size (``num-supernodes``); a folder holding a run without config.json (made
+    before runs kept it) must agree on every setting, the run-config string included. ``runs``: where the runs
+    are (``out/runs`` by default; a records folder holds them directly)."""
     marker = out / "sweep.json"
-    if marker.is_file():
-        before = json.loads(marker.read_text())
-        if before != settings:
-            raise SweepError(f"{out} holds runs made with {before}, not {settings}; use another {flag}")
-    else:
+    if not marker.is_file():
         from mirror_app.results import atomic_write
 
         atomic_write(marker, lambda path: path.write_text(json.dumps(settings)))
+        return
+    before = json.loads(marker.read_text())
+    folder = runs if runs is not None else out / "runs"
+    legacy = folder.is_dir() and any(
+        (d / "summary.json").is_file() and not (d / "config.json").is_file() for d in folder.iterdir()
+    )
+    keys = set(before) | set(settings) if legacy else {"num-supernodes"}
+    if any(before.get(k) != settings.get(k) for k in keys):
+        shown = before if legacy else {k: before.get(k) for k in keys}
+        wanted = settings if legacy else {k: settings.get(k) for k in keys}
+        raise SweepError(f"{out} holds runs made with {shown}, not {wanted}; use another {flag}")
 
 
-def run_cells(cells: list[Cell], out: Path, runner: Callable[[Cell, Path, Path], bool]) -> pd.DataFrame:
-    """Run every cell not finished yet; ``runner(cell, output_dir, log) -> ok``. Returns runs.csv."""
+# keys of a run's resolved config that may differ between two runs of the same cell (where it writes, on which
+# device, where the data were prepared)
+CONFIG_IGNORED = ("resume", "output-dir", "round-timeout", "device", "tensorboard", "data-dir")
+
+
+def cell_run_config(cell: Cell, extra_config: str) -> str:
+    """The ``key=value`` run config a sweep run of ``cell`` gets (besides its output-dir): the cell's strategy,
+    missing rate and seed, the sweep's run config with the method's own defaults, then the cell's config."""
+    from mirror_app.tools.launch import with_defaults
+
+    return f"strategy='{cell.method}' missing-rate={cell.rate} seed={cell.seed} " + override_pairs(
+        with_defaults(extra_config, METHOD_CONFIG.get(cell.method, {})), cell.config
+    )
+
+
+def resolved_config(cell: Cell, extra_config: str) -> dict:
+    """The fully resolved run config of ``cell`` (pyproject defaults, preset, overrides, the method's fixed
+    settings), as its ServerApp writes it to config.json, without the keys that may differ between machines."""
+    from strategies import resolve_config
+
+    cfg, _ = resolve_config(pairs_to_values(parse_pairs(cell_run_config(cell, extra_config))))
+    return {k: v for k, v in cfg.to_dict().items() if k not in CONFIG_IGNORED}
+
+
+def config_changes(found: dict, expected: dict) -> list[str]:
+    """The keys whose values differ between a finished run's config.json and the config expected of it."""
+    keys = (set(found) | set(expected)) - set(CONFIG_IGNORED)
+    return sorted(k for k in keys if found.get(k, "<absent>") != expected.get(k, "<absent>"))
+
+
+def check_finished(run_dir: Path, cell: Cell, expected: Callable[[Cell], dict] | None, where: str) -> None:
+    """Refuse to take ``run_dir`` (a finished run or a record of ``cell``) as the cell's run when its resolved
+    config differs from the one the cell would run with now (a default changed since, say): one line naming the
+    keys. A run or record without config.json (an older record) is left to the folder's sweep.json check."""
+    path = run_dir / "config.json"
+    if expected is None or not path.is_file():
+        return
+    want = expected(cell)
+    found = json.loads(path.read_text())
+    changed = config_changes(found, want)
+    if changed:
+        diff = ", ".join(f"{k}: {found.get(k, '<absent>')!r} -> {want.get(k, '<absent>')!r}" for k in changed[:5])
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        raise SweepError(
+            f"{where} {run_dir} was run with another resolved config than {cell.key} has now ({diff}{more}); "
+            "use another folder, or remove that run to make it again"
+        )
+
+
+def run_cells(
+    cells: list[Cell],
+    out: Path,
+    runner: Callable[[Cell, Path, Path], bool],
+    expected: Callable[[Cell], dict] | None = None,
+) -> pd.DataFrame:
+    """Run every cell not finished yet; ``runner(cell, output_dir, log) -> ok``. Returns runs.csv. A run finished
+    earlier is taken as the cell's only if its resolved config is ``expected(cell)`` (:func:`check_finished`),
+    checked for every cell before anything runs."""
     from tqdm import tqdm
 
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
+    for cell in cells:
+        if (out / "runs" / cell.key / "summary.json").is_file():
+            check_finished(out / "runs" / cell.key, cell, expected, "the finished run")
     for cell in tqdm(cells, desc="sweep", unit="run"):
         final = out / "runs" / cell.key
         if (final / "summary.json").is_file():
@@ -137,9 +209,11 @@ def run_cells(cells: list[Cell], out: Path, runner: Callable[[Cell, Path, Path],
     return table
 
 
-# what a run record keeps of a finished run (a few KB, no model): the tables and figures read summary.json
-# (and metrics.csv for the traffic); clients.csv only where a study reads it, gzipped
-RECORD_FILES = ("metrics.csv", "summary.json")  # summary.json last: it marks a record (and a run) complete
+# what a run record keeps of a finished run (a few KB, no model): its resolved config (config.json), what the
+# tables and figures read (summary.json, metrics.csv, per_class_f1.csv gzipped); clients.csv only where a study
+# reads it, gzipped
+RECORD_FILES = ("config.json", "metrics.csv", "summary.json")  # summary.json last: it marks a record complete
+GZIPPED = ("per_class_f1.csv",)  # kept as <name>.gz
 
 
 def _copy_atomic(src: Path, dst: Path, compress: bool = False) -> None:
@@ -151,19 +225,24 @@ def _copy_atomic(src: Path, dst: Path, compress: bool = False) -> None:
     atomic_write(dst, lambda path: path.write_bytes(gzip.compress(data, mtime=0) if compress else data))
 
 
-def restore_records(cells: list[Cell], out: Path, records: Path) -> int:
-    """Make every cell with a record in ``records`` a finished run under ``out`` (run_cells then skips it).
-    Returns how many were restored; a run already finished under ``out`` is left as it is."""
+def restore_records(cells: list[Cell], out: Path, records: Path, expected: Callable[[Cell], dict] | None = None) -> int:
+    """Make every cell with a record in ``records`` a finished run under ``out`` (run_cells then skips it), once
+    every such record has been checked against ``expected`` (:func:`check_finished`). Returns how many were
+    restored; a run already finished under ``out`` is left as it is."""
     import gzip
 
+    for cell in cells:
+        if (records / cell.key / "summary.json").is_file():
+            check_finished(records / cell.key, cell, expected, "the record")
     restored = 0
     for cell in cells:
         src, dst = records / cell.key, out / "runs" / cell.key
         if not (src / "summary.json").is_file() or (dst / "summary.json").is_file():
             continue
         dst.mkdir(parents=True, exist_ok=True)
-        if (src / "clients.csv.gz").is_file():
-            (dst / "clients.csv").write_bytes(gzip.decompress((src / "clients.csv.gz").read_bytes()))
+        for name in ("clients.csv", *GZIPPED):
+            if (src / f"{name}.gz").is_file():
+                (dst / name).write_bytes(gzip.decompress((src / f"{name}.gz").read_bytes()))
         for name in RECORD_FILES:
             if (src / name).is_file():
                 _copy_atomic(src / name, dst / name)
@@ -182,6 +261,9 @@ def save_records(cells: list[Cell], out: Path, records: Path, with_clients: set[
         dst.mkdir(parents=True, exist_ok=True)
         if cell.key in with_clients and (src / "clients.csv").is_file():
             _copy_atomic(src / "clients.csv", dst / "clients.csv.gz", compress=True)
+        for name in GZIPPED:
+            if (src / name).is_file():
+                _copy_atomic(src / name, dst / f"{name}.gz", compress=True)
         for name in RECORD_FILES:
             if (src / name).is_file():
                 _copy_atomic(src / name, dst / name)
@@ -512,12 +594,7 @@ def merged_run_config(preset: str, run_config: str, per_run_keys: tuple[str, ...
 
 def flwr_runner(link, num_supernodes: int, extra_config: str, timeout: float):
     def run(cell: Cell, output_dir: Path, log: Path) -> bool:
-        from mirror_app.tools.launch import with_defaults
-
-        config = (
-            f"strategy='{cell.method}' missing-rate={cell.rate} seed={cell.seed} output-dir='{output_dir}' "
-            + override_pairs(with_defaults(extra_config, METHOD_CONFIG.get(cell.method, {})), cell.config)
-        )
+        config = f"output-dir='{output_dir}' " + cell_run_config(cell, extra_config)
         res = link.flwr_run(
             ROOT,
             "--federation-config",
@@ -586,6 +663,10 @@ def main(argv: list[str] | None = None) -> int:
     except SweepError as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return 2
+
+    def expect(cell: Cell) -> dict:
+        return resolved_config(cell, run_config)
+
     from mirror_app.results import atomic_write, write_csv
     from mirror_app.tools.launch import SuperLink, interrupt_on_signals
 
@@ -593,8 +674,13 @@ def main(argv: list[str] | None = None) -> int:
         runs = collect(cells, out)
         write_csv(out / "runs.csv", runs.to_dict("records"), list(runs.columns))
     else:
-        with interrupt_on_signals(), SuperLink(out / ".flwr") as link:
-            runs = run_cells(cells, out, flwr_runner(link, args.num_supernodes, run_config, args.timeout))
+        try:
+            with interrupt_on_signals(), SuperLink(out / ".flwr") as link:
+                runner = flwr_runner(link, args.num_supernodes, run_config, args.timeout)
+                runs = run_cells(cells, out, runner, expect)
+        except SweepError as exc:  # a finished run made under another resolved config: refused before any run
+            print(f"sweep: {exc}", file=sys.stderr)
+            return 2
 
     markdown = table1(runs, rates)
     atomic_write(out / "table1.md", lambda path: path.write_text(markdown))
