@@ -40,10 +40,20 @@ def ray_node_id() -> str:
 
 
 GROUP_SIZES = "group-sizes"  # fit config: arrays per sent group, comma-separated, in the order of "groups"
+# reply metric: "group:examples,..." for the returned groups that learnt from fewer clips than the reply's
+# num_examples (a frame-using task under sample-missing-video: the clips with a frame), 0 for a sent group the
+# client could not train and did not return
+GROUP_EXAMPLES = "group-examples"
 LABEL_PERMUTATION = "label-permutation"  # fit config: train on labels permuted by this seed (a label-flip attacker)
 
 
 SKIP, MASK = "skip", "mask"  # Task.without_video
+
+
+def group_examples(metrics: dict) -> dict[str, int]:
+    """A reply's ``group-examples``: the groups weighted by fewer clips than its num_examples (0: not returned)."""
+    pairs = (item.rpartition(":") for item in str(metrics.get(GROUP_EXAMPLES, "")).split(",") if item)
+    return {g: int(n) for g, _, n in pairs}
 
 
 def received_groups(parameters: list[np.ndarray], config: dict) -> dict[str, list[np.ndarray]]:
@@ -87,6 +97,8 @@ class Task:
     ``without_video``: what it does with an audiovisual client's clips that have no frame (run config
     ``sample-missing-video``): ``skip`` (the base trains it on the clips with video only) or ``mask`` (it
     trains on every clip and its losses use the frame only where ``Batch.has_video`` says there is one).
+    ``frame_groups``: for a ``mask`` task, the groups that learn from frames only: they are weighted by the
+    clips with a frame (``group-examples``), and a client with no frame at all does not return them.
     """
 
     run: TaskFn
@@ -94,6 +106,7 @@ class Task:
     video: bool = False
     layout: Callable[[GroupClient, Workspace, dict], nn.Module] | None = None
     without_video: str = "skip"
+    frame_groups: tuple[str, ...] = ()
 
 
 def split_groups(parameters: list[np.ndarray], names: list[str], model: nn.Module) -> dict[str, list]:
@@ -152,11 +165,14 @@ class GroupClient(NumPyClient):
         ws, client = self.workspace, self
         if LABEL_PERMUTATION in config:  # a simulated label-flip attacker (clients/mods.py) trains on wrong labels
             ws = dataclasses.replace(ws, cache=RelabelledCache(ws.cache, int(config[LABEL_PERMUTATION])))
+        frames: int | None = None  # clips with a frame, where a mask task trains on clips without one too
         if task.video and self.missing_video is not None and self.missing_video.size:
             ws = dataclasses.replace(ws, cache=VideoMaskedCache(ws.cache, self.missing_video))
+            kept = np.setdiff1d(self.partition.indices, self.missing_video)
             if task.without_video == SKIP:  # the base trains the task on the clips with video only
-                kept = np.setdiff1d(self.partition.indices, self.missing_video)
                 client = dataclasses.replace(self, partition=dataclasses.replace(self.partition, indices=kept))
+            else:
+                frames = int(kept.size)
             if not len(client.partition.indices):
                 return [], 0, self.refusal(name, modality, "none of its clips has video")
         started_at = self.created_at or time.time()
@@ -167,6 +183,11 @@ class GroupClient(NumPyClient):
             received = split_groups(parameters, names, model)
             torch.manual_seed(seed)
             trained, loss, *extra = task.run(client, ws, received, seed)  # extra: optional metrics dict
+            weights = {}
+            if frames is not None and task.frame_groups:  # groups that saw only the clips with a frame
+                weights = {g: frames for g in task.frame_groups if g in trained}
+                if frames == 0:  # untrained: not returned at all, rather than averaged in unchanged
+                    trained = [g for g in trained if g not in weights]
             out = get_groups(model, trained)
         metrics = {
             "groups": ",".join(trained),
@@ -183,6 +204,8 @@ class GroupClient(NumPyClient):
             "finished-at": time.time(),
             **(extra[0] if extra else {}),
         }
+        if weights:
+            metrics[GROUP_EXAMPLES] = ",".join(f"{g}:{n}" for g, n in weights.items())
         return flatten(out, trained), int(len(client.partition.indices)), metrics
 
     def apply_missingness(self, num_partitions: int, scheduled: bool = True) -> None:

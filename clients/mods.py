@@ -1,6 +1,11 @@
-"""Flower client mods around every method's client, which know nothing of them: simulated attackers and local
-differential privacy. The ClientApp runs them as ``ClientApp(client_fn, mods=[attack_mod, local_dp_mod])``:
-``attack_mod`` is outermost, so an attacker's reply is what leaves the device whatever the layers inside did.
+"""Flower client mods around every method's client, which know nothing of them: secure aggregation, simulated
+attackers and local differential privacy. The ClientApp runs them as
+``ClientApp(client_fn, mods=[secure_aggregation_mod, attack_mod, local_dp_mod])``, outermost first: what leaves the
+device under secure aggregation is the masked encoding of whatever the layers inside (an attacker's reply, a
+locally noised update) made.
+
+**Secure aggregation** (``secure-aggregation``): Flower's ``secaggplus_mod``; the reply is first encoded as the
+round's vector (mirror_app/core/secure.py), so the server learns only the sum of the round's weighted updates.
 
 **Attacks** (run config ``attack``, ``attack-fraction``, ``attack-scale``, ``attack-std``). In a simulation, the
 partitions of ``data.partition.attacked_partitions`` (a seeded set, recorded in summary.json) attack. A deployed
@@ -15,8 +20,9 @@ update of a group (its trained weights minus those it received):
 * ``inflate-count``: reports 100 x its examples, in its fit replies and in the properties the server asks for.
 
 **Local DP** (``dp = local``): Flower's ``LocalDpMod`` on the groups a client returns: the update (over all of
-them) clipped to ``dp-clipping-norm`` C, then Gaussian noise of std ``dp-noise-multiplier`` x C (LocalDpMod's
-std sensitivity x sqrt(2 ln(1.25 / delta)) / epsilon, with sensitivity C and epsilon chosen to give it).
+them) clipped to ``dp-clipping-norm`` C, then Gaussian noise of std ``dp-noise-multiplier`` x the sensitivity
+(``dp-neighbouring``: 2 C to hide a replaced client's data, C an added or removed one), drawn from the operating
+system's entropy (with ``dp-insecure-seeded-noise``, in a simulation only, from the run seed: no privacy).
 """
 
 from __future__ import annotations
@@ -33,9 +39,12 @@ from flwr.common.constant import MessageTypeLegacy
 from flwr.compat.common import recorddict_compat as compat
 
 from data.partition import attacked_partitions
+from mirror_app.core import secure
 from mirror_app.core.config import ATTACKS, RunConfig
+from mirror_app.core.groups import unflatten
+from mirror_app.core.privacy import sensitivity
 
-from .base import LABEL_PERMUTATION, received_groups
+from .base import LABEL_PERMUTATION, group_examples, received_groups
 
 COUNT_FACTOR = 100  # inflate-count: reported examples x this
 
@@ -150,18 +159,21 @@ def attack_mod(msg: Message, context: Context, call_next) -> Message:
 class GroupLocalDpMod(LocalDpMod):
     """Flower's LocalDpMod, applied to the groups a client returns (the reply holds the trained groups only, the
     instruction the sent ones, teacher copies included): the floating-point arrays of the update are clipped
-    jointly to the clipping norm and noised with LocalDpMod's Gaussian std."""
+    jointly to the clipping norm C with Flower's ``compute_clip_model_update``, then Gaussian noise of std
+    ``noise_multiplier`` x the sensitivity (2 C when the neighbouring relation replaces a client's data, C when it
+    adds or removes it) is added from ``rng``, a generator of its own (LocalDpMod draws from NumPy's global one)."""
 
-    def __init__(self, clipping_norm: float, noise_multiplier: float, delta: float, seed: int) -> None:
-        epsilon = float(np.sqrt(2 * np.log(1.25 / delta)) / noise_multiplier)  # LocalDpMod's std = sigma * C
-        super().__init__(clipping_norm=clipping_norm, sensitivity=clipping_norm, epsilon=epsilon, delta=delta)
-        self.seed = seed
+    def __init__(
+        self, clipping_norm: float, noise_multiplier: float, delta: float, neighbouring: str, rng: np.random.Generator
+    ) -> None:
+        bound = sensitivity(clipping_norm, neighbouring)
+        epsilon = float(np.sqrt(2 * np.log(1.25 / delta)) / noise_multiplier)  # LocalDpMod's std = sigma x bound
+        super().__init__(clipping_norm=clipping_norm, sensitivity=bound, epsilon=epsilon, delta=delta)
+        self.std = noise_multiplier * bound
+        self.rng = rng
 
     def __call__(self, msg: Message, ctxt: Context, call_next) -> Message:
-        from flwr.supercore.differential_privacy import (
-            add_localdp_gaussian_noise_to_params,
-            compute_clip_model_update,
-        )
+        from flwr.supercore.differential_privacy import compute_clip_model_update
 
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, ctxt)
@@ -177,26 +189,85 @@ class GroupLocalDpMod(LocalDpMod):
         floats = [i for i, a in enumerate(sent) if np.issubdtype(a.dtype, np.floating)]
         update = [sent[i].astype(np.float64) for i in floats]
         compute_clip_model_update(update, [before[i].astype(np.float64) for i in floats], self.clipping_norm)
-        np.random.seed(self.seed % 2**32)  # Flower's noise draws from np.random
-        noisy = parameters_to_ndarrays(
-            add_localdp_gaussian_noise_to_params(
-                ndarrays_to_parameters(update), self.sensitivity, self.epsilon, self.delta
-            )
-        )
-        for i, a in zip(floats, noisy):
-            sent[i] = a.astype(sent[i].dtype)
+        for i, a in zip(floats, update):
+            sent[i] = (a + self.rng.normal(0.0, self.std, a.shape)).astype(sent[i].dtype)
         res = FitRes(res.status, ndarrays_to_parameters(sent), res.num_examples, res.metrics)
         reply.content = compat.fitres_to_recorddict(res, keep_input=True)
         return reply
 
 
+def insecure_noise_problem(cfg: RunConfig) -> str:
+    """Why this process must not add DP noise seeded by the run ('' when it may): only a simulation may."""
+    if cfg.dp != "off" and cfg.dp_insecure_seeded_noise and not simulated():
+        return (
+            "run config 'dp-insecure-seeded-noise' = True is invalid on a deployed node: anyone holding the run "
+            "config could recompute the noise (it is for simulation studies only)"
+        )
+    return ""
+
+
 def local_dp_mod(msg: Message, context: Context, call_next) -> Message:
-    """``dp = local``: :class:`GroupLocalDpMod` with the run's clipping norm, noise multiplier and delta (seeded
-    by run seed, round and partition); any other setting passes messages through."""
+    """``dp = local``: :class:`GroupLocalDpMod` with the run's clipping norm, noise multiplier, delta and
+    neighbouring relation, its noise from the operating system's entropy (or, with ``dp-insecure-seeded-noise`` in a
+    simulation, from the run seed, round and partition); any other setting passes messages through."""
     cfg = run_config(context)
     if cfg.dp != "local" or msg.metadata.message_type != MessageType.TRAIN:
         return call_next(msg, context)
-    round_ = int(compat.recorddict_to_fitins(msg.content, keep_input=True).config.get("server-round", 0))
-    seed = cfg.seed * 1_000_003 + round_ * 1009 + int(context.node_config.get("partition-id", 0))
-    mod = GroupLocalDpMod(cfg.dp_clipping_norm, cfg.dp_noise_multiplier, cfg.dp_delta, seed)
+    problem = insecure_noise_problem(cfg)
+    if problem:
+        raise ValueError(problem)
+    if cfg.dp_insecure_seeded_noise:
+        round_ = int(compat.recorddict_to_fitins(msg.content, keep_input=True).config.get("server-round", 0))
+        rng = np.random.default_rng([cfg.seed, round_, int(context.node_config.get("partition-id", 0))])
+    else:
+        rng = np.random.default_rng()
+    mod = GroupLocalDpMod(cfg.dp_clipping_norm, cfg.dp_noise_multiplier, cfg.dp_delta, cfg.dp_neighbouring, rng)
     return mod(msg, context, call_next)
+
+
+def _secure_encoded(call_next):
+    """The ``call_next`` SecAgg+'s mod gets: the client's reply (trained groups, its example count) turned into
+    the round's vector (``mirror_app.core.secure.encode``: every group of the layout, weighted, then the weights),
+    reported with one example so that SecAgg+ sums the vectors unweighted."""
+
+    def encoded(msg: Message, context: Context) -> Message:
+        if msg.metadata.message_type != MessageType.TRAIN:  # SecAgg+ passes the census' queries through
+            return call_next(msg, context)
+        cfg = run_config(context)
+        fit_ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+        reply = call_next(msg, context)
+        if reply.has_error():
+            return reply
+        res = compat.recorddict_to_fitres(reply.content, keep_input=True)
+        config = fit_ins.config
+        layout = secure.parse_layout(str(config[secure.LAYOUT]))
+        slot = str(config.get(secure.SLOT, ""))
+        names = [n for n in str(res.metrics.get("groups", "")).split(",") if n]
+        updates, weights = {}, {}
+        if names and not res.metrics.get("refused"):
+            received = received_groups(parameters_to_ndarrays(fit_ins.parameters), config)
+            sent = parameters_to_ndarrays(res.parameters)
+            lists = unflatten(sent, names, [len(received[n]) for n in names])
+            updates = {n: [a - r for a, r in zip(lists[n], received[n])] for n in names}
+            overrides = group_examples(res.metrics)
+            weights = {n: float(overrides.get(n, res.num_examples)) for n in names}
+        vector, clipped = secure.encode(
+            layout, slot, updates, weights, float(config[secure.SCALE]), cfg.secagg_clipping_range
+        )
+        metrics = {**res.metrics, secure.CLIPPED: clipped}
+        out = FitRes(res.status, ndarrays_to_parameters([vector]), 1, metrics)
+        reply.content = compat.fitres_to_recorddict(out, keep_input=True)
+        return reply
+
+    return encoded
+
+
+def secure_aggregation_mod(msg: Message, context: Context, call_next) -> Message:
+    """``secure-aggregation``: Flower's ``secaggplus_mod`` around the client, which sends only its masked, quantised
+    vector (:func:`_secure_encoded`); the server learns the sum of the round's vectors, never one of them. Outermost
+    of the mods: an attacker's or a local-DP client's reply is what gets encoded. Without it, messages pass."""
+    if not run_config(context).secure_aggregation:
+        return call_next(msg, context)
+    from flwr.client.mod import secaggplus_mod
+
+    return secaggplus_mod(msg, context, _secure_encoded(call_next))

@@ -5,7 +5,17 @@ tasks of its own keeps them in its folder (strategies/fedcmi/client.py, strategi
 from __future__ import annotations
 
 from mirror_app.core.distillation import TEACHERS
-from mirror_app.core.groups import AUDIO_ENCODER, AUDIO_HEAD, AUDIO_MODEL, AV_MODEL, TEACHER_PREFIX, VIDEO_MODEL
+from mirror_app.core.groups import (
+    AUDIO_ENCODER,
+    AUDIO_HEAD,
+    AUDIO_MODEL,
+    AV_MODEL,
+    FUSION_HEAD,
+    TEACHER_PREFIX,
+    VIDEO_ENCODER,
+    VIDEO_HEAD,
+    VIDEO_MODEL,
+)
 from mirror_app.core.training import distill, train_audio, train_av, train_unimodal
 
 from .base import MASK, GroupClient, Task, TaskError, Workspace
@@ -73,8 +83,20 @@ def run_distill(client: GroupClient, ws: Workspace, received: dict, seed: int) -
 TRAIN_AUDIO = Task(run_train_audio, needs=AUDIO_MODEL)
 TRAIN_AV = Task(run_train_av, needs=AV_MODEL, video=True)  # clips without video: skipped (nothing to fuse)
 AV_AUDIO_HEAD = (*AV_MODEL, AUDIO_HEAD)  # what train-av-audio-head trains
-TRAIN_AV_AUDIO_HEAD = Task(run_train_av_audio_head, needs=AV_AUDIO_HEAD, video=True, without_video=MASK)
-TRAIN_UNIMODAL = Task(run_train_unimodal, needs=AUDIO_MODEL + VIDEO_MODEL, video=True, without_video=MASK)
+TRAIN_AV_AUDIO_HEAD = Task(
+    run_train_av_audio_head,
+    needs=AV_AUDIO_HEAD,
+    video=True,
+    without_video=MASK,
+    frame_groups=(VIDEO_ENCODER, FUSION_HEAD),
+)
+TRAIN_UNIMODAL = Task(
+    run_train_unimodal,
+    needs=AUDIO_MODEL + VIDEO_MODEL,
+    video=True,
+    without_video=MASK,
+    frame_groups=(VIDEO_ENCODER, VIDEO_HEAD),
+)
 # clips without video: skipped (the audiovisual teacher needs the frame); the teacher groups sent are those
 # run config distill-teacher reads (DistillationPhase), checked by the task
 DISTILL = Task(run_distill, needs=(*AUDIO_MODEL, TEACHER_PREFIX + AUDIO_ENCODER), video=True)

@@ -29,7 +29,7 @@ from flwr.client import Client
 from flwr.clientapp import ClientApp
 
 from clients import CLIENT_KINDS, Workspace
-from clients.mods import attack_mod, local_dp_mod
+from clients.mods import attack_mod, local_dp_mod, secure_aggregation_mod
 from data import load_dataset
 from data.partition import AUDIOVISUAL, MODALITIES, Partition, get_partition
 from mirror_app.core.config import RunConfig
@@ -217,6 +217,7 @@ def client_fn(context: Context) -> Client:
     return make_client(context).to_client()
 
 
-# mods around every method's client: simulated attackers (outermost: their reply is what leaves the device) and
-# local differential privacy (clients/mods.py); both pass messages through unless the run or node asks for them
-app = ClientApp(client_fn=client_fn, mods=[attack_mod, local_dp_mod])
+# mods around every method's client (clients/mods.py), outermost first: secure aggregation (what leaves the device
+# is the masked encoding of whatever the inner ones made), simulated attackers and local differential privacy; each
+# passes messages through unless the run or node asks for it
+app = ClientApp(client_fn=client_fn, mods=[secure_aggregation_mod, attack_mod, local_dp_mod])

@@ -60,6 +60,7 @@ METRIC_COLUMNS = [
     "bytes_to_clients",
     "bytes_from_clients",
     "fallbacks",
+    "secagg_clipped",
     "epsilon",
     "seconds",
 ]
@@ -345,6 +346,8 @@ class RunRecorder:
             "av_clients",
         ):
             self.pending[key] = self.pending.get(key, 0) + stats.get(key, 0)
+        if "secagg_clipped" in stats:  # values SecAgg+ clipped (a secure-aggregation run only)
+            self.pending["secagg_clipped"] = self.pending.get("secagg_clipped", 0) + stats["secagg_clipped"]
         if "audio_only_share" in stats:  # the census's view at this round: the latest value, not a sum
             self.pending["audio_only_share"] = stats["audio_only_share"]
         if "epsilon" in stats:  # privacy spent so far: the latest value, not a sum

@@ -20,6 +20,7 @@ from flwr.common import log
 from flwr.server import ServerAppComponents, ServerConfig
 from flwr.serverapp import Grid, ServerApp
 
+from mirror_app.core.config import ConfigError
 from mirror_app.core.evaluation import Evaluator
 from mirror_app.core.groups import set_groups
 from mirror_app.core.models import build_model, initial_model
@@ -104,6 +105,11 @@ def make_components(context: Context) -> ServerAppComponents:
         teacher=teacher,
     )
     strategy.simulated = SIMULATION.is_set()
+    if cfg.dp != "off" and cfg.dp_insecure_seeded_noise and not strategy.simulated:
+        raise ConfigError(
+            "run config 'dp-insecure-seeded-noise' = True is invalid in a deployed run: anyone holding the run "
+            "config could recompute the noise (it is for simulation studies only)"
+        )
     if strategy.simulated:  # simulated nodes split the run's dataset: can every one of them hold clips?
         strategy.federation_check = lambda nodes: cfg.federation_problem(cache, nodes)
     if saved is not None:
@@ -175,12 +181,39 @@ class PromptGrid(Grid):
 
 class MirrorServerApp(ServerApp):
     """Flower's ServerApp (compatibility mode: ``server_fn`` and a ``flwr.server.strategy`` strategy), run on a
-    :class:`PromptGrid`."""
+    :class:`PromptGrid`. With run config ``secure-aggregation`` the same strategy runs in Flower's workflows
+    instead: ``DefaultWorkflow`` with ``SecAggPlusWorkflow`` as its fit workflow, so that each round's replies
+    reach the strategy only as their sum."""
 
     def __call__(self, grid: Grid, context: Context) -> None:
         if getattr(grid, "pull_interval", None) is not None:  # Flower's in-memory grid: a simulation
             SIMULATION.set()
+        if context.run_config.get("secure-aggregation") is True:
+            return secure_main(PromptGrid(grid), context)
         super().__call__(PromptGrid(grid), context)
+
+
+def secure_main(grid: Grid, context: Context) -> None:
+    """The run under SecAgg+: Flower's ``SecAggPlusWorkflow`` (every sampled client shares its keys with all the
+    others; ``secagg-reconstruction-threshold`` of them rebuild the masks of a client that drops after sharing its
+    keys) inside ``DefaultWorkflow``, on the strategy and config of :func:`make_components`."""
+    from flwr.server import LegacyContext
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+    from mirror_app.core.secure import quantization_range
+
+    components = make_components(context)
+    cfg = components.strategy.cfg
+    legacy = LegacyContext(context, config=components.config, strategy=components.strategy)
+    workflow = SecAggPlusWorkflow(
+        num_shares=1.0,
+        reconstruction_threshold=cfg.secagg_reconstruction_threshold,
+        max_weight=1.0,  # clients report 1 example: their vectors carry their own weights
+        clipping_range=cfg.secagg_clipping_range,
+        quantization_range=quantization_range(cfg.clients_per_round),
+        timeout=cfg.round_timeout or None,
+    )
+    DefaultWorkflow(fit_workflow=workflow)(grid, legacy)
 
 
 SIMULATION = threading.Event()  # set when the run's grid is Flower's in-memory one (simulated nodes)

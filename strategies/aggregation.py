@@ -17,23 +17,22 @@ Before the rule: example counts are capped so that no client weighs more than ``
 group (a lying count does not buy the average), and each update (the client's weights minus the group's
 current ones) is clipped to ``max-update-norm`` times the round's median update norm of that group.
 
-``dp = central``: Flower's ``DifferentialPrivacyServerSideFixedClipping`` around each group's FedAvg: every
-update clipped to ``dp-clipping-norm`` C, the uniform mean (each client weighs 1, as the Gaussian mechanism's
-sensitivity C / n assumes), then Gaussian noise of std ``dp-noise-multiplier`` x C / n, with n the group's
-contributors this round.
+``dp = central``: what Flower's ``DifferentialPrivacyServerSideFixedClipping`` does around each group's FedAvg,
+with its functions: every update clipped to ``dp-clipping-norm`` C, the uniform mean (each client weighs 1, as
+the Gaussian mechanism's sensitivity C / n assumes), then Gaussian noise of std ``dp-noise-multiplier`` x C / n,
+with n the group's contributors this round, drawn from the operating system's entropy (Flower's wrapper draws
+from NumPy's global generator, which a seed anyone can read would make recomputable).
 """
 
 from __future__ import annotations
 
-import logging
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from logging import WARNING
 
 import numpy as np
 from flwr.common import Code, FitRes, Status, log, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.server.strategy import DifferentialPrivacyServerSideFixedClipping, FedAdam, FedAvg, FedAvgM
+from flwr.server.strategy import FedAdam, FedAvg, FedAvgM
 from flwr.server.strategy.aggregate import _compute_distances as krum_distances
 from flwr.server.strategy.aggregate import (
     aggregate,
@@ -42,7 +41,9 @@ from flwr.server.strategy.aggregate import (
     aggregate_median,
     aggregate_trimmed_avg,
 )
+from flwr.supercore.differential_privacy import compute_clip_model_update, compute_stdv
 
+from clients.base import group_examples
 from mirror_app.core.config import RunConfig
 from mirror_app.core.groups import unflatten
 
@@ -71,10 +72,20 @@ def krum(contributions: list[Contribution], num_malicious: int, keep: int) -> tu
     """Flower's ``aggregate_krum(contributions, num_malicious, keep)`` and the indices of the updates it kept (sorted):
     the one of lowest score (Krum, ``keep`` 0) or the example-weighted mean of the ``keep`` lowest (multi-Krum), a
     score being the sum of squared distances to its n - f - 2 nearest updates. Its steps with Flower's own distance
-    and mean functions, in its tie and summation order, so that the distances are computed once."""
+    and mean functions, in its tie and summation order, so that the distances are computed once. A group with fewer
+    than ``keep`` updates keeps all of them, said in one line (Flower's function would keep ``keep - n``)."""
     distances = krum_distances([arrays for arrays, _ in contributions])
     nearest = max(1, len(contributions) - num_malicious - 2)
     scores = [float(np.sum(row[np.argsort(row)[1 : nearest + 1]])) for row in distances]
+    if keep > len(scores):  # Flower's slice would keep keep - n updates: at most all of them
+        log(
+            WARNING,
+            "multi-Krum: krum-keep %d but only %d updates in the group: all %d kept",
+            keep,
+            len(scores),
+            len(scores),
+        )
+        keep = len(scores)
     if keep > 0:
         chosen = np.argsort(scores)[::-1][len(scores) - keep :].tolist()
         return aggregate([contributions[i] for i in chosen]), sorted(chosen)
@@ -142,18 +153,6 @@ def bound_norms(current: list[np.ndarray], contributions: list[Contribution], fa
     return out
 
 
-@contextmanager
-def _quiet_flower() -> Iterator[None]:
-    """Flower's DP wrapper logs two INFO lines per call (a group, a round): keep them out of the run's log."""
-    logger = logging.getLogger("flwr")
-    level = logger.level
-    logger.setLevel(WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 class GroupAggregator:
     """Aggregates one group at a time; ``inner`` holds the per-group Flower server optimisers, ``fallbacks`` the
     groups the current round aggregated by the median for want of contributors, and ``kept`` the indices of the
@@ -208,23 +207,33 @@ class GroupAggregator:
     def private(
         self, key: str, current: list[np.ndarray], contributions: list[Contribution], server_round: int
     ) -> list[np.ndarray]:
-        """Central DP for one group: Flower's server-side fixed-clipping wrapper around FedAvg, each client weighing
-        1, noise std sigma * C / n for the n contributors. Arrays that are not floating point (counters) are
-        averaged without noise. The noise is seeded by (seed, round, group)."""
+        """Central DP for one group, as Flower's server-side fixed-clipping wrapper around FedAvg computes it, with
+        Flower's own functions: every update clipped to C (``compute_clip_model_update``), the uniform mean (each
+        client weighs 1), then Gaussian noise of std ``compute_stdv(sigma, C, n)`` = sigma * C / n for the n
+        contributors. The noise comes from a generator of its own, never NumPy's global one: the operating system's
+        entropy (:func:`noise_generator`). Arrays that are not floating point (counters) are averaged without noise."""
         cfg = self.cfg
         floats = _floating(current)
-        wrapper = DifferentialPrivacyServerSideFixedClipping(
-            FedAvg(accept_failures=True), cfg.dp_noise_multiplier, cfg.dp_clipping_norm, len(contributions)
-        )
-        wrapper.current_round_params = [current[i] for i in floats]
-        np.random.seed(zlib.crc32(f"{cfg.seed}/{server_round}/{key}".encode()))  # Flower's noise draws from np.random
-        with _quiet_flower():
-            parameters, _ = wrapper.aggregate_fit(
-                server_round, _fit_results([([arrays[i] for i in floats], 1) for arrays, _ in contributions]), []
-            )
-        noisy = iter(parameters_to_ndarrays(parameters))
+        clipped = []
+        for arrays, _ in contributions:
+            update = [np.array(arrays[i], copy=True) for i in floats]
+            compute_clip_model_update(update, [current[i] for i in floats], cfg.dp_clipping_norm)
+            clipped.append((update, 1))
+        mean = aggregate(clipped)
+        std = compute_stdv(cfg.dp_noise_multiplier, cfg.dp_clipping_norm, len(contributions))
+        rng = noise_generator(cfg, server_round, key)
+        noisy = iter([m + rng.normal(0.0, std, m.shape).astype(m.dtype) for m in mean])
         plain = aggregate([(arrays, 1) for arrays, _ in contributions])
         return [next(noisy) if i in set(floats) else plain[i] for i in range(len(current))]
+
+
+def noise_generator(cfg: RunConfig, *context: int | str) -> np.random.Generator:
+    """The generator of a DP noise draw: seeded by the operating system's entropy, so that nobody holding the run
+    config can recompute the noise; with ``dp-insecure-seeded-noise`` (simulation studies that need repeatable
+    digits, at the price of any privacy) seeded by the run seed and ``context`` (round, group, partition, ...)."""
+    if not cfg.dp_insecure_seeded_noise:
+        return np.random.default_rng()
+    return np.random.default_rng([cfg.seed, *(zlib.crc32(str(c).encode()) for c in context)])
 
 
 def _fit_results(contributions: list[Contribution]) -> list:
@@ -249,8 +258,14 @@ def check_update(
     names = [n for n in str(res.metrics.get("groups", "")).split(",") if n]
     if not 0 < res.num_examples <= limit:
         return f"example count {res.num_examples} is outside [1, {limit}] (the client's partition size)"
-    if sorted(names) != sorted(expected):
-        return f"returned groups {names}, expected {list(expected)}"
+    weights = group_examples(res.metrics)
+    untrained = {g for g, n in weights.items() if n == 0}  # sent, not trained (no clip could train it): not returned
+    if sorted(names) != sorted(set(expected) - untrained) or not untrained <= set(expected):
+        return f"returned groups {names}, expected {list(expected)}" + (
+            f" less those it says it could not train {sorted(untrained)}" if untrained else ""
+        )
+    if any(not 0 <= n <= res.num_examples for n in weights.values()):
+        return f"group-examples {weights} outside [0, the reply's {res.num_examples} examples]"
     try:
         groups = unflatten(arrays, names, [len(current[g]) for g in names])
     except ValueError as exc:

@@ -28,7 +28,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
-from clients.base import GROUP_SIZES, Task
+from clients.base import GROUP_SIZES, Task, group_examples
 from data.partition import AUDIO, AUDIOVISUAL, attacked_partitions
 from mirror_app.core.config import ConfigError, RunConfig
 from mirror_app.core.groups import (
@@ -41,7 +41,11 @@ from mirror_app.core.groups import (
     nbytes,
     unflatten,
 )
-from mirror_app.core.privacy import PrivacyLedger
+from mirror_app.core.privacy import PrivacyLedger, sensitivity
+from mirror_app.core.secure import CLIPPED, decode, layout_text, parse_layout
+from mirror_app.core.secure import LAYOUT as SECURE_LAYOUT
+from mirror_app.core.secure import SCALE as SECURE_SCALE
+from mirror_app.core.secure import SLOT as SECURE_SLOT
 
 from .aggregation import MAX_EXAMPLES, GroupAggregator, check_update, update_norm
 from .census import Census
@@ -139,7 +143,11 @@ class PhasedStrategy(FedAvg):
         if self.total_rounds < 1:
             raise ConfigError(f"strategy {cfg.strategy!r} has no rounds to run with this config")
         self.check_client_tasks()
-        self.census = Census(cfg.clients_per_round, cfg.census)
+        # a differentially private run draws its clients from the operating system's entropy (amplification by
+        # sampling assumes nobody knows who was drawn), unless a study asks for repeatable, private-in-name-only runs
+        self.census = Census(
+            cfg.clients_per_round, cfg.census, secret=cfg.dp != "off" and not cfg.dp_insecure_seeded_noise
+        )
         # the node count -> why the nodes cannot each hold clips ('' when they can); set by the ServerApp
         self.federation_check: Callable[[int], str] | None = None
         self.simulated = True  # simulated nodes (the ServerApp says when they are deployed ones)
@@ -149,6 +157,7 @@ class PhasedStrategy(FedAvg):
         self._release: tuple[int, int] = (0, 0)  # this round's (most groups in one update, clients it drew from)
         self._started: set[int] = set()
         self._pending: dict[str, tuple[Instruction, int]] = {}
+        self._secure_layout: Scalar = ""  # this round's secure-aggregation layout (mirror_app.core.secure)
         self._round_stats: dict[str, float] = {}
         self._t0 = time.perf_counter()
         self.round_offset = 0  # rounds done before this process started (a resumed run)
@@ -161,16 +170,22 @@ class PhasedStrategy(FedAvg):
     def privacy_plan(cls, cfg: RunConfig, num_clients: int) -> list[tuple[float, float]]:
         """The (effective noise multiplier, sampling rate) of every round this method would release with ``dp``
         on and ``num_clients`` clients (a seeded ``missing-rate`` share of them audio-only), as the run's
-        privacy ledger records them: the pre-run check's epsilon for ``dp-target-epsilon``."""
+        privacy ledger records them: the pre-run check's epsilon for ``dp-target-epsilon``. Local DP: one
+        unsampled Gaussian per release of the client that could release most often (every round its modality
+        trains), the bound the run guarantees before it draws anyone."""
         from mirror_app.core.privacy import effective_multiplier
 
         audio = int(round(cfg.missing_rate * num_clients))
         counts = {AUDIO: audio, AUDIOVISUAL: num_clients - audio}
+        phases = cls.build_phases(cls.__new__(cls), cfg)
+        if cfg.dp == "local":  # against the server: the worst client releases in every round its modality trains
+            worst = max(sum(r for phase, r in phases if phase.instruction(m) is not None) for m in counts if counts[m])
+            return [(cfg.dp_noise_multiplier, 1.0)] * worst
         plan: list[tuple[float, float]] = []
-        for phase, rounds in cls.build_phases(cls.__new__(cls), cfg):
+        for phase, rounds in phases:
             given = {m: phase.instruction(m) for m in counts}
             eligible = sum(counts[m] for m, ins in given.items() if ins is not None)
-            groups = max((len(ins.train) for ins in given.values() if ins is not None), default=1)
+            groups = max((len(ins.train) for m, ins in given.items() if ins is not None and counts[m]), default=1)
             sigma = effective_multiplier(cfg.dp_noise_multiplier, cfg.dp, groups)
             plan += [(sigma, min(1.0, cfg.clients_per_round / max(eligible, 1)))] * rounds
         return plan
@@ -248,8 +263,12 @@ class PhasedStrategy(FedAvg):
             self.recorder.partitions = self.partitions
         if not chosen:
             raise RuntimeError(f"no connected client can take part in phase {phase.name!r}")
-        released = [phase.instruction(self.properties[cid]["modality"]) for cid in chosen]
-        self._release = (max(len(ins.train) for ins in released if ins), pool)
+        # G, the most groups one update spans, over every client the round could have drawn (not only the drawn)
+        present = {p.get("modality") for p in self.properties.values()} or {AUDIO, AUDIOVISUAL}
+        possible = [phase.instruction(m) for m in (AUDIO, AUDIOVISUAL) if m in present]
+        self._release = (max((len(ins.train) for ins in possible if ins), default=1), pool)
+        secure = self.secure_fields(phase, chosen) if self.cfg.secure_aggregation else {}
+        self._secure_layout = secure.get(SECURE_LAYOUT, "")
         out = []
         self._pending = {}
         sent: dict[Instruction, tuple[Parameters, int, str]] = {}  # serialised once per instruction, for its clients
@@ -268,6 +287,7 @@ class PhasedStrategy(FedAvg):
                 "server-round": server_round,
                 "phase": phase.name,
                 **self.fit_config_extra(),
+                **({**secure, SECURE_SLOT: ins.slot} if secure else {}),
             }
             out.append((clients[cid], FitIns(parameters, config)))
         self.stamp(server_round, "instructions-made")
@@ -295,6 +315,11 @@ class PhasedStrategy(FedAvg):
             self.census.heard(proxy.cid, res.metrics)  # what the device has now (a schedule may have taken its camera)
             limit = int(self.properties.get(proxy.cid, {}).get("num-examples", MAX_EXAMPLES))
             refused = str(res.metrics.get("refused", ""))  # the client could not do its task, and said why
+            if self.cfg.secure_aggregation and not refused:  # its update is inside the sum: nothing to refuse
+                row = self._client_row(server_round, phase, proxy.cid, ins, down, up, res, "")
+                rows.append((row, [ins.slot + g for g in str(res.metrics.get("groups", "")).split(",") if g]))
+                accepted.append((res.metrics, int(res.num_examples)))
+                continue
             problem = refused or (
                 self.check_update(ins, res, arrays, limit) if ins else "client was not sent an instruction"
             )
@@ -308,18 +333,23 @@ class PhasedStrategy(FedAvg):
             accepted.append((res.metrics, int(res.num_examples)))
             names = str(res.metrics["groups"]).split(",")
             groups = unflatten(arrays, names, [len(self.state[ins.slot + g]) for g in names])
+            weights = group_examples(res.metrics)  # groups that learnt from fewer clips (those with a frame)
             for g in names:
-                contributions.setdefault(ins.slot + g, []).append((groups[g], int(res.num_examples)))
+                contributions.setdefault(ins.slot + g, []).append((groups[g], weights.get(g, int(res.num_examples))))
                 owners.setdefault(ins.slot + g, []).append(len(rows))  # the row of that contribution
             row["update_norm"] = float(
                 np.sqrt(sum(update_norm(groups[g], self.state[ins.slot + g]) ** 2 for g in names))
             )
             rows.append((row, [ins.slot + g for g in names]))
+        unanswered = 0
         for cid, (ins, down) in self._pending.items():
             if cid not in answered:  # failed clients still downloaded the model
+                unanswered += 1
                 bytes_down += down
                 rows.append((self._client_row(server_round, phase, cid, ins, down, 0, None, "failed"), []))
         self.aggregator.fallbacks, self.aggregator.kept = set(), {}
+        if self.cfg.secure_aggregation:
+            self.aggregate_secure(results)
         for g, contribs in contributions.items():
             self.state[g] = self.aggregate_group(g, contribs, server_round)
         fallbacks = self.aggregator.fallbacks  # groups aggregated by the median for want of contributors
@@ -336,7 +366,7 @@ class PhasedStrategy(FedAvg):
         trained = [row["modality"] for row, keys in rows if keys]
         self._round_stats = {
             "clients": len(results) - rejected,
-            "failures": len(failures) + rejected,
+            "failures": unanswered + rejected,  # (SecAgg+'s workflow lists a dropped client's failure twice)
             "bytes_to_clients": bytes_down,
             "bytes_from_clients": bytes_up,
             "fallbacks": len(fallbacks),
@@ -348,9 +378,12 @@ class PhasedStrategy(FedAvg):
             said = [(float(m[reply]), n) for m, n in accepted if reply in m]
             if sum(n for _, n in said):
                 self._round_stats[column] = sum(v * n for v, n in said) / sum(n for _, n in said)
+        if self.cfg.secure_aggregation:  # values beyond secagg-clipping-range, which SecAgg+ clipped
+            self._round_stats["secagg_clipped"] = sum(int(m.get(CLIPPED, 0)) for m, _ in accepted)
         if self.ledger is not None:
             groups, eligible = self._release
-            self._round_stats["epsilon"] = self.ledger.record(groups, self.cfg.clients_per_round, eligible)
+            released = [int(row["partition_id"]) for row, keys in rows if keys]  # who sent a (noised) update
+            self._round_stats["epsilon"] = self.ledger.record(groups, self.cfg.clients_per_round, eligible, released)
         for failure in failures:
             if isinstance(failure, BaseException):
                 log(WARNING, "round %s: a client failed: %s", server_round, failure)
@@ -391,6 +424,7 @@ class PhasedStrategy(FedAvg):
                         "privacy": self.privacy_summary(),
                         "missingness": self.missingness_summary(),
                         "census": self.census.summary(),
+                        "secure_aggregation": self.secure_summary(),
                     },
                 )
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -408,7 +442,7 @@ class PhasedStrategy(FedAvg):
             "state": self.state,
             "teacher": self.teacher,
             "inner": pickle.dumps(self.aggregator.inner),
-            "privacy": list(self.ledger.rounds) if self.ledger is not None else [],
+            "privacy": self.ledger.state() if self.ledger is not None else {},
         }
 
     def restore(self, done_rounds: int, saved: dict, elapsed: float) -> None:
@@ -420,7 +454,7 @@ class PhasedStrategy(FedAvg):
         self.state, self.teacher = dict(saved["state"]), saved["teacher"]
         self.aggregator.inner = pickle.loads(saved["inner"])
         if self.ledger is not None:
-            self.ledger.rounds = list(saved.get("privacy", []))
+            self.ledger.restore(saved.get("privacy"))
         self.round_offset = done_rounds
         self._t0 -= elapsed
         # phases that already began must not run their start hook again (its effects are restored)
@@ -454,15 +488,76 @@ class PhasedStrategy(FedAvg):
         if self.ledger is None:
             return None
         cfg = self.cfg
-        return {
+        out = {
             "dp": cfg.dp,
             "epsilon": self.ledger.epsilon(),
             "delta": cfg.dp_delta,
             "noise_multiplier": cfg.dp_noise_multiplier,
             "clipping_norm": cfg.dp_clipping_norm,
-            "rounds": len(self.ledger.rounds),
-            "accountant": "dp-accounting RDP, Poisson-subsampled Gaussian per round (mirror_app/core/privacy.py)",
+            "noise": "reproducible from the run seed: no privacy (dp-insecure-seeded-noise)"
+            if cfg.dp_insecure_seeded_noise
+            else "drawn from the operating system's entropy",
         }
+        if cfg.dp == "local":
+            counts = sorted(self.ledger.releases.values())
+            return out | {
+                "epsilon_worst_client": self.ledger.epsilon(),
+                "epsilon_median_client": self.ledger.median_client(),
+                "releases_worst_client": counts[-1] if counts else 0,
+                "releases_median_client": counts[(len(counts) - 1) // 2] if counts else 0,
+                "neighbouring": cfg.dp_neighbouring,
+                "sensitivity": sensitivity(cfg.dp_clipping_norm, cfg.dp_neighbouring),
+                "rounds": self.ledger.local_rounds,
+                "accountant": "dp-accounting RDP: the Gaussian mechanism composed over the rounds a client released "
+                "an update, no sampling (the server chooses the clients and sees every update; "
+                "mirror_app/core/privacy.py)",
+            }
+        return out | {
+            "rounds": len(self.ledger.rounds),
+            "accountant": "dp-accounting RDP, Poisson-subsampled Gaussian per round, sigma / sqrt(groups) "
+            + ("(the draw is secret)" if not cfg.dp_insecure_seeded_noise else "(the draw follows from the seed)")
+            + " (mirror_app/core/privacy.py)",
+        }
+
+    def secure_summary(self) -> dict | None:
+        """How a secure-aggregation run summed its updates (SecAgg+); None without it."""
+        cfg = self.cfg
+        if not cfg.secure_aggregation:
+            return None
+        from mirror_app.core.secure import quantization_range
+
+        return {
+            "protocol": "SecAgg+ (Flower's SecAggPlusWorkflow and secaggplus_mod): the server saw only sums",
+            "clipping_range": cfg.secagg_clipping_range,
+            "quantization_levels": quantization_range(cfg.clients_per_round),
+            "reconstruction_threshold": cfg.secagg_reconstruction_threshold,
+        }
+
+    def secure_fields(self, phase: Phase, chosen: list[str]) -> dict[str, Scalar]:
+        """The fit config of secure aggregation: the round's layout (every group a client of this phase trains, as
+        state keys, and their sizes) and the example count weights are divided by (the most among the drawn)."""
+        keys: list[str] = []
+        for modality in (AUDIO, AUDIOVISUAL):
+            ins = phase.instruction(modality)
+            keys += [ins.slot + g for g in ins.train if ins.slot + g not in keys] if ins else []
+        layout = [(k, int(sum(a.size for a in self.state[k]))) for k in keys]
+        scale = max(int(self.properties.get(cid, {}).get("num-examples", 1)) for cid in chosen)
+        return {SECURE_LAYOUT: layout_text(layout), SECURE_SCALE: max(scale, 1)}
+
+    def aggregate_secure(self, results: list[tuple[ClientProxy, FitRes]]) -> None:
+        """Secure aggregation: every reply carries the same vector, SecAgg+'s sum of the clients' vectors divided by
+        their number (``mirror_app.core.secure``); each group some client trained becomes its weighted mean."""
+        if not results:
+            return
+        vectors = [parameters_to_ndarrays(res.parameters) for _, res in results]
+        if any(len(v) != 1 or not np.array_equal(v[0], vectors[0][0]) for v in vectors):
+            raise RuntimeError(
+                "secure-aggregation: the replies carry different vectors, not one sum: the run must go through "
+                "SecAgg+ (the ServerApp's secure workflow and the clients' secaggplus_mod)"
+            )
+        layout = parse_layout(str(self._secure_layout))
+        new, _ = decode(vectors[0][0] * len(results), layout, {k: self.state[k] for k, _ in layout})
+        self.state.update(new)
 
     def attackers(self, num_partitions: int) -> set[int]:
         """The partitions of the simulated attackers (run config attack, attack-fraction) among ``num_partitions``,

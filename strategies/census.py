@@ -20,9 +20,17 @@ NODE_WAIT_SECONDS = 120.0  # longest wait for enough nodes before round 1
 NODE_SETTLE_SECONDS = 10.0  # stop waiting once the node count has not changed this long
 
 
-def draw_clients(seed: int, server_round: int, eligible: list, k: int) -> list:
-    """The clients of a round: ``k`` of ``eligible`` (ordered by partition id), drawn from the seed and round."""
-    return random.Random(seed * 100_003 + server_round).sample(eligible, min(k, len(eligible)))
+def round_random(seed: int, server_round: int, secret: bool = False) -> random.Random:
+    """The randomness of a round's draw: from the seed and round (the same clients in every run of a seed), or,
+    ``secret``, from the operating system's entropy (a differentially private run: nobody can recompute who was
+    drawn, which amplification by sampling assumes)."""
+    return random.SystemRandom() if secret else random.Random(seed * 100_003 + server_round)
+
+
+def draw_clients(seed: int, server_round: int, eligible: list, k: int, secret: bool = False) -> list:
+    """The clients of a round: ``k`` of ``eligible`` (ordered by partition id), drawn from the seed and round, or
+    from the operating system's entropy when ``secret``."""
+    return round_random(seed, server_round, secret).sample(eligible, min(k, len(eligible)))
 
 
 def partition_summary(properties: list[dict]) -> dict:
@@ -76,9 +84,10 @@ class Census:
     qualify, topped up from nodes not asked yet. Every reply updates what the census knows (:meth:`heard`), and
     no node is asked twice. ``auto``: full up to ``FULL_CENSUS_UP_TO`` nodes."""
 
-    def __init__(self, clients_per_round: int, mode: str = "full") -> None:
+    def __init__(self, clients_per_round: int, mode: str = "full", secret: bool = False) -> None:
         self.clients_per_round = clients_per_round
         self.mode = mode
+        self.secret = secret  # draws from the operating system's entropy (differential privacy)
         self.properties: dict[str, dict] = {}
         self.asked: set[str] = set()
         self.partitions: dict | None = None  # partition_summary of the nodes first known
@@ -114,23 +123,23 @@ class Census:
             pool = sorted(
                 (c for c in clients if c in self.properties and takes(self.properties[c]["modality"])), key=self.order
             )
-            return draw_clients(seed, server_round, pool, k), len(pool)
+            return draw_clients(seed, server_round, pool, k, self.secret), len(pool)
         if takes(AUDIO) and takes(AUDIOVISUAL):  # any node will do: draw among all, ask the unknown drawn ones
             nodes = sorted(clients, key=node_key)
-            drawn = draw_clients(seed, server_round, nodes, k)
+            drawn = draw_clients(seed, server_round, nodes, k, self.secret)
             self._query([c for c in drawn if c not in self.asked], clients)
             self._summarise()
             return sorted((c for c in drawn if c in self.properties), key=self.order), len(nodes)
         known = [c for c in clients if c in self.properties and takes(self.properties[c]["modality"])]
         unknown = [c for c in sorted(clients, key=node_key) if c not in self.asked]
-        order = random.Random(seed * 100_003 + server_round).sample(unknown, len(unknown))
+        order = round_random(seed, server_round, self.secret).sample(unknown, len(unknown))
         while len(known) < k and order:  # top up from nodes not asked yet, a few more than needed at a time
             batch, order = order[: 2 * (k - len(known))], order[2 * (k - len(known)) :]
             self._query(batch, clients)
             known += [c for c in batch if c in self.properties and takes(self.properties[c]["modality"])]
         self._summarise()
         pool = sorted(known, key=self.order)
-        return draw_clients(seed, server_round, pool, k), len(pool)
+        return draw_clients(seed, server_round, pool, k, self.secret), len(pool)
 
     def _summarise(self) -> None:
         if self.partitions is None and self.properties:

@@ -35,6 +35,10 @@ def _err(key: str, value: Any, allowed: str) -> ConfigError:
 AGGREGATORS = ("fedavg", "fedprox", "fedadam", "fedavgm", "fedmedian", "fedtrimmedavg", "krum", "bulyan")
 ATTACKS = ("none", "sign-flip", "scale", "gaussian", "label-flip", "inflate-count", "stale")
 DP_MODES = ("off", "central", "local")
+NEIGHBOURING = ("replace", "add-remove")  # local DP: replace one client's data (sensitivity 2 C) or add/remove it (C)
+SECURE_RULES = ("fedavg", "fedprox")  # the aggregators secure aggregation computes (a weighted mean of sums)
+SECAGG_MODULUS = 2**32  # SecAgg+'s modulus range (Flower's default): a round's quantised sum must stay below it
+SECAGG_MAX_CLIENTS = SECAGG_MODULUS // 2**20 - 1  # the most clients whose 2^20-level values sum below the modulus
 CENSUS_MODES = ("auto", "full", "sampled")
 FULL_CENSUS_UP_TO = 1000  # census 'auto': ask every node first up to this many nodes, learn from the drawn above
 
@@ -96,6 +100,11 @@ class RunConfig:
     dp_clipping_norm: float
     dp_delta: float
     dp_target_epsilon: float
+    dp_neighbouring: str
+    dp_insecure_seeded_noise: bool
+    secure_aggregation: bool
+    secagg_clipping_range: float
+    secagg_reconstruction_threshold: float
     fold: int
     dev_fraction: float
     audio_pretrained: str
@@ -383,6 +392,53 @@ class RunConfig:
             raise _err(
                 "aggregator", self.aggregator, "fedavg or fedprox with dp 'central' (Flower's DP wrapper averages)"
             )
+        if self.dp == "central" and self.max_update_norm > 0:
+            raise _err(
+                "max-update-norm",
+                self.max_update_norm,
+                "0 with dp 'central' (a clip relative to the round's median norm rescales every update when one client "
+                "leaves, so C / n is no longer the sensitivity)",
+            )
+        if self.dp_neighbouring not in NEIGHBOURING:
+            raise _err("dp-neighbouring", self.dp_neighbouring, f"one of {list(NEIGHBOURING)}")
+        self.validate_secure_aggregation()
+
+    def validate_secure_aggregation(self) -> None:
+        """Secure aggregation (SecAgg+): the server sees only sums, so nothing that needs one client's update."""
+        if not self.secure_aggregation:
+            return
+        needs = {
+            "aggregator": (
+                self.aggregator not in SECURE_RULES,
+                f"one of {list(SECURE_RULES)} with secure-aggregation "
+                "(robust rules and server optimisers need each client's update; the server sees only sums)",
+            ),
+            "dp": (
+                self.dp == "central",
+                "'off' or 'local' with secure-aggregation (central DP clips each client's "
+                "update on the server, which sees only sums; local DP noises updates before they are summed)",
+            ),
+            "max-update-norm": (self.max_update_norm > 0, "0 with secure-aggregation (it needs each update's norm)"),
+            "max-client-weight": (
+                self.max_client_weight < 1,
+                "1 with secure-aggregation (it needs each client's example count; the server sees only their sum)",
+            ),
+        }
+        for key, (wrong, allowed) in needs.items():
+            if wrong:
+                raise _err(key, getattr(self, key.replace("-", "_")), allowed)
+        k = self.clients_per_round
+        if not 2 <= k <= SECAGG_MAX_CLIENTS:
+            raise _err(
+                "clients-per-round",
+                k,
+                f"an integer in [2, {SECAGG_MAX_CLIENTS}] with secure-aggregation (SecAgg+ sums at least two clients' "
+                "vectors, each quantised to 2^20 levels or more, within its 2^32 modulus)",
+            )
+        if not self.secagg_clipping_range > 0:
+            raise _err("secagg-clipping-range", self.secagg_clipping_range, "a number > 0")
+        if not 0 < self.secagg_reconstruction_threshold <= 1:
+            raise _err("secagg-reconstruction-threshold", self.secagg_reconstruction_threshold, "a fraction in (0, 1]")
 
     def check_output_dir(self) -> Path:
         """Create the output dir (if needed) and check it is writable."""

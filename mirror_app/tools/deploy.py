@@ -89,6 +89,11 @@ def deploy(
         cfg = check_run(config, num_clients=nodes)
     except ValueError as exc:
         raise ConfigProblem(str(exc)) from None
+    if cfg.dp != "off" and cfg.dp_insecure_seeded_noise:
+        raise ConfigProblem(
+            "run config 'dp-insecure-seeded-noise' = True is invalid in a deployment: anyone holding the run config "
+            "could recompute the noise (it is for simulation studies only)"
+        )
     configs = [c + attack_node_config(cfg, i, nodes) for i, c in enumerate(configs)]
     home = Path(home) if home else Path(tempfile.mkdtemp(prefix="flwr-deploy-"))
     certs = keys = None

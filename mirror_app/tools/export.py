@@ -376,6 +376,7 @@ def write_card(run: Run, meta: dict, folder: Path) -> None:
         "- Federated: the numbers come from one seed of one simulated federation; other seeds and partitions "
         "give other numbers (see the README's Table 1 for the spread).",
         privacy_line(s.get("privacy")),
+        secure_line(s.get("secure_aggregation")),
         attack_line(s.get("attack"), cfg.aggregator),
         "",
         "## Run config",
@@ -420,10 +421,36 @@ def privacy_line(privacy: dict | None) -> str:
     """The model card's statement of the privacy guarantee (or of its absence)."""
     if not privacy:
         return "- Privacy: trained without differential privacy; the model can memorise details of clients' clips."
+    if "reproducible" in str(privacy.get("noise", "")):
+        return (
+            f"- Privacy: none. {privacy['dp']} differential privacy was simulated with noise reproducible from the run "
+            "seed (dp-insecure-seeded-noise): no privacy: the noise is reproducible, so anyone holding the run "
+            f"config can remove it. The epsilon it would have had: {privacy['epsilon']:.2f}."
+        )
+    if privacy["dp"] == "local":
+        return (
+            f"- Privacy: local differential privacy against the server, (epsilon, delta) = "
+            f"({privacy['epsilon_worst_client']:.2f}, {privacy['delta']:g}) for the client that released most often "
+            f"({privacy['releases_worst_client']} updates), {privacy['epsilon_median_client']:.2f} for the median "
+            f"client (noise multiplier {privacy['noise_multiplier']:g}, clipping norm {privacy['clipping_norm']:g}, "
+            f"neighbouring relation {privacy['neighbouring']}: sensitivity {privacy['sensitivity']:g}; "
+            f"{privacy['accountant']}), client-level, noise from the operating system's entropy."
+        )
     return (
         f"- Privacy: {privacy['dp']} differential privacy, (epsilon, delta) = ({privacy['epsilon']:.2f}, "
         f"{privacy['delta']:g}) after {privacy['rounds']} rounds (noise multiplier {privacy['noise_multiplier']:g}, "
-        f"clipping norm {privacy['clipping_norm']:g}; {privacy['accountant']}), client-level."
+        f"clipping norm {privacy['clipping_norm']:g}; {privacy['accountant']}), client-level, noise from the "
+        "operating system's entropy."
+    )
+
+
+def secure_line(secure: dict | None) -> str:
+    """The model card's statement of what the server saw of the clients' updates."""
+    if not secure:
+        return "- Updates: the server saw each client's update of the groups it trained."
+    return (
+        f"- Updates: secure aggregation, {secure['protocol']}; each value clipped to +-{secure['clipping_range']:g} "
+        f"and quantised to {secure['quantization_levels']} levels."
     )
 
 
