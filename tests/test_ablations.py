@@ -291,24 +291,55 @@ def test_privacy_takes_its_clipping_norm_from_the_clean_run_and_tables_epsilon(t
     )
     assert security.clipping_norm(tmp_path, clean[0]) == 0.23
     cells = security.privacy_dp_cells(0.3, [0], 0.23)
-    assert len(cells) == len(security.CENTRAL_SIGMAS) + len(security.LOCAL_SIGMAS)
-    assert all("dp-clipping-norm=0.23" in c.config for c in cells)
+    assert len(cells) == len(security.CENTRAL_SIGMAS) + len(security.LOCAL_SIGMAS) + 2  # + secure aggregation rows
+    assert all("dp-clipping-norm=0.23" in c.config for c in cells if "dp=" in c.config)
+    assert [c.tag for c in cells[-2:]] == ["secagg", "secagg-dp-local-s2-c0.23"]
     # another clean run's norm names other runs: a sweep never resumes from runs made with a different C
-    assert not {c.key for c in cells} & {c.key for c in security.privacy_dp_cells(0.3, [0], 0.21)}
+    other = security.privacy_dp_cells(0.3, [0], 0.21)
+    assert {c.key for c in cells} & {c.key for c in other} == {"modality-mirror-mr0.3-s0-secagg"}  # needs no C
 
     def fake(cell: Cell, output_dir: Path, log: Path) -> bool:
         log.write_text("ok")
-        sigma = float(parse_pairs(cell.config)["dp-noise-multiplier"])
+        pairs = parse_pairs(cell.config)
+        sigma = float(pairs.get("dp-noise-multiplier", 0))
         out = output_dir / "run"
         out.mkdir()
-        summary = {"best_dev": {"audio_top1": 0.1 * sigma, "av_top1": 0.5}, "privacy": {"epsilon": 10 / sigma}}
+        privacy = {"epsilon": 10 / sigma, "epsilon_median_client": 4 / sigma} if sigma else None
+        summary = {"best_dev": {"audio_top1": 0.1 * (sigma or 5), "av_top1": 0.5}, "privacy": privacy}
         (out / "summary.json").write_text(json.dumps(summary))
         return True
 
     run_cells(cells, tmp_path, fake)
     md, runs = security.privacy_table(cells, tmp_path, 0.23)
     assert "| central | 2 | 5.0 | 20.0 | 50.0 |" in md and "C = 0.23, the median update norm of the clean seed-0" in md
+    assert "| local | 2 | 5.0 worst client, 2.0 median | 20.0 | 50.0 |" in md
+    assert "| secure aggregation | - | inf (no DP) | 50.0 | 50.0 |" in md
+    assert "| secure aggregation + local DP | 2 | 5.0 worst client, 2.0 median | 20.0 | 50.0 |" in md
     assert security.privacy_figure(runs, tmp_path).stat().st_size > 1000
+
+
+def test_the_privacy_budget_grid_is_the_accountants_answer_for_each_federation_size(tmp_path):
+    from mirror_app.core.privacy import spent
+    from mirror_app.tools import security
+    from strategies import resolve_config
+
+    run_config = "num-server-rounds=8 distill-rounds=2"
+    frame = security.budget_frame(run_config)
+    row = frame[(frame["clients_per_round"] == 10) & (frame["sigma"] == 2.0) & (frame["clients"] == 1000)].iloc[0]
+    cfg, cls = resolve_config(
+        {
+            "num-server-rounds": 8,
+            "distill-rounds": 2,
+            "dp": "central",
+            "dp-clipping-norm": 1.0,
+            "dp-noise-multiplier": 2.0,
+        }
+    )
+    assert row["epsilon"] == pytest.approx(spent(cls.privacy_plan(cfg, 1000), 1e-5)) and row["rounds"] == 10
+    assert (frame.groupby(["clients_per_round", "sigma"])["epsilon"].apply(lambda e: e.is_monotonic_decreasing)).all()
+    table = security.budget_table(frame)
+    assert "| 10 | 1 |" in table and "smallest federation with epsilon <= 8" in table
+    assert security.budget_figure(frame, tmp_path).stat().st_size > 1000
 
 
 def test_run_records_restore_finished_runs_elsewhere_and_are_never_overwritten(tmp_path):

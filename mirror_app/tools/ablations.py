@@ -687,6 +687,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.which == "privacy":
         markdown, frame = security.privacy_table(cells, out, norm)
         security.privacy_figure(frame, out)
+        budget = security.budget_frame(run_config)
+        markdown += "\n" + security.budget_table(budget)
+        security.budget_figure(budget, out)
     elif args.which == "distill":
         markdown, frame = distill_study.distill_table(cells, out, rates)
         distill_study.distill_figure(frame, out, rates)

@@ -5,8 +5,9 @@ SuperLink, resumable, a finished run never redone) and write ``runs.csv``, ``abl
 ``robust``: every attack (sign-flip, scale x10, gaussian, label-flip, inflate-count) at attack-fraction 0.1, 0.2
 and 0.3, and the clean run, against each aggregator (fedavg; fedavg with counts capped at a fifth of a group;
 fedmedian; fedtrimmedavg at beta 0.2; Krum with f = 3). ``privacy``: the clean run, then central DP at noise
-multipliers 1, 1.5, 2 and 3 and local DP at 1 and 2, with the clipping norm set to the median update norm of the
-first seed's clean run (``update_norm`` in its clients.csv).
+multipliers 1, 1.5, 2 and 3, local DP at 1 and 2, secure aggregation alone and with local DP at 2, with the clipping
+norm set to the median update norm of the first seed's clean run (``update_norm`` in its clients.csv); and what
+federation would make central DP's epsilon <= 8 affordable, from the accountant alone (``privacy_budget.png``).
 """
 
 from __future__ import annotations
@@ -233,53 +234,78 @@ def clipping_norm(out: Path, clean: Cell) -> float:
 
 
 def privacy_dp_cells(rate: float, seeds: list[int], norm: float) -> list[Cell]:
+    """Per seed: central DP at each of CENTRAL_SIGMAS, local DP at each of LOCAL_SIGMAS, secure aggregation alone and
+    with local DP at the largest local sigma (the usual pairing: the server sees only the sum of noised updates).
+    The clipping norm is in every DP key, so a sweep whose clean run gave another norm never resumes from these."""
     cells = []
     for s in seeds:
         for mode, sigmas in (("central", CENTRAL_SIGMAS), ("local", LOCAL_SIGMAS)):
             for sigma in sigmas:
                 config = f"dp='{mode}' dp-noise-multiplier={sigma} dp-clipping-norm={norm}"
-                # the norm is in the key: a sweep whose clean run gave another norm never resumes from these runs
                 cells.append(Cell(METHOD, rate, s, config, f"dp-{mode}-s{sigma:g}-c{norm:g}"))
+        cells.append(Cell(METHOD, rate, s, "secure-aggregation=true", "secagg"))
+        sigma = max(LOCAL_SIGMAS)
+        config = f"secure-aggregation=true dp='local' dp-noise-multiplier={sigma} dp-clipping-norm={norm}"
+        cells.append(Cell(METHOD, rate, s, config, f"secagg-dp-local-s{sigma:g}-c{norm:g}"))
     return cells
+
+
+def _setting(cell: Cell) -> tuple[str, float]:
+    """(the privacy row of a cell: off, central, local, secure aggregation[, + local], its noise multiplier)."""
+    pairs = parse_pairs(cell.config)
+    dp = pairs.get("dp", "'off'").strip("'")
+    secure = pairs.get("secure-aggregation") == "true"
+    name = ("secure aggregation" + (f" + {dp} DP" if dp != "off" else "")) if secure else dp
+    return name, float(pairs.get("dp-noise-multiplier", "nan"))
 
 
 def privacy_table(cells: list[Cell], out: Path, norm: float) -> tuple[str, pd.DataFrame]:
     runs = collect(cells, out)
-    pairs = [parse_pairs(c.config) for c in cells]
-    runs["dp"] = [p.get("dp", "'off'").strip("'") for p in pairs]
-    runs["sigma"] = [float(p.get("dp-noise-multiplier", "nan")) for p in pairs]
-    eps = []
+    settings = [_setting(c) for c in cells]
+    runs["dp"] = [name for name, _ in settings]
+    runs["sigma"] = [sigma for _, sigma in settings]
+    eps, median = [], []
     for c in cells:
         path = out / "runs" / c.key / "summary.json"
         privacy = json.loads(path.read_text()).get("privacy") if path.is_file() else None
         eps.append(privacy["epsilon"] if privacy else np.nan)
-    runs["epsilon"] = eps
+        median.append((privacy or {}).get("epsilon_median_client", np.nan))
+    runs["epsilon"], runs["epsilon_median_client"] = eps, median
     ok = runs[runs["status"] == "ok"]
     lines = [
-        "| DP | noise multiplier | epsilon (delta 1e-5) | audio top-1 (best dev) | AV top-1 |",
+        "| setting | noise multiplier | epsilon (delta 1e-5) | audio top-1 (best dev) | AV top-1 |",
         "| --- | --- | --- | --- | --- |",
     ]
     for (mode, sigma), g in ok.groupby(["dp", "sigma"], dropna=False, sort=False):
         top = _cell(g, "best_dev_", len(g)).split(" / ")[0]
         av = 100 * pd.to_numeric(g["best_dev_av_top1"], errors="coerce")
-        epsilon = "inf (no DP)" if mode == "off" else f"{g['epsilon'].mean():.1f}"
+        if "DP" not in mode and mode not in ("central", "local"):
+            epsilon = "inf (no DP)"
+        elif "local" in mode:
+            epsilon = f"{g['epsilon'].mean():.1f} worst client, {g['epsilon_median_client'].mean():.1f} median"
+        else:
+            epsilon = f"{g['epsilon'].mean():.1f}"
         lines.append(
-            f"| {mode} | {'-' if mode == 'off' else f'{sigma:g}'} | {epsilon} | {top} | "
+            f"| {mode} | {'-' if np.isnan(sigma) else f'{sigma:g}'} | {epsilon} | {top} | "
             f"{av.mean():.1f}{f' +- {av.std(ddof=0):.1f}' if len(av) > 1 else ''} |"
         )
     lines += [
         "",
         f"ModalityMirror, best-dev top-1 in % (mean +- std over seeds). Clipping norm C = {norm:g}, the median "
         f"update norm of the clean seed-{cells[0].seed} run (choosing C from a non-private run is the usual "
-        "shortcut; it is not itself accounted). Central: Flower's server-side fixed clipping per parameter group, "
-        "noise sigma x C / n; local: each client clips its update to C and adds sigma x C. Epsilon from "
-        "dp-accounting's RDP accountant over the run's rounds (mirror_app/core/privacy.py).",
+        "shortcut; it is not itself accounted). Noise from the operating system's entropy, clients drawn from it "
+        "too (not repeatable: another run of a cell gives other digits). Central: each parameter group clipped to C "
+        "on the server, noise sigma x C / n, epsilon of the Poisson-subsampled Gaussian over the rounds; local: each "
+        "client clips its update to C and adds sigma x 2 C (dp-neighbouring 'replace'), epsilon of the Gaussian "
+        "composed over the rounds a client released an update, against the server (no amplification), for the "
+        "client that released most and the median one; secure aggregation: SecAgg+, the server sees only sums "
+        "(dp-accounting's RDP accountant, mirror_app/core/privacy.py).",
     ]
     return "\n".join(lines) + "\n", runs
 
 
 def privacy_figure(runs: pd.DataFrame, out: Path) -> Path | None:
-    ok = runs[(runs["status"] == "ok") & (runs["dp"] != "off")]
+    ok = runs[(runs["status"] == "ok") & runs["dp"].isin(["central", "local"])]
     if ok.empty:
         return None
     import matplotlib
@@ -298,6 +324,91 @@ def privacy_figure(runs: pd.DataFrame, out: Path) -> Path | None:
     for metric, style in (("best_dev_audio_top1", ":"), ("best_dev_av_top1", "-.")):
         if len(clean):
             ax.axhline(100 * clean[metric].mean(), ls=style, color="grey", label=f"no DP, {metric.split('_')[2]}")
-    ax.set(xscale="log", xlabel="epsilon (delta 1e-5)", ylabel="top-1 at the best dev round (%)")
+    ax.set(xscale="log", xlabel="epsilon (delta 1e-5; local: worst client)", ylabel="top-1 at the best dev round (%)")
     ax.legend(fontsize=7)
     return _save(fig, out / "privacy.png")
+
+
+BUDGET_CLIENTS = (100, 300, 1_000, 3_000, 10_000, 30_000, 100_000)
+BUDGET_PER_ROUND = (10, 100)
+BUDGET_SIGMAS = (1.0, 2.0, 3.0)
+BUDGET_TARGET = 8.0
+
+
+def budget_frame(run_config: str) -> pd.DataFrame:
+    """Central DP's epsilon for the run config's schedule (ModalityMirror's phases, missing rate, delta) at every
+    federation size, clients per round and noise multiplier of the grid: what the accountant answers without
+    training (``privacy_plan``, as a run's ledger records it)."""
+    from mirror_app.core.privacy import spent
+    from mirror_app.tools.launch import pairs_to_values
+    from strategies import resolve_config
+
+    rows = []
+    for k in BUDGET_PER_ROUND:
+        for sigma in BUDGET_SIGMAS:
+            pairs = parse_pairs(run_config) | {
+                "dp": "'central'",
+                "dp-clipping-norm": "1.0",
+                "dp-noise-multiplier": str(sigma),
+                "clients-per-round": str(k),
+            }
+            cfg, cls = resolve_config(pairs_to_values(pairs))
+            for n in BUDGET_CLIENTS:
+                if n < k:
+                    continue
+                plan = cls.privacy_plan(cfg, n)
+                rows.append(
+                    {
+                        "clients_per_round": k,
+                        "sigma": sigma,
+                        "clients": n,
+                        "rounds": len(plan),
+                        "epsilon": spent(plan, cfg.dp_delta),
+                        "delta": cfg.dp_delta,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def budget_table(frame: pd.DataFrame) -> str:
+    """The smallest federation of the grid at which central DP spends at most BUDGET_TARGET, per setting."""
+    lines = [
+        "| clients per round | noise multiplier | epsilon at 100 clients | smallest federation with epsilon <= 8 |",
+        "| --- | --- | --- | --- |",
+    ]
+    for (k, sigma), g in frame.groupby(["clients_per_round", "sigma"]):
+        at100 = g[g["clients"] == 100]["epsilon"]
+        fits = g[g["epsilon"] <= BUDGET_TARGET]["clients"]
+        lines.append(
+            f"| {k} | {sigma:g} | {f'{at100.iloc[0]:.1f}' if len(at100) else 'n/a'} | "
+            f"{f'{int(fits.min()):,}' if len(fits) else f'more than {BUDGET_CLIENTS[-1]:,}'} |"
+        )
+    rounds = int(frame["rounds"].iloc[0]) if len(frame) else 0
+    return "\n".join(lines) + (
+        f"\n\nCentral DP, the run config's schedule ({rounds} rounds), delta {frame['delta'].iloc[0]:g}: epsilon of "
+        "the Poisson-subsampled Gaussian (secret draws), from dp-accounting's RDP accountant, no training. The noise "
+        "in the aggregate is sigma x C / (clients per round): only more clients per round shrink it, and only a "
+        "larger federation then keeps the sampling rate, and epsilon, down.\n"
+    )
+
+
+def budget_figure(frame: pd.DataFrame, out: Path) -> Path | None:
+    if frame.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for (k, sigma), g in frame.groupby(["clients_per_round", "sigma"]):
+        ax.plot(
+            g["clients"],
+            g["epsilon"],
+            "-o" if k == BUDGET_PER_ROUND[0] else "--s",
+            label=f"{k} a round, sigma {sigma:g}",
+        )
+    ax.axhline(BUDGET_TARGET, color="grey", ls=":", label=f"epsilon {BUDGET_TARGET:g}")
+    ax.set(xscale="log", yscale="log", xlabel="clients in the federation", ylabel="epsilon after the schedule")
+    ax.legend(fontsize=7)
+    return _save(fig, out / "privacy_budget.png")
