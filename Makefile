@@ -35,7 +35,7 @@ venv: $(VENV)/.installed
 ## PRESET=conf/paper-ucf101.toml runs a preset (RUN_CONFIG's keys override it; its named weights are fetched first)
 PRESET ?=
 run: venv
-	$(PY) -m mirror_app.tools.run --pretrain --num-supernodes $(NUM_CLIENTS) $(if $(PRESET),--preset $(PRESET)) --run-config "output-dir='$(OUTPUT_DIR)' $(RUN_CONFIG)"
+	$(PY) -m mirror_app.run --pretrain --num-supernodes $(NUM_CLIENTS) $(if $(PRESET),--preset $(PRESET)) --run-config "output-dir='$(OUTPUT_DIR)' $(RUN_CONFIG)"
 
 ## test: lint (ruff), format check, import contracts (import-linter), types of the core (mypy), then the
 ## whole suite (unit tests and end-to-end `flwr run` tests; a deprecated Flower API fails it)
@@ -51,13 +51,13 @@ lint: venv
 
 ## export: a finished run's audio-only model as ONNX + TorchScript, its front end, classes and model card
 ## (RUN=results/<run folder> [OUT=folder] [FORCE=1 replaces an earlier export]; default OUT: <run>/export). Then:
-## $(PY) -m mirror_app.tools.predict --model <export folder> FILES...
+## $(PY) -m mirror_app.model.predict --model <export folder> FILES...
 RUN ?=
 OUT ?=
 FORCE ?=
 export: venv
 	@test -n "$(RUN)" || { echo "usage: make export RUN=results/<run folder> [OUT=<folder>] [FORCE=1]"; exit 2; }
-	$(PY) -m mirror_app.tools.export "$(RUN)" $(if $(OUT),--out "$(OUT)") $(if $(FORCE),--force)
+	$(PY) -m mirror_app.model.export "$(RUN)" $(if $(OUT),--out "$(OUT)") $(if $(FORCE),--force)
 
 ## bench: Flower + Ray overhead against a bare loop, start-up, client set-up, memory at 10/100/1000
 ## partitions, a deployed round (make deploy-local, 3 SuperNodes) against a simulated one, preprocessing
@@ -67,22 +67,22 @@ export: venv
 ## SCALE=1 instead: start, rounds and memory at 100 / 1,000 / 10,000 / 30,000 SuperNodes -> results/bench/scale.*
 bench: venv
 ifdef SCALE
-	$(PY) -m mirror_app.tools.bench_scale --out $(CURDIR)/results/bench
+	$(PY) -m mirror_app.bench.scale --out $(CURDIR)/results/bench
 else
-	$(PY) -m mirror_app.tools.bench --out $(CURDIR)/results/bench --run-config "$(RUN_CONFIG)" $(if $(GPU),--gpu) $(if $(PAPER),--paper)
+	$(PY) -m mirror_app.bench --out $(CURDIR)/results/bench --run-config "$(RUN_CONFIG)" $(if $(GPU),--gpu) $(if $(PAPER),--paper)
 endif
 
 ## calibrate: centralised audio-only and audiovisual accuracy of the embedded dataset (two separate models)
 calibrate: venv
-	$(PY) -m mirror_app.tools.centralized --dataset embedded --epochs 8 --data-dir "$(DATA_DIR)"
+	$(PY) -m mirror_app.studies.centralized --dataset embedded --epochs 8 --data-dir "$(DATA_DIR)"
 
 ## pretrain: encoders trained on the proxy set (classes disjoint from the task's) -> $(PRETRAINED)/*.pt, for
 ## the embedded dataset's front end, or a prepared dataset's with DATASET=ucf101|activitynet|manifest
 pretrain: venv
-	$(PY) -m mirror_app.tools.pretrain --out "$(PRETRAINED)" --data-dir "$(DATA_DIR)" $(if $(DATASET),--dataset $(DATASET))
+	$(PY) -m mirror_app.model.pretrain --out "$(PRETRAINED)" --data-dir "$(DATA_DIR)" $(if $(DATASET),--dataset $(DATASET))
 
 $(PRETRAINED_FILES) &: | venv
-	$(PY) -m mirror_app.tools.pretrain --out "$(PRETRAINED)" --data-dir "$(DATA_DIR)"
+	$(PY) -m mirror_app.model.pretrain --out "$(PRETRAINED)" --data-dir "$(DATA_DIR)"
 
 ## prepare: decode a real dataset once into the feature cache runs read (DATASET=ucf101|activitynet|manifest SRC=...)
 PREPARE_ARGS ?=
@@ -95,19 +95,19 @@ N ?= 3
 AUDIO_ONLY ?= 1
 SECURE ?=
 deploy-local: venv
-	$(PY) -m mirror_app.tools.deploy --nodes $(N) --audio-only $(AUDIO_ONLY) $(if $(SECURE),--secure) \
+	$(PY) -m mirror_app.deploy.local --nodes $(N) --audio-only $(AUDIO_ONLY) $(if $(SECURE),--secure) \
 		--out $(CURDIR)/results/deploy --run-config "$(RUN_CONFIG)"
 
 ## table1: the paper's setting at a laptop budget (conf/paper-laptop.toml, pretrained encoders):
 ## 6 methods x missing rates 0.1/0.3/0.5 x 3 seeds, best-dev and last-round tables, figures
 TABLE1_RATES ?= 0.1,0.3,0.5
 table1: venv $(PRETRAINED_FILES)
-	$(PY) -m mirror_app.tools.sweep --out $(CURDIR)/results/table1 --preset conf/paper-laptop.toml --rates $(TABLE1_RATES) \
+	$(PY) -m mirror_app.studies.sweep --out $(CURDIR)/results/table1 --preset conf/paper-laptop.toml --rates $(TABLE1_RATES) \
 		--fig3-rates $(TABLE1_RATES) --seeds 0,1,2 --num-supernodes $(NUM_CLIENTS) --run-config "$(RUN_CONFIG)"
 
 ## table1-quick: the same with one seed (about a third of the time)
 table1-quick: venv $(PRETRAINED_FILES)
-	$(PY) -m mirror_app.tools.sweep --out $(CURDIR)/results/table1-quick --preset conf/paper-laptop.toml \
+	$(PY) -m mirror_app.studies.sweep --out $(CURDIR)/results/table1-quick --preset conf/paper-laptop.toml \
 		--rates $(TABLE1_RATES) --fig3-rates $(TABLE1_RATES) --seeds 0 --num-supernodes $(NUM_CLIENTS) \
 		--run-config "$(RUN_CONFIG)"
 
@@ -115,14 +115,14 @@ table1-quick: venv $(PRETRAINED_FILES)
 ## (distillation divergence x who trains the audio head, 3 seeds), missing video per client, per clip and over
 ## time, accuracy against epsilon, attacks x robust aggregators (3 seeds each), Fig. 2 by sound source (after table1)
 ablations: venv $(PRETRAINED_FILES)
-	$(PY) -m mirror_app.tools.ablations fidelity --seeds 0,1,2 --out $(CURDIR)/results/ablation-fidelity --run-config "$(RUN_CONFIG)"
-	$(PY) -m mirror_app.tools.ablations missingness --seeds 0,1,2 --out $(CURDIR)/results/ablation-missingness --run-config "$(RUN_CONFIG)"
-	$(PY) -m mirror_app.tools.ablations privacy --seeds 0,1,2 --out $(CURDIR)/results/ablation-privacy --run-config "$(RUN_CONFIG)"
-	$(PY) -m mirror_app.tools.ablations robust --seeds 0,1,2 --out $(CURDIR)/results/ablation-robust --run-config "$(RUN_CONFIG)"
-	$(PY) -m mirror_app.tools.ablations teacher --out $(CURDIR)/results/ablation-teacher --run-config "$(RUN_CONFIG)"
-	$(PY) -m mirror_app.tools.ablations drift --out $(CURDIR)/results/ablation-drift --run-config "$(RUN_CONFIG)"
-	$(PY) -m mirror_app.tools.ablations skew --out $(CURDIR)/results/ablation-skew --run-config "$(RUN_CONFIG)"
-	$(PY) -m mirror_app.tools.ablations fig2 --sweep $(CURDIR)/results/table1
+	$(PY) -m mirror_app.studies.ablations fidelity --seeds 0,1,2 --out $(CURDIR)/results/ablation-fidelity --run-config "$(RUN_CONFIG)"
+	$(PY) -m mirror_app.studies.ablations missingness --seeds 0,1,2 --out $(CURDIR)/results/ablation-missingness --run-config "$(RUN_CONFIG)"
+	$(PY) -m mirror_app.studies.ablations privacy --seeds 0,1,2 --out $(CURDIR)/results/ablation-privacy --run-config "$(RUN_CONFIG)"
+	$(PY) -m mirror_app.studies.ablations robust --seeds 0,1,2 --out $(CURDIR)/results/ablation-robust --run-config "$(RUN_CONFIG)"
+	$(PY) -m mirror_app.studies.ablations teacher --out $(CURDIR)/results/ablation-teacher --run-config "$(RUN_CONFIG)"
+	$(PY) -m mirror_app.studies.ablations drift --out $(CURDIR)/results/ablation-drift --run-config "$(RUN_CONFIG)"
+	$(PY) -m mirror_app.studies.ablations skew --out $(CURDIR)/results/ablation-skew --run-config "$(RUN_CONFIG)"
+	$(PY) -m mirror_app.studies.ablations fig2 --sweep $(CURDIR)/results/table1
 
 clean:
 	rm -rf results .pytest_cache

@@ -234,13 +234,13 @@ def ssast_checkpoint(width=TINY, patch=(16, 16), tokens=2, fdim=128, tdim=1024, 
 
 
 def run_tool(args: list[str], env: dict | None = None, timeout: float = 600):
-    """`make run`'s tool (python -m mirror_app.tools.run) as a subprocess from the project root."""
+    """`make run`'s tool (python -m mirror_app.run) as a subprocess from the project root."""
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[1]
     return subprocess.run(
-        [sys.executable, "-m", "mirror_app.tools.run", *args],
+        [sys.executable, "-m", "mirror_app.run", *args],
         cwd=root,
         env=env,
         capture_output=True,

@@ -8,8 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mirror_app.tools import ablations
-from mirror_app.tools.sweep import Cell, SweepError, merged_run_config, override_pairs, parse_pairs, run_cells
+from mirror_app.deploy.preflight import parse_pairs
+from mirror_app.studies import ablations, readings
+from mirror_app.studies.runs import Cell, SweepError, merged_run_config, override_pairs, run_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,13 +41,13 @@ def test_the_laptop_preset_is_the_papers_local_training():
 
 
 def test_teacher_and_drift_plans():
-    cells = ablations.teacher_cells("num-server-rounds=40 lr=0.0005", 0.3, [0, 1])
+    cells = readings.teacher_cells("num-server-rounds=40 lr=0.0005", 0.3, [0, 1])
     rounds = sorted({int(parse_pairs(c.config)["num-server-rounds"]) for c in cells})
     assert rounds == [10, 20, 40] and len(cells) == 3 * 2 * 2
     scratch = [c for c in cells if c.tag.endswith("scratch")]
     assert scratch and all("audio-pretrained='none'" in c.config for c in scratch)
     assert len({c.key for c in cells}) == len(cells)  # every variant has its own run folder
-    drift = ablations.drift_cells(0.3, [0])
+    drift = readings.drift_cells(0.3, [0])
     assert {(c.method, c.config) for c in drift} >= {
         ("harmony", "local-epochs=1 dirichlet-alpha=0.1"),
         ("multifl", "local-epochs=5 dirichlet-alpha=1.0"),
@@ -89,12 +90,12 @@ def fake(teacher_of: dict):
 
 
 def test_teacher_table_pairs_student_and_teacher(tmp_path):
-    cells = ablations.teacher_cells("num-server-rounds=8", 0.3, [0])
+    cells = readings.teacher_cells("num-server-rounds=8", 0.3, [0])
     run_cells(cells, tmp_path, fake({2: 0.3, 4: 0.5, 8: 0.7}))
-    markdown, frame = ablations.teacher_table(cells, tmp_path)
+    markdown, frame = readings.teacher_table(cells, tmp_path)
     rows = [line for line in markdown.splitlines() if line.startswith("| 8 | pretrained")]
     assert rows == ["| 8 | pretrained | 80.0 | 10.0 | 41.0 | 40.0 | 31.0 |"]
-    assert len(frame) == 6 and ablations.teacher_figure(frame, tmp_path).is_file()
+    assert len(frame) == 6 and readings.teacher_figure(frame, tmp_path).is_file()
 
 
 def test_fig2_groups_classes_by_sound_source(tmp_path):
@@ -114,13 +115,13 @@ def test_fig2_groups_classes_by_sound_source(tmp_path):
         (run / "summary.json").write_text(json.dumps({"best_dev": {"round": 3}}))
         rows.append({"method": method, "missing_rate": 0.3, "seed": 0, "key": key, "status": "ok"})
     pd.DataFrame(rows).to_csv(tmp_path / "runs.csv", index=False)
-    markdown, figure = ablations.fig2(tmp_path, 0.3)
+    markdown, figure = readings.fig2(tmp_path, 0.3)
     assert "| membrane (shared) | drumming | +20.0 | +0.0 |" in markdown  # at the best-dev round, not the last
     assert "| clicks | typing | -5.0 | +0.0 |" in markdown
     assert "| classes sharing a sound source | mean | +20.0 | +0.0 |" in markdown
     assert figure.is_file()
     with pytest.raises(SweepError, match="no finished modality-mirror run at missing rate 0.5"):
-        ablations.fig2(tmp_path, 0.5)
+        readings.fig2(tmp_path, 0.5)
 
 
 def test_ablation_command_rejects_bad_input_before_starting(tmp_path, capsys):
@@ -129,7 +130,7 @@ def test_ablation_command_rejects_bad_input_before_starting(tmp_path, capsys):
 
 
 def test_skew_plan_and_table(tmp_path):
-    cells = ablations.skew_cells(0.3, [0])
+    cells = readings.skew_cells(0.3, [0])
     assert len(cells) == 8 and len({c.key for c in cells}) == 8 and {c.method for c in cells} == {"multifl"}
     pre = [c for c in cells if "-pre-" in c.tag]
     assert len(pre) == 4 and all("audio-tdnn-small-d64-mel40-t98.pt" in c.config for c in pre)
@@ -154,7 +155,7 @@ def test_skew_plan_and_table(tmp_path):
         return True
 
     run_cells(cells, tmp_path, run)
-    markdown, _ = ablations.skew_table(cells, tmp_path)
+    markdown, _ = readings.skew_table(cells, tmp_path)
     assert "| 5 of 20 | pretrained | restricted softmax | 70.0 | 20 | 20.0 | 50 | 0 |" in markdown
     assert "| 10 of 20 | from scratch | cross-entropy | 10.0 | 100 | 20.0 | 50 | 2 |" in markdown
 
@@ -183,7 +184,7 @@ def fidelity_fake(cell: Cell, output_dir: Path, log: Path) -> bool:
 
 
 def test_fidelity_plan_and_table_report_every_reading_with_both_rules(tmp_path):
-    cells = ablations.fidelity_cells([0.1, 0.5], [0, 1])
+    cells = readings.fidelity_cells([0.1, 0.5], [0, 1])
     assert len(cells) == 2 * 2 * 7 and len({c.key for c in cells}) == len(cells)
     assert sum(c.method == "harmony" for c in cells) == 4  # once per rate and seed
     mm = [parse_pairs(c.config) for c in cells if c.method == "modality-mirror"]
@@ -194,7 +195,7 @@ def test_fidelity_plan_and_table_report_every_reading_with_both_rules(tmp_path):
         ("'reverse'", "true"),
     }
     run_cells(cells, tmp_path, fidelity_fake)
-    md, runs = ablations.fidelity_table(cells, tmp_path, [0.1, 0.5])
+    md, runs = readings.fidelity_table(cells, tmp_path, [0.1, 0.5])
     lines = md.splitlines()
 
     def row(*start: str) -> str:
@@ -220,7 +221,7 @@ def test_fidelity_plan_and_table_report_every_reading_with_both_rules(tmp_path):
 
 
 def test_robust_plan_covers_every_attack_fraction_and_aggregator_and_tables_them(tmp_path):
-    from mirror_app.tools import security
+    from mirror_app.studies import security
 
     cells = security.robust_cells(0.3, [0, 1])
     per_seed = len(security.AGGREGATORS) * (1 + len(security.ATTACKS) * len(security.FRACTIONS))
@@ -274,14 +275,14 @@ def test_robust_plan_covers_every_attack_fraction_and_aggregator_and_tables_them
     for bad in ("scale", "sign-flip,,nope", ""):
         with pytest.raises(ValueError, match="give attacks from sign-flip, scalex10, gaussian"):
             security.attack_names(bad)
-    from mirror_app.tools.ablations import main
+    from mirror_app.studies.ablations import main
 
     assert main(["robust", "--attacks", "scale", "--out", str(tmp_path / "never")]) == 2
     assert not (tmp_path / "never").exists()
 
 
 def test_privacy_takes_its_clipping_norm_from_the_clean_run_and_tables_epsilon(tmp_path):
-    from mirror_app.tools import security
+    from mirror_app.studies import security
 
     clean = security.privacy_clean_cells(0.3, [0])
     run = tmp_path / "runs" / clean[0].key
@@ -320,7 +321,7 @@ def test_privacy_takes_its_clipping_norm_from_the_clean_run_and_tables_epsilon(t
 
 def test_the_privacy_budget_grid_is_the_accountants_answer_for_each_federation_size(tmp_path):
     from mirror_app.core.privacy import spent
-    from mirror_app.tools import security
+    from mirror_app.studies import security
     from strategies import resolve_config
 
     run_config = "num-server-rounds=8 distill-rounds=2"
@@ -344,8 +345,8 @@ def test_the_privacy_budget_grid_is_the_accountants_answer_for_each_federation_s
 
 def test_run_records_restore_finished_runs_elsewhere_and_are_never_overwritten(tmp_path):
     """--records: what one machine ran, another takes as finished (no run redone) and tables alike."""
-    from mirror_app.tools import security
-    from mirror_app.tools.sweep import check_settings, restore_records, save_records
+    from mirror_app.studies import security
+    from mirror_app.studies.runs import check_settings, restore_records, save_records
 
     cells = security.robust_cells(0.3, [0], (0.2,), security.attack_names("sign-flip"))
     ran: list[str] = []
@@ -402,7 +403,8 @@ def test_ablations_command_records_what_finished_before_an_interrupt_and_resumes
     --out (another machine) runs only the rest and prints the whole table."""
     import contextlib
 
-    from mirror_app.tools import launch, security
+    from mirror_app.deploy import launch
+    from mirror_app.studies import security
 
     ran: list[str] = []
 
@@ -436,7 +438,7 @@ def test_ablations_command_records_what_finished_before_an_interrupt_and_resumes
 
 
 def test_missingness_plan_and_table(tmp_path):
-    from mirror_app.tools import missing_study
+    from mirror_app.studies import missingness as missing_study
 
     cells = missing_study.missingness_cells([0, 1])
     assert len(cells) == 2 * 3 * 5 and len({c.key for c in cells}) == len(cells)
@@ -466,7 +468,7 @@ def test_missingness_plan_and_table(tmp_path):
 
 
 def test_krum_kept_table_counts_the_attackers_among_the_updates_krum_kept(tmp_path):
-    from mirror_app.tools import security
+    from mirror_app.studies import security
 
     cells = security.robust_cells(0.3, [0], (0.2,), ("label-flip",))
     krum = next(c for c in cells if c.tag == "label-flip-f0.2-krum")

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from mirror_app.tools.bench import ROUND_STEPS, STARTUP_STEPS, main, run_bench, setup_cost
+from mirror_app.bench.overhead import setup_cost
+from mirror_app.bench.report import ROUND_STEPS, STARTUP_STEPS
+from mirror_app.bench.run import main, run_bench
 
 
 @pytest.mark.timeout(900)
@@ -84,7 +86,7 @@ def test_tiny_bench_writes_every_figure(tmp_path, data_dir):
 
 def test_the_deployment_rows_name_where_a_deployed_round_goes():
     """The report's deployment rows (measured by `make bench`, minutes of real SuperNodes: not run here)."""
-    from mirror_app.tools.bench import markdown
+    from mirror_app.bench.report import markdown
 
     report = json.loads(json.dumps(SAMPLE))
     steps = {name: 0.5 for name, _, _ in ROUND_STEPS} | {"to the first client call (Flower: queue, dispatch)": 2.5}
@@ -119,7 +121,7 @@ def test_the_deployment_rows_name_where_a_deployed_round_goes():
 def test_a_cold_client_call_is_timed_in_a_fresh_process(data_dir):
     """What a deployed SuperNode's fresh ClientApp process pays: the first training call carries torch's
     first-use costs (importing torch._dynamo, about a second), the next one only the training."""
-    from mirror_app.tools.bench import cold_call_seconds
+    from mirror_app.bench.overhead import cold_call_seconds
 
     out = cold_call_seconds(f"data-dir='{data_dir}' local-epochs=1", partitions=4, threads=1)
     assert set(out) == {"make_client_s", "first_fit_s", "second_fit_s", "dynamo_import_s"}
@@ -187,7 +189,7 @@ SAMPLE = {
 
 
 def test_the_scale_report_states_each_target_against_its_figure(tmp_path):
-    from mirror_app.tools.bench_scale import figure, markdown
+    from mirror_app.bench.scale import figure, markdown
 
     report = {
         "clips": 42000,

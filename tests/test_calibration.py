@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import tiny_cache
 
-import mirror_app.tools.centralized as centralized_module
+import mirror_app.studies.centralized as centralized_module
 from mirror_app.core.evaluation import evaluate
 from mirror_app.core.models import initial_model
 from mirror_app.core.pretrained import PretrainedError

@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mirror_app.tools.certs import make_certs, make_node_key
-from mirror_app.tools.deploy import node_configs
-from mirror_app.tools.launch import SuperLink
+from mirror_app.deploy.certs import make_certs, make_node_key
+from mirror_app.deploy.launch import SuperLink
+from mirror_app.deploy.local import node_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,12 +115,12 @@ def test_deploy_local_stops_every_process_on_ctrl_c(tmp_path, data_dir):
     import signal
     import sys
 
-    from mirror_app.tools.launch import _zombie, descendants
+    from mirror_app.deploy.launch import _zombie, descendants
 
     cmd = [
         sys.executable,
         "-m",
-        "mirror_app.tools.deploy",
+        "mirror_app.deploy.local",
         "--nodes",
         "2",
         "--audio-only",
@@ -158,6 +158,6 @@ def test_deploy_local_stops_every_process_on_ctrl_c(tmp_path, data_dir):
         assert "every process of this deployment was stopped" in log.read_text()
     finally:
         if proc.poll() is None:  # the test failed: stop the deployment's processes anyway
-            from mirror_app.tools.launch import stop_tree
+            from mirror_app.deploy.launch import stop_tree
 
             stop_tree(proc)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mirror_app.tools.launch import SuperLink
+from mirror_app.deploy.launch import SuperLink
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,7 +169,7 @@ def test_killed_run_resumes_to_the_same_metrics(mm_run, data_dir, tmp_path):
     import subprocess
     import time
 
-    from mirror_app.tools.launch import tree_members
+    from mirror_app.deploy.launch import tree_members
 
     straight, _ = mm_run
     cut = tmp_path / "cut"

@@ -102,7 +102,7 @@ def test_export_ships_the_audio_model_the_method_evaluates(strategy, tmp_path, d
     """For every compared method: the ONNX model scores the test split exactly as the run's own evaluation of
     its last round did (so the right encoder and head were exported), ONNX Runtime, TorchScript and PyTorch
     agree within 1e-4, and the time axis is dynamic for tdnn-small."""
-    from mirror_app.tools.export import export
+    from mirror_app.model.export import export
 
     assert sorted(METHODS) == sorted(compared_methods())
     run = run_in_process(tmp_path, data_dir, embedded, strategy)
@@ -135,7 +135,7 @@ def test_export_ships_the_audio_model_the_method_evaluates(strategy, tmp_path, d
 
 
 def test_export_of_the_paper_scale_audio_transformer_has_a_fixed_time_axis(tmp_path, data_dir):
-    from mirror_app.tools.export import export
+    from mirror_app.model.export import export
 
     # the embedded dataset at 12 clips per class: the transformer scores every test clip twice (PyTorch, ONNX)
     small = load_dataset("embedded", data_dir, 1, 0.1, 0, clips_per_class=12)
@@ -150,7 +150,7 @@ def test_export_of_the_paper_scale_audio_transformer_has_a_fixed_time_axis(tmp_p
 
 
 def test_export_refuses_what_it_cannot_export(tmp_path, data_dir, embedded):
-    from mirror_app.tools.export import ExportError, export, main
+    from mirror_app.model.export import ExportError, export, main
 
     with pytest.raises(ExportError, match="does not exist"):
         export(tmp_path / "nope")
@@ -191,7 +191,7 @@ def test_make_export_runs_as_the_readme_prints_it(tmp_path, data_dir, embedded):
 # ----------------------------------------------------------------------------------------------- predict
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, data_dir, embedded):
-    from mirror_app.tools.export import export
+    from mirror_app.model.export import export
 
     out = tmp_path_factory.mktemp("mm")
     run = run_in_process(out, data_dir, embedded, "modality-mirror")
@@ -217,7 +217,7 @@ def test_predict_scores_wav_and_mp4_with_the_training_features(exported, tmp_pat
     from data import decode, synthetic
     from data.features import FeatureSpec, log_mel, normalise
     from data.media import write_video
-    from mirror_app.tools.predict import Predictor, main
+    from mirror_app.model.predict import Predictor, main
 
     rng = np.random.default_rng(0)
     sound = synthetic.class_sound("membrane")
@@ -250,7 +250,7 @@ def test_predict_scores_wav_and_mp4_with_the_training_features(exported, tmp_pat
 
 def test_predict_reports_each_bad_input_in_one_line_and_scores_the_rest(exported, tmp_path, capsys):
     from data.media import write_corrupt, write_video, write_wav
-    from mirror_app.tools.predict import main
+    from mirror_app.model.predict import main
 
     good = write_wav(tmp_path / "good.wav", 1)
     mute = write_video(tmp_path / "mute.avi", 0, audio=False)
@@ -273,7 +273,7 @@ def test_predict_refuses_a_model_folder_of_another_version(exported, tmp_path, c
     import shutil
 
     from data.media import write_wav
-    from mirror_app.tools.predict import main
+    from mirror_app.model.predict import main
 
     other = tmp_path / "other"
     shutil.copytree(exported, other)

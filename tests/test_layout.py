@@ -93,7 +93,7 @@ def test_import_contracts_catch_an_upward_import_and_a_cycle(tmp_path, file, lin
 
 
 def test_the_sweep_takes_its_methods_and_labels_from_the_registry():
-    from mirror_app.tools import sweep
+    from mirror_app.studies import sweep
     from strategies import STRATEGIES
 
     assert sweep.METHODS == (

@@ -160,7 +160,7 @@ def test_every_registered_method_runs_under_each_kind_of_missingness(name, cache
 
 @pytest.fixture(scope="module")
 def superlink(tmp_path_factory):
-    from mirror_app.tools.launch import SuperLink
+    from mirror_app.deploy.launch import SuperLink
 
     link = SuperLink(tmp_path_factory.mktemp("flwr-home"))
     yield link

@@ -16,7 +16,7 @@ from data.features import FeatureSpec
 from data.media import make_manifest
 from data.prepare import prepare
 from mirror_app.core.backbones import BACKBONES
-from mirror_app.tools.launch import SuperLink
+from mirror_app.deploy.launch import SuperLink
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = FeatureSpec(num_mel_bins=128, audio_seconds=2.0, image_size=64)  # 128-bin fbanks, as AST/SSAST expect
@@ -49,7 +49,7 @@ def test_a_pretrained_file_for_another_front_end_stops_make_run_in_one_line_befo
         "Fix: give an audio encoder made for 'tdnn-small' at this dataset's front end (128 mel bins x 198 frames)"
         in (line)
     )
-    assert "python -m mirror_app.tools.pretrain --dataset manifest" in line and "audio-pretrained='none'" in line
+    assert "python -m mirror_app.model.pretrain --dataset manifest" in line and "audio-pretrained='none'" in line
     assert not home.exists()  # Flower was never called
     assert not any((tmp_path / "out").glob("*-run*"))  # no run folder
 
@@ -59,7 +59,7 @@ def test_make_run_builds_the_cheap_encoders_for_the_front_end_and_says_which_sta
 ):
     from mirror_app.core.config import RunConfig
     from mirror_app.core.pretrained import keyed_file
-    from mirror_app.tools import pretrain as pretrain_module
+    from mirror_app.model import pretrain as pretrain_module
 
     monkeypatch.setattr(pretrain_module, "default_samples", lambda spec: 4)  # a small proxy set for the test
     data_dir = tmp_path / "data"

@@ -11,7 +11,7 @@ import torch
 from data import synthetic
 from mirror_app.core.config import RunConfig
 from mirror_app.core.models import initial_model
-from mirror_app.tools import pretrain as pretrain_module
+from mirror_app.model import pretrain as pretrain_module
 
 
 def test_pretrain_writes_encoders_that_initial_model_loads(tmp_path):

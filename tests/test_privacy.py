@@ -133,7 +133,7 @@ def test_insecure_noise_is_refused_by_a_deployment_before_it_starts(tmp_path, da
         [
             sys.executable,
             "-m",
-            "mirror_app.tools.deploy",
+            "mirror_app.deploy.local",
             "--nodes",
             "2",
             "--out",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mirror_app.tools.launch import RayNode, SuperLink, wait_for_ray_nodes
+from mirror_app.deploy.launch import RayNode, SuperLink, wait_for_ray_nodes
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -241,7 +241,7 @@ def test_readable_class_names():
 # --------------------------------------------------------- 2-round ModalityMirror on each
 @pytest.fixture(scope="module")
 def superlink(tmp_path_factory):
-    from mirror_app.tools.launch import SuperLink
+    from mirror_app.deploy.launch import SuperLink
 
     link = SuperLink(tmp_path_factory.mktemp("flwr-home"))
     yield link

@@ -342,7 +342,7 @@ def test_bad_robustness_and_privacy_values_are_one_line(raw, key, allowed):
 # ----------------------------------------------------------------------------------------- through flwr run
 @pytest.fixture(scope="module")
 def superlink(tmp_path_factory):
-    from mirror_app.tools.launch import SuperLink
+    from mirror_app.deploy.launch import SuperLink
 
     link = SuperLink(tmp_path_factory.mktemp("flwr-home"))
     yield link

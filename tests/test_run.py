@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import run_tool
 
-from mirror_app.tools.launch import SuperLink, TracebackFilter, failure_reason
+from mirror_app.deploy.launch import SuperLink, TracebackFilter, failure_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ def test_deploy_local_checks_the_config_before_starting_anything(tmp_path):
         [
             sys.executable,
             "-m",
-            "mirror_app.tools.deploy",
+            "mirror_app.deploy.local",
             "--run-config",
             "lr=-1",
             "--out",
@@ -121,7 +121,7 @@ ERROR :     Exit Code: 700
 
 
 def test_a_default_is_added_only_for_keys_the_run_config_leaves_out():
-    from mirror_app.tools.launch import with_defaults
+    from mirror_app.deploy.preflight import with_defaults
 
     # "seed=3" inside a quoted value is not a key: the seed default is still added
     assert with_defaults("output-dir='/tmp/x seed=3'", {"seed": "1"}) == "seed=1 output-dir='/tmp/x seed=3'"

@@ -59,7 +59,7 @@ def dying_project(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def superlink(tmp_path_factory):
-    from mirror_app.tools.launch import SuperLink
+    from mirror_app.deploy.launch import SuperLink
 
     link = SuperLink(tmp_path_factory.mktemp("flwr-home"))
     yield link

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mirror_app.tools.sweep import Cell, SweepError, figures, main, plan, run_cells, table1
+from mirror_app.studies.runs import Cell, SweepError, run_cells
+from mirror_app.studies.sweep import figures, main, plan, table1
 
 CLASSES = ["playing congas", "drumming", "typing"]
 
@@ -206,7 +207,7 @@ def test_runs_without_the_protocol_keys_are_still_reported(tmp_path):
 def test_a_sweep_folder_refuses_runs_made_with_other_settings(tmp_path):
     """A folder whose runs keep their resolved config must agree on the federation size only (each run is checked
     on its own); one holding a run without config.json (an older run) must agree on the run-config string too."""
-    from mirror_app.tools.sweep import SweepError, check_settings
+    from mirror_app.studies.runs import SweepError, check_settings
 
     check_settings(tmp_path, {"run-config": "num-server-rounds=6", "num-supernodes": 20})
     check_settings(tmp_path, {"run-config": "num-server-rounds=6", "num-supernodes": 20})  # same: resume
@@ -223,7 +224,7 @@ def test_a_sweep_folder_refuses_runs_made_with_other_settings(tmp_path):
 def test_a_finished_run_or_record_under_another_resolved_config_is_refused_naming_the_keys(tmp_path):
     """The resolved config (defaults, preset, overrides, the method's fixed settings) decides whether a finished
     run or a record is the cell's: a changed default is caught although the run-config string is the same."""
-    from mirror_app.tools.sweep import SweepError, resolved_config, restore_records
+    from mirror_app.studies.runs import SweepError, resolved_config, restore_records
 
     cell = Cell("multifl", 0.3, 0)
     run_config = "num-server-rounds=4 distill-rounds=2"
@@ -289,7 +290,7 @@ def test_report_only_tables_finished_runs_and_marks_the_rest_not_run(tmp_path):
 
 def test_mb_per_round_counts_rounds_not_rows(tmp_path):
     """With eval-every 5 a metrics row holds the bytes of 5 rounds: MB / round divides by the rounds."""
-    from mirror_app.tools.sweep import _mb_per_round
+    from mirror_app.studies.runs import _mb_per_round
 
     cell = Cell("multifl", 0.3, 0)
     run = tmp_path / "runs" / cell.key

@@ -1,4 +1,4 @@
-"""``python -m mirror_app.tools.ablations missingness``: missing video as it happens, for five methods.
+"""``python -m mirror_app.studies.ablations missingness``: missing video as it happens, for five methods.
 
 ModalityMirror, Harmony, MultiFL, UniFL and FedCMI on the preset (paper-laptop: 80 + 20 rounds), at the same
 overall missing share of about 0.3, three ways:
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mirror_app.tools.sweep import LABELS, Cell, _save, collect
+from mirror_app.studies.runs import Cell, _save, collect
+from mirror_app.studies.sweep import LABELS
 
 METHODS = ("modality-mirror", "harmony", "multifl", "unifl", "fedcmi")
 SCHEDULE = "20:+0.1,40:+0.1,60:+0.1,80:+0.1"

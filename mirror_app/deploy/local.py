@@ -1,7 +1,7 @@
 """A real deployment on this machine: one SuperLink and N SuperNodes on loopback.
 
-    python -m mirror_app.tools.deploy --nodes 3 --audio-only 1            # what `make deploy-local` runs
-    python -m mirror_app.tools.deploy --nodes 3 --audio-only 1 --secure   # TLS + SuperNode authentication
+    python -m mirror_app.deploy.local --nodes 3 --audio-only 1            # what `make deploy-local` runs
+    python -m mirror_app.deploy.local --nodes 3 --audio-only 1 --secure   # TLS + SuperNode authentication
 
 Unlike simulation, every client is its own ``flower-supernode`` process that connects to
 the SuperLink over the Fleet API, exactly as on separate machines. Node ``i`` gets
@@ -12,7 +12,7 @@ FLWR_HOME, ModalityMirror (or ``--run-config "strategy=..."``) runs with
 started here is stopped at the end, also on Ctrl-C or SIGTERM.
 
 With ``--secure``, a CA, a server certificate and one key pair per node are made under
-FLWR_HOME (mirror_app/tools/certs.py), the SuperLink serves TLS and accepts only SuperNodes whose
+FLWR_HOME (mirror_app/deploy/certs.py), the SuperLink serves TLS and accepts only SuperNodes whose
 public key was registered with ``flwr supernode register``.
 """
 
@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mirror_app.tools.launch import SuperLink, check_run, interrupt_on_signals, run_outcome, with_defaults
+from mirror_app.deploy.launch import SuperLink, interrupt_on_signals, run_outcome
+from mirror_app.deploy.preflight import check_run, with_defaults
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,7 +99,7 @@ def deploy(
     home = Path(home) if home else Path(tempfile.mkdtemp(prefix="flwr-deploy-"))
     certs = keys = None
     if secure:
-        from mirror_app.tools.certs import make_certs, make_node_key
+        from mirror_app.deploy.certs import make_certs, make_node_key
 
         certs = make_certs(home / "certs")
         keys = [make_node_key(home / "certs", f"node{i}") for i in range(nodes)]
@@ -131,7 +132,7 @@ def deploy(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mirror_app.tools.deploy", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mirror_app.deploy.local", description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", type=int, default=3, help="SuperNodes to start")
     p.add_argument("--audio-only", type=int, default=1, help="how many of them lost their video")
     p.add_argument("--secure", action="store_true", help="TLS and SuperNode authentication")

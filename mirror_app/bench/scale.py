@@ -1,6 +1,6 @@
 """``make bench SCALE=1``: how a simulation's start, rounds and memory grow with the number of SuperNodes.
 
-    python -m mirror_app.tools.bench_scale --out results/bench            # N = 100, 1,000, 10,000, 30,000
+    python -m mirror_app.bench.scale --out results/bench            # N = 100, 1,000, 10,000, 30,000
 
 For each N, one ``flwr run`` of MultiFL (IID partitions of the embedded dataset grown to
 ``--clips-per-class`` so that 30,000 clients each hold clips; 10 clients a round, ``--rounds`` rounds, every one
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mirror_app.tools.bench import ROOT, round_seconds, run_timeline, simulate
+from mirror_app.bench.overhead import ROOT, round_seconds, run_timeline, simulate
 
 SIZES = (100, 1000, 10000, 30000)
 CLIPS_PER_CLASS = 2100  # 42,000 clips: 30,240 training clips once test (20 %) and dev (10 % of train) are out
@@ -40,8 +40,9 @@ def scale_bench(
     out: Path, sizes=SIZES, clips_per_class: int = CLIPS_PER_CLASS, rounds: int = 4, timeout: float = 3600, log=print
 ) -> dict:
     from mirror_app.core.config import RunConfig
+    from mirror_app.deploy.launch import SuperLink, failure_reason, interrupt_on_signals
+    from mirror_app.deploy.preflight import pairs_to_values, parse_pairs
     from mirror_app.results import atomic_write
-    from mirror_app.tools.launch import SuperLink, failure_reason, interrupt_on_signals, pairs_to_values, parse_pairs
 
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=out))
@@ -108,7 +109,7 @@ def figure(report: dict, out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mirror_app.tools.sweep import _save
+    from mirror_app.studies.runs import _save
 
     frame = pd.DataFrame(report["runs"]).T
     frame.index = frame.index.astype(int)
@@ -170,7 +171,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mirror_app.tools.bench_scale", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mirror_app.bench.scale", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results/bench")
     p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="numbers of SuperNodes, comma-separated")
     p.add_argument("--clips-per-class", type=int, default=CLIPS_PER_CLASS)

@@ -1,6 +1,6 @@
 """One client call as a deployed SuperNode's fresh ClientApp process makes it, timed (``make bench`` runs it).
 
-``python -m mirror_app.cold_client RUN_CONFIG PARTITION PARTITIONS THREADS`` makes the client of that
+``python -m mirror_app.bench.cold_client RUN_CONFIG PARTITION PARTITIONS THREADS`` makes the client of that
 partition (audiovisual, ``THREADS`` torch threads) and runs two ``train-av`` calls one after the other on
 the model as the server would send it; prints JSON: seconds to make the client and of each call. Since
 Flower 1.21 every message a SuperNode receives starts such a process, so every message pays the first
@@ -17,7 +17,7 @@ from flwr.app import Context, RecordDict
 
 from mirror_app import client_app
 from mirror_app.core.groups import AV_MODEL, flatten, get_groups
-from mirror_app.tools.launch import pairs_to_values, parse_pairs
+from mirror_app.deploy.preflight import pairs_to_values, parse_pairs
 
 
 def cold_call(run_config: str, partition: int, partitions: int, threads: int) -> dict:

@@ -1,6 +1,6 @@
 """Certificates and node keys for a secured test deployment (TLS + SuperNode authentication).
 
-    python -m mirror_app.tools.certs --out certs --nodes 3 --host 127.0.0.1 --host superlink.lan
+    python -m mirror_app.deploy.certs --out certs --nodes 3 --host 127.0.0.1 --host superlink.lan
 
 writes ``ca.crt``/``ca.key`` (a private CA), ``server.pem``/``server.key`` (the SuperLink's
 certificate for the given hosts, signed by the CA) and ``node<i>``/``node<i>.pub`` (one EC
@@ -128,7 +128,7 @@ def make_node_key(out: str | Path, name: str) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m mirror_app.tools.certs", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m mirror_app.deploy.certs", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="certs")
     p.add_argument("--nodes", type=int, default=3, help="node key pairs to make (node0 ... node<N-1>)")
     p.add_argument(

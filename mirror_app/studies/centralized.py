@@ -1,6 +1,6 @@
 """Centralised reference accuracy of a dataset: how strong each modality is without FL.
 
-    python -m mirror_app.tools.centralized --dataset embedded --epochs 10
+    python -m mirror_app.studies.centralized --dataset embedded --epochs 10
 
 Trains the audio-only model (audio encoder + audio head) and the audiovisual model
 (both encoders + fusion head) on the whole train split, each on its own copy of the same

@@ -1,7 +1,7 @@
 """Export a finished run's audio-only model for devices without a camera.
 
-    python -m mirror_app.tools.export results/<run>              # -> results/<run>/export/
-    python -m mirror_app.tools.export results/<run> --out DIR    # what `make export RUN=... OUT=...` runs
+    python -m mirror_app.model.export results/<run>              # -> results/<run>/export/
+    python -m mirror_app.model.export results/<run> --out DIR    # what `make export RUN=... OUT=...` runs
 
 Writes, into a temporary folder renamed into place once everything is checked:
 
@@ -291,7 +291,7 @@ def write_card(run: Run, meta: dict, folder: Path) -> None:
     lines = [
         f"# Model card: {meta['method']} audio-only model",
         "",
-        f"Exported from run `{run.dir.name}` by `python -m mirror_app.tools.export` (format {meta['format']}).",
+        f"Exported from run `{run.dir.name}` by `python -m mirror_app.model.export` (format {meta['format']}).",
         "",
         "## What it is",
         f"- **Task**: audio classification into {len(meta['classes'])} classes, for devices without a camera.",

@@ -1,6 +1,6 @@
 """``flwr run . --stream`` that says whether the run worked: what `make run` calls.
 
-    python -m mirror_app.tools.run --run-config "missing-rate=0.5 num-server-rounds=20" [--connection NAME]
+    python -m mirror_app.run --run-config "missing-rate=0.5 num-server-rounds=20" [--connection NAME]
 
 1. Checks first, in about a second and before Flower starts anything: the run config (pyproject defaults
    plus the overrides, the same RunConfig validation the apps do), the strategy, the output dir, and that
@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from mirror_app.tools.launch import TracebackFilter, check_run, run_outcome
+from mirror_app.deploy.launch import TracebackFilter, run_outcome
+from mirror_app.deploy.preflight import check_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     if args.preset:  # Flower takes a TOML file or key=value pairs, not both: the preset becomes pairs
-        from mirror_app.tools.sweep import SweepError, merged_run_config
+        from mirror_app.studies.runs import SweepError, merged_run_config
 
         try:
             args.run_config = merged_run_config(args.preset, args.run_config, per_run_keys=())
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = check_run(args.run_config, num_clients=args.num_supernodes)
         if args.pretrain:
-            from mirror_app.tools.pretrain import ensure_pretrained
+            from mirror_app.model.pretrain import ensure_pretrained
 
             if ensure_pretrained(cfg, cfg.load_dataset().spec):
                 cfg = check_run(args.run_config)  # the new files, loaded as the run will

@@ -1,7 +1,7 @@
 """Run an exported audio model on real files.
 
-    python -m mirror_app.tools.predict --model results/<run>/export clip.wav song.mp3 video.mp4 folder/
-    python -m mirror_app.tools.predict --model ... --csv predictions.csv --top-k 3 folder/
+    python -m mirror_app.model.predict --model results/<run>/export clip.wav song.mp3 video.mp4 folder/
+    python -m mirror_app.model.predict --model ... --csv predictions.csv --top-k 3 folder/
 
 Audio files (wav, flac, mp3, ogg, m4a, ...) and video files (their first audio track) are decoded with the
 project's own decoder (data.decode, PyAV) to mono 16 kHz, and turned into features by the same code as
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mirror_app.tools.export import EXPORT_FORMAT
+from mirror_app.model.export import EXPORT_FORMAT
 
 MEDIA_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".mp4", ".avi", ".mkv", ".mov", ".webm"}
 
@@ -55,7 +55,7 @@ class Predictor:
         if not meta_path.is_file() or not onnx_path.is_file():
             raise ModelError(
                 f"{folder} is not an export folder (model.json and model.onnx expected; make one with "
-                "`python -m mirror_app.tools.export <run folder>`)"
+                "`python -m mirror_app.model.export <run folder>`)"
             )
         try:
             meta = json.loads(meta_path.read_text())
@@ -131,7 +131,7 @@ def expand(paths: list[str]) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Score audio or video files with an exported audio model.")
-    p.add_argument("--model", required=True, help="an export folder (python -m mirror_app.tools.export)")
+    p.add_argument("--model", required=True, help="an export folder (python -m mirror_app.model.export)")
     p.add_argument("paths", nargs="+", help="audio or video files, or folders of them")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--csv", default="", help="also write one row per file to this CSV")

@@ -42,8 +42,8 @@ def clip_flops(cfg, shapes: tuple, num_classes: int) -> dict[str, float]:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
+    from mirror_app.core.distillation import distillation_loss
     from mirror_app.core.models import build_model
-    from mirror_app.core.training import distillation_loss
 
     model = build_model(num_classes, *shapes, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim, seed=0)
     teacher = build_model(num_classes, *shapes, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim, seed=1)
@@ -116,9 +116,10 @@ def paper_bench(out: Path, clips_per_class: int = 8, timeout: float = 3600, log=
     from data.prepare import prepare
     from mirror_app.core.config import RunConfig
     from mirror_app.core.pretrained import PretrainedError, fetch, is_name
+    from mirror_app.deploy.launch import Monitor, SuperLink, interrupt_on_signals
+    from mirror_app.deploy.preflight import pairs_to_values, parse_pairs
     from mirror_app.results import atomic_write
-    from mirror_app.tools.launch import Monitor, SuperLink, interrupt_on_signals, pairs_to_values, parse_pairs
-    from mirror_app.tools.sweep import merged_run_config
+    from mirror_app.studies.runs import merged_run_config
 
     pairs = parse_pairs(merged_run_config(str(PRESET), ""))
     paper = RunConfig.from_dict(pairs_to_values(pairs))

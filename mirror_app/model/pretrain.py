@@ -1,7 +1,7 @@
 """Pretrained encoders, offline, as in the paper: general features from a proxy set, not the answer.
 
-    python -m mirror_app.tools.pretrain                      # what `make pretrain` runs
-    python -m mirror_app.tools.pretrain --out DIR --epochs 10 --audio-backbone tdnn-small --video-backbone cnn-small
+    python -m mirror_app.model.pretrain                      # what `make pretrain` runs
+    python -m mirror_app.model.pretrain --out DIR --epochs 10 --audio-backbone tdnn-small --video-backbone cnn-small
 
 The paper starts every method from encoders pretrained on other data (ImageNet for the video
 ResNet-18, AudioSet for the audio SSAST). Here the encoders are trained centrally on the
@@ -82,7 +82,7 @@ def ensure_pretrained(cfg, spec: FeatureSpec, say=print) -> list[Path]:
     ]
     build = tuple(kind for kind, backbone in missing if backbone in CHEAP)
     command = (
-        f"python -m mirror_app.tools.pretrain --dataset {cfg.dataset} --data-dir {cfg.data_dir} "
+        f"python -m mirror_app.model.pretrain --dataset {cfg.dataset} --data-dir {cfg.data_dir} "
         f"--audio-backbone {cfg.audio_backbone} --video-backbone {cfg.video_backbone} --embed-dim {cfg.embed_dim}"
     )
     for kind, backbone in missing:

@@ -1,4 +1,4 @@
-"""``python -m mirror_app.tools.ablations distill``: which distillation earns its phase.
+"""``python -m mirror_app.studies.ablations distill``: which distillation earns its phase.
 
 ModalityMirror under each distillation objective (``kl``, the paper's KL alone; ``kd``; ``dkd``; ``agreement``)
 with the fused teacher, under both readings of phase 1 (the paper's: audiovisual clients do not train the audio
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mirror_app.tools.sweep import Cell, _save, collect
+from mirror_app.studies.runs import Cell, _save, collect
 
 OBJECTIVES = ("kl", "kd", "dkd", "agreement")
 RATES = (0.1, 0.3, 0.5)
@@ -154,7 +154,7 @@ def _pct(values, signed: bool = False) -> str:
 
 def _label(objective: str, variant: str) -> str:
     if objective not in OBJECTIVES:
-        from mirror_app.tools.sweep import LABELS
+        from mirror_app.studies.sweep import LABELS
 
         return LABELS.get(objective, objective)
     return f"ModalityMirror, {objective}" + (f", {VARIANTS[variant][0]}" if variant else ", fused teacher")

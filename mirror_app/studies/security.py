@@ -1,4 +1,4 @@
-"""Two studies of ``python -m mirror_app.tools.ablations``: clients that lie (``robust``) and clients that must not
+"""Two studies of ``python -m mirror_app.studies.ablations``: clients that lie (``robust``) and clients that must not
 be seen (``privacy``). Both run ModalityMirror through ``flwr run`` like the Table 1 sweep (same preset, private
 SuperLink, resumable, a finished run never redone) and write ``runs.csv``, ``ablation.md`` and a figure.
 
@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mirror_app.tools.sweep import Cell, _cell, _save, collect, parse_pairs
+from mirror_app.deploy.preflight import parse_pairs
+from mirror_app.studies.runs import Cell, _save, collect
+from mirror_app.studies.sweep import _cell
 
 ATTACKS = {
     "sign-flip": "attack='sign-flip'",
@@ -340,7 +342,7 @@ def budget_frame(run_config: str) -> pd.DataFrame:
     federation size, clients per round and noise multiplier of the grid: what the accountant answers without
     training (``privacy_plan``, as a run's ledger records it)."""
     from mirror_app.core.privacy import spent
-    from mirror_app.tools.launch import pairs_to_values
+    from mirror_app.deploy.preflight import pairs_to_values
     from strategies import resolve_config
 
     rows = []
