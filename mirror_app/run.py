@@ -25,7 +25,7 @@ from pathlib import Path
 from mirror_app.deploy.launch import TracebackFilter, run_outcome
 from mirror_app.deploy.preflight import check_run
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:

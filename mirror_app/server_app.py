@@ -188,7 +188,7 @@ class MirrorServerApp(ServerApp):
     def __call__(self, grid: Grid, context: Context) -> None:
         if getattr(grid, "pull_interval", None) is not None:  # Flower's in-memory grid: a simulation
             SIMULATION.set()
-        if context.run_config.get("secure-aggregation") is True:
+        if context is not None and context.run_config.get("secure-aggregation") is True:
             return secure_main(PromptGrid(grid), context)
         super().__call__(PromptGrid(grid), context)
 

@@ -164,7 +164,8 @@ def fidelity_fake(cell: Cell, output_dir: Path, log: Path) -> bool:
     """A finished run whose scores encode its settings: reverse +2 points, the AV audio head +10, rate x 10."""
     log.write_text("ok")
     p = parse_pairs(cell.config)
-    base = 0.2 + cell.rate / 10 + 0.01 * cell.seed + (0.1 if p.get("av-trains-audio-head") == "true" else 0)
+    head = p.get("av-trains-audio-head") == "true" or cell.method == "multifl-av-head"
+    base = 0.2 + cell.rate / 10 + 0.01 * cell.seed + (0.1 if head else 0)
     student = base + (0.02 if "reverse" in p.get("distill-divergence", "") else 0)
     phase1 = {"round": 8, "audio_top1": base - 0.05, "best_dev": {"round": 6, "audio_top1": base - 0.04}}
     run_dir = output_dir / "run"
@@ -186,9 +187,14 @@ def fidelity_fake(cell: Cell, output_dir: Path, log: Path) -> bool:
 def test_fidelity_plan_and_table_report_every_reading_with_both_rules(tmp_path):
     cells = readings.fidelity_cells([0.1, 0.5], [0, 1])
     assert len(cells) == 2 * 2 * 7 and len({c.key for c in cells}) == len(cells)
+    # the default and registered-method cells carry Table 1's keys (and the distillation study's)
+    assert {"modality-mirror-mr0.1-s0", "multifl-av-head-mr0.1-s0", "modality-mirror-mr0.1-s0-kl-headon"} <= {
+        c.key for c in cells
+    }
     assert sum(c.method == "harmony" for c in cells) == 4  # once per rate and seed
     mm = [parse_pairs(c.config) for c in cells if c.method == "modality-mirror"]
-    assert {(p["distill-divergence"], p["av-trains-audio-head"]) for p in mm} == {
+    settings = {(p.get("distill-divergence", "'forward'"), p.get("av-trains-audio-head", "false")) for p in mm}
+    assert settings == {
         ("'forward'", "false"),
         ("'forward'", "true"),
         ("'reverse'", "false"),
@@ -370,7 +376,7 @@ def test_run_records_restore_finished_runs_elsewhere_and_are_never_overwritten(t
     run_cells(cells[:3], first, fake)  # an interrupted sweep: 3 of its cells finished
     assert save_records(cells, first, records, with_clients={cells[0].key}) == 3
     kept = {p.relative_to(records / cells[0].key).as_posix() for p in (records / cells[0].key).iterdir()}
-    assert kept == {"summary.json", "metrics.csv", "clients.csv.gz"}  # no model, no log
+    assert kept == {"summary.json", "metrics.csv", "clients.csv.gz", "provenance.json"}  # no model, no log
     assert not (records / cells[1].key / "clients.csv.gz").exists()
 
     second = tmp_path / "second"  # another machine: the records' runs are finished, only the rest run
@@ -445,12 +451,13 @@ def test_missingness_plan_and_table(tmp_path):
     per_sample = [c for c in cells if c.tag == "per-sample"]
     assert all(c.rate == 0.0 and "sample-missing-video=0.3" in c.config for c in per_sample)
     assert all(c.rate == 0.1 and "missing-schedule=" in c.config for c in cells if c.tag == "schedule")
+    assert "unifl-mr0.3-s1" in {c.key for c in cells}  # per-client missingness is Table 1's own cell
 
     def fake(cell: Cell, output_dir: Path, log: Path) -> bool:
         log.write_text("ok")
         run = output_dir / "run"
         run.mkdir()
-        audio = {"per-client": 0.2, "per-sample": 0.3, "schedule": 0.25}[cell.tag] + 0.01 * cell.seed
+        audio = {"": 0.2, "per-sample": 0.3, "schedule": 0.25}[cell.tag] + 0.01 * cell.seed
         (run / "summary.json").write_text(json.dumps({"best_dev": {"round": 10, "audio_top1": audio, "av_top1": 0.9}}))
         pd.DataFrame({"round": [0, 10], "audio_top1": [0.05, audio], "av_top1_missing50": [0.1, 0.6]}).to_csv(
             run / "metrics.csv", index=False

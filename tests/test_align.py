@@ -13,7 +13,6 @@ import torch
 from helpers import fit_round, tiny_cache, tiny_federation, tiny_strategy
 
 from clients import TaskError
-from clients.tasks import AV_AUDIO_HEAD
 from mirror_app.core.groups import AUDIO_MODEL, AV_MODEL, get_groups, nbytes
 from mirror_app.core.models import build_model
 from strategies import ModalityAlign, ModalityAwareFedAvg
@@ -140,8 +139,8 @@ def test_bytes_per_round_counted_and_against_full_model_fedavg(cache, tmp_path):
     assert sorted(p.cid for p, _ in ins2) == sorted(p.cid for p, _ in instructions)
     _, full = fedavg.aggregate_fit(1, res2, [])
     d = fedavg.model
-    # audiovisual clients send the audiovisual model and the audio head (av-trains-audio-head, the default)
-    assert full["bytes_from_clients"] == n_audio * _group_bytes(d, AUDIO_MODEL) + n_av * _group_bytes(d, AV_AUDIO_HEAD)
+    # audiovisual clients send the audiovisual model (av-trains-audio-head = false, the default)
+    assert full["bytes_from_clients"] == n_audio * _group_bytes(d, AUDIO_MODEL) + n_av * _group_bytes(d, AV_MODEL)
 
 
 @pytest.mark.parametrize("audio,video", [("tdnn-small", "cnn-small"), ("ast-tiny", "resnet18")])

@@ -60,7 +60,7 @@ def test_tiny_bench_writes_every_figure(tmp_path, data_dir):
     kinds = {(row["phase"], row["modality"], row["task"]) for row in saved["bytes_per_client"]}
     assert ("distillation", "audiovisual", "distill") in kinds
     audio = next(row for row in saved["bytes_per_client"] if row["task"] == "train-audio")
-    av = next(row for row in saved["bytes_per_client"] if row["task"] == "train-av-audio-head")
+    av = next(row for row in saved["bytes_per_client"] if row["task"] == "train-av")
     assert audio["bytes_sent"] < av["bytes_sent"]
     md = (out / "bench.md").read_text()
     for needle in (

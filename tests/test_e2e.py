@@ -72,7 +72,7 @@ def test_modality_mirror_runs_both_phases_with_both_client_kinds(mm_run):
     assert set(phase1["modality"]) == {"audio", "audiovisual"}, clients
     audio = phase1[phase1["modality"] == "audio"]
     av = phase1[phase1["modality"] == "audiovisual"]
-    assert set(audio["task"]) == {"train-audio"} and set(av["task"]) == {"train-av-audio-head"}
+    assert set(audio["task"]) == {"train-audio"} and set(av["task"]) == {"train-av"}
     # audio-only clients download exactly the audio model, smaller than what audiovisual clients get
     assert audio["bytes_received"].nunique() == 1
     assert audio["bytes_received"].iloc[0] < av["bytes_received"].min()

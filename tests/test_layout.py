@@ -67,11 +67,11 @@ def test_import_contracts_hold():
 @pytest.mark.parametrize(
     "file,line,contract",
     [
-        ("mirror_app/core/config.py", "import strategies  # upward\n", "layers: apps > tools"),
+        ("mirror_app/core/config.py", "import strategies  # upward\n", "layers: bench > apps"),
         (
             "clients/base.py",
             "from strategies.fedcmi import client  # a base reaching into a plug-in\n",
-            "layers: apps > tools",
+            "layers: bench > apps",
         ),
         ("data/partition.py", "from data import cache  # fine by layers, but a cycle\n", "no import cycles"),
     ],

@@ -55,7 +55,6 @@ def test_central_dp_is_flowers_clipped_uniform_mean_and_its_noise_comes_from_the
     flower = DifferentialPrivacyServerSideFixedClipping(FedAvg(), 1e-9, 1.0, 2)
     flower.current_round_params = ZERO
     results = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(a), 1, {})) for a, _ in updates]
-    logging.getLogger("flwr").setLevel(logging.WARNING)
     reference = parameters_to_ndarrays(flower.aggregate_fit(3, results, [])[0])[0]
     np.testing.assert_allclose(ours, reference, atol=1e-7)
 

@@ -56,9 +56,7 @@ from mirror_app.studies.runs import (
     flwr_runner,
     merged_run_config,
     resolved_config,
-    restore_records,
-    run_cells,
-    save_records,
+    run_recorded,
 )
 
 DEFAULT_PRESET = "conf/paper-laptop.toml"
@@ -156,15 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     def expect(cell: Cell) -> dict:
         return resolved_config(cell, run_config)
 
-    def run_recorded(cells: list[Cell]) -> pd.DataFrame:
-        if not records:
-            return run_cells(cells, out, runner, expect)
-        restore_records(cells, out, records, expect)
-        try:
-            return run_cells(cells, out, runner, expect)
-        finally:  # also on Ctrl-C or SIGTERM: what finished is recorded
-            # the clean run's clients.csv gives the privacy study its clipping norm
-            save_records(cells, out, records, with_clients={cells[0].key} if args.which == "privacy" else set())
+    def recorded(cells: list[Cell]) -> pd.DataFrame:
+        # the clean run's clients.csv gives the privacy study its clipping norm
+        clients = {cells[0].key} if args.which == "privacy" else set()
+        return run_recorded(cells, out, runner, expect, records, clients)
 
     from mirror_app.deploy.launch import SuperLink, interrupt_on_signals
     from mirror_app.results import write_csv
@@ -172,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with interrupt_on_signals(), SuperLink(out / ".flwr") as link:
             runner = flwr_runner(link, args.num_supernodes, run_config, args.timeout)
-            runs = run_recorded(cells)
+            runs = recorded(cells)
             if args.which == "privacy":  # the clipping norm comes from the first seed's clean run
                 if runs.loc[0, "status"] != "ok":
                     print(
@@ -181,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
                 norm = security.clipping_norm(out, cells[0])
                 cells = cells + security.privacy_dp_cells(args.rate, seeds, norm)
-                runs = run_recorded(cells)
+                runs = recorded(cells)
     except SweepError as exc:  # a finished run or record made under another resolved config
         print(f"ablations: {exc}", file=sys.stderr)
         return 2

@@ -32,7 +32,12 @@ KINDS = {  # name -> (missing rate of the cell, extra run config)
 
 
 def _tag(kind: str) -> str:
-    return kind.replace(" ", "-")
+    """A kind's cell tag: none for per-client missingness, which is Table 1's own cell (same key, same records)."""
+    return "" if kind == "per client" else kind.replace(" ", "-")
+
+
+def _kind(cell: Cell) -> str:
+    return cell.tag.replace("-", " ") if cell.tag else "per client"
 
 
 def missingness_cells(seeds: list[int]) -> list[Cell]:
@@ -60,7 +65,7 @@ def _at_best_dev(out: Path, cell: Cell, column: str) -> float | None:
 
 def missingness_table(cells: list[Cell], out: Path) -> tuple[str, pd.DataFrame]:
     runs = collect(cells, out)
-    runs["kind"] = [c.tag.replace("-", " ") for c in cells]
+    runs["kind"] = [_kind(c) for c in cells]
     runs["av_top1_missing50"] = [_at_best_dev(out, c, "av_top1_missing50") for c in cells]
     ok = runs[runs["status"] == "ok"]
 

@@ -153,18 +153,22 @@ def _on(flag: bool) -> str:
 
 def fidelity_cells(rates: list[float], seeds: list[int]) -> list[Cell]:
     """Per seed and missing rate: ModalityMirror x divergence x who trains the audio head, MultiFL x who trains
-    the audio head (the divergence does not touch it), Harmony once."""
+    the audio head (the divergence does not touch it), Harmony once. A cell whose config is the defaults' or a
+    registered method's carries Table 1's key (and the distillation study's), so one records folder serves all."""
     cells = []
     for s in seeds:
         for r in rates:
-            for head in (False, True):
-                flag = f"av-trains-audio-head={str(head).lower()}"
-                for d in FIDELITY_DIVERGENCES:
-                    cells.append(
-                        Cell("modality-mirror", r, s, f"distill-divergence='{d}' {flag}", f"{d}-head{_on(head)}")
-                    )
-                cells.append(Cell("multifl", r, s, flag, f"head{_on(head)}"))
-            cells.append(Cell("harmony", r, s))
+            cells += [
+                Cell("modality-mirror", r, s),  # forward KL, only audio-only clients train the audio head
+                Cell("modality-mirror", r, s, "av-trains-audio-head=true", "kl-headon"),
+                Cell("modality-mirror", r, s, "distill-divergence='reverse'", "reverse"),
+                Cell(
+                    "modality-mirror", r, s, "distill-divergence='reverse' av-trains-audio-head=true", "reverse-headon"
+                ),
+                Cell("multifl", r, s),
+                Cell("multifl-av-head", r, s),
+                Cell("harmony", r, s),
+            ]
     return cells
 
 
@@ -200,8 +204,13 @@ def fidelity_frame(cells: list[Cell], out: Path) -> pd.DataFrame:
     """runs.csv's rows of these cells, with each cell's divergence and audio-head setting as columns."""
     runs = collect(cells, out)
     pairs = [parse_pairs(c.config) for c in cells]
-    runs["divergence"] = [p.get("distill-divergence", "").strip("'") or None for p in pairs]
-    runs["av_head"] = [p["av-trains-audio-head"] == "true" if "av-trains-audio-head" in p else None for p in pairs]
+    mm = [c.method == "modality-mirror" for c in cells]
+    runs["divergence"] = [p.get("distill-divergence", "'forward'").strip("'") if m else None for p, m in zip(pairs, mm)]
+    runs["av_head"] = [
+        None if c.method == "harmony" else (c.method == "multifl-av-head" or p.get("av-trains-audio-head") == "true")
+        for c, p in zip(cells, pairs)
+    ]
+    runs["method"] = runs["method"].replace({"multifl-av-head": "multifl"})  # one MultiFL row per reading
     return runs
 
 

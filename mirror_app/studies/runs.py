@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from mirror_app.deploy.preflight import pairs_to_values, parse_pairs
-from mirror_app.results import megabytes_per_round
+from mirror_app.results import megabytes_per_round, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -226,11 +226,82 @@ def save_records(cells: list[Cell], out: Path, records: Path, with_clients: set[
         for name in GZIPPED:
             if (src / name).is_file():
                 _copy_atomic(src / name, dst / f"{name}.gz", compress=True)
+        write_json(dst / PROVENANCE, provenance(src))
         for name in RECORD_FILES:
             if (src / name).is_file():
                 _copy_atomic(src / name, dst / name)
         saved += 1
     return saved
+
+
+PROVENANCE = "provenance.json"  # a record's: the commit and machine that ran it, and the day it finished
+
+
+def machine() -> dict:
+    """This machine, as a record names it: cores, CPU model, GPU."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    except Exception:  # noqa: BLE001 - a machine without a working CUDA stack has no GPU for this purpose
+        gpu = "none"
+    return {"cores": os.cpu_count(), "cpu": cpu, "gpu": gpu}
+
+
+def commit() -> str:
+    """The project's commit (``-dirty`` when the working tree differs from it), or '' outside a git checkout."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else ""
+
+
+def provenance(run_dir: Path) -> dict:
+    """What ran ``run_dir`` (a finished run): the commit, the machine and the day it finished (summary.json's)."""
+    import datetime
+
+    finished = datetime.datetime.fromtimestamp((run_dir / "summary.json").stat().st_mtime, datetime.UTC)
+    return {"commit": commit(), "machine": machine(), "finished": finished.date().isoformat()}
+
+
+def run_recorded(
+    cells: list[Cell],
+    out: Path,
+    runner: Callable[[Cell, Path, Path], bool],
+    expected: Callable[[Cell], dict],
+    records: Path | None = None,
+    with_clients: set[str] = frozenset(),
+) -> pd.DataFrame:
+    """:func:`run_cells` with run records: the cells recorded in ``records`` are restored as finished (once each
+    record's resolved config is checked), and every run finished here is recorded there afterwards, also when the
+    sweep is stopped (Ctrl-C, SIGTERM); ``with_clients``: the cells whose clients.csv the record keeps too."""
+    if records is None:
+        return run_cells(cells, out, runner, expected)
+    restore_records(cells, out, records, expected)
+    try:
+        return run_cells(cells, out, runner, expected)
+    finally:
+        save_records(cells, out, records, with_clients)
 
 
 RUN_COLUMNS = [

@@ -36,7 +36,8 @@ from mirror_app.studies.runs import (
     flwr_runner,
     merged_run_config,
     resolved_config,
-    run_cells,
+    restore_records,
+    run_recorded,
 )
 from strategies import compared_methods
 
@@ -242,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-config", default="", help='extra run config for every run, e.g. "num-server-rounds=10"')
     p.add_argument("--timeout", type=float, default=3600, help="seconds before one run counts as failed")
     p.add_argument(
+        "--records",
+        default="",
+        help="a folder of run records (docs/records/paper-laptop): runs recorded there are taken as finished, and "
+        "every run finished here is recorded there",
+    )
+    p.add_argument(
         "--report-only",
         action="store_true",
         help="run nothing: write the table and figures from the runs finished so far",
@@ -277,8 +284,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    records = Path(args.records).expanduser().resolve() if args.records else None
+    settings = {"run-config": run_config, "num-supernodes": args.num_supernodes}
     try:
-        check_settings(out, {"run-config": run_config, "num-supernodes": args.num_supernodes})
+        check_settings(out, settings)
+        if records:
+            records.mkdir(parents=True, exist_ok=True)
+            check_settings(records, settings, "--records", runs=records)
     except SweepError as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return 2
@@ -290,13 +302,19 @@ def main(argv: list[str] | None = None) -> int:
     from mirror_app.results import atomic_write, write_csv
 
     if args.report_only:
+        try:
+            if records:
+                restore_records(cells, out, records, expect)
+        except SweepError as exc:  # a record made under another resolved config
+            print(f"sweep: {exc}", file=sys.stderr)
+            return 2
         runs = collect(cells, out)
         write_csv(out / "runs.csv", runs.to_dict("records"), list(runs.columns))
     else:
         try:
             with interrupt_on_signals(), SuperLink(out / ".flwr") as link:
                 runner = flwr_runner(link, args.num_supernodes, run_config, args.timeout)
-                runs = run_cells(cells, out, runner, expect)
+                runs = run_recorded(cells, out, runner, expect, records)
         except SweepError as exc:  # a finished run made under another resolved config: refused before any run
             print(f"sweep: {exc}", file=sys.stderr)
             return 2
