@@ -251,6 +251,17 @@ def test_a_finished_run_or_record_under_another_resolved_config_is_refused_namin
     with pytest.raises(SweepError, match=r"another resolved config .*distill-divergence: 'reverse' -> 'forward', lr"):
         run_cells([cell], tmp_path / "b", fake_runner(calls), lambda c: expect[c.key])
     assert calls == []  # refused before anything ran
+    # a key added to the config after a run was made counts as unchanged when the cell expects its default ...
+    older = {k: v for k, v in expect[cell.key].items() if k != "distill-teacher"}
+    run_cells([cell], tmp_path / "d", writer(older), lambda c: expect[c.key])
+    run_cells([cell], tmp_path / "d", fake_runner(calls), lambda c: expect[c.key])
+    assert calls == []
+    # ... and as changed when the cell expects another value
+    kd = Cell("multifl", 0.3, 0, "distill-objective='kd'", "kd")
+    expect[kd.key] = resolved_config(kd, run_config)
+    run_cells([kd], tmp_path / "e", writer({k: v for k, v in expect[kd.key].items() if k != "distill-objective"}), None)
+    with pytest.raises(SweepError, match="distill-objective: '<absent>' -> 'kd'"):
+        run_cells([kd], tmp_path / "e", fake_runner(calls), lambda c: expect[c.key])
     record = tmp_path / "records" / cell.key
     record.mkdir(parents=True)
     (record / "config.json").write_text(json.dumps(changed))

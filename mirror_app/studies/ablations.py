@@ -26,6 +26,7 @@ adds to them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -53,9 +54,11 @@ from mirror_app.studies.runs import (
     Cell,
     SweepError,
     check_settings,
+    collect,
     flwr_runner,
     merged_run_config,
     resolved_config,
+    restore_records,
     run_recorded,
 )
 
@@ -100,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="a folder of run records (summary.json, metrics.csv per run; a few KB each): runs recorded there are "
         "taken as finished, and every run finished here is recorded there (e.g. docs/records/robust)",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: the tables and figures from the runs finished under --out and the records in --records",
     )
     args = p.parse_args(argv)
     from mirror_app.results import atomic_write
@@ -155,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         return resolved_config(cell, run_config)
 
     def recorded(cells: list[Cell]) -> pd.DataFrame:
+        if args.report_only:  # nothing runs: what finished here, and the records
+            if records:
+                restore_records(cells, out, records, expect)
+            return collect(cells, out)
         # the clean run's clients.csv gives the privacy study its clipping norm
         clients = {cells[0].key} if args.which == "privacy" else set()
         return run_recorded(cells, out, runner, expect, records, clients)
@@ -163,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     from mirror_app.results import write_csv
 
     try:
-        with interrupt_on_signals(), SuperLink(out / ".flwr") as link:
-            runner = flwr_runner(link, args.num_supernodes, run_config, args.timeout)
+        with interrupt_on_signals(), contextlib.nullcontext() if args.report_only else SuperLink(out / ".flwr") as link:
+            runner = None if args.report_only else flwr_runner(link, args.num_supernodes, run_config, args.timeout)
             runs = recorded(cells)
             if args.which == "privacy":  # the clipping norm comes from the first seed's clean run
                 if runs.loc[0, "status"] != "ok":

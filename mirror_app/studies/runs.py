@@ -102,8 +102,15 @@ def resolved_config(cell: Cell, extra_config: str) -> dict:
 
 
 def config_changes(found: dict, expected: dict) -> list[str]:
-    """The keys whose values differ between a finished run's config.json and the config expected of it."""
-    keys = (set(found) | set(expected)) - set(CONFIG_IGNORED)
+    """The keys whose values differ between a finished run's config.json and the config expected of it. A key the
+    run's config.json lacks was added to ``[tool.flwr.app.config]`` after the run: it counts as unchanged when the
+    value expected is its default, since a new key's default keeps the behaviour the project had before it (the
+    rule every knob here follows)."""
+    from mirror_app.core.config import defaults
+
+    table = defaults()
+    new_keys = {k for k in set(expected) - set(found) if k in table and expected[k] == table[k]}
+    keys = (set(found) | set(expected)) - set(CONFIG_IGNORED) - new_keys
     return sorted(k for k in keys if found.get(k, "<absent>") != expected.get(k, "<absent>"))
 
 
