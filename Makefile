@@ -18,7 +18,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 # a SuperExec looks for apps to start every 0.2 s instead of Flower's 1 s (see Speed and scale)
 export FLWR_SUPEREXEC_TASK_POLL_INTERVAL ?= 0.2
 
-.PHONY: venv run test lint export bench calibrate pretrain prepare deploy-local table1 table1-quick ablations clean
+.PHONY: venv run test lint report export bench calibrate pretrain prepare deploy-local table1 table1-quick ablations clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,15 +32,21 @@ venv: $(VENV)/.installed
 ## RUN_CONFIG), from encoders pretrained for the dataset's front end (built first where missing and cheap;
 ## RUN_CONFIG="audio-pretrained='none' video-pretrained='none'" starts from random weights). The run config and
 ## the pretrained files are checked before Flower starts; the exit status says whether the run finished
-## PRESET=conf/paper-ucf101.toml runs a preset (RUN_CONFIG's keys override it; its named weights are fetched first)
+## PRESET=conf/paper-ucf101.toml runs a preset (RUN_CONFIG's keys override it; its named weights are fetched first).
+## The simulation runs on a SuperLink of its own, stopped at the end: nothing is written to ~/.flwr
 PRESET ?=
 run: venv
-	$(PY) -m mirror_app.run --pretrain --num-supernodes $(NUM_CLIENTS) $(if $(PRESET),--preset $(PRESET)) --run-config "output-dir='$(OUTPUT_DIR)' $(RUN_CONFIG)"
+	$(PY) -m mirror_app.run --pretrain --num-supernodes $(NUM_CLIENTS) $(if $(PRESET),--preset $(PRESET)) --run-config "output-dir='$(OUTPUT_DIR)' data-dir='$(DATA_DIR)' $(RUN_CONFIG)"
 
 ## test: lint (ruff), format check, import contracts (import-linter), types of the core (mypy), then the
 ## whole suite (unit tests and end-to-end `flwr run` tests; a deprecated Flower API fails it)
 test: venv lint
 	$(PY) -m pytest -q --durations=15 tests
+
+## report: the generated documentation (docs/configuration.md's key table, docs/results/*, README's results) from
+## pyproject.toml and the run records in docs/records, running nothing
+report: venv
+	$(PY) -m mirror_app.studies.report
 
 ## lint: ruff check, ruff format --check, lint-imports (layers, no cycles), mypy on mirror_app/core
 lint: venv

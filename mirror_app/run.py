@@ -6,8 +6,11 @@
    plus the overrides, the same RunConfig validation the apps do), the strategy, the output dir, and that
    the dataset is prepared (the embedded one is generated here if missing, as the run would). A problem
    prints one line and exits 2.
-2. Runs ``flwr run . [connection] --stream --run-config ...``, showing Flower's output as it comes except
-   Python tracebacks; everything, tracebacks included, goes to ``<output-dir>/logs/run-<time>.log``.
+2. Runs ``flwr run . <connection> --stream --run-config ...``, showing Flower's output as it comes except
+   Python tracebacks; everything, tracebacks included, goes to ``<output-dir>/logs/run-<time>.log``. Without
+   ``--connection``, on a SuperLink of its own (a simulation in a temporary FLWR_HOME, ``--num-supernodes`` clients
+   of ``--client-cpus`` CPUs each), stopped when the run ends: nothing is written to your ``~/.flwr`` and nothing
+   keeps running afterwards.
 3. Decides from the run's own status on the SuperLink (``flwr list --run-id N``): a finished run exits 0
    and names its folder; a failed one prints ``run failed: <reason>`` and the log's path, and exits 1
    (``flwr run --stream`` itself exits 0 whatever the run's outcome).
@@ -16,9 +19,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,14 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--connection",
         default="",
-        help="a SuperLink connection of $FLWR_HOME/config.toml (default: Flower's default, the local simulation)",
+        help="a SuperLink connection of $FLWR_HOME/config.toml (default: a simulation on a SuperLink of this run's "
+        "own, stopped when it ends)",
     )
     p.add_argument(
         "--num-supernodes",
         type=int,
         default=0,
-        help="set the local simulation's size first "
-        "(flwr federation simulation-config), with --client-cpus CPUs per client",
+        help="the simulation's size (with --client-cpus CPUs per client; default: Flower's)",
     )
     p.add_argument("--client-cpus", type=float, default=1.0)
     p.add_argument("--federation-config", default="", help="passed to flwr run as --federation-config")
@@ -82,35 +87,49 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if args.num_supernodes:
-        sim = [
-            "flwr",
-            "federation",
-            "simulation-config",
-            "--num-supernodes",
-            str(args.num_supernodes),
-            "--client-resources-num-cpus",
-            f"{args.client_cpus:g}",
-        ]
-        res = subprocess.run(sim, cwd=args.app, env=env, capture_output=True, text=True)
-        if res.returncode != 0:
-            print(f"error: {' '.join(sim)}: {(res.stdout + res.stderr).strip()[-500:]}", file=sys.stderr)
-            return 2
     logs = cfg.resolve(cfg.output_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    cmd = ["flwr", "run", args.app, *([args.connection] if args.connection else []), "--stream"]
-    if args.federation_config:
-        cmd += ["--federation-config", args.federation_config]
-    if args.run_config.strip():
-        cmd += ["--run-config", args.run_config]
+    with contextlib.ExitStack() as stack:
+        env, connection, federation = {**os.environ, "PYTHONUNBUFFERED": "1"}, args.connection, args.federation_config
+        if not connection:  # a simulation on a SuperLink of its own, in a temporary FLWR_HOME, stopped at the end
+            from mirror_app.deploy.launch import SuperLink
+
+            home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flwr-run-")))
+            link = stack.enter_context(SuperLink(home))
+            env, connection = {**link.env, "PYTHONUNBUFFERED": "1"}, link.CONNECTION
+            if args.num_supernodes and not federation:
+                federation = f"num-supernodes={args.num_supernodes} client-resources-num-cpus={args.client_cpus:g}"
+        cmd = ["flwr", "run", args.app, connection, "--stream"]
+        if federation:
+            cmd += ["--federation-config", federation]
+        if args.run_config.strip():
+            cmd += ["--run-config", args.run_config]
+        output = stream(cmd, args.app, env, log_path)
+        if output is None:
+            return 130
+        run_id, status, reason = run_outcome(output, env, connection, Path(args.app))
+    if run_id is None:
+        reason = reason or "flwr run did not start a run"
+        print(f"run failed to start: {reason} (log: {log_path})", file=sys.stderr)
+        return 1
+    if status == "finished:completed":
+        folders = sorted(cfg.resolve(cfg.output_dir).glob(f"*-run{run_id}"))
+        print(f"run {run_id} finished: {folders[-1] if folders else cfg.resolve(cfg.output_dir)} (log: {log_path})")
+        return 0
+    print(f"run failed: {reason} (run {run_id}, status {status}; full log: {log_path})", file=sys.stderr)
+    return 1
+
+
+def stream(cmd: list[str], app: str, env: dict, log_path: Path) -> str | None:
+    """Run ``cmd``, showing its output as it comes except Python tracebacks and writing all of it to ``log_path``;
+    returns the output (None when interrupted)."""
     shown = TracebackFilter()
     output: list[str] = []
     with (
         open(log_path, "w") as log,
         subprocess.Popen(
-            cmd, cwd=args.app, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            cmd, cwd=app, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         ) as proc,
     ):
         assert proc.stdout is not None
@@ -124,18 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             proc.terminate()
             print(f"\ninterrupted (log: {log_path})", file=sys.stderr)
-            return 130
-    run_id, status, reason = run_outcome("".join(output), env, args.connection, Path(args.app))
-    if run_id is None:
-        reason = reason or f"flwr run exited with status {proc.returncode}"
-        print(f"run failed to start: {reason} (log: {log_path})", file=sys.stderr)
-        return 1
-    if status == "finished:completed":
-        folders = sorted(cfg.resolve(cfg.output_dir).glob(f"*-run{run_id}"))
-        print(f"run {run_id} finished: {folders[-1] if folders else cfg.resolve(cfg.output_dir)} (log: {log_path})")
-        return 0
-    print(f"run failed: {reason} (run {run_id}, status {status}; full log: {log_path})", file=sys.stderr)
-    return 1
+            return None
+    return "".join(output)
 
 
 if __name__ == "__main__":

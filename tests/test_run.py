@@ -126,3 +126,35 @@ def test_a_default_is_added_only_for_keys_the_run_config_leaves_out():
     # "seed=3" inside a quoted value is not a key: the seed default is still added
     assert with_defaults("output-dir='/tmp/x seed=3'", {"seed": "1"}) == "seed=1 output-dir='/tmp/x seed=3'"
     assert with_defaults("seed=3 lr=0.1", {"seed": "1", "local-epochs": "2"}) == "local-epochs=2 seed=3 lr=0.1"
+
+
+@pytest.mark.timeout(600)
+def test_make_runs_tool_runs_on_a_superlink_of_its_own_and_leaves_nothing_behind(data_dir, tmp_path):
+    """Without --connection the tool simulates on a SuperLink it starts in a temporary FLWR_HOME and stops at the
+    end: the user's FLWR_HOME is never written (Flower's own `flwr run .` would write its simulation config there)
+    and no Flower process outlives the run."""
+    import time
+
+    import psutil
+
+    import os
+
+    user_home = tmp_path / "user-flwr-home"
+    env = {**os.environ, "FLWR_HOME": str(user_home)}
+    config = (
+        f"num-server-rounds=1 distill-rounds=1 clients-per-round=3 eval-every=1 data-dir='{data_dir}' "
+        f"output-dir='{tmp_path / 'out'}'"
+    )
+    started = time.time()
+    res = run_tool(["--num-supernodes", "3", "--run-config", config], env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "finished: " in res.stdout.strip().splitlines()[-1]
+    assert not user_home.exists()
+    left = [
+        p.info["cmdline"]
+        for p in psutil.process_iter(["cmdline", "create_time"])
+        if p.info["create_time"]
+        and p.info["create_time"] >= started - 1
+        and any("flwr-run-" in part for part in p.info["cmdline"] or [])
+    ]
+    assert not left, left
