@@ -395,7 +395,7 @@ class RunRecorder:
             log(
                 WARNING,
                 "round %d: the %s model predicts one class (%r) for %.0f %% of the test clips: collapsed; "
-                "see README 'Label skew'",
+                "see docs/datasets.md 'Label skew'",
                 row["round"],
                 name,
                 label,

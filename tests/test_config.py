@@ -164,3 +164,18 @@ def test_clients_run_only_the_tasks_of_their_kind_that_the_method_declares(tmp_p
         fit(av, "train-av", AUDIO_MODEL)
     _, _, metrics = fit(av, "train-audio", AUDIO_MODEL)
     assert metrics["groups"] == ",".join(AUDIO_MODEL)
+
+
+def test_a_number_for_a_list_valued_key_is_a_list_of_one():
+    """`--run-config "eval-missing-video=0.5"`, written as a user would, arrives from Flower as a float."""
+    from mirror_app.deploy.preflight import pairs_to_values, parse_pairs
+
+    raw = pairs_to_values(parse_pairs("eval-missing-video=0.5"))
+    assert raw == {"eval-missing-video": 0.5}
+    assert RunConfig.from_dict(raw).eval_missing_shares == (0.5,)
+    assert RunConfig.from_dict({"eval-missing-video": 1}).eval_missing_shares == (1.0,)
+    assert RunConfig.from_dict({"eval-missing-video": "0.25,0.5"}).eval_missing_shares == (0.25, 0.5)
+    with pytest.raises(ConfigError, match="'eval-missing-video' = '1.5' is invalid: comma-separated fractions"):
+        RunConfig.from_dict({"eval-missing-video": 1.5})
+    with pytest.raises(ConfigError, match="'missing-schedule' = 0.5 is invalid: a string"):
+        RunConfig.from_dict({"missing-schedule": 0.5})  # not a list of numbers: a number stays refused

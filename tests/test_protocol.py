@@ -146,7 +146,7 @@ def test_a_resumed_run_derives_the_protocol_and_the_warnings_from_the_recorded_r
     )
     assert warnings_of(caplog) == [
         "round 4: the audiovisual model predicts one class ('typing') for 95 % of the test clips: collapsed; "
-        "see README 'Label skew'"
+        "see docs/datasets.md 'Label skew'"
     ]
     rec.partitions = {"clients": 2}
     rec.save_resume_state(4, {}, 10.0)
@@ -169,7 +169,7 @@ def test_a_resumed_run_derives_the_protocol_and_the_warnings_from_the_recorded_r
     )
     assert warnings_of(caplog) == [  # the audiovisual collapse was reported before the resume; not again
         "round 6: the audio model predicts one class ('drumming') for 90 % of the test clips: collapsed; "
-        "see README 'Label skew'"
+        "see docs/datasets.md 'Label skew'"
     ]
     again.finish({"audio_top1": 0.0, "av_top1": 0.0})
     s = summary(again)
@@ -202,7 +202,7 @@ def test_a_model_that_predicts_one_class_is_flagged_once(cache, tmp_path, caplog
     assert metrics["av_majority_share"].lt(0.9).all()  # the audiovisual model is not touched
     assert warnings_of(caplog) == [
         "round 3: the audio model predicts one class ('class 2') for 100 % of the test clips: collapsed; "
-        "see README 'Label skew'"
+        "see docs/datasets.md 'Label skew'"
     ]
     collapse = json.loads((strategy.recorder.dir / "summary.json").read_text())["collapse"]
     assert collapse["audio"]["rounds"] == [3, 4, 5] and collapse["audio"]["last_round_collapsed"] is True

@@ -40,6 +40,7 @@ SECURE_RULES = ("fedavg", "fedprox")  # the aggregators secure aggregation compu
 SECAGG_MODULUS = 2**32  # SecAgg+'s modulus range (Flower's default): a round's quantised sum must stay below it
 SECAGG_MAX_CLIENTS = SECAGG_MODULUS // 2**20 - 1  # the most clients whose 2^20-level values sum below the modulus
 CENSUS_MODES = ("auto", "full", "sampled")
+LIST_VALUED = ("eval-missing-video",)  # string keys holding a comma-separated list of numbers (one number is a list)
 FULL_CENSUS_UP_TO = 1000  # census 'auto': ask every node first up to this many nodes, learn from the drawn above
 
 
@@ -529,6 +530,8 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _err(key, value, "a number")
         return float(value)
+    if key in LIST_VALUED and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}"  # a number where a comma-separated list is expected: a list of one
     if not isinstance(value, str):
         raise _err(key, value, "a string")
     return value
