@@ -13,7 +13,7 @@ paper's situation:
   distillation helps: the audiovisual teacher knows which weak audio cue goes with which
   class (the paper's Fig. 2).
 
-``python -m mirror_app.studies.centralized`` measures it (README, "The embedded dataset").
+``python -m mirror_app.studies.centralized`` measures it (docs/datasets.md, "The embedded dataset").
 
 A second, disjoint set of classes (``proxy``: other sounds, other colours, other seeds) is
 generated the same way for ``make pretrain``: general features learned there play the part

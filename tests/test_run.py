@@ -133,11 +133,10 @@ def test_make_runs_tool_runs_on_a_superlink_of_its_own_and_leaves_nothing_behind
     """Without --connection the tool simulates on a SuperLink it starts in a temporary FLWR_HOME and stops at the
     end: the user's FLWR_HOME is never written (Flower's own `flwr run .` would write its simulation config there)
     and no Flower process outlives the run."""
+    import os
     import time
 
     import psutil
-
-    import os
 
     user_home = tmp_path / "user-flwr-home"
     env = {**os.environ, "FLWR_HOME": str(user_home)}

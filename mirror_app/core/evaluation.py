@@ -37,7 +37,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_class
     The same definitions and float32 arithmetic as torchmetrics' ``multiclass_accuracy`` (micro, top-k) and
     ``multiclass_f1_score`` (macro: classes neither predicted nor present left out), which
     tests/test_evaluation.py checks digit for digit; written with torch because importing torchmetrics costs
-    the ServerApp seconds before its first evaluation (README, Speed and scale)."""
+    the ServerApp seconds before its first evaluation (docs/results/bench.md)."""
     top5 = min(5, num_classes)
     labels = labels.long()
     n = torch.tensor(len(labels))

@@ -374,7 +374,7 @@ def write_card(run: Run, meta: dict, folder: Path) -> None:
             else "no collapse of the audio model at its last round."
         ),
         "- Federated: the numbers come from one seed of one simulated federation; other seeds and partitions "
-        "give other numbers (see the README's Table 1 for the spread).",
+        "give other numbers (see docs/results/table1.md for the spread).",
         privacy_line(s.get("privacy")),
         secure_line(s.get("secure_aggregation")),
         attack_line(s.get("attack"), cfg.aggregator),

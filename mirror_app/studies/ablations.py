@@ -1,4 +1,4 @@
-"""Ablations that explain Table 1, one command each (README, "Why the methods rank as they do"):
+"""Ablations that explain Table 1, one command each (their reports: docs/results/):
 
     python -m mirror_app.studies.ablations teacher --out results/ablation-teacher   # student vs teacher strength
     python -m mirror_app.studies.ablations drift --out results/ablation-drift       # local epochs x label skew
@@ -18,7 +18,7 @@ Each study is a plan of cells (:mod:`.runs`) and a table, in its own module: the
 redone) and each study writes ``runs.csv``, ``ablation.md`` and its figures under ``--out``.
 
 ``--records DIR`` keeps a record of each finished run (summary.json and metrics.csv, a few KB, no model)
-in DIR and takes every run recorded there as finished: the README's robustness tables are printed from
+in DIR and takes every run recorded there as finished: docs/results/robust.md is printed from
 the records in docs/records/robust without running anything, and a sweep continued on another machine
 adds to them.
 """

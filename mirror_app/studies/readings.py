@@ -11,11 +11,11 @@ finished run is never redone) and write ``runs.csv``, ``ablation.md`` and a figu
 in per-class audio F1 from MultiFL to ModalityMirror and from Harmony to ModalityMirror, with
 the classes grouped by sound source. ``skew`` runs MultiFL on 20 clients under alpha 0.1 with the
 default local training for 60 rounds, from scratch or pretrained, with plain or restricted
-softmax, with 5 or 10 clients per round: what a user's own label-skewed dataset needs (README, "Label skew").
+softmax, with 5 or 10 clients per round: what a user's own label-skewed dataset needs (docs/datasets.md, "Label skew").
 ``fidelity`` runs ModalityMirror under ``distill-divergence`` forward and reverse and MultiFL, each with
 ``av-trains-audio-head`` false and true, plus Harmony as the reference, at missing rates 0.1 / 0.3 / 0.5; its
 table reports ModalityMirror at the best dev round within phase 2 and over all rounds, and MultiFL both as
-ModalityMirror's phase 1 in the same run and as its own run with the whole budget (README, "Fidelity").
+ModalityMirror's phase 1 in the same run and as its own run with the whole budget (docs/methods.md).
 """
 
 from __future__ import annotations
