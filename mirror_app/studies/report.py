@@ -243,7 +243,7 @@ def build(report: Report) -> tuple[str, dict[str, bytes]] | None:
         body = (out / report.markdown).read_text()
         keys = sorted(p.name for p in (out / "runs").iterdir() if (records / p.name / "summary.json").is_file())
         files = {
-            f"{report.name}-{f}": (out / f).read_bytes()
+            (f if f.startswith(report.name) else f"{report.name}-{f}"): (out / f).read_bytes()
             for f in (*report.figures, *report.extra)
             if (out / f).is_file()
         }
