@@ -86,6 +86,52 @@ class Report:
     extra: tuple[str, ...] = field(default=())  # other files the study writes, copied beside the page
 
 
+def log_lines(metrics, total: int) -> list[str]:
+    """The run's own log line (without its seconds) at the last evaluated round of each phase."""
+    lines = []
+    for _, phase in metrics.groupby("phase_index", sort=True):
+        row = phase.iloc[-1]
+        line = f"[phase {int(row['phase_index'])} {row['phase']}] round {int(row['round'])}/{total}"
+        line += f"  audio top-1 {row['audio_top1']:.3f}  AV top-1 {row['av_top1']:.3f}"
+        if row.get("dev_audio_top1") == row.get("dev_audio_top1"):
+            line += f"  dev audio top-1 {row['dev_audio_top1']:.3f}"
+        lines.append(line)
+    return lines
+
+
+def default_run(records: Path) -> tuple[str, dict[str, bytes]]:
+    """The page of `make run`'s recorded run: its last log line of each phase, then the audio model by the
+    evaluation protocol's rules."""
+    import pandas as pd
+
+    (run,) = [p for p in sorted(records.iterdir()) if (p / "summary.json").is_file()]
+    summary = json.loads((run / "summary.json").read_text())
+    metrics = pd.read_csv(run / "metrics.csv")
+    total = int(sum(step["rounds"] for step in summary["schedule"]))
+    lines = ["```", *log_lines(metrics[metrics["round"] > 0], total), "```", ""]
+    rows = [("end of phase 1 (modality-aware FL alone)", summary["phases"]["modality-aware-fl"])]
+    rows.append(("best dev round of phase 1", summary["phases"]["modality-aware-fl"]["best_dev"]))
+    rows.append(("**best dev round of phase 2: the headline** (`best_dev`)", summary["best_dev"]))
+    rows.append(("end of phase 2, the run's product", summary["phases"]["distillation"]))
+    lines += [
+        "| audio model | round | test top-1 | top-5 | macro-F1 | AV top-1 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, r in rows:
+        lines.append(
+            f"| {label} | {r['round']} | {r['audio_top1']:.3f} | {r['audio_top5']:.3f} | {r['audio_macro_f1']:.3f} | "
+            f"{r['av_top1']:.3f} |"
+        )
+    first, second = summary["phases"]["modality-aware-fl"], summary["phases"]["distillation"]
+    lines += [
+        "",
+        f"The audio model's majority share (the share of test clips given its most predicted class): "
+        f"{first['audio_majority_share']:.2f} at the end of phase 1, {second['first']['audio_majority_share']:.2f} at "
+        f"phase 2's first evaluation, {second['audio_majority_share']:.2f} at its last.",
+    ]
+    return "\n".join(lines) + "\n", {}
+
+
 SEEDS = ("--seeds", "0,1,2")
 LAPTOP = "docs/records/paper-laptop"
 
@@ -95,6 +141,13 @@ def _ablation(which: str, records: str, *args: str) -> tuple[str, ...]:
 
 
 REPORTS = (
+    Report(
+        "default-run",
+        "The default run: `make run`",
+        "make run",
+        "default-run",
+        render=default_run,
+    ),
     Report(
         "table1",
         "Table 1: the comparison at a laptop budget",
@@ -231,8 +284,12 @@ def config_lines(records: Path, keys: list[str]) -> list[str]:
 def build(report: Report) -> tuple[str, dict[str, bytes]] | None:
     """A report's page and its figures (name -> bytes), or None when its records are not there."""
     records = RECORDS / report.records
-    if not records.is_dir():
+    if not records.is_dir() or not any((p / "summary.json").is_file() for p in records.iterdir()):
         return None
+    if report.render is not None:
+        body, files = report.render(records)
+        keys = sorted(p.name for p in records.iterdir() if (p / "summary.json").is_file())
+        return _page(report, body, files, records, keys), files
     with tempfile.TemporaryDirectory(prefix=f"report-{report.name}-") as tmp:
         out = Path(tmp)
         module = __import__(report.module, fromlist=["main"])
@@ -247,14 +304,20 @@ def build(report: Report) -> tuple[str, dict[str, bytes]] | None:
             for f in (*report.figures, *report.extra)
             if (out / f).is_file()
         }
+    return _page(report, body, files, records, keys), files
+
+
+def _page(report: Report, body: str, files: dict[str, bytes], records: Path, keys: list[str]) -> str:
+    how = "the same command with `--report-only`" if report.module else "from the recorded run"
     lines = [
         f"# {report.title}",
         "",
-        f"Measured by `{report.command}`; printed from the {len(keys)} run records in "
-        f"`docs/records/{report.records}` by `make report` (the same command with `--report-only`), running nothing.",
+        f"Measured by `{report.command}`; printed from the {len(keys)} run record{'s' if len(keys) != 1 else ''} in "
+        f"`docs/records/{report.records}` by `make report` ({how}), running nothing.",
         "",
         *provenance(records, keys),
         "",
+        *([report.note, ""] if report.note else []),
         *[f"![{name}]({name})" for name in files if name.endswith(".png")],
         "",
         body.rstrip(),
@@ -263,20 +326,40 @@ def build(report: Report) -> tuple[str, dict[str, bytes]] | None:
         "",
         *config_lines(records, keys),
     ]
-    return "\n".join(lines) + "\n", files
+    return "\n".join(lines) + "\n"
+
+
+def section(page: str, title: str) -> str:
+    """The body of the ``## title`` section of a generated page ('' when it has none)."""
+    if f"\n## {title}\n" not in page:
+        return ""
+    body = page.split(f"\n## {title}\n", 1)[1]
+    return body.split("\n## ", 1)[0].strip() + "\n"
 
 
 def generated_files() -> dict[Path, bytes]:
     """Every file ``make report`` writes, with the content it would write."""
     page = DOCS / "configuration.md"
     out: dict[Path, bytes] = {page: replace_block(page.read_text(), "run config", config_table()).encode()}
+    pages = {}
     for report in REPORTS:
         made = build(report)
         if made is None:
             continue
         text, files = made
+        pages[report.name] = text
         out[RESULTS / f"{report.name}.md"] = text.encode()
         out |= {RESULTS / name: data for name, data in files.items()}
+    readme = (ROOT / "README.md").read_text()
+    default = pages.get("default-run", "")
+    excerpt = default.split("```", 2)[1].strip("\n") if default.count("```") >= 2 else ""
+    blocks = {
+        "default run": f"```\n{excerpt}\n```\n" if excerpt else "(no recorded default run yet)\n",
+        "results": section(pages.get("table1", ""), "Beside the paper") or "(no Table 1 records yet)\n",
+    }
+    for name, body in blocks.items():
+        readme = replace_block(readme, name, body)
+    out[ROOT / "README.md"] = readme.encode()
     return out
 
 
