@@ -104,30 +104,37 @@ deploy-local: venv
 	$(PY) -m mirror_app.deploy.local --nodes $(N) --audio-only $(AUDIO_ONLY) $(if $(SECURE),--secure) \
 		--out $(CURDIR)/results/deploy --run-config "$(RUN_CONFIG)"
 
-## table1: the paper's setting at a laptop budget (conf/paper-laptop.toml, pretrained encoders):
-## 6 methods x missing rates 0.1/0.3/0.5 x 3 seeds, best-dev and last-round tables, figures
+## table1: the comparison at a laptop budget (conf/paper-laptop.toml, pretrained encoders): every compared method x
+## missing rates 0.1/0.3/0.5 x 3 seeds, best-dev and last-round tables, figures. A run recorded in RECORDS (the
+## repository's records by default) is taken as done when its resolved config is today's: RECORDS= measures every run
+## again (about 2 minutes a run on 2 cores), RECORDS=<folder> keeps your own
 TABLE1_RATES ?= 0.1,0.3,0.5
+RECORDS ?= $(CURDIR)/docs/records/paper-laptop
 table1: venv $(PRETRAINED_FILES)
 	$(PY) -m mirror_app.studies.sweep --out $(CURDIR)/results/table1 --preset conf/paper-laptop.toml --rates $(TABLE1_RATES) \
-		--fig3-rates $(TABLE1_RATES) --seeds 0,1,2 --num-supernodes $(NUM_CLIENTS) --run-config "$(RUN_CONFIG)"
+		--fig3-rates $(TABLE1_RATES) --seeds 0,1,2 --num-supernodes $(NUM_CLIENTS) --run-config "$(RUN_CONFIG)" \
+		$(if $(RECORDS),--records $(RECORDS))
 
-## table1-quick: the same with one seed (about a third of the time)
+## table1-quick: the same with one seed and no records (about a third of the time)
 table1-quick: venv $(PRETRAINED_FILES)
 	$(PY) -m mirror_app.studies.sweep --out $(CURDIR)/results/table1-quick --preset conf/paper-laptop.toml \
 		--rates $(TABLE1_RATES) --fig3-rates $(TABLE1_RATES) --seeds 0 --num-supernodes $(NUM_CLIENTS) \
 		--run-config "$(RUN_CONFIG)"
 
-## ablations: teacher strength, drift (local epochs x alpha), label skew, the paper's ambiguous readings
-## (distillation divergence x who trains the audio head, 3 seeds), missing video per client, per clip and over
-## time, accuracy against epsilon, attacks x robust aggregators (3 seeds each), Fig. 2 by sound source (after table1)
+## ablations: the studies behind Table 1, each from its records in docs/records (a recorded run is not run again):
+## distillation objectives and teachers, the paper's readings, missing video per client, per clip and over time,
+## teacher strength, drift, label skew, attacks x robust aggregators, accuracy against epsilon and secure aggregation
+## (3 seeds each where they say so), Fig. 2 by sound source (after table1)
+STUDY_RECORDS ?= $(CURDIR)/docs/records
 ablations: venv $(PRETRAINED_FILES)
-	$(PY) -m mirror_app.studies.ablations fidelity --seeds 0,1,2 --out $(CURDIR)/results/ablation-fidelity --run-config "$(RUN_CONFIG)"
-	$(PY) -m mirror_app.studies.ablations missingness --seeds 0,1,2 --out $(CURDIR)/results/ablation-missingness --run-config "$(RUN_CONFIG)"
-	$(PY) -m mirror_app.studies.ablations privacy --seeds 0,1,2 --out $(CURDIR)/results/ablation-privacy --run-config "$(RUN_CONFIG)"
-	$(PY) -m mirror_app.studies.ablations robust --seeds 0,1,2 --out $(CURDIR)/results/ablation-robust --run-config "$(RUN_CONFIG)"
-	$(PY) -m mirror_app.studies.ablations teacher --out $(CURDIR)/results/ablation-teacher --run-config "$(RUN_CONFIG)"
-	$(PY) -m mirror_app.studies.ablations drift --out $(CURDIR)/results/ablation-drift --run-config "$(RUN_CONFIG)"
-	$(PY) -m mirror_app.studies.ablations skew --out $(CURDIR)/results/ablation-skew --run-config "$(RUN_CONFIG)"
+	$(PY) -m mirror_app.studies.ablations distill --seeds 0,1,2 --best agreement --out $(CURDIR)/results/ablation-distill --records $(STUDY_RECORDS)/paper-laptop
+	$(PY) -m mirror_app.studies.ablations fidelity --seeds 0,1,2 --out $(CURDIR)/results/ablation-fidelity --records $(STUDY_RECORDS)/paper-laptop
+	$(PY) -m mirror_app.studies.ablations missingness --seeds 0,1,2 --out $(CURDIR)/results/ablation-missingness --records $(STUDY_RECORDS)/paper-laptop
+	$(PY) -m mirror_app.studies.ablations teacher --out $(CURDIR)/results/ablation-teacher --records $(STUDY_RECORDS)/paper-laptop
+	$(PY) -m mirror_app.studies.ablations drift --out $(CURDIR)/results/ablation-drift --records $(STUDY_RECORDS)/paper-laptop
+	$(PY) -m mirror_app.studies.ablations skew --out $(CURDIR)/results/ablation-skew --records $(STUDY_RECORDS)/skew
+	$(PY) -m mirror_app.studies.ablations robust --seeds 0,1,2 --out $(CURDIR)/results/ablation-robust --records $(STUDY_RECORDS)/robust
+	$(PY) -m mirror_app.studies.ablations privacy --seeds 0,1,2 --out $(CURDIR)/results/ablation-privacy --records $(STUDY_RECORDS)/privacy
 	$(PY) -m mirror_app.studies.ablations fig2 --sweep $(CURDIR)/results/table1
 
 clean:

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--best",
-        default="kd",
+        default="agreement",
         choices=distill_study.OBJECTIVES,
         help="distill: the objective also run with the other teachers and with audio-only clients training",
     )

@@ -57,7 +57,7 @@ def _mm_cell(rate: float, seed: int, objective: str, reading: str, variant: str 
     return Cell(MM, rate, seed, config, tag)
 
 
-def distill_cells(rates: list[float], seeds: list[int], best: str = "kd") -> list[Cell]:
+def distill_cells(rates: list[float], seeds: list[int], best: str = "agreement") -> list[Cell]:
     """Every objective under both readings with the baselines first (seed-major), then ``best``'s variants."""
     cells = []
     for s in seeds:
