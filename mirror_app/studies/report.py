@@ -171,7 +171,8 @@ REPORTS = (
     Report(
         "distill",
         "Distillation that earns its phase: objectives, teachers, readings",
-        "python -m mirror_app.studies.ablations distill --seeds 0,1,2 --best agreement --records docs/records/paper-laptop",
+        "python -m mirror_app.studies.ablations distill --seeds 0,1,2 --best agreement "
+        "--records docs/records/paper-laptop",
         "paper-laptop",
         "mirror_app.studies.ablations",
         _ablation("distill", LAPTOP, "--best", "agreement"),
