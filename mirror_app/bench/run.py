@@ -216,16 +216,22 @@ def main(argv: list[str] | None = None) -> int:
         "dataset and the full schedule projected (results/bench/paper.md)",
     )
     p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--records", default="", help="also keep the report as a record there (docs/records)")
     args = p.parse_args(argv)
+    from mirror_app.studies.runs import record_report
+
     if args.paper:
         from mirror_app.bench.paper import markdown as paper_markdown
         from mirror_app.bench.paper import paper_bench
 
         try:
-            print(paper_markdown(paper_bench(Path(args.out).resolve(), timeout=args.timeout)))
+            paper = paper_bench(Path(args.out).resolve(), timeout=args.timeout)
         except KeyboardInterrupt:
             print("bench: interrupted; everything it started is stopped", file=sys.stderr)
             return 130
+        if args.records:
+            record_report(paper, "paper", Path(args.records))
+        print(paper_markdown(paper))
         return 0
     try:
         sizes = [int(x) for x in args.memory_partitions.split(",") if x.strip()]
@@ -254,5 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; everything it started is stopped", file=sys.stderr)
         return 130
+    if args.records:
+        record_report(report, "bench", Path(args.records))
     print(markdown(report))
     return 0

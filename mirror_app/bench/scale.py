@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips-per-class", type=int, default=CLIPS_PER_CLASS)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--records", default="", help="also keep the report as a record there (docs/records)")
     args = p.parse_args(argv)
     try:
         sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
@@ -191,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench scale: interrupted; everything it started is stopped", file=sys.stderr)
         return 130
+    if args.records:
+        from mirror_app.studies.runs import record_report
+
+        record_report(report, "scale", Path(args.records))
     print(markdown(report))
     return 0
 

@@ -84,6 +84,7 @@ class Report:
     render: Callable[[Path], str] | None = None
     note: str = ""
     extra: tuple[str, ...] = field(default=())  # other files the study writes, copied beside the page
+    keys: tuple[str, ...] = ()  # the records a rendered page reads (all of the folder's runs when empty)
 
 
 def log_lines(metrics, total: int) -> list[str]:
@@ -132,6 +133,24 @@ def default_run(records: Path) -> tuple[str, dict[str, bytes]]:
     return "\n".join(lines) + "\n", {}
 
 
+def bench_page(name: str) -> Callable[[Path], tuple[str, dict[str, bytes]]]:
+    """The renderer of a benchmark's recorded report (``records/<name>/report.json``): its own markdown, and for the
+    scale benchmark its figure."""
+
+    def render(records: Path) -> tuple[str, dict[str, bytes]]:
+        report = json.loads((records / name / "report.json").read_text())
+        module = __import__(f"mirror_app.bench.{'report' if name == 'bench' else name}", fromlist=["markdown"])
+        files = {}
+        if name == "scale":
+            with tempfile.TemporaryDirectory() as tmp:
+                figure = module.figure(report, Path(tmp))
+                if figure is not None:
+                    files["scale.png"] = Path(figure).read_bytes()
+        return module.markdown(report), files
+
+    return render
+
+
 SEEDS = ("--seeds", "0,1,2")
 LAPTOP = "docs/records/paper-laptop"
 
@@ -141,6 +160,30 @@ def _ablation(which: str, records: str, *args: str) -> tuple[str, ...]:
 
 
 REPORTS = (
+    Report(
+        "bench",
+        "What Flower and Ray cost: `make bench`",
+        "make bench",
+        "bench",
+        render=bench_page("bench"),
+        keys=("bench",),
+    ),
+    Report(
+        "scale",
+        "Thousands of clients: `make bench SCALE=1`",
+        "make bench SCALE=1",
+        "bench",
+        render=bench_page("scale"),
+        keys=("scale",),
+    ),
+    Report(
+        "paper",
+        "What the paper's setting costs: `make bench PAPER=1`",
+        "make bench PAPER=1",
+        "bench",
+        render=bench_page("paper"),
+        keys=("paper",),
+    ),
     Report(
         "default-run",
         "The default run: `make run`",
@@ -285,12 +328,14 @@ def config_lines(records: Path, keys: list[str]) -> list[str]:
 def build(report: Report) -> tuple[str, dict[str, bytes]] | None:
     """A report's page and its figures (name -> bytes), or None when its records are not there."""
     records = RECORDS / report.records
+    if report.render is not None:
+        keys = list(report.keys) or sorted(p.name for p in records.glob("*") if (p / "summary.json").is_file())
+        if not keys or not all((records / k).is_dir() for k in keys):
+            return None
+        body, files = report.render(records)
+        return _page(report, body, files, records, keys), files
     if not records.is_dir() or not any((p / "summary.json").is_file() for p in records.iterdir()):
         return None
-    if report.render is not None:
-        body, files = report.render(records)
-        keys = sorted(p.name for p in records.iterdir() if (p / "summary.json").is_file())
-        return _page(report, body, files, records, keys), files
     with tempfile.TemporaryDirectory(prefix=f"report-{report.name}-") as tmp:
         out = Path(tmp)
         module = __import__(report.module, fromlist=["main"])

@@ -283,6 +283,20 @@ def commit() -> str:
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else ""
 
 
+def record_report(report: dict, name: str, records: Path) -> Path:
+    """Keep a benchmark's report (its JSON) as a record, ``records/<name>/report.json``, with the commit, machine
+    and day that made it: what ``make report`` prints its page from."""
+    import datetime
+
+    folder = records / name
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(
+        folder / PROVENANCE, {"commit": commit(), "machine": machine(), "finished": datetime.date.today().isoformat()}
+    )
+    write_json(folder / "report.json", json.loads(json.dumps(report, default=float)))
+    return folder
+
+
 def provenance(run_dir: Path) -> dict:
     """What ran ``run_dir`` (a finished run): the commit, the machine and the day it finished (summary.json's)."""
     import datetime
