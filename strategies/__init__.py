@@ -18,12 +18,13 @@ from .base import Instruction, Phase, PhasedStrategy
 from .distillation import FederatedDistillation
 from .fedcmi import FedCMI
 from .harmony import Harmony
-from .modality_mirror import ModalityMirror
+from .modality_mirror import ModalityMirror, ModalityMirrorAgreement
 from .multifl import ModalityAwareFedAvg, MultiFLAudioHead
 from .unifl import UniFL
 
 STRATEGIES: dict[str, type[PhasedStrategy]] = {
     "modality-mirror": ModalityMirror,
+    "modality-mirror-agreement": ModalityMirrorAgreement,
     "harmony": Harmony,
     "multifl": ModalityAwareFedAvg,
     "multifl-av-head": MultiFLAudioHead,
@@ -90,6 +91,7 @@ __all__ = [
     "Phase",
     "Instruction",
     "ModalityMirror",
+    "ModalityMirrorAgreement",
     "ModalityAwareFedAvg",
     "MultiFLAudioHead",
     "FederatedDistillation",

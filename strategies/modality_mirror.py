@@ -31,3 +31,14 @@ class ModalityMirror(PhasedStrategy):
         if cfg.distill_rounds > 0:
             phases.append((DistillationPhase.of(cfg), cfg.distill_rounds))
         return phases
+
+
+class ModalityMirrorAgreement(ModalityMirror):
+    """ModalityMirror whose phase 2 distils only where the teacher's and the student's rankings agree, beside the
+    label cross-entropy (``distill-objective = 'agreement'``, after C2KD): this project's, not the paper's. On the
+    embedded data it is the objective whose student gains most over its own phase 1 (docs/results/distill.md)."""
+
+    label = "ModalityMirror, agreement distillation"
+    table_label = "ModalityMirror, agreement distillation (this project's)"
+    beyond_paper = True
+    settings = {"distill-objective": "agreement"}

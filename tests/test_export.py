@@ -18,7 +18,16 @@ from mirror_app.results import RunRecorder
 from strategies import STRATEGIES, compared_methods, resolve_config
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["modality-mirror", "harmony", "multifl", "multifl-av-head", "unifl", "fedcmi", "modality-align"]
+METHODS = [
+    "modality-mirror",
+    "modality-mirror-agreement",
+    "harmony",
+    "multifl",
+    "multifl-av-head",
+    "unifl",
+    "fedcmi",
+    "modality-align",
+]
 
 
 @pytest.fixture(scope="module")

@@ -98,6 +98,7 @@ def test_the_sweep_takes_its_methods_and_labels_from_the_registry():
 
     assert sweep.METHODS == (
         "modality-mirror",
+        "modality-mirror-agreement",
         "harmony",
         "multifl",
         "multifl-av-head",
