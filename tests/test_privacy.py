@@ -363,3 +363,61 @@ def test_what_needs_one_clients_update_is_refused_with_secure_aggregation_in_one
         RunConfig.from_dict({"secure-aggregation": True, **raw})
     assert "\n" not in str(err.value) and f"'{key}'" in str(err.value) and allowed in str(err.value)
     RunConfig.from_dict({"secure-aggregation": True, "dp": "local", "dp-clipping-norm": 1.0})  # local DP combines
+
+
+def test_two_dp_runs_with_one_config_spend_the_same_epsilon_with_different_noise_and_repeat_when_insecure(
+    cache, tmp_path
+):
+    from flwr.server import Server
+
+    def run(name: str, **extra):
+        manager, _ = tiny_federation(cache, 6, missing_rate=0.5)
+        strategy = tiny_strategy(
+            ModalityMirror,
+            cache,
+            tmp_path / name,
+            clients_per_round=3,
+            dp="central",
+            **{"dp-clipping-norm": 0.5, "dp-noise-multiplier": 1.0, **extra},
+        )
+        Server(client_manager=manager, strategy=strategy).fit(strategy.total_rounds, None)
+        return strategy
+
+    a, b = run("a"), run("b")
+    assert a.ledger.epsilon() == b.ledger.epsilon() > 0
+    assert not np.allclose(a.state["fusion_head"][0], b.state["fusion_head"][0])  # other noise (and other draws)
+    c, d = (run(n, **{"dp-insecure-seeded-noise": True}) for n in ("c", "d"))
+    assert c.ledger.epsilon() == a.ledger.epsilon()
+    for g in c.state:
+        for x, y in zip(c.state[g], d.state[g]):
+            np.testing.assert_array_equal(x, y)  # digit for digit
+    summary = json.loads((c.recorder.dir / "summary.json").read_text())
+    assert summary["privacy"]["noise"].startswith("reproducible from the run seed: no privacy")
+
+
+def test_the_model_card_says_what_the_privacy_and_the_server_saw():
+    from mirror_app.model.export import privacy_line, secure_line
+
+    insecure = {"dp": "central", "epsilon": 6.1, "noise": "reproducible from the run seed: no privacy (...)"}
+    assert "no privacy: the noise is reproducible" in privacy_line(insecure)
+    local = {
+        "dp": "local",
+        "epsilon": 12.0,
+        "epsilon_worst_client": 12.0,
+        "epsilon_median_client": 5.5,
+        "delta": 1e-5,
+        "releases_worst_client": 19,
+        "noise_multiplier": 2.0,
+        "clipping_norm": 0.2,
+        "neighbouring": "replace",
+        "sensitivity": 0.4,
+        "accountant": "dp-accounting RDP",
+        "noise": "drawn from the operating system's entropy",
+    }
+    line = privacy_line(local)
+    assert "(12.00, 1e-05) for the client that released most often (19 updates), 5.50 for the median" in line
+    assert "sensitivity 0.4" in line and "against the server" in line
+    assert "saw only sums" in secure_line(
+        {"protocol": "SecAgg+ (...): the server saw only sums", "clipping_range": 1.0, "quantization_levels": 2**28}
+    )
+    assert "each client's update" in secure_line(None)

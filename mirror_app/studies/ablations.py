@@ -53,7 +53,7 @@ from mirror_app.studies.readings import (
 from mirror_app.studies.runs import (
     Cell,
     SweepError,
-    check_settings,
+    check_folders,
     collect,
     flwr_runner,
     merged_run_config,
@@ -151,10 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"run-config": run_config, "num-supernodes": args.num_supernodes, "which": args.which}
     records = Path(args.records).expanduser().resolve() if args.records else None
     try:
-        check_settings(out, settings)
-        if records:
-            records.mkdir(parents=True, exist_ok=True)
-            check_settings(records, settings, "--records", runs=records)
+        check_folders(out, records, settings)
     except SweepError as exc:
         print(f"ablations: {exc}", file=sys.stderr)
         return 2

@@ -77,6 +77,16 @@ def check_settings(out: Path, settings: dict, flag: str = "--out", runs: Path | 
         raise SweepError(f"{out} holds runs made with {shown}, not {wanted}; use another {flag}")
 
 
+def check_folders(out: Path, records: Path | None, settings: dict) -> None:
+    """Create ``out`` (and ``records``) and refuse either when it holds runs made with other ``settings``
+    (:func:`check_settings`); one SweepError line."""
+    out.mkdir(parents=True, exist_ok=True)
+    check_settings(out, settings)
+    if records:
+        records.mkdir(parents=True, exist_ok=True)
+        check_settings(records, settings, "--records", runs=records)
+
+
 # keys of a run's resolved config that may differ between two runs of the same cell (where it writes, on which
 # device, where the data were prepared)
 CONFIG_IGNORED = ("resume", "output-dir", "round-timeout", "device", "tensorboard", "data-dir")

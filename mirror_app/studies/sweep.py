@@ -31,7 +31,7 @@ from mirror_app.studies.runs import (
     Cell,
     SweepError,
     _save,
-    check_settings,
+    check_folders,
     collect,
     flwr_runner,
     merged_run_config,
@@ -312,14 +312,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sweep: {exc}", file=sys.stderr)
             return 2
     out = Path(args.out).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
     records = Path(args.records).expanduser().resolve() if args.records else None
-    settings = {"run-config": run_config, "num-supernodes": args.num_supernodes}
     try:
-        check_settings(out, settings)
-        if records:
-            records.mkdir(parents=True, exist_ok=True)
-            check_settings(records, settings, "--records", runs=records)
+        check_folders(out, records, {"run-config": run_config, "num-supernodes": args.num_supernodes})
     except SweepError as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return 2
