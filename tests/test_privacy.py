@@ -421,3 +421,23 @@ def test_the_model_card_says_what_the_privacy_and_the_server_saw():
         {"protocol": "SecAgg+ (...): the server saw only sums", "clipping_range": 1.0, "quantization_levels": 2**28}
     )
     assert "each client's update" in secure_line(None)
+
+
+def test_the_privacy_report_without_its_clean_run_says_which_record_is_missing(tmp_path):
+    """--report-only runs nothing: without the clean run the clipping norm is unknown, and it says so in one line."""
+    import subprocess
+    import sys
+
+    records = tmp_path / "records"
+    records.mkdir()
+    res = subprocess.run(
+        [sys.executable, "-m", "mirror_app.studies.ablations", "privacy", "--seeds", "0", "--records", str(records)]
+        + ["--report-only", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no finished run of modality-mirror-mr0.3-s0-nodp" in lines[0], res.stderr
+    assert not (tmp_path / "out" / "runs" / "modality-mirror-mr0.3-s0-nodp").exists()
