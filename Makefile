@@ -35,13 +35,15 @@ venv: $(VENV)/.installed
 ## PRESET=conf/paper-ucf101.toml runs a preset (RUN_CONFIG's keys override it; its named weights are fetched first).
 ## The simulation runs on a SuperLink of its own, stopped at the end: nothing is written to ~/.flwr
 PRESET ?=
+TEST_WORKERS ?= 2
 run: venv
 	$(PY) -m mirror_app.run --pretrain --num-supernodes $(NUM_CLIENTS) $(if $(PRESET),--preset $(PRESET)) --run-config "output-dir='$(OUTPUT_DIR)' data-dir='$(DATA_DIR)' $(RUN_CONFIG)"
 
 ## test: lint (ruff), format check, import contracts (import-linter), types of the core (mypy), then the
-## whole suite (unit tests and end-to-end `flwr run` tests; a deprecated Flower API fails it)
+## whole suite (unit tests and end-to-end `flwr run` tests; a deprecated Flower API fails it), in TEST_WORKERS
+## processes (pytest-xdist; one test file per process at a time; TEST_WORKERS=0 runs it in this one)
 test: venv lint
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) --durations=15 tests
 
 ## report: the generated documentation (docs/configuration.md's key table, docs/results/*, README's results) from
 ## pyproject.toml and the run records in docs/records, running nothing

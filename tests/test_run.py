@@ -139,7 +139,9 @@ def test_make_runs_tool_runs_on_a_superlink_of_its_own_and_leaves_nothing_behind
     import psutil
 
     user_home = tmp_path / "user-flwr-home"
-    env = {**os.environ, "FLWR_HOME": str(user_home)}
+    scratch = tmp_path / "tmp"  # the tool's temporary FLWR_HOME lands here, so only this run's processes are looked at
+    scratch.mkdir()
+    env = {**os.environ, "FLWR_HOME": str(user_home), "TMPDIR": str(scratch)}
     config = (
         f"num-server-rounds=1 distill-rounds=1 clients-per-round=3 eval-every=1 data-dir='{data_dir}' "
         f"output-dir='{tmp_path / 'out'}'"
@@ -154,6 +156,6 @@ def test_make_runs_tool_runs_on_a_superlink_of_its_own_and_leaves_nothing_behind
         for p in psutil.process_iter(["cmdline", "create_time"])
         if p.info["create_time"]
         and p.info["create_time"] >= started - 1
-        and any("flwr-run-" in part for part in p.info["cmdline"] or [])
+        and any(str(scratch) in part for part in p.info["cmdline"] or [])
     ]
     assert not left, left

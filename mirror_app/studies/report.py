@@ -368,24 +368,57 @@ def build(report: Report) -> tuple[str, dict[str, bytes]] | None:
             code = module.main([*report.argv, "--report-only", "--out", str(out)])
         if code not in (0, 1):  # 1: the sweep says some cells are not finished; the page says which
             raise RuntimeError(f"{report.module} {' '.join(report.argv)} --report-only: {err.getvalue().strip()}")
+        runs = out / "runs"
+        keys = (
+            sorted(p.name for p in runs.iterdir() if (records / p.name / "summary.json").is_file())
+            if runs.is_dir()
+            else []
+        )
+        if not keys:  # the folder holds other studies' records, none of this one's cells: no page yet
+            return None
         body = (out / report.markdown).read_text()
-        keys = sorted(p.name for p in (out / "runs").iterdir() if (records / p.name / "summary.json").is_file())
+        missing = _unrecorded(out / "runs.csv")
         files = {
             (f if f.startswith(report.name) else f"{report.name}-{f}"): (out / f).read_bytes()
             for f in (*report.figures, *report.extra)
             if (out / f).is_file()
         }
-    return _page(report, body, files, records, keys), files
+    return _page(report, body, files, records, keys, missing), files
 
 
-def _page(report: Report, body: str, files: dict[str, bytes], records: Path, keys: list[str]) -> str:
+def _unrecorded(runs_csv: Path) -> list[str]:
+    """The cells of a study's runs.csv that have no finished run (no record): what its tables show as n/a."""
+    import pandas as pd
+
+    if not runs_csv.is_file():
+        return []
+    runs = pd.read_csv(runs_csv)
+    if "status" not in runs or "key" not in runs:
+        return []
+    return sorted(str(k) for k in runs.loc[runs["status"] != "ok", "key"])
+
+
+def _page(
+    report: Report, body: str, files: dict[str, bytes], records: Path, keys: list[str], missing: list[str] = ()
+) -> str:
     how = "the same command with `--report-only`" if report.module else "from the recorded run"
+    gap = (
+        [
+            f"**Incomplete**: {len(missing)} of the study's {len(missing) + len(keys)} cells have no record yet "
+            "(`n/a` or fewer seeds below): the command above measures them, taking the recorded runs as done. "
+            f"Not recorded: {', '.join(f'`{k}`' for k in missing)}.",
+            "",
+        ]
+        if missing
+        else []
+    )
     lines = [
         f"# {report.title}",
         "",
         f"Measured by `{report.command}`; printed from the {len(keys)} run record{'s' if len(keys) != 1 else ''} in "
         f"`docs/records/{report.records}` by `make report` ({how}), running nothing.",
         "",
+        *gap,
         *provenance(records, keys),
         "",
         *([report.note, ""] if report.note else []),
