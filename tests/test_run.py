@@ -129,18 +129,22 @@ def test_a_default_is_added_only_for_keys_the_run_config_leaves_out():
 
 
 @pytest.mark.timeout(600)
-def test_make_runs_tool_runs_on_a_superlink_of_its_own_and_leaves_nothing_behind(data_dir, tmp_path):
+def test_make_runs_tool_runs_on_a_superlink_of_its_own_and_leaves_nothing_behind(data_dir, tmp_path, request):
     """Without --connection the tool simulates on a SuperLink it starts in a temporary FLWR_HOME and stops at the
     end: the user's FLWR_HOME is never written (Flower's own `flwr run .` would write its simulation config there)
     and no Flower process outlives the run."""
     import os
+    import shutil
+    import tempfile
     import time
 
     import psutil
 
     user_home = tmp_path / "user-flwr-home"
-    scratch = tmp_path / "tmp"  # the tool's temporary FLWR_HOME lands here, so only this run's processes are looked at
-    scratch.mkdir()
+    # the tool's temporary FLWR_HOME lands in a TMPDIR of this test's own, so that only this run's processes are
+    # looked at (short: Ray puts its sockets under it too, and a socket path has at most 107 bytes)
+    scratch = Path(tempfile.mkdtemp(prefix="mr-"))
+    request.addfinalizer(lambda: shutil.rmtree(scratch, ignore_errors=True))
     env = {**os.environ, "FLWR_HOME": str(user_home), "TMPDIR": str(scratch)}
     config = (
         f"num-server-rounds=1 distill-rounds=1 clients-per-round=3 eval-every=1 data-dir='{data_dir}' "
