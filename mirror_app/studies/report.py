@@ -441,6 +441,22 @@ def section(page: str, title: str) -> str:
     return body.split("\n## ", 1)[0].strip() + "\n"
 
 
+def subsections(page: str, prefixes: tuple[str, ...]) -> str:
+    """The ``### ...`` sections of a generated page whose titles start with ``prefixes``, in that order, each
+    with its title in bold ('' when the page has none of them)."""
+    parts = {}
+    for chunk in page.split("\n### ")[1:]:
+        title, _, body = chunk.partition("\n")
+        parts[title.strip()] = body.split("\n## ", 1)[0].strip()
+    out = []
+    for prefix in prefixes:
+        out += [f"**{t}**\n\n{b}\n" for t, b in parts.items() if t.startswith(prefix)]
+    return "\n".join(out)
+
+
+DISTILL_EXCERPT = ("How much of the teacher", "Which classes distillation moves")
+
+
 def generated_files() -> dict[Path, bytes]:
     """Every file ``make report`` writes, with the content it would write."""
     page = DOCS / "configuration.md"
@@ -460,6 +476,7 @@ def generated_files() -> dict[Path, bytes]:
     blocks = {
         "default run": f"```\n{excerpt}\n```\n" if excerpt else "(no recorded default run yet)\n",
         "results": section(pages.get("table1", ""), "Beside the paper") or "(no Table 1 records yet)\n",
+        "distill": subsections(pages.get("distill", ""), DISTILL_EXCERPT) or "(no distillation records yet)\n",
     }
     for name, body in blocks.items():
         readme = replace_block(readme, name, body)
