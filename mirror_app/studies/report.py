@@ -302,7 +302,10 @@ def provenance(records: Path, keys: list[str]) -> list[str]:
         made[(str(p.get("commit", ""))[:12] or "not recorded", machine)] += 1
         days.append(str(p.get("finished", "")))
         reconstructed += "reconstructed" in p
-    lines = [f"- {n} runs at commit `{commit}` on {machine}" for (commit, machine), n in sorted(made.items())]
+    lines = [
+        f"- {n} run{'s' if n != 1 else ''} at commit `{commit}` on {machine}"
+        for (commit, machine), n in sorted(made.items())
+    ]
     if days:
         lines.append(f"- finished between {min(days)} and {max(days)}")
     if reconstructed:
