@@ -318,11 +318,39 @@ def test_privacy_takes_its_clipping_norm_from_the_clean_run_and_tables_epsilon(t
 
     run_cells(cells, tmp_path, fake)
     md, runs = security.privacy_table(cells, tmp_path, 0.23)
-    assert "| central | 2 | 5.0 | 20.0 | 50.0 |" in md and "C = 0.23, the median update norm of the clean seed-0" in md
-    assert "| local | 2 | 5.0 worst client, 2.0 median | 20.0 | 50.0 |" in md
-    assert "| secure aggregation | - | inf (no DP) | 50.0 | 50.0 |" in md
-    assert "| secure aggregation + local DP | 2 | 5.0 worst client, 2.0 median | 20.0 | 50.0 |" in md
+    assert (
+        "| central | 2 | 1 | 5.0 | 20.0 | 50.0 |" in md and "C = 0.23, the median update norm of the clean seed-0" in md
+    )
+    assert "| local | 2 | 1 | 5.0 worst client, 2.0 median | 20.0 | 50.0 |" in md
+    assert "| secure aggregation | - | 1 | inf (no DP) | 50.0 | 50.0 |" in md
+    assert "| secure aggregation + local DP | 2 | 1 | 5.0 worst client, 2.0 median | 20.0 | 50.0 |" in md
     assert security.privacy_figure(runs, tmp_path).stat().st_size > 1000
+
+
+def test_the_privacy_report_compares_secure_aggregation_with_the_clean_run_evaluation_by_evaluation(tmp_path):
+    from mirror_app.studies import security
+
+    clean = security.privacy_clean_cells(0.3, [0, 1])
+    secure = [c for c in security.privacy_dp_cells(0.3, [0, 1], 0.2) if c.tag == "secagg"]
+    gaps = {0: (0.004, 0.001), 1: (0.002, 0.007)}  # seed -> (audio, AV) gap at round 10
+
+    def fake(cell: Cell, output_dir: Path, log: Path) -> bool:
+        log.write_text("ok")
+        out = output_dir / "run"
+        out.mkdir()
+        audio, av = gaps[cell.seed] if cell.tag == "secagg" else (0.0, 0.0)
+        pd.DataFrame(
+            {"round": [0, 5, 10], "audio_top1": [0.05, 0.1, 0.2 + audio], "av_top1": [0.1, 0.3, 0.5 - av]}
+        ).to_csv(out / "metrics.csv", index=False)
+        (out / "summary.json").write_text(json.dumps({"best_dev": {"audio_top1": 0.2, "av_top1": 0.5}}))
+        return True
+
+    runs = run_cells(clean + secure, tmp_path, fake)
+    lines = " ".join(security.secure_against_clean(clean + secure, tmp_path, runs))
+    assert "(seeds 0, 1), evaluation by evaluation (3 evaluations or more)" in lines
+    assert "audio top-1 within 0.4 points and the AV top-1 within 0.7 at every one" in lines
+    # without a clean run of its seed there is nothing to compare
+    assert security.secure_against_clean(secure, tmp_path, runs) == []
 
 
 def test_the_privacy_budget_grid_is_the_accountants_answer_for_each_federation_size(tmp_path):
