@@ -15,7 +15,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # runs use this project's venv instead of a per-run env built with uv, and send no telemetry
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
-# a SuperExec looks for apps to start every 0.2 s instead of Flower's 1 s (see Speed and scale)
+# a SuperExec looks for apps to start every 0.2 s instead of Flower's 1 s (what it saves: make bench, docs/deployment.md)
 export FLWR_SUPEREXEC_TASK_POLL_INTERVAL ?= 0.2
 
 .PHONY: venv run test lint report export bench calibrate pretrain prepare deploy-local table1 table1-quick ablations clean
@@ -75,9 +75,10 @@ export: venv
 ## SCALE=1 instead: start, rounds and memory at 100 / 1,000 / 10,000 / 30,000 SuperNodes -> results/bench/scale.*
 bench: venv
 ifdef SCALE
-	$(PY) -m mirror_app.bench.scale --out $(CURDIR)/results/bench
+	$(PY) -m mirror_app.bench.scale --out $(CURDIR)/results/bench --records $(CURDIR)/docs/records/bench
 else
-	$(PY) -m mirror_app.bench --out $(CURDIR)/results/bench --run-config "$(RUN_CONFIG)" $(if $(GPU),--gpu) $(if $(PAPER),--paper)
+	$(PY) -m mirror_app.bench --out $(CURDIR)/results/bench --run-config "$(RUN_CONFIG)" $(if $(GPU),--gpu) $(if $(PAPER),--paper) \
+		--records $(CURDIR)/docs/records/bench
 endif
 
 ## calibrate: centralised audio-only and audiovisual accuracy of the embedded dataset (two separate models)

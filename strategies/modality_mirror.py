@@ -42,3 +42,4 @@ class ModalityMirrorAgreement(ModalityMirror):
     table_label = "ModalityMirror, agreement distillation (this project's)"
     beyond_paper = True
     settings = {"distill-objective": "agreement"}
+    phase1_label = ""  # its phase 1 is ModalityMirror's (the objective acts in phase 2 only): already a row

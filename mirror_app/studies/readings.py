@@ -243,6 +243,7 @@ def fidelity_table(
         if set(g["divergence"]) >= set(FIDELITY_DIVERGENCES):
             total += 1
             same += int(g["phase1_best_dev_audio_top1"].nunique(dropna=False) == 1)
+    agree = f" (the reverse runs' phase 1 agrees in {same} of {total} runs)" if total else ""
     note = (
         "Audio-only test top-1 in % (mean +- std over seeds) / top-5 / macro-F1 (means, in %); "
         f"{cfg.num_server_rounds} rounds of modality-aware FL + {cfg.distill_rounds} of distillation, "
@@ -251,7 +252,8 @@ def fidelity_table(
         "'Best dev within phase 2': ModalityMirror's headline, its distilled student at the phase-2 "
         "round with the best dev audio top-1; 'over all rounds': the same search over phase 1 too. 'MultiFL "
         "(ModalityMirror's phase 1, same run)': the phase-1 model of the forward runs at the best dev round within "
-        f"phase 1 (the reverse runs' phase 1 agrees in {same} of {total} runs); 'MultiFL (same total budget)': "
+        f"phase 1{agree}; "
+        "'MultiFL (same total budget)': "
         f"its own run of {cfg.num_server_rounds + cfg.distill_rounds} rounds. "
         "Harmony's audio model does not depend on the audio-head setting."
     )
