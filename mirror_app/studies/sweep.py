@@ -111,7 +111,7 @@ def table_rows(methods) -> list[tuple[str, str, dict[str, str]]]:
 
 
 # the paper's Table 1 (UCF101, audio top-1 in %, missing rate -> value) for the rows this project knows the values of:
-# its MultiFL rises with the missing rate and stays below Harmony, whose audio model does not depend on it
+# its MultiFL rises with the missing rate and stays below Harmony, whose audio model does not depend on the rate
 PAPER_TABLE1 = {
     "multifl": {0.1: 28.08, 0.3: 31.79, 0.5: 32.52},
     "harmony": {0.1: 36.93, 0.3: 36.93, 0.5: 36.93},
