@@ -223,10 +223,23 @@ def restore_records(cells: list[Cell], out: Path, records: Path, expected: Calla
             if (src / f"{name}.gz").is_file():
                 (dst / name).write_bytes(gzip.decompress((src / f"{name}.gz").read_bytes()))
         for name in RECORD_FILES:
-            if (src / name).is_file():
+            if name == "config.json" and (src / name).is_file():
+                keep_config(src / name, dst / name)
+            elif (src / name).is_file():
                 _copy_atomic(src / name, dst / name)
         restored += 1
     return restored
+
+
+MACHINE_KEYS = ("output-dir", "data-dir")  # where the run wrote and read on its machine: not kept in a record
+
+
+def keep_config(src: Path, dst: Path) -> None:
+    """A run's resolved config as a record keeps it: without the paths of the machine that ran it."""
+    from mirror_app.results import atomic_write
+
+    config = {k: v for k, v in json.loads(src.read_text()).items() if k not in MACHINE_KEYS}
+    atomic_write(dst, lambda path: path.write_text(json.dumps(config, indent=2)))
 
 
 def save_records(cells: list[Cell], out: Path, records: Path, with_clients: set[str] = frozenset()) -> int:
@@ -245,7 +258,9 @@ def save_records(cells: list[Cell], out: Path, records: Path, with_clients: set[
                 _copy_atomic(src / name, dst / f"{name}.gz", compress=True)
         write_json(dst / PROVENANCE, provenance(src))
         for name in RECORD_FILES:
-            if (src / name).is_file():
+            if name == "config.json" and (src / name).is_file():
+                keep_config(src / name, dst / name)
+            elif (src / name).is_file():
                 _copy_atomic(src / name, dst / name)
         saved += 1
     return saved
