@@ -176,17 +176,14 @@ def main(argv: list[str] | None = None) -> int:
             runner = None if args.report_only else flwr_runner(link, args.num_supernodes, run_config, args.timeout)
             runs = recorded(cells)
             if args.which == "privacy":  # the clipping norm comes from the first seed's clean run
-                if runs.loc[0, "status"] != "ok" and args.report_only:
+                if runs.loc[0, "status"] != "ok":
                     where = f"{out / 'runs'} or {records}" if records else str(out / "runs")
                     print(
                         f"ablations: --report-only: no finished run of {cells[0].key} in {where}; "
-                        "run the study without --report-only to make it",
+                        "run the study without --report-only to make it"
+                        if args.report_only
+                        else f"ablations: the clean run {cells[0].key} failed (log: {runs.loc[0, 'log']})",
                         file=sys.stderr,
-                    )
-                    return 1
-                if runs.loc[0, "status"] != "ok":
-                    print(
-                        f"ablations: the clean run {cells[0].key} failed (log: {runs.loc[0, 'log']})", file=sys.stderr
                     )
                     return 1
                 norm = security.clipping_norm(out, cells[0])

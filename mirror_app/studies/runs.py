@@ -223,9 +223,7 @@ def restore_records(cells: list[Cell], out: Path, records: Path, expected: Calla
             if (src / f"{name}.gz").is_file():
                 (dst / name).write_bytes(gzip.decompress((src / f"{name}.gz").read_bytes()))
         for name in RECORD_FILES:
-            if name == "config.json" and (src / name).is_file():
-                keep_config(src / name, dst / name)
-            elif (src / name).is_file():
+            if (src / name).is_file():
                 _copy_atomic(src / name, dst / name)
         restored += 1
     return restored
