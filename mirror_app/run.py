@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         "status that says whether the run finished"
     )
     p.add_argument("--run-config", default="", help='"key=value ..." over [tool.flwr.app.config] (and --preset)')
+    p.add_argument(
+        "--output-dir", default="", help="the run config's output-dir where neither --run-config nor --preset sets it"
+    )
+    p.add_argument(
+        "--data-dir", default="", help="the run config's data-dir where neither --run-config nor --preset sets it"
+    )
     p.add_argument("--preset", default="", help="a run-config TOML file (conf/*.toml) under --run-config's keys")
     p.add_argument(
         "--connection",
@@ -62,14 +68,17 @@ def main(argv: list[str] | None = None) -> int:
         "the proxy set first (cheap backbones; others start from random weights, said in one line)",
     )
     args = p.parse_args(argv)
-    if args.preset:  # Flower takes a TOML file or key=value pairs, not both: the preset becomes pairs
-        from mirror_app.studies.runs import SweepError, merged_run_config
+    from mirror_app.deploy.preflight import with_defaults
+    from mirror_app.studies.runs import SweepError, merged_run_config
 
-        try:
-            args.run_config = merged_run_config(args.preset, args.run_config, per_run_keys=())
-        except SweepError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    try:  # the user's word last: --run-config over the preset, both over the --output-dir / --data-dir paths
+        # Flower takes a TOML file or key=value pairs, not both: the preset becomes pairs
+        merged = merged_run_config(args.preset, args.run_config, per_run_keys=(), validate=False)
+        paths = {"output-dir": args.output_dir, "data-dir": args.data_dir}
+        args.run_config = with_defaults(merged, {k: f"'{v}'" for k, v in paths.items() if v})
+    except (SweepError, ValueError) as exc:  # a key given twice, a preset that is not TOML
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         cfg = check_run(args.run_config, num_clients=args.num_supernodes)
         if args.pretrain:

@@ -64,23 +64,20 @@ def is_name(value: str) -> bool:
     return value.startswith(NAME_PREFIXES)
 
 
+SOURCES = (
+    "'auto', 'none', a path to an existing local checkpoint file, 'torchvision:<Weights>.<member>' or "
+    "'hf:<owner>/<repo>'"
+)
+
+
 def source_problem(value: str) -> str:
-    """Why ``value`` cannot be a pretrained source ('' when it can), without reading or fetching anything."""
-    if value in NONE or value == AUTO:
-        return ""
-    if value.startswith("torchvision:"):
-        if not re.fullmatch(r"torchvision:\w+\.\w+", value):
-            return "'torchvision:<Weights>.<member>', e.g. 'torchvision:ResNet18_Weights.IMAGENET1K_V1'"
-        return ""
-    if value.startswith("hf:"):
-        if not re.fullmatch(r"hf:[\w.-]+/[\w.-]+(:[\w./-]+)?", value):
-            return "'hf:<owner>/<repo>[:<file>]', e.g. 'hf:MIT/ast-finetuned-audioset-10-10-0.4593'"
-        return ""
-    if not Path(value).expanduser().is_file():
-        return (
-            "'auto', 'none', a path to an existing local checkpoint file, 'torchvision:<Weights>.<member>' or "
-            "'hf:<owner>/<repo>'"
-        )
+    """Why ``value`` cannot be a pretrained source ('' when it can), without reading or fetching anything: its form
+    only. Whether a named file exists is the pre-run check's question (:func:`resolve`), asked where the run reads it,
+    so that what only reads records (``make report``) or runs elsewhere (a SuperNode) needs no encoder file."""
+    if value.startswith("torchvision:") and not re.fullmatch(r"torchvision:\w+\.\w+", value):
+        return "'torchvision:<Weights>.<member>', e.g. 'torchvision:ResNet18_Weights.IMAGENET1K_V1'"
+    if value.startswith("hf:") and not re.fullmatch(r"hf:[\w.-]+/[\w.-]+(:[\w./-]+)?", value):
+        return "'hf:<owner>/<repo>[:<file>]', e.g. 'hf:MIT/ast-finetuned-audioset-10-10-0.4593'"
     return ""
 
 
@@ -187,7 +184,7 @@ def resolve(
         return fetch(value, key, download)
     path = Path(value).expanduser()
     if not path.is_file():
-        raise PretrainedError(f"run config '{key}' = {value!r} is invalid: no such file")
+        raise PretrainedError(f"run config '{key}' = {value!r} is invalid: no such file (allowed: {SOURCES})")
     return path
 
 

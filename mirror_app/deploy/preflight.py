@@ -19,8 +19,19 @@ def with_defaults(run_config: str, defaults: dict[str, str]) -> str:
 
 
 def parse_pairs(run_config: str) -> dict[str, str]:
-    """``key=value ...`` (values quoted with ' or " may hold spaces) -> {key: value as written}."""
-    return dict(re.findall(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)", run_config))
+    """``key=value ...`` (values quoted with ' or " may hold spaces) -> {key: value as written}.
+
+    A key given twice is refused (a ConfigError naming it), as Flower refuses the whole string; where two sources
+    of keys meet (a preset, the Makefile's paths, the user's run config), :func:`with_defaults` and
+    ``studies.runs.override_pairs`` decide which word counts, each string parsed on its own."""
+    pairs: dict[str, str] = {}
+    for key, value in re.findall(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)", run_config):
+        if key in pairs:
+            from mirror_app.core.config import ConfigError
+
+            raise ConfigError(f"run config key '{key}' is given twice ({pairs[key]} and {value}): give each key once")
+        pairs[key] = value
+    return pairs
 
 
 def pairs_to_values(pairs: dict[str, str]) -> dict:
@@ -40,11 +51,12 @@ def pairs_to_values(pairs: dict[str, str]) -> dict:
     return raw
 
 
-def check_run(run_config: str, dataset: bool = True, num_clients: int = 0):
+def check_run(run_config: str, dataset: bool = True, num_clients: int = 0, require_pretrained: bool = False):
     """What a run would check first, in this process and in a second: the run config (pyproject defaults
     plus ``run_config``), the strategy, the output dir and (``dataset``) that the dataset is there and that
     the pretrained encoders fit the run's backbones at its front end (:func:`check_pretrained`); with
-    ``num_clients`` known (a simulation's size), that a ``dp-target-epsilon`` holds to the last round.
+    ``num_clients`` known (a simulation's size), that a ``dp-target-epsilon`` holds to the last round; with
+    ``require_pretrained`` (a study, whose cells must start from the same encoders), that ``auto`` finds a file.
     Returns the RunConfig; raises ValueError (ConfigError, DatasetNotPrepared, PretrainedError) with a one-line
     reason."""
     from strategies import resolve_config
@@ -64,7 +76,7 @@ def check_run(run_config: str, dataset: bool = True, num_clients: int = 0):
                 from mirror_app.core.config import ConfigError
 
                 raise ConfigError(problem)
-        check_pretrained(cfg, cache)
+        check_pretrained(cfg, cache, require_pretrained)
     return cfg
 
 
@@ -89,16 +101,21 @@ def check_budget(cfg, plan: list[tuple[float, float]], num_clients: int) -> floa
     )
 
 
-def check_pretrained(cfg, cache) -> tuple[str, str]:
+def check_pretrained(cfg, cache, require: bool = False) -> tuple[str, str]:
     """Load the run's pretrained encoders into its backbones at the dataset's front end, as the ServerApp will
     (a named source missing from its library's cache is downloaded now, where the machine is online). A
-    mismatch is one line: the file, the key with both shapes, and the fix. Returns the files ("" for none)."""
+    mismatch is one line: the file, the key with both shapes, and the fix; with ``require``, so is an ``auto`` that
+    finds no file (which a run would take as random weights). Returns the files ("" for none)."""
     from mirror_app.core.models import initial_model
-    from mirror_app.core.pretrained import PretrainedError, keyed_file
+    from mirror_app.core.pretrained import AUTO, PretrainedError, keyed_file
 
     spec = cache.spec
     try:
         files = cfg.pretrained_files(spec, download=True)
+        values = {"audio-pretrained": cfg.audio_pretrained, "video-pretrained": cfg.video_pretrained}
+        for (key, value), file in zip(values.items(), files):
+            if require and value == AUTO and not file:
+                raise PretrainedError(f"run config '{key}' = 'auto' finds no encoder in {cfg.pretrained_dir}")
         initial_model(
             cache.num_classes,
             cache.audio.shape[1:],

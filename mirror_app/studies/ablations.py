@@ -51,15 +51,17 @@ from mirror_app.studies.readings import (
     teacher_table,
 )
 from mirror_app.studies.runs import (
+    DATA_DIR_HELP,
     Cell,
     SweepError,
     check_folders,
     collect,
     flwr_runner,
-    merged_run_config,
+    override_pairs,
     resolved_config,
     restore_records,
     run_recorded,
+    study_run_config,
 )
 
 DEFAULT_PRESET = "conf/paper-laptop.toml"
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="", help="results folder (default results/ablation-<which>)")
     p.add_argument("--preset", default=DEFAULT_PRESET)
     p.add_argument("--run-config", default="", help="extra run config for every run (over the preset)")
+    p.add_argument("--data-dir", default="", help=DATA_DIR_HELP)
     p.add_argument("--rate", type=float, default=0.3, help="missing rate")
     p.add_argument(
         "--rates", default=",".join(map(str, FIDELITY_RATES)), help="fidelity: the missing rates, comma-separated"
@@ -121,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         if args.which == "skew":  # the defaults' local training on 20 clients, not the preset
-            run_config = merged_run_config("", f"{SKEW_BASE} {args.run_config}")
+            run_config = study_run_config("", override_pairs(SKEW_BASE, args.run_config), args.data_dir)
             args.num_supernodes = 20
         else:
-            run_config = merged_run_config(args.preset, args.run_config)
+            run_config = study_run_config(args.preset, args.run_config, args.data_dir)
         rates = [float(r) for r in args.rates.split(",") if r.strip()]
         fractions = tuple(float(f) for f in args.fractions.split(",") if f.strip())
         if not seeds or not rates or not all(0 <= r < 1 for r in [args.rate, *rates]):
@@ -148,6 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         "distill": lambda: distill_study.distill_cells(rates, seeds, args.best),
     }
     cells = plans[args.which]()
+    if not args.report_only:
+        from mirror_app.deploy.preflight import check_run
+
+        try:  # the dataset is there, the output dir writable, the encoders 'auto' names built
+            check_run(run_config, num_clients=args.num_supernodes, require_pretrained=True)
+        except ValueError as exc:
+            print(f"ablations: {exc}", file=sys.stderr)
+            return 2
     settings = {"run-config": run_config, "num-supernodes": args.num_supernodes, "which": args.which}
     records = Path(args.records).expanduser().resolve() if args.records else None
     try:

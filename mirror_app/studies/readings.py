@@ -62,10 +62,7 @@ def drift_cells(rate: float, seeds: list[int]) -> list[Cell]:
     ]
 
 
-PRETRAINED_PAIRS = (
-    "audio-pretrained='~/.cache/modality-mirror/pretrained/audio-tdnn-small-d64-mel40-t98.pt' "
-    "video-pretrained='~/.cache/modality-mirror/pretrained/video-cnn-small-d64-img32.pt'"
-)
+PRETRAINED_PAIRS = "audio-pretrained='auto' video-pretrained='auto'"  # make pretrain's, under the run's data-dir
 
 
 SKEW_BASE = "num-server-rounds=60 distill-rounds=0 dirichlet-alpha=0.1"  # the default local training

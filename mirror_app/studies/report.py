@@ -353,15 +353,16 @@ def config_lines(records: Path, keys: list[str]) -> list[str]:
     return lines
 
 
-def build(report: Report) -> tuple[str, dict[str, bytes]] | None:
-    """A report's page and its figures (name -> bytes), or None when its records are not there."""
+def build(report: Report) -> tuple[str, dict[str, bytes], tuple[int, int]] | None:
+    """A report's page, its figures (name -> bytes) and how many of its cells are recorded and not, or None when its
+    records are not there."""
     records = RECORDS / report.records
     if report.render is not None:
         keys = list(report.keys) or sorted(p.name for p in records.glob("*") if (p / "summary.json").is_file())
         if not keys or not all((records / k).is_dir() for k in keys):
             return None
         body, files = report.render(records)
-        return _page(report, body, files, records, keys), files
+        return _page(report, body, files, records, keys), files, (len(keys), 0)
     if not records.is_dir() or not any((p / "summary.json").is_file() for p in records.iterdir()):
         return None
     with tempfile.TemporaryDirectory(prefix=f"report-{report.name}-") as tmp:
@@ -386,7 +387,7 @@ def build(report: Report) -> tuple[str, dict[str, bytes]] | None:
             for f in (*report.figures, *report.extra)
             if (out / f).is_file()
         }
-    return _page(report, body, files, records, keys, missing), files
+    return _page(report, body, files, records, keys, missing), files, (len(keys), len(missing))
 
 
 def _unrecorded(runs_csv: Path) -> list[str]:
@@ -458,18 +459,32 @@ def subsections(page: str, prefixes: tuple[str, ...]) -> str:
 
 
 DISTILL_EXCERPT = ("How much of the teacher", "Which classes distillation moves")
+NOT_STUDIES = ("bench", "scale", "paper", "default-run", "table1")  # pages README's studies table leaves out
+
+
+def studies_table(counts: dict[str, tuple[int, int]]) -> str:
+    """README's list of the studies' pages, each with how many of its cells are recorded (an incomplete study is
+    marked as such where it is linked)."""
+    lines = ["| study | cells recorded |", "| --- | --- |"]
+    for report in REPORTS:
+        if report.name in NOT_STUDIES or report.name not in counts:
+            continue
+        done, missing = counts[report.name]
+        state = f"{done} of {done + missing}, **incomplete**" if missing else f"all {done}"
+        lines.append(f"| [{report.title}](docs/results/{report.name}.md) | {state} |")
+    return "\n".join(lines) + "\n"
 
 
 def generated_files() -> dict[Path, bytes]:
     """Every file ``make report`` writes, with the content it would write."""
     page = DOCS / "configuration.md"
     out: dict[Path, bytes] = {page: replace_block(page.read_text(), "run config", config_table()).encode()}
-    pages = {}
+    pages, counts = {}, {}
     for report in REPORTS:
         made = build(report)
         if made is None:
             continue
-        text, files = made
+        text, files, counts[report.name] = made
         pages[report.name] = text
         out[RESULTS / f"{report.name}.md"] = text.encode()
         out |= {RESULTS / name: data for name, data in files.items()}
@@ -480,6 +495,7 @@ def generated_files() -> dict[Path, bytes]:
         "default run": f"```\n{excerpt}\n```\n" if excerpt else "(no recorded default run yet)\n",
         "results": section(pages.get("table1", ""), "Beside the paper") or "(no Table 1 records yet)\n",
         "distill": subsections(pages.get("distill", ""), DISTILL_EXCERPT) or "(no distillation records yet)\n",
+        "studies": studies_table(counts),
     }
     for name, body in blocks.items():
         readme = replace_block(readme, name, body)

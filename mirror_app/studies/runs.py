@@ -472,16 +472,19 @@ def _toml_value(value) -> str:
     return "'" + str(value).replace("'", "") + "'"
 
 
-def merged_run_config(preset: str, run_config: str, per_run_keys: tuple[str, ...] = PER_CELL) -> str:
+def merged_run_config(
+    preset: str, run_config: str, per_run_keys: tuple[str, ...] = PER_CELL, validate: bool = True
+) -> str:
     """A preset file's keys as ``key=value`` pairs, overridden by ``run_config``; checked as a run would be.
 
     Flower takes either a TOML file or ``key=value`` pairs, never both, and every sweep run adds its own
     pairs (strategy, missing rate, seed), so the preset is turned into pairs here. The result is
-    validated with RunConfig before anything starts: a typo or a missing pretrained file costs a second.
+    validated with RunConfig before anything starts (unless ``validate`` is false: the caller checks the run as a
+    whole), so a typo costs a second.
     """
     import tomllib
 
-    from mirror_app.core.config import ConfigError, RunConfig
+    from mirror_app.core.config import RunConfig
 
     pairs: dict[str, str] = {}
     if preset:
@@ -493,20 +496,32 @@ def merged_run_config(preset: str, run_config: str, per_run_keys: tuple[str, ...
         except tomllib.TOMLDecodeError as exc:
             raise SweepError(f"--preset {preset!r} is not valid TOML: {exc}") from None
         pairs = {k: _toml_value(v) for k, v in table.items() if k not in per_run_keys}  # the sweep sets these
-    for key, value in parse_pairs(run_config).items():
+    try:
+        given = parse_pairs(run_config)
+    except ValueError as exc:  # a key given twice
+        raise SweepError(str(exc)) from None
+    for key, value in given.items():
         if key in per_run_keys:
             raise SweepError(f"--run-config {key}={value}: the sweep sets {', '.join(PER_CELL)} for each run itself")
         pairs[key] = value
     try:
         raw = pairs_to_values(pairs)
-    except ValueError as exc:
+        if validate:
+            RunConfig.from_dict(raw)
+    except ValueError as exc:  # a value that is not TOML, a ConfigError
         raise SweepError(str(exc)) from None
-    try:
-        RunConfig.from_dict(raw)
-    except ConfigError as exc:
-        hint = " (run `make pretrain` first)" if "pretrained" in str(exc) else ""
-        raise SweepError(f"{exc}{hint}") from None
     return " ".join(f"{k}={v}" for k, v in pairs.items())
+
+
+def study_run_config(preset: str, run_config: str, data_dir: str = "") -> str:
+    """A study's run config for every cell: the preset's keys under ``run_config``'s (:func:`merged_run_config`),
+    and ``data_dir`` as the data-dir where neither names one (where the dataset and make pretrain's encoders are)."""
+    from mirror_app.deploy.preflight import with_defaults
+
+    return with_defaults(merged_run_config(preset, run_config), {"data-dir": f"'{data_dir}'"} if data_dir else {})
+
+
+DATA_DIR_HELP = "the runs' data-dir (the dataset, make pretrain's encoders) where --run-config and the preset name none"
 
 
 def flwr_runner(link, num_supernodes: int, extra_config: str, timeout: float):

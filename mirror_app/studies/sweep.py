@@ -28,16 +28,17 @@ import numpy as np
 import pandas as pd
 
 from mirror_app.studies.runs import (
+    DATA_DIR_HELP,
     Cell,
     SweepError,
     _save,
     check_folders,
     collect,
     flwr_runner,
-    merged_run_config,
     resolved_config,
     restore_records,
     run_recorded,
+    study_run_config,
 )
 from strategies import compared_methods
 
@@ -270,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         "--preset", default="", help="a run-config TOML file (conf/*.toml) for every run; --run-config keys override it"
     )
     p.add_argument("--run-config", default="", help='extra run config for every run, e.g. "num-server-rounds=10"')
+    p.add_argument("--data-dir", default="", help=DATA_DIR_HELP)
     p.add_argument("--timeout", type=float, default=3600, help="seconds before one run counts as failed")
     p.add_argument(
         "--records",
@@ -299,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep: {exc}", file=sys.stderr)
         return 2
     try:
-        run_config = merged_run_config(args.preset, args.run_config)
+        run_config = study_run_config(args.preset, args.run_config, args.data_dir)
     except SweepError as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return 2
@@ -307,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         from mirror_app.deploy.preflight import check_run
 
         try:
-            check_run(run_config, num_clients=args.num_supernodes)  # the dataset is there, the output dir writable
+            # the dataset is there, the output dir writable, the encoders 'auto' names built
+            check_run(run_config, num_clients=args.num_supernodes, require_pretrained=True)
         except ValueError as exc:
             print(f"sweep: {exc}", file=sys.stderr)
             return 2
