@@ -92,13 +92,14 @@ export: venv
 ## (clients per GPU 1, 2, 4; one line and skipped without a GPU). PAPER=1 instead: what the paper's setting
 ## (conf/paper.toml) costs, 2 rounds measured and the full schedule projected -> results/bench/paper.{md,json}.
 ## SCALE=1 instead: start, rounds and memory at 100 / 1,000 / 10,000 / 30,000 SuperNodes -> results/bench/scale.*
-#> bench | see docs/deployment.md | nothing | Flower + Ray overhead, memory, a deployed round (PAPER=1, SCALE=1, GPU=1)
+#> bench | 6 min | DATA_DIR: embedded data | Flower + Ray overhead, memory, a deployed round (PAPER=1, SCALE=1, GPU=1)
 bench: venv
 ifdef SCALE
-	$(PY) -m mirror_app.bench.scale --out $(CURDIR)/results/bench --records $(CURDIR)/docs/records/bench
+	$(PY) -m mirror_app.bench.scale --out $(CURDIR)/results/bench --records $(CURDIR)/docs/records/bench \
+		--data-dir "$(DATA_DIR)"
 else
 	$(PY) -m mirror_app.bench --out $(CURDIR)/results/bench --run-config "$(RUN_CONFIG)" $(if $(GPU),--gpu) $(if $(PAPER),--paper) \
-		--records $(CURDIR)/docs/records/bench
+		--records $(CURDIR)/docs/records/bench --data-dir "$(DATA_DIR)"
 endif
 
 ## calibrate: centralised audio-only and audiovisual accuracy of the embedded dataset (two separate models)

@@ -217,7 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--timeout", type=float, default=1800)
     p.add_argument("--records", default="", help="also keep the report as a record there (docs/records)")
+    p.add_argument("--data-dir", default="", help="the runs' data-dir where --run-config names none")
     args = p.parse_args(argv)
+    from mirror_app.deploy.preflight import with_defaults
+
+    try:
+        run_config = with_defaults(args.run_config, {"data-dir": f"'{args.data_dir}'"} if args.data_dir else {})
+    except ValueError as exc:  # a key given twice
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from mirror_app.studies.runs import record_report
 
     if args.paper:
@@ -248,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             args.distill_rounds,
             sizes,
             args.videos,
-            args.run_config,
+            run_config,
             args.timeout,
             federation=args.federation_config,
             deploy_nodes=args.deploy_nodes,

@@ -29,15 +29,22 @@ CLIPS_PER_CLASS = 2100  # 42,000 clips: 30,240 training clips once test (20 %) a
 TARGETS = {"round1_ratio": 2.0, "later_ratio": 1.2, "memory_ratio": 1.5, "refusal_s": 15.0}
 
 
-def run_config(clips_per_class: int, rounds: int) -> str:
+def run_config(clips_per_class: int, rounds: int, data_dir: str = "") -> str:
+    where = f" data-dir='{data_dir}'" if data_dir else ""
     return (
         f"strategy='multifl' num-server-rounds={rounds} distill-rounds=0 clients-per-round=10 eval-every=1 "
-        f"partitioner='iid' embedded-clips-per-class={clips_per_class}"
+        f"partitioner='iid' embedded-clips-per-class={clips_per_class}{where}"
     )
 
 
 def scale_bench(
-    out: Path, sizes=SIZES, clips_per_class: int = CLIPS_PER_CLASS, rounds: int = 4, timeout: float = 3600, log=print
+    out: Path,
+    sizes=SIZES,
+    clips_per_class: int = CLIPS_PER_CLASS,
+    rounds: int = 4,
+    timeout: float = 3600,
+    log=print,
+    data_dir: str = "",
 ) -> dict:
     from mirror_app.core.config import RunConfig
     from mirror_app.deploy.launch import SuperLink, failure_reason, interrupt_on_signals
@@ -46,7 +53,7 @@ def scale_bench(
 
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=out))
-    config = run_config(clips_per_class, rounds)
+    config = run_config(clips_per_class, rounds, data_dir)
     log(f"bench scale: the embedded dataset at {clips_per_class} clips per class (generated once)")
     cfg = RunConfig.from_dict(pairs_to_values(parse_pairs(config)))
     cache = cfg.load_dataset()
@@ -178,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--records", default="", help="also keep the report as a record there (docs/records)")
+    p.add_argument("--data-dir", default="", help="where the embedded dataset is generated (default: data-dir's)")
     args = p.parse_args(argv)
     try:
         sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
@@ -188,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give at least one size and --rounds >= 2 (round 1 includes start-up)", file=sys.stderr)
         return 2
     try:
-        report = scale_bench(Path(args.out).resolve(), sizes, args.clips_per_class, args.rounds, args.timeout)
+        report = scale_bench(
+            Path(args.out).resolve(), sizes, args.clips_per_class, args.rounds, args.timeout, data_dir=args.data_dir
+        )
     except KeyboardInterrupt:
         print("bench scale: interrupted; everything it started is stopped", file=sys.stderr)
         return 130
