@@ -27,12 +27,12 @@ export FLWR_SUPEREXEC_TASK_POLL_INTERVAL ?= 0.2
 # `#> target | cost on 2 cores | written outside the checkout | what it does`: make help's line of each target
 help:
 	@echo "usage: make <target> [VAR=value ...]    times on 2 cores without a GPU; DATA_DIR=$(DATA_DIR)"
-	@echo "every target but help installs the venv first where it is missing (about 5 min and 8.6 GB, once)"
+	@echo "every target but help installs the venv first where it is missing (3 to 5 min and about 9 GB, once)"
 	@echo
 	@awk -F' [|] ' '/^#> / { sub(/^#> /, ""); printf "  %-13s %-23s %-30s %s\n", $$1, $$2, $$3, $$4 }' $(MAKEFILE_LIST)
 
 #> target | costs | writes outside the checkout | what it does
-#> venv | 5 min, 8.6 GB | pip's cache (~/.cache/pip) | the pinned venv in .venv (Flower, Ray, PyTorch with CUDA)
+#> venv | 4 min, 9 GB | pip's cache (~/.cache/pip) | the pinned venv in .venv (Flower, Ray, PyTorch with CUDA)
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -118,7 +118,7 @@ $(PRETRAINED_FILES) &: | venv
 
 ## prepare: decode a real dataset once into the feature cache runs read (DATASET=ucf101|activitynet|manifest SRC=...)
 PREPARE_ARGS ?=
-#> prepare | by dataset size | DATA_DIR: feature cache | DATASET=ucf101|activitynet|manifest SRC=<folder>: decode clips once
+#> prepare | 16 clips a second | DATA_DIR: feature cache | DATASET=ucf101|activitynet|manifest SRC=<folder>: decode clips once
 prepare: venv
 	@test -n "$(DATASET)" -a -n "$(SRC)" || { echo "usage: make prepare DATASET=ucf101|activitynet|manifest SRC=<folder> [DATA_DIR=...] [PREPARE_ARGS='--image-size 112']"; exit 2; }
 	$(PY) -m data.prepare $(DATASET) --src "$(SRC)" --data-dir "$(DATA_DIR)" $(PREPARE_ARGS)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -20,8 +22,9 @@ def test_preset_becomes_checked_pairs_that_the_command_line_overrides(tmp_path):
     assert "num-server-rounds=7" in pairs and "lr=0.0005" in pairs and "strategy" not in pairs  # per-cell key dropped
     with pytest.raises(SweepError, match="'lr' = 0.0 is invalid"):
         merged_run_config(str(ROOT / "conf" / "paper.toml"), "lr=0")
-    with pytest.raises(SweepError, match=r"run `make pretrain` first"):
-        merged_run_config("", f"audio-pretrained='{tmp_path / 'absent.pt'}'")
+    assert "absent.pt" in merged_run_config("", f"audio-pretrained='{tmp_path / 'absent.pt'}'")  # checked when run
+    with pytest.raises(SweepError, match="run config key 'seed' is given twice"):
+        merged_run_config("", "seed=1 seed=2")
     with pytest.raises(SweepError, match="sets strategy, missing-rate, seed, output-dir"):
         merged_run_config("", "seed=3")
     with pytest.raises(SweepError, match="no such file"):
@@ -37,7 +40,32 @@ def test_the_laptop_preset_is_the_papers_local_training():
     for key in ("local-epochs", "lr", "dirichlet-alpha", "clients-per-round"):
         assert laptop[key] == paper[key], key
     assert laptop["num-server-rounds"] < paper["num-server-rounds"]
-    assert laptop["audio-pretrained"].endswith("audio-tdnn-small-d64-mel40-t98.pt")
+    # make pretrain's encoders wherever DATA_DIR puts them, not a path under one home directory
+    assert laptop["audio-pretrained"] == laptop["video-pretrained"] == "auto"
+
+
+def test_a_study_refuses_to_run_when_auto_finds_no_encoder(data_dir, tmp_path):
+    """'auto' would start a cell from random weights where make pretrain has not run: a study, whose cells must all
+    start from the same encoders, stops before running any with one line naming the folder and the fix."""
+    from mirror_app.core.config import RunConfig
+
+    RunConfig.from_dict({"data-dir": str(data_dir)}).load_dataset()  # the embedded dataset, generated once
+    bare = tmp_path / "data"  # the dataset without any pretrained encoder beside it
+    bare.mkdir()
+    for entry in Path(data_dir).iterdir():
+        if entry.name.startswith("embedded"):
+            (bare / entry.name).symlink_to(entry)
+    res = subprocess.run(
+        [sys.executable, "-m", "mirror_app.studies.sweep", "--preset", "conf/paper-laptop.toml", "--methods",
+         "multifl", "--rates", "0.3", "--seeds", "0", "--fig3-rates", "0.3", "--data-dir", str(bare),
+         "--out", str(tmp_path / "out")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and "'audio-pretrained' = 'auto' finds no encoder in" in err[0]
+    assert "mirror_app.model.pretrain" in err[0] and str(bare / "pretrained") in err[0]
+    assert not (tmp_path / "out" / "runs").exists()
 
 
 def test_teacher_and_drift_plans():
@@ -133,7 +161,7 @@ def test_skew_plan_and_table(tmp_path):
     cells = readings.skew_cells(0.3, [0])
     assert len(cells) == 8 and len({c.key for c in cells}) == 8 and {c.method for c in cells} == {"multifl"}
     pre = [c for c in cells if "-pre-" in c.tag]
-    assert len(pre) == 4 and all("audio-tdnn-small-d64-mel40-t98.pt" in c.config for c in pre)
+    assert len(pre) == 4 and all("audio-pretrained='auto'" in c.config for c in pre)
 
     def run(cell: Cell, output_dir: Path, log: Path) -> bool:
         log.write_text("ok")
@@ -451,7 +479,10 @@ def test_ablations_command_records_what_finished_before_an_interrupt_and_resumes
         (output_dir / "run" / "summary.json").write_text(json.dumps({"best_dev": {"audio_top1": 0.3, "av_top1": 0.6}}))
         return True
 
+    from mirror_app.deploy import preflight
+
     monkeypatch.setattr(launch, "SuperLink", lambda home: contextlib.nullcontext())
+    monkeypatch.setattr(preflight, "check_run", lambda *args, **kwargs: None)  # no dataset or encoders needed here
     monkeypatch.setattr(ablations, "flwr_runner", lambda *args: fake)
     args = ["robust", "--seeds", "0", "--fractions", "0.2", "--attacks", "sign-flip", "--records", str(tmp_path / "r")]
     stop = True

@@ -78,8 +78,14 @@ def test_local_pretrained_checkpoint_loads_and_mismatch_is_refused(tmp_path):
 def test_run_config_checks_backbones_and_pretrained_paths(tmp_path):
     with pytest.raises(ConfigError, match=r"'video-backbone' = 'ast' is invalid"):
         RunConfig.from_dict({"video-backbone": "ast"})
-    with pytest.raises(ConfigError, match=r"'audio-pretrained' = .* existing local checkpoint"):
-        RunConfig.from_dict({"audio-pretrained": str(tmp_path / "none.pth")})
+    # a missing file is the pre-run check's business (where the run reads it), not the config's: what only reads
+    # records, or runs on a node without the file, needs none
+    absent = RunConfig.from_dict({"audio-pretrained": str(tmp_path / "none.pth")})
+    from data.features import FeatureSpec
+    from mirror_app.core.pretrained import PretrainedError
+
+    with pytest.raises(PretrainedError, match=r"'audio-pretrained' = .* is invalid: no such file \(allowed: 'auto'"):
+        absent.pretrained_files(FeatureSpec())
     with pytest.raises(ConfigError, match=r"'fold' = 0 is invalid"):
         RunConfig.from_dict({"fold": 0})
     assert RunConfig.from_dict({"audio-backbone": "ast", "fold": 3}).fold == 3

@@ -43,7 +43,7 @@ from strategies import ModalityAwareFedAvg, resolve_config, resolve_strategy
         ("mu", -1, ">= 0"),
         ("server-momentum", 1.0, "[0, 1)"),
         ("aggregator", "geomedian", "one of"),
-        ("audio-pretrained", "/nonexistent.pt", "existing local checkpoint file"),
+        ("audio-pretrained", "hf:no-owner", "'hf:<owner>/<repo>[:<file>]'"),
         ("audio-pretrained", "torchvision:resnet18", "'torchvision:<Weights>.<member>'"),
         ("sample-missing-video", 1.0, "[0, 1)"),
         ("missing-schedule", "120+0.2", "<round>:<+/-share>"),

@@ -19,8 +19,15 @@ from helpers import run_tool
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def user_env(**extra: str) -> dict:
+    """The environment of a user at a shell: this one without what a calling make (`make test`) passes down."""
+    return {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")} | extra
+
+
 def make(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        ["make", *args], cwd=cwd, env=env or user_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def phony_targets() -> list[str]:
@@ -45,7 +52,7 @@ def test_plain_make_prints_every_target_with_its_cost_and_installs_nothing():
 def test_make_report_needs_no_encoder_and_no_data_on_an_empty_home(tmp_path):
     """What the README says runs nothing reads only the records: with HOME empty (no ~/.cache/modality-mirror) the
     reports are still what the repository holds."""
-    env = {**os.environ, "HOME": str(tmp_path)}
+    env = user_env(HOME=str(tmp_path))
     res = subprocess.run(
         [sys.executable, "-m", "mirror_app.studies.report", "--check"],
         cwd=ROOT,
@@ -55,7 +62,7 @@ def test_make_report_needs_no_encoder_and_no_data_on_an_empty_home(tmp_path):
         timeout=300,
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-    assert not (tmp_path / ".cache").exists()
+    assert not (tmp_path / ".cache" / "modality-mirror").exists()
 
 
 def test_make_clean_names_what_it_deletes_and_keeps_exports_unless_asked(tmp_path):
@@ -70,7 +77,7 @@ def test_make_clean_names_what_it_deletes_and_keeps_exports_unless_asked(tmp_pat
     (run / "model.pt").write_bytes(b"\0" * 2_000_000)
     (checkout / "results" / "table1" / "runs").mkdir(parents=True)
     (checkout / ".pytest_cache").mkdir()
-    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    env = user_env(HOME=str(tmp_path / "home"))
 
     res = make("clean", cwd=checkout, env=env)
     assert res.returncode == 0, res.stderr
@@ -128,7 +135,8 @@ def datasets_page_commands() -> list[str]:
 def test_the_documented_prepare_then_run_works_on_a_new_machine(tmp_path):
     """docs/datasets.md's two commands, as printed, on a folder of clips the test makes: only the paths are the
     test's, and the run is made tiny with keys added to RUN_CONFIG (the Makefile adds data-dir too: the user's
-    word wins). HOME is empty, so the encoders are pretrained for the prepared front end into DATA_DIR."""
+    word wins). HOME is empty, so the encoders are pretrained for the prepared front end into DATA_DIR (a small front
+    end, so that pretraining takes seconds)."""
     from data.media import make_manifest
 
     prepare_cmd, run_cmd = datasets_page_commands()
@@ -137,10 +145,10 @@ def test_the_documented_prepare_then_run_works_on_a_new_machine(tmp_path):
     data = tmp_path / "mm"
     home = tmp_path / "home"
     home.mkdir()
-    env = {**os.environ, "HOME": str(home), "FLWR_HOME": str(home / ".flwr")}
+    env = user_env(HOME=str(home), FLWR_HOME=str(home / ".flwr"))
 
     words = shlex.split(prepare_cmd.replace("/my/clips", str(src)).replace("/data/mm", str(data)))
-    words.append("PREPARE_ARGS=--mel-bins 40 --audio-seconds 1 --image-size 32 --workers 1")
+    words.append("PREPARE_ARGS=--mel-bins 16 --audio-seconds 0.5 --image-size 16 --workers 1")
     res = subprocess.run(words, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert (data / "manifest").is_dir()
@@ -158,9 +166,9 @@ def test_the_documented_prepare_then_run_works_on_a_new_machine(tmp_path):
     runs = [d for d in (tmp_path / "results").iterdir() if (d / "summary.json").is_file()]
     assert len(runs) == 1, res.stdout[-3000:]
     metrics = pd.read_csv(runs[0] / "metrics.csv")
-    assert list(metrics["phase"]) == ["modality-aware-fl", "distillation"]
+    assert list(metrics["phase"]) == ["modality-aware-fl"] * 2 + ["distillation"]  # rounds 0 (initial), 1, 2
     assert sorted(p.name for p in (data / "pretrained").glob("*.pt")) == [
-        "audio-tdnn-small-d64-mel40-t98.pt",
-        "video-cnn-small-d64-img32.pt",
+        "audio-tdnn-small-d64-mel16-t48.pt",
+        "video-cnn-small-d64-img16.pt",
     ]
     assert not (home / ".cache" / "modality-mirror").exists()  # everything went where DATA_DIR said
