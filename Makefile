@@ -153,8 +153,8 @@ table1-quick: venv $(PRETRAINED_FILES)
 
 ## ablations: the studies behind Table 1, each from its records in docs/records (a recorded run is not run again):
 ## distillation objectives and teachers, the paper's readings, missing video per client, per clip and over time,
-## teacher strength, drift, label skew, attacks x robust aggregators, accuracy against epsilon and secure aggregation
-## (3 seeds each where they say so), Fig. 2 by sound source (after table1)
+## teacher strength, drift, label skew, attacks x robust aggregators, the DP audit (empirical lower bounds on epsilon),
+## accuracy against epsilon and secure aggregation (3 seeds each where they say so), Fig. 2 by sound source (after table1)
 STUDY_RECORDS ?= $(CURDIR)/docs/records
 #> ablations | 3.5 h | DATA_DIR: data, encoders | every study, measuring the 97 cells docs/records lacks (2 min each)
 ablations: venv $(PRETRAINED_FILES)
@@ -165,6 +165,7 @@ ablations: venv $(PRETRAINED_FILES)
 	$(PY) -m mirror_app.studies.ablations drift --out $(CURDIR)/results/ablation-drift --records $(STUDY_RECORDS)/paper-laptop --data-dir "$(DATA_DIR)"
 	$(PY) -m mirror_app.studies.ablations skew --out $(CURDIR)/results/ablation-skew --records $(STUDY_RECORDS)/skew --data-dir "$(DATA_DIR)"
 	$(PY) -m mirror_app.studies.ablations robust --seeds 0,1,2 --out $(CURDIR)/results/ablation-robust --records $(STUDY_RECORDS)/robust --data-dir "$(DATA_DIR)"
+	$(PY) -m mirror_app.studies.audit --records $(STUDY_RECORDS)/privacy
 	$(PY) -m mirror_app.studies.ablations privacy --seeds 0,1,2 --out $(CURDIR)/results/ablation-privacy --records $(STUDY_RECORDS)/privacy --data-dir "$(DATA_DIR)"
 	$(PY) -m mirror_app.studies.ablations fig2 --sweep $(CURDIR)/results/table1
 

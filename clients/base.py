@@ -29,6 +29,7 @@ from data.partition import AUDIO, AUDIOVISUAL, Partition, audio_only_at, missing
 from mirror_app.core.config import RunConfig
 from mirror_app.core.groups import TEACHER_PREFIX, flatten, get_groups, group_sizes, set_groups, unflatten
 from mirror_app.core.models import DualEncoder
+from mirror_app.core.privacy import hides_client_values
 
 
 def ray_node_id() -> str:
@@ -141,12 +142,15 @@ class GroupClient(NumPyClient):
         return self.schedule(server_round) if self.schedule is not None else self.modality
 
     def get_properties(self, config: dict) -> dict:
-        return {
+        """What the census learns of this client: its modality and partition, and, where the run's mode lets the
+        server see per-client values (plain runs, central DP), its clip and class counts."""
+        props = {
             "modality": self.modality_at(int(config.get("server-round", 0))),
             "partition-id": int(self.partition.partition_id),
-            "num-examples": int(len(self.partition.indices)),
-            "num-classes": int(self.held_classes().size),
         }
+        if hides_client_values(self.settings.dp, self.settings.secure_aggregation):
+            return props
+        return props | {"num-examples": int(len(self.partition.indices)), "num-classes": int(self.held_classes().size)}
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
         name = str(config.get("task", ""))
@@ -216,7 +220,8 @@ class GroupClient(NumPyClient):
         if not self.has_video:
             return
         if cfg.sample_missing_video > 0:
-            self.missing_video = missing_video_rows(self.partition.indices, cfg.sample_missing_video, cfg.seed, pid)
+            rows = missing_video_rows(self.partition.indices, cfg.sample_missing_video, cfg.seed, max(pid, 0))
+            self.missing_video = rows  # a node on its own data (no partition id, -1) is seeded as partition 0
         if cfg.missing_schedule and scheduled:
             schedule = parse_schedule(cfg.missing_schedule)
 

@@ -5,7 +5,8 @@ device under secure aggregation is the masked encoding of whatever the layers in
 locally noised update) made.
 
 **Secure aggregation** (``secure-aggregation``): Flower's ``secaggplus_mod``; the reply is first encoded as the
-round's vector (mirror_app/core/secure.py), so the server learns only the sum of the round's weighted updates.
+round's vector (mirror_app/core/secure.py), so the server learns only the sum of the round's weighted updates; the
+example count goes inside the vector, and the reply's metrics are cut to the client's identity (:func:`disclosed`).
 
 **Attacks** (run config ``attack``, ``attack-fraction``, ``attack-scale``, ``attack-std``). In a simulation, the
 partitions of ``data.partition.attacked_partitions`` (a seeded set, recorded in summary.json) attack. A deployed
@@ -19,10 +20,12 @@ update of a group (its trained weights minus those it received):
   ``label-permutation``, which this mod alone sets and strips from what the server sends);
 * ``inflate-count``: reports 100 x its examples, in its fit replies and in the properties the server asks for.
 
-**Local DP** (``dp = local``): Flower's ``LocalDpMod`` on the groups a client returns: the update (over all of
-them) clipped to ``dp-clipping-norm`` C, then Gaussian noise of std ``dp-noise-multiplier`` x the sensitivity
-(``dp-neighbouring``: 2 C to hide a replaced client's data, C an added or removed one), drawn from the operating
-system's entropy (with ``dp-insecure-seeded-noise``, in a simulation only, from the run seed: no privacy).
+**Local DP** (``dp = local``): on the groups a client returns, :func:`mirror_app.core.privacy.local_release`: the
+update (over all of its floating-point arrays) clipped to ``dp-clipping-norm`` C, then Gaussian noise of std
+``dp-noise-multiplier`` x the sensitivity (``dp-neighbouring``: 2 C to hide a replaced client's data, C an added or
+removed one), drawn from the operating system's entropy (with ``dp-insecure-seeded-noise``, in a simulation only,
+from the run seed: no privacy). Integer arrays (counters) go back as received; the example count is sent as 1 and
+the reply's metrics are cut to the client's identity: the server is the adversary the epsilon is stated against.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from data.partition import attacked_partitions
 from mirror_app.core import secure
 from mirror_app.core.config import ATTACKS, RunConfig
 from mirror_app.core.groups import unflatten
-from mirror_app.core.privacy import sensitivity
+from mirror_app.core.privacy import IDENTITY, REPLY_NEEDS, floating, hides_client_values, local_release, sensitivity
 
 from .base import LABEL_PERMUTATION, group_examples, received_groups
 
@@ -148,33 +151,49 @@ def attack_mod(msg: Message, context: Context, call_next) -> Message:
         return reply
     reply = call_next(msg, context)
     if kind == MessageTypeLegacy.GET_PROPERTIES and attack is not None and attack.kind == "inflate-count":
-        if not reply.has_error():
-            res = compat.recorddict_to_getpropertiesres(reply.content)
+        res = None if reply.has_error() else compat.recorddict_to_getpropertiesres(reply.content)
+        if res is not None and "num-examples" in res.properties:  # a mode that sends no count: nothing to inflate
             props = dict(res.properties)
-            props["num-examples"] = int(props.get("num-examples", 0)) * COUNT_FACTOR
+            props["num-examples"] = int(props["num-examples"]) * COUNT_FACTOR
             reply.content = compat.getpropertiesres_to_recorddict(GetPropertiesRes(res.status, props))
     return reply
 
 
+def disclosed(metrics: dict, cfg: RunConfig) -> dict:
+    """The reply metrics the run's mode lets the server see: all of them in plain runs and under central DP (the
+    server is trusted there); under local DP and secure aggregation only the client's identity and which groups its
+    reply carries (``core.privacy.IDENTITY``, ``REPLY_NEEDS``): no loss, timing, count or refusal reason."""
+    if not hides_client_values(cfg.dp, cfg.secure_aggregation):
+        return dict(metrics)
+    return {k: v for k, v in metrics.items() if k in (*IDENTITY, *REPLY_NEEDS, "task")}
+
+
 class GroupLocalDpMod(LocalDpMod):
     """Flower's LocalDpMod, applied to the groups a client returns (the reply holds the trained groups only, the
-    instruction the sent ones, teacher copies included): the floating-point arrays of the update are clipped
-    jointly to the clipping norm C with Flower's ``compute_clip_model_update``, then Gaussian noise of std
+    instruction the sent ones, teacher copies included) with :func:`mirror_app.core.privacy.local_release`: the
+    floating-point arrays of the update are clipped jointly to the clipping norm C, then Gaussian noise of std
     ``noise_multiplier`` x the sensitivity (2 C when the neighbouring relation replaces a client's data, C when it
-    adds or removes it) is added from ``rng``, a generator of its own (LocalDpMod draws from NumPy's global one)."""
+    adds or removes it) is added from ``rng``, a generator of its own (LocalDpMod draws from NumPy's global one).
+    Integer arrays go back as received (a counter would tell how many batches the client trained); a reply with no
+    update (a refusal) stays empty. The example count goes out as 1, the metrics as :func:`disclosed` keeps them."""
 
     def __init__(
-        self, clipping_norm: float, noise_multiplier: float, delta: float, neighbouring: str, rng: np.random.Generator
+        self,
+        clipping_norm: float,
+        noise_multiplier: float,
+        delta: float,
+        neighbouring: str,
+        rng: np.random.Generator,
+        cfg: RunConfig | None = None,
     ) -> None:
         bound = sensitivity(clipping_norm, neighbouring)
         epsilon = float(np.sqrt(2 * np.log(1.25 / delta)) / noise_multiplier)  # LocalDpMod's std = sigma x bound
         super().__init__(clipping_norm=clipping_norm, sensitivity=bound, epsilon=epsilon, delta=delta)
         self.std = noise_multiplier * bound
         self.rng = rng
+        self.cfg = cfg
 
     def __call__(self, msg: Message, ctxt: Context, call_next) -> Message:
-        from flwr.supercore.differential_privacy import compute_clip_model_update
-
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, ctxt)
         fit_ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
@@ -186,12 +205,14 @@ class GroupLocalDpMod(LocalDpMod):
         names = [n for n in str(res.metrics.get("groups", "")).split(",") if n]
         sent = parameters_to_ndarrays(res.parameters)
         before = [a for name in names for a in received[name]]
-        floats = [i for i, a in enumerate(sent) if np.issubdtype(a.dtype, np.floating)]
-        update = [sent[i].astype(np.float64) for i in floats]
-        compute_clip_model_update(update, [before[i].astype(np.float64) for i in floats], self.clipping_norm)
-        for i, a in zip(floats, update):
-            sent[i] = (a + self.rng.normal(0.0, self.std, a.shape)).astype(sent[i].dtype)
-        res = FitRes(res.status, ndarrays_to_parameters(sent), res.num_examples, res.metrics)
+        floats = floating(sent)
+        released = local_release([sent[i] - before[i] for i in floats], self.clipping_norm, self.std, self.rng)
+        for i, step in zip(floats, released):
+            sent[i] = (before[i] + step).astype(sent[i].dtype)
+        for i in set(range(len(sent))) - set(floats):
+            sent[i] = before[i].copy()  # counters are never released
+        metrics = disclosed(res.metrics, self.cfg) if self.cfg is not None else res.metrics
+        res = FitRes(res.status, ndarrays_to_parameters(sent), 1, metrics)
         reply.content = compat.fitres_to_recorddict(res, keep_input=True)
         return reply
 
@@ -221,14 +242,15 @@ def local_dp_mod(msg: Message, context: Context, call_next) -> Message:
         rng = np.random.default_rng([cfg.seed, round_, int(context.node_config.get("partition-id", 0))])
     else:
         rng = np.random.default_rng()
-    mod = GroupLocalDpMod(cfg.dp_clipping_norm, cfg.dp_noise_multiplier, cfg.dp_delta, cfg.dp_neighbouring, rng)
+    mod = GroupLocalDpMod(cfg.dp_clipping_norm, cfg.dp_noise_multiplier, cfg.dp_delta, cfg.dp_neighbouring, rng, cfg)
     return mod(msg, context, call_next)
 
 
 def _secure_encoded(call_next):
     """The ``call_next`` SecAgg+'s mod gets: the client's reply (trained groups, its example count) turned into
-    the round's vector (``mirror_app.core.secure.encode``: every group of the layout, weighted, then the weights),
-    reported with one example so that SecAgg+ sums the vectors unweighted."""
+    the round's vector (``mirror_app.core.secure.encode``: every group of the layout, weighted by its count over the
+    run's public ``secagg-max-examples``, then the weights, then its clipped share), reported with one example so
+    that SecAgg+ sums the vectors unweighted, and with only the metrics :func:`disclosed` keeps."""
 
     def encoded(msg: Message, context: Context) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:  # SecAgg+ passes the census' queries through
@@ -251,11 +273,10 @@ def _secure_encoded(call_next):
             updates = {n: [a - r for a, r in zip(lists[n], received[n])] for n in names}
             overrides = group_examples(res.metrics)
             weights = {n: float(overrides.get(n, res.num_examples)) for n in names}
-        vector, clipped = secure.encode(
-            layout, slot, updates, weights, float(config[secure.SCALE]), cfg.secagg_clipping_range
-        )
-        metrics = {**res.metrics, secure.CLIPPED: clipped}
-        out = FitRes(res.status, ndarrays_to_parameters([vector]), 1, metrics)
+        vector, _ = secure.encode(
+            layout, slot, updates, weights, float(cfg.secagg_max_examples), cfg.secure_clipping_range
+        )  # the clipped count travels inside the vector: the server learns the round's total only
+        out = FitRes(res.status, ndarrays_to_parameters([vector]), 1, disclosed(res.metrics, cfg))
         reply.content = compat.fitres_to_recorddict(out, keep_input=True)
         return reply
 

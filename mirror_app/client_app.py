@@ -200,8 +200,9 @@ def make_client(context: Context):
             f"node config 'modality' = 'audiovisual' is invalid: this node's data ({ws.cache.path}) "
             "has no video; start it with modality=audio"
         )
+    own = "partition-id" not in node  # a node on its own data: no partition id (the server knows it by its node id)
     client = CLIENT_KINDS[modality](
-        partition=Partition(part.partition_id, part.indices, modality),
+        partition=Partition(-1 if own else part.partition_id, part.indices, modality),
         workspace=ws,
         settings=cfg,
         tasks=strategy_cls.client_tasks,

@@ -61,6 +61,7 @@ METRIC_COLUMNS = [
     "bytes_from_clients",
     "fallbacks",
     "secagg_clipped",
+    "secagg_skipped",
     "epsilon",
     "seconds",
 ]
@@ -346,8 +347,9 @@ class RunRecorder:
             "av_clients",
         ):
             self.pending[key] = self.pending.get(key, 0) + stats.get(key, 0)
-        if "secagg_clipped" in stats:  # values SecAgg+ clipped (a secure-aggregation run only)
-            self.pending["secagg_clipped"] = self.pending.get("secagg_clipped", 0) + stats["secagg_clipped"]
+        for key in ("secagg_clipped", "secagg_skipped"):  # a secure-aggregation run only: values SecAgg+ clipped,
+            if key in stats:  # groups left untrained for want of contributors
+                self.pending[key] = self.pending.get(key, 0) + stats[key]
         if "audio_only_share" in stats:  # the census's view at this round: the latest value, not a sum
             self.pending["audio_only_share"] = stats["audio_only_share"]
         if "epsilon" in stats:  # privacy spent so far: the latest value, not a sum

@@ -12,12 +12,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
-from logging import INFO
+from logging import INFO, WARNING
 
 import torch
 from flwr.app import Context, Message
 from flwr.common import log
 from flwr.server import ServerAppComponents, ServerConfig
+from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.serverapp import Grid, ServerApp
 
 from mirror_app.core.config import ConfigError
@@ -193,23 +194,36 @@ class MirrorServerApp(ServerApp):
         super().__call__(PromptGrid(grid), context)
 
 
+class MinimumWorkflow(SecAggPlusWorkflow):
+    """Flower's SecAgg+ workflow, except that it does not unmask a round's sum when the clients lost since the layout
+    was fixed leave a group with fewer than ``secure-min-clients`` contributors (the strategy's
+    ``secure_survivors_problem``): the round is halted, and the server never learns that sum."""
+
+    def unmask_stage(self, grid, context, state) -> bool:
+        problem = context.strategy.secure_survivors_problem({str(n) for n in state.active_node_ids})
+        if problem:
+            log(WARNING, "secure aggregation: %s", problem)
+            return False
+        return super().unmask_stage(grid, context, state)
+
+
 def secure_main(grid: Grid, context: Context) -> None:
     """The run under SecAgg+: Flower's ``SecAggPlusWorkflow`` (every sampled client shares its keys with all the
     others; ``secagg-reconstruction-threshold`` of them rebuild the masks of a client that drops after sharing its
     keys) inside ``DefaultWorkflow``, on the strategy and config of :func:`make_components`."""
     from flwr.server import LegacyContext
-    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.server.workflow import DefaultWorkflow
 
     from mirror_app.core.secure import quantization_range
 
     components = make_components(context)
     cfg = components.strategy.cfg
     legacy = LegacyContext(context, config=components.config, strategy=components.strategy)
-    workflow = SecAggPlusWorkflow(
+    workflow = MinimumWorkflow(
         num_shares=1.0,
         reconstruction_threshold=cfg.secagg_reconstruction_threshold,
         max_weight=1.0,  # clients report 1 example: their vectors carry their own weights
-        clipping_range=cfg.secagg_clipping_range,
+        clipping_range=cfg.secure_clipping_range,
         quantization_range=quantization_range(cfg.clients_per_round),
         timeout=cfg.round_timeout or None,
     )

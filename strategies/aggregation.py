@@ -17,11 +17,12 @@ Before the rule: example counts are capped so that no client weighs more than ``
 group (a lying count does not buy the average), and each update (the client's weights minus the group's
 current ones) is clipped to ``max-update-norm`` times the round's median update norm of that group.
 
-``dp = central``: what Flower's ``DifferentialPrivacyServerSideFixedClipping`` does around each group's FedAvg,
-with its functions: every update clipped to ``dp-clipping-norm`` C, the uniform mean (each client weighs 1, as
-the Gaussian mechanism's sensitivity C / n assumes), then Gaussian noise of std ``dp-noise-multiplier`` x C / n,
-with n the group's contributors this round, drawn from the operating system's entropy (Flower's wrapper draws
-from NumPy's global generator, which a seed anyone can read would make recomputable).
+``dp = central``: :func:`mirror_app.core.privacy.central_release` per group: every update clipped to
+``dp-clipping-norm`` C, summed (each client weighs 1), Gaussian noise of std ``dp-noise-multiplier`` x the
+sensitivity added, divided by the group's expected count of contributors (``dp-sampling = "poisson"``: sensitivity
+C, add-remove) or by its contributors (``"fixed"``: 2 C, replace-one); the noise from the operating system's entropy
+(Flower's wrapper draws from NumPy's global generator, which a seed anyone can read would make recomputable).
+Integer arrays (counters) are never released: the group keeps its value.
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ from flwr.server.strategy.aggregate import (
     aggregate_median,
     aggregate_trimmed_avg,
 )
-from flwr.supercore.differential_privacy import compute_clip_model_update, compute_stdv
 
 from clients.base import group_examples
 from mirror_app.core.config import RunConfig
 from mirror_app.core.groups import unflatten
+from mirror_app.core.privacy import central_release, central_sensitivity
 
 MAX_EXAMPLES = 10**9  # example-count bound for a client that did not report its partition size
 Contribution = tuple[list[np.ndarray], float]  # a client's arrays of one group and its weight (example count)
@@ -165,9 +166,15 @@ class GroupAggregator:
         self.kept: dict[str, list[int]] = {}
 
     def __call__(
-        self, key: str, current: list[np.ndarray], contributions: list[Contribution], server_round: int
+        self,
+        key: str,
+        current: list[np.ndarray],
+        contributions: list[Contribution],
+        server_round: int,
+        denominator: float | None = None,
     ) -> list[np.ndarray]:
-        """The new value of group ``key`` (now ``current``) from ``(arrays, num_examples)`` contributions."""
+        """The new value of group ``key`` (now ``current``) from ``(arrays, num_examples)`` contributions
+        (``denominator``: central DP's expected count of contributors under Poisson draws)."""
         cfg = self.cfg
         dtypes = [a.dtype for a in current]
         if cfg.max_client_weight < 1:
@@ -176,7 +183,7 @@ class GroupAggregator:
         if cfg.max_update_norm > 0:
             contributions = bound_norms(current, contributions, cfg.max_update_norm)
         if cfg.dp == "central":
-            merged = self.private(key, current, contributions, server_round)
+            merged = self.private(key, current, contributions, server_round, denominator)
         elif cfg.aggregator in SERVER_OPTIMIZERS:
             inner = self.inner.get(key)
             if inner is None:
@@ -205,26 +212,39 @@ class GroupAggregator:
         return [np.asarray(a).astype(d, copy=False) for a, d in zip(merged, dtypes)]
 
     def private(
-        self, key: str, current: list[np.ndarray], contributions: list[Contribution], server_round: int
+        self,
+        key: str,
+        current: list[np.ndarray],
+        contributions: list[Contribution],
+        server_round: int,
+        denominator: float | None = None,
     ) -> list[np.ndarray]:
-        """Central DP for one group, as Flower's server-side fixed-clipping wrapper around FedAvg computes it, with
-        Flower's own functions: every update clipped to C (``compute_clip_model_update``), the uniform mean (each
-        client weighs 1), then Gaussian noise of std ``compute_stdv(sigma, C, n)`` = sigma * C / n for the n
-        contributors. The noise comes from a generator of its own, never NumPy's global one: the operating system's
-        entropy (:func:`noise_generator`). Arrays that are not floating point (counters) are averaged without noise."""
+        """Central DP for one group (:func:`mirror_app.core.privacy.central_release`): the contributors' updates
+        (their arrays minus ``current``) clipped to C and summed, noise of std sigma x the sampling's sensitivity
+        added, divided by ``denominator`` (Poisson draws: the expected count) or the contributors (fixed draws).
+        A zero update, or none at all, is a release like any other. The noise comes from a generator of its own,
+        never NumPy's global one: the operating system's entropy (:func:`noise_generator`). Integer arrays
+        (counters) keep their value: they are never released."""
         cfg = self.cfg
         floats = _floating(current)
-        clipped = []
-        for arrays, _ in contributions:
-            update = [np.array(arrays[i], copy=True) for i in floats]
-            compute_clip_model_update(update, [current[i] for i in floats], cfg.dp_clipping_norm)
-            clipped.append((update, 1))
-        mean = aggregate(clipped)
-        std = compute_stdv(cfg.dp_noise_multiplier, cfg.dp_clipping_norm, len(contributions))
-        rng = noise_generator(cfg, server_round, key)
-        noisy = iter([m + rng.normal(0.0, std, m.shape).astype(m.dtype) for m in mean])
-        plain = aggregate([(arrays, 1) for arrays, _ in contributions])
-        return [next(noisy) if i in set(floats) else plain[i] for i in range(len(current))]
+        if denominator is None:  # fixed-size draws: the contributors that arrived
+            denominator = len(contributions)
+        if not floats or denominator <= 0:
+            return [a.copy() for a in current]
+        updates = [[np.asarray(arrays[i], np.float64) - current[i] for i in floats] for arrays, _ in contributions]
+        step = central_release(
+            updates,
+            [current[i].shape for i in floats],
+            cfg.dp_clipping_norm,
+            cfg.dp_noise_multiplier,
+            central_sensitivity(cfg.dp_clipping_norm, cfg.dp_sampling),
+            denominator,
+            noise_generator(cfg, server_round, key),
+        )
+        out = [a.copy() for a in current]
+        for i, s in zip(floats, step):
+            out[i] = (current[i] + s).astype(current[i].dtype)
+        return out
 
 
 def noise_generator(cfg: RunConfig, *context: int | str) -> np.random.Generator:

@@ -42,7 +42,6 @@ from mirror_app.core.groups import (
     unflatten,
 )
 from mirror_app.core.privacy import PrivacyLedger
-from mirror_app.core.secure import CLIPPED
 from mirror_app.core.secure import LAYOUT as SECURE_LAYOUT
 from mirror_app.core.secure import SLOT as SECURE_SLOT
 
@@ -145,16 +144,27 @@ class PhasedStrategy(Protection, FedAvg):
         self.check_client_tasks()
         # a differentially private run draws its clients from the operating system's entropy (amplification by
         # sampling assumes nobody knows who was drawn), unless a study asks for repeatable, private-in-name-only runs
+        # central DP: a full census (each group's expected count needs every client's modality) and, by default,
+        # Poisson draws, which its accountant assumes
         self.census = Census(
-            cfg.clients_per_round, cfg.census, secret=cfg.dp != "off" and not cfg.dp_insecure_seeded_noise
+            cfg.clients_per_round,
+            "full" if cfg.dp == "central" else cfg.census,
+            secret=cfg.dp != "off" and not cfg.dp_insecure_seeded_noise,
+            poisson=cfg.dp == "central" and cfg.dp_sampling == "poisson",
         )
         # the node count -> why the nodes cannot each hold clips ('' when they can); set by the ServerApp
         self.federation_check: Callable[[int], str] | None = None
         self.simulated = True  # simulated nodes (the ServerApp says when they are deployed ones)
         self.aggregator = GroupAggregator(cfg)
-        self.ledger = PrivacyLedger(cfg.dp, cfg.dp_noise_multiplier, cfg.dp_delta) if cfg.dp != "off" else None
+        self.ledger = (
+            PrivacyLedger(cfg.dp, cfg.dp_noise_multiplier, cfg.dp_delta, cfg.dp_sampling) if cfg.dp != "off" else None
+        )
+        self._denominators: dict[str, float] = {}  # central DP: state key -> what its round's sum is divided by
+        self.secure_skips, self.secure_clipped, self.secure_values, self.secure_halted = {}, 0.0, 0, 0
+        self._secure_skipped = self._secure_clipped_round = 0
         self.attacked: set[int] | None = None  # partitions of the simulated attackers (attack-fraction), once known
         self._release: tuple[int, int] = (0, 0)  # this round's (most groups in one update, clients it drew from)
+        self._drawn: list[str] = []  # this round's clients
         self._started: set[int] = set()
         self._pending: dict[str, tuple[Instruction, int]] = {}
         self._secure_layout: Scalar = ""  # this round's secure-aggregation layout (mirror_app.core.secure)
@@ -167,12 +177,13 @@ class PhasedStrategy(Protection, FedAvg):
         raise NotImplementedError
 
     @classmethod
-    def privacy_plan(cls, cfg: RunConfig, num_clients: int) -> list[tuple[float, float]]:
-        """The (effective noise multiplier, sampling rate) of every round this method would release with ``dp``
-        on and ``num_clients`` clients (a seeded ``missing-rate`` share of them audio-only), as the run's
-        privacy ledger records them: the pre-run check's epsilon for ``dp-target-epsilon``. Local DP: one
-        unsampled Gaussian per release of the client that could release most often (every round its modality
-        trains), the bound the run guarantees before it draws anyone."""
+    def privacy_plan(cls, cfg: RunConfig, num_clients: int) -> list[tuple[float, int, int]]:
+        """The (effective noise multiplier, eligible clients, clients per round) of every round this method would
+        release with ``dp`` on and ``num_clients`` clients (a seeded ``missing-rate`` share of them audio-only), as
+        the run's privacy ledger records them: the pre-run check's epsilon for ``dp-target-epsilon``
+        (``core.privacy.spent`` with the run's ``dp-sampling``). Local DP: one unsampled Gaussian per release of the
+        client that could release most often (every round its modality trains), the bound the run guarantees before
+        it draws anyone (``spent`` at q = 1)."""
         from mirror_app.core.privacy import effective_multiplier
 
         audio = int(round(cfg.missing_rate * num_clients))
@@ -180,14 +191,14 @@ class PhasedStrategy(Protection, FedAvg):
         phases = cls.build_phases(cls.__new__(cls), cfg)
         if cfg.dp == "local":  # against the server: the worst client releases in every round its modality trains
             worst = max(sum(r for phase, r in phases if phase.instruction(m) is not None) for m in counts if counts[m])
-            return [(cfg.dp_noise_multiplier, 1.0)] * worst
-        plan: list[tuple[float, float]] = []
+            return [(cfg.dp_noise_multiplier, 1, 1)] * worst
+        plan: list[tuple[float, int, int]] = []
         for phase, rounds in phases:
             given = {m: phase.instruction(m) for m in counts}
             eligible = sum(counts[m] for m, ins in given.items() if ins is not None)
             groups = max((len(ins.train) for m, ins in given.items() if ins is not None and counts[m]), default=1)
             sigma = effective_multiplier(cfg.dp_noise_multiplier, cfg.dp, groups)
-            plan += [(sigma, min(1.0, cfg.clients_per_round / max(eligible, 1)))] * rounds
+            plan += [(sigma, eligible, cfg.clients_per_round)] * rounds
         return plan
 
     @property
@@ -256,17 +267,26 @@ class PhasedStrategy(Protection, FedAvg):
         clients = self.census.take(client_manager)
         if self.attacked is None:
             self.attacked = self.attackers(self.census.nodes)
-        chosen, pool = self.census.draw(
-            clients, server_round, self.cfg.seed, lambda modality: phase.instruction(modality) is not None
-        )
+            modalities = [p.get("modality") for p in self.properties.values()]
+            problem = self.secure_problem(self.cfg, {m: modalities.count(m) for m in (AUDIO, AUDIOVISUAL)})
+            if problem and self.census.mode == "full":  # a sampled census does not know every node yet
+                raise ConfigError(problem)
+        takes = lambda modality: phase.instruction(modality) is not None  # noqa: E731
+        chosen, pool = self.census.draw(clients, server_round, self.cfg.seed, takes)
         if self.recorder and self.recorder.partitions is None:
             self.recorder.partitions = self.partitions
-        if not chosen:
-            raise RuntimeError(f"no connected client can take part in phase {phase.name!r}")
         # G, the most groups one update spans, over every client the round could have drawn (not only the drawn)
         present = {p.get("modality") for p in self.properties.values()} or {AUDIO, AUDIOVISUAL}
         possible = [phase.instruction(m) for m in (AUDIO, AUDIOVISUAL) if m in present]
         self._release = (max((len(ins.train) for ins in possible if ins), default=1), pool)
+        self._drawn = list(chosen)
+        if self.cfg.dp == "central":
+            self._denominators = self.central_denominators(phase, chosen, pool)
+        if not chosen:
+            if self.cfg.dp == "central" and self.cfg.dp_sampling == "poisson" and pool:
+                self.release_noise_only(server_round, phase)  # the round released noise alone: still counted
+                return []
+            raise RuntimeError(f"no connected client can take part in phase {phase.name!r}")
         secure = self.secure_fields(phase, chosen) if self.cfg.secure_aggregation else {}
         self._secure_layout = secure.get(SECURE_LAYOUT, "")
         out = []
@@ -334,8 +354,10 @@ class PhasedStrategy(Protection, FedAvg):
             names = str(res.metrics["groups"]).split(",")
             groups = unflatten(arrays, names, [len(self.state[ins.slot + g]) for g in names])
             weights = group_examples(res.metrics)  # groups that learnt from fewer clips (those with a frame)
+            uniform = self.cfg.dp == "local"  # the server learns no count under local DP: every client weighs 1
             for g in names:
-                contributions.setdefault(ins.slot + g, []).append((groups[g], weights.get(g, int(res.num_examples))))
+                weight = 1 if uniform else weights.get(g, int(res.num_examples))
+                contributions.setdefault(ins.slot + g, []).append((groups[g], weight))
                 owners.setdefault(ins.slot + g, []).append(len(rows))  # the row of that contribution
             row["update_norm"] = float(
                 np.sqrt(sum(update_norm(groups[g], self.state[ins.slot + g]) ** 2 for g in names))
@@ -350,8 +372,10 @@ class PhasedStrategy(Protection, FedAvg):
         self.aggregator.fallbacks, self.aggregator.kept = set(), {}
         if self.cfg.secure_aggregation:
             self.aggregate_secure(results)
-        for g, contribs in contributions.items():
-            self.state[g] = self.aggregate_group(g, contribs, server_round)
+        # central DP under Poisson draws releases every group someone could have trained, contributors or not
+        released = {**dict.fromkeys(self._denominators), **dict.fromkeys(contributions)}
+        for g in released:
+            self.state[g] = self.aggregate_group(g, contributions.get(g, []), server_round)
         fallbacks = self.aggregator.fallbacks  # groups aggregated by the median for want of contributors
         kept = {g: {owners[g][i] for i in idx} for g, idx in self.aggregator.kept.items()}  # Krum's choice: rows
         if self.recorder:
@@ -378,17 +402,54 @@ class PhasedStrategy(Protection, FedAvg):
             said = [(float(m[reply]), n) for m, n in accepted if reply in m]
             if sum(n for _, n in said):
                 self._round_stats[column] = sum(v * n for v, n in said) / sum(n for _, n in said)
-        if self.cfg.secure_aggregation:  # values beyond secagg-clipping-range, which SecAgg+ clipped
-            self._round_stats["secagg_clipped"] = sum(int(m.get(CLIPPED, 0)) for m, _ in accepted)
-        if self.ledger is not None:
-            groups, eligible = self._release
-            released = [int(row["partition_id"]) for row, keys in rows if keys]  # who sent a (noised) update
-            self._round_stats["epsilon"] = self.ledger.record(groups, self.cfg.clients_per_round, eligible, released)
+        if self.cfg.secure_aggregation:  # values beyond the clipping range (SecAgg+ clipped them), groups skipped
+            self._round_stats["secagg_clipped"] = self._secure_clipped_round
+            self._round_stats["secagg_skipped"] = self._secure_skipped
+        self.record_privacy()
         for failure in failures:
             if isinstance(failure, BaseException):
                 log(WARNING, "round %s: a client failed: %s", server_round, failure)
         self.stamp(server_round, "aggregated")
         return ndarrays_to_parameters(flatten(self.state, self.model_groups)), dict(self._round_stats)
+
+    def record_privacy(self) -> None:
+        """The round's DP release in the ledger: central, the round's mechanism; local, every client drawn (each may
+        have sent a noised update, accepted, rejected or late), by identity."""
+        if self.ledger is None:
+            return
+        groups, eligible = self._release
+        drawn = [self.identity(cid) for cid in self._drawn]
+        self._round_stats["epsilon"] = self.ledger.record(groups, self.cfg.clients_per_round, eligible, drawn)
+
+    def identity(self, cid: str) -> str:
+        """Who a node is, for the privacy ledger and clients.csv: its partition where it has one (a simulation, or
+        a node configured with one), else its node id."""
+        pid = int(self.properties.get(cid, {}).get("partition-id", -1))
+        return f"partition {pid}" if pid >= 0 else f"node {cid}"
+
+    def central_denominators(self, phase: Phase, chosen: list[str], eligible: int) -> dict[str, float]:
+        """Central DP: what each state key's clipped sum is divided by this round. Poisson draws: the expected count
+        of its contributors, q x the eligible clients whose instruction trains it (q = clients-per-round /
+        eligible), so that one client moves it by at most C / that count whoever arrives; fixed draws: nothing here
+        (the contributors that arrive, :meth:`.aggregation.GroupAggregator.private`)."""
+        if self.cfg.dp_sampling != "poisson" or not eligible:
+            return {}
+        q = min(1.0, self.cfg.clients_per_round / eligible)
+        trainers: dict[str, int] = {}
+        for props in self.properties.values():
+            ins = phase.instruction(props.get("modality", ""))
+            for g in ins.train if ins else ():
+                trainers[ins.slot + g] = trainers.get(ins.slot + g, 0) + 1
+        return {key: q * n for key, n in trainers.items() if n}
+
+    def release_noise_only(self, server_round: int, phase: Phase) -> None:
+        """A Poisson round that drew nobody: every group someone could have trained still gets its noise (divided
+        by its expected count), and the round is accounted like any other."""
+        log(INFO, "round %s: the Poisson draw chose no client; the round releases noise alone", server_round)
+        for g in self._denominators:
+            self.state[g] = self.aggregate_group(g, [], server_round)
+        self._round_stats = {"clients": 0, "failures": 0, "audio_only_share": self.census.audio_only_share()}
+        self.record_privacy()
 
     def configure_evaluate(self, server_round, parameters, client_manager):
         return []  # evaluation is centralised on the held-out test split
@@ -512,8 +573,9 @@ class PhasedStrategy(Protection, FedAvg):
     def aggregate_group(
         self, key: str, contributions: list[tuple[list[np.ndarray], int]], server_round: int
     ) -> list[np.ndarray]:
-        """Aggregate one group (state key) over exactly the clients that returned it (:mod:`.aggregation`)."""
-        return self.aggregator(key, self.state[key], contributions, server_round)
+        """Aggregate one group (state key) over exactly the clients that returned it (:mod:`.aggregation`; central
+        DP under Poisson draws divides by the group's expected count of contributors)."""
+        return self.aggregator(key, self.state[key], contributions, server_round, self._denominators.get(key))
 
     def arrays_for(self, names: tuple[str, ...], slot: str = "") -> list[np.ndarray]:
         out = []
@@ -563,6 +625,7 @@ class PhasedStrategy(Protection, FedAvg):
             "phase": phase.name,
             "node_id": cid,
             "partition_id": props.get("partition-id", -1),
+            "client": self.identity(cid),
             "modality": str(m.get("modality", props.get("modality", ""))),
             "task": ins.task if ins else "",
             "status": "rejected" if problem and res is not None else ("failed" if problem else "ok"),

@@ -1,5 +1,5 @@
 """Who takes part: the connected nodes, their modality and partition (asked once per node), and the
-seeded draw of a round's clients."""
+draw of a round's clients: a fixed number, or (central DP's default) each client on its own with probability q."""
 
 from __future__ import annotations
 
@@ -27,10 +27,17 @@ def round_random(seed: int, server_round: int, secret: bool = False) -> random.R
     return random.SystemRandom() if secret else random.Random(seed * 100_003 + server_round)
 
 
-def draw_clients(seed: int, server_round: int, eligible: list, k: int, secret: bool = False) -> list:
-    """The clients of a round: ``k`` of ``eligible`` (ordered by partition id), drawn from the seed and round, or
-    from the operating system's entropy when ``secret``."""
-    return round_random(seed, server_round, secret).sample(eligible, min(k, len(eligible)))
+def draw_clients(
+    seed: int, server_round: int, eligible: list, k: int, secret: bool = False, poisson: bool = False
+) -> list:
+    """The clients of a round: ``k`` of ``eligible`` (ordered by partition id), or with ``poisson`` each of them on
+    its own with probability q = k / len(eligible) (Binomial(len(eligible), q) of them, possibly none); drawn from
+    the seed and round, or from the operating system's entropy when ``secret``."""
+    rng = round_random(seed, server_round, secret)
+    if poisson:
+        q = min(1.0, k / len(eligible)) if eligible else 0.0
+        return [c for c in eligible if rng.random() < q]
+    return rng.sample(eligible, min(k, len(eligible)))
 
 
 def partition_summary(properties: list[dict]) -> dict:
@@ -84,10 +91,11 @@ class Census:
     qualify, topped up from nodes not asked yet. Every reply updates what the census knows (:meth:`heard`), and
     no node is asked twice. ``auto``: full up to ``FULL_CENSUS_UP_TO`` nodes."""
 
-    def __init__(self, clients_per_round: int, mode: str = "full", secret: bool = False) -> None:
+    def __init__(self, clients_per_round: int, mode: str = "full", secret: bool = False, poisson: bool = False) -> None:
         self.clients_per_round = clients_per_round
         self.mode = mode
         self.secret = secret  # draws from the operating system's entropy (differential privacy)
+        self.poisson = poisson  # each eligible client drawn on its own (central DP's sampling; a full census)
         self.properties: dict[str, dict] = {}
         self.asked: set[str] = set()
         self.partitions: dict | None = None  # partition_summary of the nodes first known
@@ -123,7 +131,7 @@ class Census:
             pool = sorted(
                 (c for c in clients if c in self.properties and takes(self.properties[c]["modality"])), key=self.order
             )
-            return draw_clients(seed, server_round, pool, k, self.secret), len(pool)
+            return draw_clients(seed, server_round, pool, k, self.secret, self.poisson), len(pool)
         if takes(AUDIO) and takes(AUDIOVISUAL):  # any node will do: draw among all, ask the unknown drawn ones
             nodes = sorted(clients, key=node_key)
             drawn = draw_clients(seed, server_round, nodes, k, self.secret)

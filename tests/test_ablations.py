@@ -345,13 +345,20 @@ def test_privacy_takes_its_clipping_norm_from_the_clean_run_and_tables_epsilon(t
         return True
 
     run_cells(cells, tmp_path, fake)
-    md, runs = security.privacy_table(cells, tmp_path, 0.23)
+    audit = {  # the audit's recorded rows: the one with known noise is not a row of the table
+        "rows": [
+            {"mode": "central", "sigma": 2.0, "known_noise": False, "lower_bound": 0.12, "accountant_epsilon": 0.4},
+            {"mode": "central", "sigma": 2.0, "known_noise": True, "lower_bound": 4.0, "accountant_epsilon": 0.4},
+        ]
+    }
+    md, runs = security.privacy_table(cells, tmp_path, 0.23, audit)
     assert (
-        "| central | 2 | 1 | 5.0 | 20.0 | 50.0 |" in md and "C = 0.23, the median update norm of the clean seed-0" in md
+        "| central | 2 | 1 | 5.0 | 0.12 <= 0.40 | 20.0 | 50.0 |" in md
+        and "C = 0.23, the median update norm of the clean seed-0" in md
     )
-    assert "| local | 2 | 1 | 5.0 worst client, 2.0 median | 20.0 | 50.0 |" in md
-    assert "| secure aggregation | - | 1 | inf (no DP) | 50.0 | 50.0 |" in md
-    assert "| secure aggregation + local DP | 2 | 1 | 5.0 worst client, 2.0 median | 20.0 | 50.0 |" in md
+    assert "| local | 2 | 1 | 5.0 worst client, 2.0 median | - | 20.0 | 50.0 |" in md  # the audit has no local row
+    assert "| secure aggregation | - | 1 | inf (no DP) | - | 50.0 | 50.0 |" in md
+    assert "| secure aggregation + local DP | 2 | 1 | 5.0 worst client, 2.0 median | - | 20.0 | 50.0 |" in md
     assert security.privacy_figure(runs, tmp_path).stat().st_size > 1000
 
 

@@ -47,21 +47,28 @@ ZERO = [np.zeros(1000, np.float32)]
 
 # ------------------------------------------------------------------------------------------- noise nobody recomputes
 def test_central_dp_is_flowers_clipped_uniform_mean_and_its_noise_comes_from_the_os_unless_insecure():
-    """Flower's wrapper (clip to C, the uniform mean, noise sigma C / n) computed with its functions; two runs with one
-    config draw different noise, the same standard deviation; with dp-insecure-seeded-noise they repeat exactly."""
+    """Fixed-size draws: Flower's wrapper's clipped uniform mean, with noise sigma x 2 C / n (replace-one);
+    Poisson draws: the clipped sum over the expected count, noise sigma x C / that count (add-remove). Two runs with
+    one config draw different noise of the same standard deviation; with dp-insecure-seeded-noise they repeat."""
     updates = [([np.linspace(-3, 5, 1000).astype(np.float32)], 7), ([np.full(1000, 0.01, np.float32)], 50)]
-    quiet = aggregator(dp="central", dp_clipping_norm=1.0, dp_noise_multiplier=1e-9, dp_insecure_seeded_noise=True)
+    quiet = aggregator(
+        dp="central", dp_clipping_norm=1.0, dp_noise_multiplier=1e-9, dp_insecure_seeded_noise=True, dp_sampling="fixed"
+    )
     ours = quiet("g", ZERO, updates, 3)[0]
     flower = DifferentialPrivacyServerSideFixedClipping(FedAvg(), 1e-9, 1.0, 2)
     flower.current_round_params = ZERO
     results = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(a), 1, {})) for a, _ in updates]
     reference = parameters_to_ndarrays(flower.aggregate_fit(3, results, [])[0])[0]
     np.testing.assert_allclose(ours, reference, atol=1e-7)
+    poisson = aggregator(dp="central", dp_clipping_norm=1.0, dp_noise_multiplier=1e-9, dp_insecure_seeded_noise=True)
+    np.testing.assert_allclose(poisson("g", ZERO, updates, 3, 4.0)[0], reference * 2 / 4, atol=1e-7)  # sum / 4
 
-    secure_noise = aggregator(dp="central", dp_clipping_norm=1.0, dp_noise_multiplier=2.0)
+    secure_noise = aggregator(dp="central", dp_clipping_norm=1.0, dp_noise_multiplier=2.0, dp_sampling="fixed")
     a, b = secure_noise("g", ZERO, BIG, 3)[0], secure_noise("g", ZERO, BIG, 3)[0]
     assert not np.allclose(a, b)  # the operating system's entropy: no two draws alike
-    assert a.std() == pytest.approx(2.0 * 1.0 / 2, rel=0.1) and b.std() == pytest.approx(1.0, rel=0.1)  # sigma C / n
+    assert a.std() == pytest.approx(2.0 * 2 * 1.0 / 2, rel=0.1) and b.std() == pytest.approx(2.0, rel=0.1)  # 2 C / n
+    by_expected = aggregator(dp="central", dp_clipping_norm=1.0, dp_noise_multiplier=2.0)("g", ZERO, BIG, 3, 8.0)[0]
+    assert by_expected.std() == pytest.approx(2.0 * 1.0 / 8.0, rel=0.1)  # sigma C / the expected count
     np.random.seed(0)
     c = secure_noise("g", ZERO, BIG, 3)[0]
     np.random.seed(0)
@@ -121,7 +128,9 @@ def test_a_dp_run_draws_its_clients_from_the_os_entropy_unless_insecure(cache, t
     central = {"dp": "central", "dp-clipping-norm": 1.0}
     assert draws(**central) != draws(**central)
     insecure = central | {"dp-insecure-seeded-noise": True}
-    assert draws(**insecure) == draws(**insecure) == draws()
+    assert draws(**insecure) == draws(**insecure)  # Poisson draws from the seed: repeatable, and not secret
+    fixed = insecure | {"dp-sampling": "fixed"}
+    assert draws(**fixed) == draws(**fixed) == draws()  # fixed-size draws from the seed: the non-DP run's clients
 
 
 def test_insecure_noise_is_refused_by_a_deployment_before_it_starts(tmp_path, data_dir):
@@ -157,7 +166,7 @@ def test_local_epsilon_is_the_gaussian_composed_over_the_worst_clients_releases_
     from dp_accounting.rdp import rdp_privacy_accountant as rdp
 
     ledger = PrivacyLedger("local", 1.0, 1e-5)
-    for released in ([0, 1, 2], [0, 3], [0, 1], [4]):
+    for released in (["p0", "p1", "p2"], ["p0", "p3"], ["p0", "p1"], ["p4"]):
         eps = ledger.record(groups=3, clients_per_round=3, eligible=100, released=released)
     direct = rdp.RdpAccountant(ORDERS)
     direct.compose(dp_event.SelfComposedDpEvent(dp_event.GaussianDpEvent(1.0), 3))  # client 0 released 3 times
@@ -187,7 +196,7 @@ def test_a_local_dp_run_records_each_clients_releases_and_the_summary_says_worst
     import pandas as pd
 
     clients = pd.read_csv(strategy.recorder.dir / "clients.csv")
-    released = clients[clients["status"] == "ok"].groupby("partition_id").size()
+    released = clients.groupby("client").size()  # every client drawn: each may have sent a noised update
     privacy = json.loads((strategy.recorder.dir / "summary.json").read_text())["privacy"]
     assert privacy["releases_worst_client"] == released.max()
     assert privacy["epsilon_worst_client"] == pytest.approx(gaussian_epsilon(1.0, int(released.max()), 1e-5))
@@ -199,7 +208,7 @@ def test_a_local_dp_run_records_each_clients_releases_and_the_summary_says_worst
 def test_the_pre_run_budget_of_local_dp_is_the_client_that_could_release_every_round():
     cfg, cls = resolve_config({"dp": "local", "dp-clipping-norm": 1.0, "num-server-rounds": 8, "distill-rounds": 2})
     plan = cls.privacy_plan(cfg, 100)
-    assert plan == [(1.0, 1.0)] * 10  # an audiovisual client trains in both phases
+    assert plan == [(1.0, 1, 1)] * 10  # an audiovisual client trains in both phases: 10 unsampled releases
     assert spent(plan, 1e-5) == pytest.approx(gaussian_epsilon(1.0, 10, 1e-5), rel=1e-9)
 
 
@@ -296,20 +305,27 @@ def test_secure_encoding_sums_to_the_weighted_mean_of_each_group_over_its_client
     }
     layout = [(k, sum(x.size for x in v)) for k, v in current.items()]
     clients = [  # (slot, {group: update arrays}, {group: examples})
-        ("", {"a": [rng.normal(size=(2, 3))], "b": [rng.normal(size=4), np.full(2, 3.0)]}, {"a": 30, "b": 30}),
+        ("", {"a": [rng.normal(size=(2, 3))], "b": [rng.normal(size=4), np.full(2, 3, np.int64)]}, {"a": 30, "b": 30}),
         ("", {"a": [rng.normal(size=(2, 3))]}, {"a": 10}),
         ("av/", {"a": [rng.normal(size=(2, 3))]}, {"a": 20}),
     ]
     vectors = [secure.encode(layout, slot, upd, w, 30.0, 8.0)[0] for slot, upd, w in clients]
+    assert all(v.size == secure.vector_size(layout) for v in vectors)
     new, weights = secure.decode(np.sum(vectors, axis=0), layout, current)
     expected_a = (30 * clients[0][1]["a"][0] + 10 * clients[1][1]["a"][0]) / 40
     np.testing.assert_allclose(new["a"][0], expected_a, rtol=1e-6)
     np.testing.assert_allclose(new["b"][0], 1 + clients[0][1]["b"][0], rtol=1e-6)
-    assert new["b"][1].dtype == np.int64 and (new["b"][1] == 3).all()
+    # a counter (its update says how many batches the client trained) is never released: the vector holds zeros
+    assert vectors[0][layout[0][1] + 4 : layout[0][1] + 6].tolist() == [0.0, 0.0]
+    assert new["b"][1].dtype == np.int64 and (new["b"][1] == 0).all()
     np.testing.assert_allclose(new["av/a"][0], clients[2][1]["a"][0], rtol=1e-6)
     assert weights == pytest.approx({"a": 40 / 30, "b": 1.0, "av/a": 20 / 30})
-    _, clipped = secure.encode(layout, "", {"a": [np.full((2, 3), 4.0)]}, {"a": 30}, 30.0, 1.0)
+    big, clipped = secure.encode(layout, "", {"a": [np.full((2, 3), 4.0)]}, {"a": 30}, 30.0, 1.0)
     assert clipped == 6  # every value of group a beyond +-1
+    small, none = secure.encode(layout, "", {"a": [np.full((2, 3), 0.5)]}, {"a": 45}, 30.0, 1.0)  # capped at 30
+    assert none == 0 and small[layout[0][1] + layout[1][1] + layout[2][1]] == 1.0
+    # the clipped counts travel inside the vector: the sum tells the server the round's total, not a client's
+    assert secure.clipped_total(big + small, layout, 1.0) == pytest.approx(6)
     assert secure.quantization_range(10) == 2**28 and 10 * secure.quantization_range(10) < secure.MODULUS
 
 
@@ -322,15 +338,15 @@ def test_the_strategy_takes_one_sum_per_round_and_refuses_individual_updates(cac
         clients_per_round=4,
         recorder=False,
         evaluator=False,
-        **{"secure-aggregation": True},
+        **{"secure-aggregation": True, "secure-min-clients": 2},
     )
     instructions = strategy.configure_fit(1, strategy.initialize_parameters(manager), manager)
     config = dict(instructions[0][1].config)
     layout = secure.parse_layout(str(config[secure.LAYOUT]))
     assert [k for k, _ in layout] == ["audio_encoder", "audio_head", "video_encoder", "fusion_head"]
     before = {k: [a.copy() for a in strategy.state[k]] for k, _ in layout}
-    total = np.zeros(sum(n for _, n in layout) + len(layout))
-    total[-4] = 2.0  # summed weights of audio_encoder: two client-scales
+    total = np.zeros(secure.vector_size(layout))
+    total[-5] = 2.0  # summed weights of audio_encoder: two client-scales (then the other 3 weights, the clipped share)
     total[: layout[0][1]] = 0.5  # summed weighted update of audio_encoder
     reply = {"groups": "audio_encoder"}
     same = [

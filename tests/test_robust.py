@@ -21,7 +21,7 @@ from flwr.compat.common import recorddict_compat as compat
 
 from clients import mods
 from mirror_app.core.config import ConfigError, RunConfig
-from mirror_app.core.privacy import ORDERS, PrivacyLedger, spent
+from mirror_app.core.privacy import PrivacyLedger, spent
 from strategies.aggregation import GroupAggregator, capped_weights
 
 
@@ -131,29 +131,21 @@ def test_max_update_norm_pulls_a_large_update_back_to_a_multiple_of_the_median()
 def test_central_dp_clips_and_averages_uniformly():
     big = [([np.full(1000, v, np.float32)], n) for v, n in ((10.0, 1), (-10.0, 100))]
     current = [np.zeros(1000, np.float32)]
-    silent = aggregator(dp="central", dp_clipping_norm=1.0, dp_noise_multiplier=1e-9)("g", current, big, 3)
-    np.testing.assert_allclose(silent[0], 0.0, atol=1e-6)  # both clipped to norm 1, equal weight: they cancel
+    for sampling, denominator in (("fixed", None), ("poisson", 2.0)):
+        silent = aggregator(dp="central", dp_clipping_norm=1.0, dp_noise_multiplier=1e-9, dp_sampling=sampling)
+        np.testing.assert_allclose(silent("g", current, big, 3, denominator)[0], 0.0, atol=1e-6)  # equal weight
     # the noise: tests/test_privacy.py
 
 
-def test_the_accountant_is_the_librarys_direct_call():
-    from dp_accounting import dp_event
-    from dp_accounting.rdp import rdp_privacy_accountant as rdp
-
-    direct = rdp.RdpAccountant(ORDERS)
-    direct.compose(dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(0.1, dp_event.GaussianDpEvent(1.1)), 80))
-    direct.compose(
-        dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(1 / 7, dp_event.GaussianDpEvent(1.1)), 20)
-    )
-    assert spent([(1.1, 0.1)] * 80 + [(1.1, 1 / 7)] * 20, 1e-5) == pytest.approx(direct.get_epsilon(1e-5), rel=1e-12)
+def test_the_ledger_records_each_rounds_mechanism():
     ledger = PrivacyLedger("central", 2.0, 1e-5)
     for _ in range(5):
         eps = ledger.record(groups=4, clients_per_round=10, eligible=100)
-    assert ledger.rounds == [(1.0, 0.1)] * 5  # four groups per update: sigma / sqrt(4)
-    assert eps == pytest.approx(spent([(1.0, 0.1)] * 5, 1e-5))
-    # local DP: no amplification by sampling (tests/test_privacy.py)
-    assert PrivacyLedger("local", 2.0, 1e-5).record(4, 10, 100, released=[3]) == pytest.approx(
-        spent([(2.0, 1.0)], 1e-5)
+    assert ledger.rounds == [(1.0, 100, 10)] * 5  # four groups per update: sigma / sqrt(4); 10 of 100
+    assert eps == pytest.approx(spent([(1.0, 100, 10)] * 5, 1e-5))
+    # local DP: no amplification by sampling (tests/test_privacy.py); the accountant itself: test_privacy.py too
+    assert PrivacyLedger("local", 2.0, 1e-5).record(4, 10, 100, released=["partition 3"]) == pytest.approx(
+        spent([(2.0, 1, 1)], 1e-5)
     )
 
 
@@ -394,6 +386,6 @@ def test_central_dp_records_epsilon_every_round_and_in_the_summary(superlink, da
     assert summary["privacy"]["epsilon"] == pytest.approx(eps[-1]) and summary["privacy"]["delta"] == 1e-5
     # phase 1: train-av updates span 3 groups (audio and video encoders, fusion head; audio-only clients' 2),
     # q = 4 / 8; distillation: the student's 2 groups, q = 4 / (8 - 2)
-    plan = [(1.5 / np.sqrt(3), 0.5), (1.5 / np.sqrt(2), 4 / 6)]
+    plan = [(1.5 / np.sqrt(3), 8, 4), (1.5 / np.sqrt(2), 6, 4)]
     assert eps[0] == pytest.approx(spent(plan[:1], 1e-5), rel=1e-9)
     assert eps[-1] == pytest.approx(spent(plan, 1e-5), rel=1e-9)

@@ -71,6 +71,7 @@ def run(link, project: Path, data_dir, out: Path, secure: bool) -> Path:
         f"data-dir='{data_dir}' output-dir='{out}' strategy='multifl' num-server-rounds=1 distill-rounds=0 "
         f"clients-per-round=8 eval-every=1 partitioner='iid' missing-rate=0.25 "
         f"secure-aggregation={'true' if secure else 'false'}"
+        + (" secure-min-clients=2" if secure else "")  # 2 audio-only clients train the audio head
     )
     res = link.flwr_run(project, "--federation-config", "num-supernodes=8", "--run-config", config, timeout=600)
     runs = list(out.glob("*-run*"))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .distillation import DIVERGENCES, OBJECTIVES, TEACHERS, DistillSettings
+from .privacy import SAMPLINGS
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"  # the app's root, also inside a FAB
 
@@ -40,6 +41,7 @@ SECURE_RULES = ("fedavg", "fedprox")  # the aggregators secure aggregation compu
 SECAGG_MODULUS = 2**32  # SecAgg+'s modulus range (Flower's default): a round's quantised sum must stay below it
 SECAGG_MAX_CLIENTS = SECAGG_MODULUS // 2**20 - 1  # the most clients whose 2^20-level values sum below the modulus
 CENSUS_MODES = ("auto", "full", "sampled")
+SECURE_NOISE_STDS = 5.5  # secure aggregation with local DP: noise standard deviations inside the clipping range
 LIST_VALUED = ("eval-missing-video",)  # string keys holding a comma-separated list of numbers (one number is a list)
 FULL_CENSUS_UP_TO = 1000  # census 'auto': ask every node first up to this many nodes, learn from the drawn above
 
@@ -103,7 +105,10 @@ class RunConfig:
     dp_target_epsilon: float
     dp_neighbouring: str
     dp_insecure_seeded_noise: bool
+    dp_sampling: str
     secure_aggregation: bool
+    secure_min_clients: int
+    secagg_max_examples: int
     secagg_clipping_range: float
     secagg_reconstruction_threshold: float
     fold: int
@@ -331,6 +336,20 @@ class RunConfig:
         )
 
     @property
+    def secure_clipping_range(self) -> float:
+        """The range SecAgg+ clips each sent value to: ``secagg-clipping-range``, raised under local DP to C + 5.5 x
+        sigma x the sensitivity, so that a clipped update coordinate (at most C) plus its noise is clipped in fewer
+        than one value in a million (the normal tail beyond 5.5 standard deviations is 4e-8)."""
+        if self.dp != "local":
+            return self.secagg_clipping_range
+        from .privacy import sensitivity
+
+        bound = self.dp_clipping_norm + SECURE_NOISE_STDS * self.dp_noise_multiplier * sensitivity(
+            self.dp_clipping_norm, self.dp_neighbouring
+        )
+        return max(self.secagg_clipping_range, bound)
+
+    @property
     def eval_missing_shares(self) -> tuple[float, ...]:
         """``eval-missing-video`` as numbers: the test-time shares of clips without video."""
         return tuple(float(p) for p in self.eval_missing_video.split(",") if p.strip())
@@ -402,6 +421,15 @@ class RunConfig:
             )
         if self.dp_neighbouring not in NEIGHBOURING:
             raise _err("dp-neighbouring", self.dp_neighbouring, f"one of {list(NEIGHBOURING)}")
+        if self.dp_sampling not in SAMPLINGS:
+            raise _err("dp-sampling", self.dp_sampling, f"one of {list(SAMPLINGS)}")
+        if self.dp == "central" and self.census == "sampled":
+            raise _err(
+                "census",
+                self.census,
+                "'full' or 'auto' with dp 'central' (the expected count of each group's contributors needs every "
+                "client's modality before the first draw)",
+            )
         self.validate_secure_aggregation()
 
     def validate_secure_aggregation(self) -> None:
@@ -436,6 +464,15 @@ class RunConfig:
                 f"an integer in [2, {SECAGG_MAX_CLIENTS}] with secure-aggregation (SecAgg+ sums at least two clients' "
                 "vectors, each quantised to 2^20 levels or more, within its 2^32 modulus)",
             )
+        if not 2 <= self.secure_min_clients <= k:
+            raise _err(
+                "secure-min-clients",
+                self.secure_min_clients,
+                f"an integer in [2, clients-per-round {k}] with secure-aggregation (a group summed from one client "
+                "is that client's update; with more than clients-per-round no group is ever updated)",
+            )
+        if self.secagg_max_examples < 1:
+            raise _err("secagg-max-examples", self.secagg_max_examples, "an integer >= 1")
         if not self.secagg_clipping_range > 0:
             raise _err("secagg-clipping-range", self.secagg_clipping_range, "a number > 0")
         if not 0 < self.secagg_reconstruction_threshold <= 1:

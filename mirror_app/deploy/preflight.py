@@ -64,6 +64,14 @@ def check_run(run_config: str, dataset: bool = True, num_clients: int = 0, requi
     cfg, strategy_cls = resolve_config(pairs_to_values(parse_pairs(run_config)))
     if num_clients and cfg.dp != "off" and cfg.dp_target_epsilon > 0:
         check_budget(cfg, strategy_cls.privacy_plan(cfg, num_clients), num_clients)
+    if num_clients and cfg.secure_aggregation:  # a group that could never be summed from enough contributors
+        from data.partition import AUDIO, AUDIOVISUAL
+        from mirror_app.core.config import ConfigError
+
+        audio = int(round(cfg.missing_rate * num_clients))
+        problem = strategy_cls.secure_problem(cfg, {AUDIO: audio, AUDIOVISUAL: num_clients - audio})
+        if problem:
+            raise ConfigError(problem)
     cfg.check_output_dir()
     if dataset:
         try:
@@ -86,13 +94,14 @@ def check_budget(cfg, plan: list[tuple[float, float]], num_clients: int) -> floa
     from mirror_app.core.config import ConfigError
     from mirror_app.core.privacy import spent
 
-    total = spent(plan, cfg.dp_delta)
+    sampling = cfg.dp_sampling if cfg.dp == "central" else "poisson"  # local: q = 1, no sampling
+    total = spent(plan, cfg.dp_delta, sampling)
     if total <= cfg.dp_target_epsilon:
         return total
     lo, hi = 0, len(plan)  # the first round after which epsilon exceeds the target
     while lo + 1 < hi:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if spent(plan[:mid], cfg.dp_delta) <= cfg.dp_target_epsilon else (lo, mid)
+        lo, hi = (mid, hi) if spent(plan[:mid], cfg.dp_delta, sampling) <= cfg.dp_target_epsilon else (lo, mid)
     raise ConfigError(
         f"run config 'dp-target-epsilon' = {cfg.dp_target_epsilon:g} is exceeded: with {num_clients} clients, "
         f"{cfg.clients_per_round} a round, dp '{cfg.dp}' and dp-noise-multiplier {cfg.dp_noise_multiplier:g}, "

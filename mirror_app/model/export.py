@@ -436,10 +436,16 @@ def privacy_line(privacy: dict | None) -> str:
             f"neighbouring relation {privacy['neighbouring']}: sensitivity {privacy['sensitivity']:g}; "
             f"{privacy['accountant']}), client-level, noise from the operating system's entropy."
         )
+    how = (
+        f"; sampling {privacy['sampling']}, neighbouring relation {privacy['neighbouring']} (sensitivity "
+        f"{privacy['sensitivity']:g}), each group divided by {privacy['denominator']}"
+        if "sampling" in privacy
+        else ""
+    )
     return (
         f"- Privacy: {privacy['dp']} differential privacy, (epsilon, delta) = ({privacy['epsilon']:.2f}, "
         f"{privacy['delta']:g}) after {privacy['rounds']} rounds (noise multiplier {privacy['noise_multiplier']:g}, "
-        f"clipping norm {privacy['clipping_norm']:g}; {privacy['accountant']}), client-level, noise from the "
+        f"clipping norm {privacy['clipping_norm']:g}{how}; {privacy['accountant']}), client-level, noise from the "
         "operating system's entropy."
     )
 
@@ -448,10 +454,21 @@ def secure_line(secure: dict | None) -> str:
     """The model card's statement of what the server saw of the clients' updates."""
     if not secure:
         return "- Updates: the server saw each client's update of the groups it trained."
-    return (
+    parts = [
         f"- Updates: secure aggregation, {secure['protocol']}; each value clipped to +-{secure['clipping_range']:g} "
-        f"and quantised to {secure['quantization_levels']} levels."
-    )
+        f"and quantised to {secure['quantization_levels']} levels"
+    ]
+    if "clipped_share" in secure:
+        parts.append(
+            f"{secure['clipped_values']} values clipped in all ({100 * secure['clipped_share']:.4f} % of those sent)"
+        )
+    if "min_clients" in secure:
+        skipped = ", ".join(f"{g} in {n} rounds" for g, n in (secure.get("skipped_rounds") or {}).items())
+        parts.append(
+            f"a group was updated only from at least {secure['min_clients']} contributors"
+            + (f" (left untrained for want of them: {skipped})" if skipped else "")
+        )
+    return "; ".join(parts) + "."
 
 
 def attack_line(attack: dict | None, aggregator: str) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from pathlib import Path
 
@@ -218,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         kept = security.krum_kept_table(cells, out)  # runs made here, not records: whose updates Krum kept
         markdown += f"\n{kept}" if kept else ""
     elif args.which == "privacy":
-        markdown, frame = security.privacy_table(cells, out, norm)
+        audit = records / "audit" / "report.json" if records else None
+        recorded = json.loads(audit.read_text()) if audit is not None and audit.is_file() else None
+        markdown, frame = security.privacy_table(cells, out, norm, recorded)
         security.privacy_figure(frame, out)
         budget = security.budget_frame(run_config)
         markdown += "\n" + security.budget_table(budget)

@@ -133,13 +133,14 @@ def default_run(records: Path) -> tuple[str, dict[str, bytes]]:
     return "\n".join(lines) + "\n", {}
 
 
-def bench_page(name: str) -> Callable[[Path], tuple[str, dict[str, bytes]]]:
-    """The renderer of a benchmark's recorded report (``records/<name>/report.json``): its own markdown, and for the
-    scale benchmark its figure."""
+def bench_page(name: str, module_name: str = "") -> Callable[[Path], tuple[str, dict[str, bytes]]]:
+    """The renderer of a recorded report (``records/<name>/report.json``, a benchmark's or the audit's): the markdown
+    of its module (``module_name``; a benchmark's own by default), and for the scale benchmark its figure."""
 
     def render(records: Path) -> tuple[str, dict[str, bytes]]:
         report = json.loads((records / name / "report.json").read_text())
-        module = __import__(f"mirror_app.bench.{'report' if name == 'bench' else name}", fromlist=["markdown"])
+        module_name_ = module_name or f"mirror_app.bench.{'report' if name == 'bench' else name}"
+        module = __import__(module_name_, fromlist=["markdown"])
         files = {}
         if name == "scale":
             with tempfile.TemporaryDirectory() as tmp:
@@ -264,6 +265,14 @@ REPORTS = (
         "skew",
         "mirror_app.studies.ablations",
         ("skew", "--records", "docs/records/skew"),
+    ),
+    Report(
+        "audit",
+        "An audit that can fail: empirical lower bounds on epsilon against the accountant's",
+        "python -m mirror_app.studies.audit --records docs/records/privacy",
+        "privacy",
+        render=bench_page("audit", "mirror_app.studies.audit"),
+        keys=("audit",),
     ),
     Report(
         "robust",

@@ -261,7 +261,18 @@ def _setting(cell: Cell) -> tuple[str, float]:
     return name, float(pairs.get("dp-noise-multiplier", "nan"))
 
 
-def privacy_table(cells: list[Cell], out: Path, norm: float) -> tuple[str, pd.DataFrame]:
+def audit_cell(audit: dict | None, mode: str, sigma: float) -> str:
+    """The audit's row for a privacy setting (``mirror_app.studies.audit``'s recorded report): its empirical lower
+    bound on one release's epsilon against the accountant's, or '-' where the audit has no such row."""
+    rows = [
+        r
+        for r in (audit or {}).get("rows", [])
+        if r["mode"] == mode and not r["known_noise"] and np.isclose(r["sigma"], sigma)
+    ]
+    return f"{rows[0]['lower_bound']:.2f} <= {rows[0]['accountant_epsilon']:.2f}" if rows else "-"
+
+
+def privacy_table(cells: list[Cell], out: Path, norm: float, audit: dict | None = None) -> tuple[str, pd.DataFrame]:
     runs = collect(cells, out)
     settings = [_setting(c) for c in cells]
     runs["dp"] = [name for name, _ in settings]
@@ -275,8 +286,9 @@ def privacy_table(cells: list[Cell], out: Path, norm: float) -> tuple[str, pd.Da
     runs["epsilon"], runs["epsilon_median_client"] = eps, median
     ok = runs[runs["status"] == "ok"]
     lines = [
-        "| setting | noise multiplier | seeds | epsilon (delta 1e-5) | audio top-1 (best dev) | AV top-1 |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| setting | noise multiplier | seeds | epsilon (delta 1e-5) | one release: audited lower bound <= "
+        "accountant | audio top-1 (best dev) | AV top-1 |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for (mode, sigma), g in ok.groupby(["dp", "sigma"], dropna=False, sort=False):
         top = _cell(g, "best_dev_", len(g)).split(" / ")[0]
@@ -287,8 +299,9 @@ def privacy_table(cells: list[Cell], out: Path, norm: float) -> tuple[str, pd.Da
             epsilon = f"{g['epsilon'].mean():.1f} worst client, {g['epsilon_median_client'].mean():.1f} median"
         else:
             epsilon = f"{g['epsilon'].mean():.1f}"
+        audited = audit_cell(audit, mode, sigma) if mode in ("central", "local") else "-"
         lines.append(
-            f"| {mode} | {'-' if np.isnan(sigma) else f'{sigma:g}'} | {len(g)} | {epsilon} | {top} | "
+            f"| {mode} | {'-' if np.isnan(sigma) else f'{sigma:g}'} | {len(g)} | {epsilon} | {audited} | {top} | "
             f"{av.mean():.1f}{f' +- {av.std(ddof=0):.1f}' if len(av) > 1 else ''} |"
         )
     lines += [
@@ -296,12 +309,16 @@ def privacy_table(cells: list[Cell], out: Path, norm: float) -> tuple[str, pd.Da
         f"ModalityMirror, best-dev top-1 in % (mean +- std over seeds). Clipping norm C = {norm:g}, the median "
         f"update norm of the clean seed-{cells[0].seed} run (choosing C from a non-private run is the usual "
         "shortcut; it is not itself accounted). Noise from the operating system's entropy, clients drawn from it "
-        "too (not repeatable: another run of a cell gives other digits). Central: each parameter group clipped to C "
-        "on the server, noise sigma x C / n, epsilon of the Poisson-subsampled Gaussian over the rounds; local: each "
-        "client clips its update to C and adds sigma x 2 C (dp-neighbouring 'replace'), epsilon of the Gaussian "
-        "composed over the rounds a client released an update, against the server (no amplification), for the "
-        "client that released most and the median one; secure aggregation: SecAgg+, the server sees only sums "
-        "(dp-accounting's RDP accountant, mirror_app/core/privacy.py).",
+        "too (not repeatable: another run of a cell gives other digits). Central: clients drawn by Poisson sampling "
+        "(each with q = clients-per-round / eligible), each parameter group's clipped sum plus noise sigma x C "
+        "divided by its expected count of contributors, epsilon of the Poisson-subsampled Gaussian over the rounds "
+        "(add-remove); local: each client clips its update to C and adds sigma x 2 C (dp-neighbouring 'replace'), "
+        "epsilon of the Gaussian composed over the rounds a client was drawn in, against the server (no "
+        "amplification), for the client drawn most and the median one; secure aggregation: SecAgg+, the server sees "
+        "only sums of groups with at least secure-min-clients contributors (dp-accounting's RDP accountant, "
+        "mirror_app/core/privacy.py). One release: the audit (`python -m mirror_app.studies.audit`, "
+        "[audit.md](audit.md)) of one round's release at this noise multiplier (central: 10 of 100 clients, C = 1): "
+        "the empirical lower bound on its epsilon, which must stay at or below the accountant's.",
     ]
     lines += secure_against_clean(cells, out, runs)
     return "\n".join(lines) + "\n", runs
@@ -396,7 +413,7 @@ def budget_frame(run_config: str) -> pd.DataFrame:
                         "sigma": sigma,
                         "clients": n,
                         "rounds": len(plan),
-                        "epsilon": spent(plan, cfg.dp_delta),
+                        "epsilon": spent(plan, cfg.dp_delta, cfg.dp_sampling),
                         "delta": cfg.dp_delta,
                     }
                 )
