@@ -123,14 +123,16 @@ prepare: venv
 	@test -n "$(DATASET)" -a -n "$(SRC)" || { echo "usage: make prepare DATASET=ucf101|activitynet|manifest SRC=<folder> [DATA_DIR=...] [PREPARE_ARGS='--image-size 112']"; exit 2; }
 	$(PY) -m data.prepare $(DATASET) --src "$(SRC)" --data-dir "$(DATA_DIR)" $(PREPARE_ARGS)
 
-## deploy-local: a real SuperLink and N SuperNodes on loopback (AUDIO_ONLY of them without video)
+## deploy-local: a real SuperLink and N SuperNodes on loopback (AUDIO_ONLY of them without video), from the encoders
+## make run uses (built first where missing), on the embedded dataset under DATA_DIR; its temporary FLWR_HOME (keys
+## included) is removed at the end, the logs kept under results/deploy/logs-<time>
 N ?= 3
 AUDIO_ONLY ?= 1
 SECURE ?=
 #> deploy-local | 20 s a round | /tmp while it runs | a real SuperLink and N=3 SuperNodes on loopback (set RUN_CONFIG's rounds)
 deploy-local: venv
-	$(PY) -m mirror_app.deploy.local --nodes $(N) --audio-only $(AUDIO_ONLY) $(if $(SECURE),--secure) \
-		--out $(CURDIR)/results/deploy --run-config "$(RUN_CONFIG)"
+	$(PY) -m mirror_app.deploy.local --nodes $(N) --audio-only $(AUDIO_ONLY) $(if $(SECURE),--secure) --pretrain \
+		--data-dir "$(DATA_DIR)" --out $(CURDIR)/results/deploy --run-config "$(RUN_CONFIG)"
 
 ## table1: the comparison at a laptop budget (conf/paper-laptop.toml, pretrained encoders): every compared method x
 ## missing rates 0.1/0.3/0.5 x 3 seeds, best-dev and last-round tables, figures. A run recorded in RECORDS (the

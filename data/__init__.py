@@ -46,13 +46,20 @@ def load_dataset(
     dev_fraction: float = 0.0,
     seed: int = 0,
     clips_per_class: int = synthetic.SAMPLES_PER_CLASS,
+    generate: bool = True,
 ) -> FeatureCache:
     """The cache of dataset ``name`` with the chosen fold and a seeded dev split carved from train.
     ``clips_per_class``: the embedded dataset's size (generated on first use at each size; the default is the
-    size its calibration is stated for)."""
+    size its calibration is stated for); ``generate`` false: a missing embedded dataset is DatasetNotPrepared
+    instead (a deployed node generates it only where its node config asks)."""
     if name not in DATASETS:
         raise ValueError(f"dataset {name!r} is unknown; available: {sorted(DATASETS)}")
     if name == "embedded":
+        if not generate and not synthetic.present(data_dir, samples_per_class=clips_per_class):
+            raise DatasetNotPrepared(
+                f"the embedded dataset is not under data-dir {Path(data_dir).expanduser()}, and this node does not "
+                "generate it: give node config make-embedded=true (a demonstration node) or the data-dir that holds it"
+            )
         cache = synthetic.load(data_dir, samples_per_class=clips_per_class)
     else:
         cache = DATASETS[name](data_dir)

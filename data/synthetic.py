@@ -325,11 +325,20 @@ def _build(tmp: Path, spec: FeatureSpec, samples_per_class: int, kind: str = "em
     }
 
 
+def _folder(kind: str, data_dir: str | Path, spec: FeatureSpec | None, samples_per_class: int) -> Path:
+    spec = spec or FeatureSpec()
+    return Path(data_dir) / f"{kind}-v{VERSION}-n{samples_per_class}-mel{spec.num_mel_bins}-img{spec.image_size}"
+
+
+def present(data_dir: str | Path, spec: FeatureSpec | None = None, samples_per_class: int = SAMPLES_PER_CLASS) -> bool:
+    """Whether the embedded dataset of these settings is already generated under ``data_dir``."""
+    return (_folder("embedded", Path(data_dir).expanduser(), spec, samples_per_class) / "meta.json").is_file()
+
+
 def _load(kind: str, data_dir: str | Path, spec: FeatureSpec | None, samples_per_class: int) -> FeatureCache:
     spec = spec or FeatureSpec()
-    name = f"{kind}-v{VERSION}-n{samples_per_class}-mel{spec.num_mel_bins}-img{spec.image_size}"
     return ensure_cache(
-        Path(data_dir) / name,
+        _folder(kind, data_dir, spec, samples_per_class),
         fingerprint(spec, samples_per_class, kind),
         lambda tmp: _build(tmp, spec, samples_per_class, kind),
     )

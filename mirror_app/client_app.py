@@ -5,7 +5,9 @@ by ``flower-supernode --node-config``; leave both out to train on all of the nod
 data), optional ``modality`` (``audio`` | ``audiovisual``, overriding the run's seeded
 missing-rate assignment), optional ``modality-file`` (a file holding ``audio`` or ``audiovisual``, read at every
 message: a device whose camera comes and goes says so in its next reply), optional ``data-dir`` (where this node's
-feature caches are), optional ``attack`` (clients/mods.py) and optional ``num-threads`` (torch threads for this
+feature caches are; it must exist), optional ``make-embedded`` (true: generate the embedded dataset under data-dir
+where it is missing, as a demonstration node does; without it a deployed node refuses to start on missing data),
+optional ``attack`` (clients/mods.py) and optional ``num-threads`` (torch threads for this
 node's training: give each of N SuperNodes sharing a machine its share of the cores, as Ray does for simulated
 clients; `make deploy-local` sets it).
 
@@ -51,10 +53,11 @@ def _build_workspace(
     device: str,
     fold: int,
     clips_per_class: int,
+    generate: bool = True,
 ) -> Workspace:
     # torch's thread count follows OMP_NUM_THREADS, which Ray sets to the client's share
     # (client-resources-num-cpus, Flower's default 2); a SuperNode's ClientApp uses the device's cores
-    cache = load_dataset(dataset, data_dir, fold, clips_per_class=clips_per_class)
+    cache = load_dataset(dataset, data_dir, fold, clips_per_class=clips_per_class, generate=generate)
     shapes = (cache.audio.shape[1:], cache.video.shape[1:])
 
     def make():
@@ -87,6 +90,7 @@ def _workspace(
     device: str,
     fold: int = 1,
     clips_per_class: int = 250,
+    generate: bool = True,
 ) -> tuple[Workspace, bool]:
     """This run's dataset (memory-mapped) and models, built once per worker process and reused: (workspace,
     whether this call built it).
@@ -115,7 +119,7 @@ def _workspace(
         for old in [k for k in _workspaces if k[0] != key[0]]:
             del _workspaces[old]
         ws = _workspaces[key] = _build_workspace(
-            dataset, data_dir, audio_backbone, video_backbone, embed_dim, device, fold, clips_per_class
+            dataset, data_dir, audio_backbone, video_backbone, embed_dim, device, fold, clips_per_class, generate
         )
         while len(_workspaces) > MAX_WORKSPACES:
             _workspaces.popitem(last=False)
@@ -177,6 +181,14 @@ def make_client(context: Context):
             raise ValueError(f"node config 'num-threads' = {threads} is invalid: an integer >= 1")
         torch.set_num_threads(threads)
     data_dir = str(node.get("data-dir") or cfg.data_path)
+    if "data-dir" in node and not Path(data_dir).expanduser().is_dir():
+        raise ValueError(
+            f"node config 'data-dir' = {data_dir!r} does not exist: give the folder that holds this node's prepared "
+            "data (make prepare ... DATA_DIR=<folder>)"
+        )
+    from clients.mods import simulated
+
+    generate = simulated() or str(node.get("make-embedded", "false")).lower() == "true"
     ws, built = _workspace(
         context.run_id,
         cfg.strategy,
@@ -188,6 +200,7 @@ def make_client(context: Context):
         cfg.device,
         cfg.fold,
         cfg.embedded_clips_per_class,
+        generate,
     )
     part = _node_partition(context, cfg, str(ws.cache.path), pid, num)
     modality = str(node.get("modality", part.modality))

@@ -65,6 +65,7 @@ METRIC_COLUMNS = [
     "epsilon",
     "seconds",
 ]
+MACHINE_KEYS = ("output-dir", "data-dir")  # where a run wrote and read on its machine: kept out of records and cards
 MISSING_PREFIX = "av_top1_missing"  # AV top-1 at a test-time share of clips without video: one column per share
 TIMELINE_COLUMNS = ["round", "event", "at"]
 

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterable
 from logging import INFO, WARNING
+from pathlib import Path
 
 import torch
 from flwr.app import Context, Message
@@ -106,6 +107,10 @@ def make_components(context: Context) -> ServerAppComponents:
         teacher=teacher,
     )
     strategy.simulated = SIMULATION.is_set()
+    strategy.initial_encoders = {  # what the model card says the encoders started from (file names, no paths)
+        kind: f"pretrained: {Path(file).name}" if file else "random weights"
+        for kind, file in zip(("audio", "video"), pretrained)
+    }
     if cfg.dp != "off" and cfg.dp_insecure_seeded_noise and not strategy.simulated:
         raise ConfigError(
             "run config 'dp-insecure-seeded-noise' = True is invalid in a deployed run: anyone holding the run "

@@ -155,6 +155,7 @@ class PhasedStrategy(Protection, FedAvg):
         # the node count -> why the nodes cannot each hold clips ('' when they can); set by the ServerApp
         self.federation_check: Callable[[int], str] | None = None
         self.simulated = True  # simulated nodes (the ServerApp says when they are deployed ones)
+        self.initial_encoders: dict[str, str] = {}  # what the encoders started from (the ServerApp says)
         self.aggregator = GroupAggregator(cfg)
         self.ledger = (
             PrivacyLedger(cfg.dp, cfg.dp_noise_multiplier, cfg.dp_delta, cfg.dp_sampling) if cfg.dp != "off" else None
@@ -486,6 +487,10 @@ class PhasedStrategy(Protection, FedAvg):
                         "missingness": self.missingness_summary(),
                         "census": self.census.summary(),
                         "secure_aggregation": self.secure_summary(),
+                        "federation": {
+                            "kind": "simulation" if self.simulated else "deployment",
+                            "initial_encoders": self.initial_encoders,
+                        },
                     },
                 )
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}

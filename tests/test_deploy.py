@@ -100,9 +100,12 @@ def test_secure_deployment_runs_modality_mirror_counts_a_killed_node_and_refuses
         online = len(online_nodes(link))  # the survivors, and the victim until its heartbeat lapses
         bad = link.start_node("stranger", "partition-id=0 num-partitions=3", private_key=stranger, max_retries=0)
         plain = link.start_node("plaintext", "partition-id=0 num-partitions=3", tls=False, max_retries=0)
-        for node, reason in ((bad, "[code: 2004]"), (plain, "Exit Code: 305")):
+        for node, reason, why in (
+            (bad, "[code: 2004]", "modality-mirror: this SuperNode was refused: the SuperLink does not know this node"),
+            (plain, "Exit Code: 305", "modality-mirror: the SuperLink could not be reached"),
+        ):
             assert node.proc.wait(timeout=120) != 0
-            assert reason in node.output(), node.output()[-2000:]
+            assert reason in node.output() and why in node.output(), node.output()[-2000:]
         assert 2 <= len(online_nodes(link)) <= online
     finally:
         survivors = link.stop()

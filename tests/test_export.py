@@ -139,8 +139,20 @@ def test_export_ships_the_audio_model_the_method_evaluates(strategy, tmp_path, d
         STRATEGIES[strategy].display_name() in card and "synthetic" in card and "| missing-rate | `0.5` |" not in card
     )
     assert f"| strategy | `{strategy}` |" in card and "Bytes exchanged" in card
+    assert str(data_dir) not in card and str(tmp_path) not in card  # no machine paths (data-dir, output-dir)
+    assert "one seed of one simulated federation" in card
     if strategy == "modality-mirror":  # the schedule, also for phases without an evaluated round
         assert "modality-aware-fl (rounds 1-1), distillation (rounds 2-2)" in card
+        # a deployed run's card says so, and what the encoders started from (the ServerApp records both)
+        summary["federation"] = {
+            "kind": "deployment",
+            "initial_encoders": {"audio": "random weights", "video": "pretrained: video-cnn-small-d64-img32.pt"},
+        }
+        (run / "summary.json").write_text(json.dumps(summary))
+        export(run, force=True)
+        card = (folder / "MODEL_CARD.md").read_text()
+        assert "one seed of one deployment (real SuperNodes)" in card
+        assert "the encoders started from random weights (audio) and pretrained: video-cnn-small-d64-img32.pt" in card
 
 
 def test_export_of_the_paper_scale_audio_transformer_has_a_fixed_time_axis(tmp_path, data_dir):

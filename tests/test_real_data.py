@@ -298,6 +298,8 @@ def test_a_node_on_its_own_audio_only_data_refuses_the_audiovisual_role(tmp_path
     own = {"data-dir": str(tmp_path / "data")}  # no partition: all of this node's train data
     client = make_client(_context({**own, "modality": "audio"}, run))
     assert client.partition.modality == "audio"
+    assert client.partition.partition_id == -1  # no partition: the server knows this node by its node id
+    assert client.get_properties({})["partition-id"] == -1
     assert sorted(client.partition.indices) == sorted(cache.indices("train"))
     with pytest.raises(ValueError, match="'modality' = 'audiovisual' is invalid: this node's data .* has no video"):
         make_client(_context({**own, "modality": "audiovisual"}, run))

@@ -8,6 +8,11 @@ P-384 key pair per SuperNode in OpenSSH format, what ``flower-supernode
 --auth-supernode-private-key`` and ``flwr supernode register`` read). Made with the
 ``cryptography`` package, no external tools. For test deployments: use your organisation's
 CA for real ones.
+
+Private keys are created readable by their owner only from the first byte (``os.open`` with mode 0600, never a
+chmod after the fact) and are never replaced silently: a folder that already holds a CA or a node key is refused
+in one line unless ``--force`` (new keys: every node must then be given its own again). Keep the folder out of
+version control (the project's .gitignore ignores ``certs/``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +38,27 @@ class Certs:
     server_key: Path
 
 
+class KeysExist(FileExistsError):
+    """The folder already holds keys: replacing them needs ``force``."""
+
+
 def _write(path: Path, data: bytes, private: bool = False) -> None:
+    """Write ``data`` to ``path`` through a temporary name; a private file is mode 0600 from its creation."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    if private:
-        tmp.chmod(0o600)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
     tmp.replace(path)
+
+
+def _refuse_existing(paths: list[Path], force: bool) -> None:
+    existing = [p for p in paths if p.exists()]
+    if existing and not force:
+        raise KeysExist(
+            f"{existing[0]} exists: these keys are in use (replacing them locks out every node holding the old "
+            "ones); choose another --out, or --force to make new ones"
+        )
 
 
 def _key_pem(key) -> bytes:
@@ -45,10 +67,14 @@ def _key_pem(key) -> bytes:
     )
 
 
-def make_certs(out: str | Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), days: int = 365) -> Certs:
-    """A CA and a server certificate valid for ``hosts`` (IP addresses or DNS names)."""
+def make_certs(
+    out: str | Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), days: int = 365, force: bool = False
+) -> Certs:
+    """A CA and a server certificate valid for ``hosts`` (IP addresses or DNS names); :class:`KeysExist` where the
+    folder already holds them, unless ``force``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _refuse_existing([out / n for n in ("ca.key", "ca.crt", "server.key", "server.pem")], force)
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "modality-mirror test CA")])
@@ -107,12 +133,14 @@ def make_certs(out: str | Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhos
     return certs
 
 
-def make_node_key(out: str | Path, name: str) -> tuple[Path, Path]:
-    """An EC P-384 key pair in OpenSSH format: (private key file, public key file ``<name>.pub``)."""
+def make_node_key(out: str | Path, name: str, force: bool = False) -> tuple[Path, Path]:
+    """An EC P-384 key pair in OpenSSH format: (private key file, public key file ``<name>.pub``);
+    :class:`KeysExist` where they exist, unless ``force``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP384R1())
     private, public = out / name, out / f"{name}.pub"
+    _refuse_existing([private, public], force)
+    key = ec.generate_private_key(ec.SECP384R1())
     _write(
         private,
         key.private_bytes(
@@ -127,7 +155,7 @@ def make_node_key(out: str | Path, name: str) -> tuple[Path, Path]:
     return private, public
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mirror_app.deploy.certs", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="certs")
     p.add_argument("--nodes", type=int, default=3, help="node key pairs to make (node0 ... node<N-1>)")
@@ -137,15 +165,23 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="a name or IP the SuperLink is reached at (repeat; default 127.0.0.1 and localhost)",
     )
+    p.add_argument("--force", action="store_true", help="replace the CA, the certificate and the node keys there")
     a = p.parse_args(argv)
-    certs = make_certs(a.out, tuple(a.host or ("127.0.0.1", "localhost")))
-    for i in range(a.nodes):
-        make_node_key(a.out, f"node{i}")
+    names = [f"node{i}" for i in range(a.nodes)]
+    try:  # every file checked before any is written
+        _refuse_existing([Path(a.out) / n for n in ("ca.key", *names, *(f"{n}.pub" for n in names))], a.force)
+        certs = make_certs(a.out, tuple(a.host or ("127.0.0.1", "localhost")), force=a.force)
+        for name in names:
+            make_node_key(a.out, name, force=a.force)
+    except KeysExist as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(
         f"CA {certs.ca_cert}, SuperLink certificate {certs.server_cert} + {certs.server_key}, "
-        f"node keys {a.out}/node0..node{a.nodes - 1} (+ .pub)"
+        f"node keys {a.out}/node0..node{a.nodes - 1} (+ .pub); private keys mode 0600"
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

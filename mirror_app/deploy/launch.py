@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 VENV_BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
 SUPEREXEC_POLL_SECONDS = "0.2"
 
 
@@ -334,8 +335,10 @@ class SuperNode:
     ):
         self.name = name
         self.log_path = link.home / f"{name}.log"
-        cmd = [
-            "flower-supernode",
+        cmd = [  # flower-supernode, through the wrapper that says why a SuperLink refused it (deploy/node.py)
+            sys.executable,
+            "-m",
+            "mirror_app.deploy.node",
             "--superlink",
             link.address,
             "--port",
@@ -350,7 +353,7 @@ class SuperNode:
             cmd += ["--max-retries", str(max_retries)]
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            cmd, env=link.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, env=link.env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def kill(self) -> None:

@@ -14,12 +14,19 @@ started here is stopped at the end, also on Ctrl-C or SIGTERM.
 With ``--secure``, a CA, a server certificate and one key pair per node are made under
 FLWR_HOME (mirror_app/deploy/certs.py), the SuperLink serves TLS and accepts only SuperNodes whose
 public key was registered with ``flwr supernode register``.
+
+The FLWR_HOME is a temporary folder removed at the end, keys included; the logs of the SuperLink and of every
+SuperNode are copied first to ``<out>/logs-<time>/``. With ``--pretrain`` (what ``make deploy-local`` passes) the
+encoders are built first where missing and cheap, as ``make run`` does; the first line says which weights the
+encoders start from. The nodes read (and, being a demonstration, generate where missing: node config
+``make-embedded=true``) the embedded dataset under ``--data-dir``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -48,7 +55,9 @@ def node_configs(nodes: int, audio_only: int, data_dir: str | None = None) -> li
         raise ValueError(f"--nodes {nodes}: at least 1")
     if not 0 <= audio_only <= nodes:
         raise ValueError(f"--audio-only {audio_only}: between 0 and --nodes ({nodes})")
-    extra = f" num-threads={threads_per_node(nodes)}" + (f" data-dir='{data_dir}'" if data_dir else "")
+    extra = f" num-threads={threads_per_node(nodes)} make-embedded=true" + (
+        f" data-dir='{data_dir}'" if data_dir else ""
+    )
     return [
         f"partition-id={i} num-partitions={nodes} modality='{'audio' if i < audio_only else 'audiovisual'}'" + extra
         for i in range(nodes)
@@ -76,8 +85,10 @@ def deploy(
     data_dir: str | None = None,
     on_started=None,
     log=print,
+    pretrain: bool = False,
 ) -> Path:
-    """Start the deployment, run the app to completion, stop everything; returns the run folder."""
+    """Start the deployment, run the app to completion, stop everything; returns the run folder. Without ``home``
+    the deployment's FLWR_HOME (keys included) is a temporary folder removed at the end, its logs copied first."""
     configs = node_configs(nodes, audio_only, data_dir)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -95,14 +106,40 @@ def deploy(
             "run config 'dp-insecure-seeded-noise' = True is invalid in a deployment: anyone holding the run config "
             "could recompute the noise (it is for simulation studies only)"
         )
+    if pretrain:  # make run's encoders, where the run config says 'auto' and none is built yet
+        from mirror_app.model.pretrain import ensure_pretrained
+
+        cache = cfg.load_dataset()
+        if ensure_pretrained(cfg, cache.spec, say=log):
+            cfg = check_run(config, num_clients=nodes)
+        log(cfg.starting_point(cache.spec, cfg.pretrained_files(cache.spec)))
     configs = [c + attack_node_config(cfg, i, nodes) for i, c in enumerate(configs)]
-    home = Path(home) if home else Path(tempfile.mkdtemp(prefix="flwr-deploy-"))
+    if home is None:
+        with tempfile.TemporaryDirectory(prefix="flwr-deploy-") as tmp:
+            logs = out / f"logs-{time.strftime('%Y%m%d-%H%M%S')}"
+            try:
+                return _deploy(configs, config, out, secure, Path(tmp), on_started, log, logs)
+            finally:
+                _keep_logs(Path(tmp), logs)
+    return _deploy(configs, config, out, secure, Path(home), on_started, log, Path(home))
+
+
+def _keep_logs(home: Path, logs: Path) -> None:
+    """The SuperLink's and the SuperNodes' logs of a deployment whose FLWR_HOME is about to be removed."""
+    found = sorted(home.glob("*.log"))
+    if found:
+        logs.mkdir(parents=True, exist_ok=True)
+        for path in found:
+            shutil.copy(path, logs / path.name)
+
+
+def _deploy(configs: list[str], config: str, out: Path, secure: bool, home: Path, on_started, log, logs: Path) -> Path:
     certs = keys = None
     if secure:
         from mirror_app.deploy.certs import make_certs, make_node_key
 
         certs = make_certs(home / "certs")
-        keys = [make_node_key(home / "certs", f"node{i}") for i in range(nodes)]
+        keys = [make_node_key(home / "certs", f"node{i}") for i in range(len(configs))]
     t0 = time.perf_counter()
     with SuperLink(home, simulation=False, certs=certs, node_auth=secure) as link:
         log(
@@ -125,7 +162,7 @@ def deploy(
             text = log_file.read_text(errors="replace") if log_file.is_file() else ""
             _, _, reason = run_outcome(text, link.env, link.CONNECTION, ROOT)
             raise RuntimeError(
-                f"the deployed run failed: {reason or 'no reason recorded'} (log: {log_file}; node logs in {home})"
+                f"the deployed run failed: {reason or 'no reason recorded'} (log: {log_file}; node logs in {logs})"
             )
     log(f"finished in {time.perf_counter() - t0:.1f} s: {runs[0]}")
     return runs[0]
@@ -139,7 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-config", default="", help='e.g. "num-server-rounds=5 distill-rounds=2"')
     p.add_argument("--out", default=str(ROOT / "results" / "deploy"), help="where the run folder goes")
     p.add_argument("--data-dir", default=None, help="data-dir of every node (default: the run config's)")
-    p.add_argument("--home", default=None, help="FLWR_HOME for this deployment (default: a new temp folder)")
+    p.add_argument(
+        "--home", default=None, help="FLWR_HOME for this deployment, kept (default: a temporary folder, removed)"
+    )
+    p.add_argument(
+        "--pretrain", action="store_true", help="build the encoders 'auto' names first where missing (as make run)"
+    )
     a = p.parse_args(argv)
     try:
         node_configs(a.nodes, a.audio_only)
@@ -148,7 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with interrupt_on_signals():
             deploy(
-                a.nodes, a.audio_only, a.run_config, Path(a.out), a.secure, Path(a.home) if a.home else None, a.data_dir
+                a.nodes,
+                a.audio_only,
+                a.run_config,
+                Path(a.out),
+                a.secure,
+                Path(a.home) if a.home else None,
+                a.data_dir,
+                pretrain=a.pretrain,
             )
     except KeyboardInterrupt:
         print("interrupted: every process of this deployment was stopped", file=sys.stderr)

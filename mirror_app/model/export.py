@@ -251,6 +251,8 @@ def write_card(run: Run, meta: dict, folder: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from mirror_app.results import MACHINE_KEYS
+
     s, cfg, cache = run.summary, run.cfg, run.cache
     metrics = pd.read_csv(run.dir / "metrics.csv") if (run.dir / "metrics.csv").is_file() else pd.DataFrame()
     last_round = int(metrics["round"].max()) if len(metrics) else s.get("last", {}).get("round", 0)
@@ -286,6 +288,16 @@ def write_card(run: Run, meta: dict, folder: Path) -> None:
         )
 
     best, last, mean5 = s.get("best_dev"), s.get("last"), s.get("last5_mean")
+    federation = s.get("federation") or {}
+    kind = {"deployment": "deployment (real SuperNodes)", "simulation": "simulated federation"}.get(
+        federation.get("kind", ""), "federation (simulated or deployed: not recorded)"
+    )
+    encoders = federation.get("initial_encoders") or {}
+    started = (
+        f"the encoders started from {encoders['audio']} (audio) and {encoders['video']} (video)"
+        if encoders
+        else "what the encoders started from was not recorded (a run made before runs recorded it)"
+    )
     synthetic = cfg.dataset == "embedded"
     fe = meta["front_end"]
     lines = [
@@ -297,7 +309,8 @@ def write_card(run: Run, meta: dict, folder: Path) -> None:
         f"- **Task**: audio classification into {len(meta['classes'])} classes, for devices without a camera.",
         f"- **Method**: {meta['method']} (`strategy = {meta['strategy']!r}`). The exported model is the audio model "
         f"this method evaluates: {run.strategy.audio_model_text}",
-        f"- **Backbone**: `{cfg.audio_backbone}`, embedding {cfg.embed_dim}; weights of the last round ({last_round}).",
+        f"- **Backbone**: `{cfg.audio_backbone}`, embedding {cfg.embed_dim}; weights of the last round "
+        f"({last_round}); {started}.",
         f"- **Files**: `model.onnx` (opset {meta['onnx_opset']}), `model.ts` (TorchScript), `model.json` "
         "(front end, classes).",
         f"- **Input**: `features` (batch, {meta['input']['shape'][1]}, {fe['num_mel_bins']}): Kaldi log-mel fbank "
@@ -313,7 +326,7 @@ def write_card(run: Run, meta: dict, folder: Path) -> None:
         "",
         "## Data and training",
         f"- **Dataset**: `{cfg.dataset}`"
-        + (" (the embedded dataset: synthetic clips generated offline)" if synthetic else f" from `{cfg.data_dir}`")
+        + (" (the embedded dataset: synthetic clips generated offline)" if synthetic else "")
         + f", fold {cache.fold}: {cache.indices('train').size} train / {cache.indices('dev').size} dev "
         f"(server-held) / {cache.indices('test').size} test clips.",
         f"- **Clients**: {parts.get('clients', 'n/a')} ({parts.get('audio_only', 'n/a')} audio-only, "
@@ -373,8 +386,8 @@ def write_card(run: Run, meta: dict, folder: Path) -> None:
             if (s.get("collapse") or {}).get("audio", {}).get("last_round_collapsed")
             else "no collapse of the audio model at its last round."
         ),
-        "- Federated: the numbers come from one seed of one simulated federation; other seeds and partitions "
-        "give other numbers (see docs/results/table1.md for the spread).",
+        f"- Federated: the numbers come from one seed of one {kind}; other seeds and partitions give other "
+        "numbers (see docs/results/table1.md for the spread).",
         privacy_line(s.get("privacy")),
         secure_line(s.get("secure_aggregation")),
         attack_line(s.get("attack"), cfg.aggregator),
@@ -383,7 +396,7 @@ def write_card(run: Run, meta: dict, folder: Path) -> None:
         "",
         "| key | value |",
         "| --- | --- |",
-        *[f"| {k} | `{v}` |" for k, v in run.config.items()],
+        *[f"| {k} | `{v}` |" for k, v in run.config.items() if k not in MACHINE_KEYS],
         "",
     ]
     (folder / "MODEL_CARD.md").write_text("\n".join(lines))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from mirror_app.deploy.preflight import pairs_to_values, parse_pairs
-from mirror_app.results import megabytes_per_round, write_json
+from mirror_app.results import MACHINE_KEYS, megabytes_per_round, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -227,9 +227,6 @@ def restore_records(cells: list[Cell], out: Path, records: Path, expected: Calla
                 _copy_atomic(src / name, dst / name)
         restored += 1
     return restored
-
-
-MACHINE_KEYS = ("output-dir", "data-dir")  # where the run wrote and read on its machine: not kept in a record
 
 
 def keep_config(src: Path, dst: Path) -> None:
