@@ -163,6 +163,7 @@ ablations: venv $(PRETRAINED_FILES)
 	$(PY) -m mirror_app.studies.ablations distill --seeds 0,1,2 --best agreement --out $(CURDIR)/results/ablation-distill --records $(STUDY_RECORDS)/paper-laptop --data-dir "$(DATA_DIR)"
 	$(PY) -m mirror_app.studies.ablations fidelity --seeds 0,1,2 --out $(CURDIR)/results/ablation-fidelity --records $(STUDY_RECORDS)/paper-laptop --data-dir "$(DATA_DIR)"
 	$(PY) -m mirror_app.studies.ablations missingness --seeds 0,1,2 --out $(CURDIR)/results/ablation-missingness --records $(STUDY_RECORDS)/paper-laptop --data-dir "$(DATA_DIR)"
+	$(PY) -m mirror_app.studies.ablations head-drift --rates 0.3 --seeds 0,1 --out $(CURDIR)/results/ablation-head-drift --records $(STUDY_RECORDS)/head-drift --data-dir "$(DATA_DIR)"
 	$(PY) -m mirror_app.studies.ablations teacher --out $(CURDIR)/results/ablation-teacher --records $(STUDY_RECORDS)/paper-laptop --data-dir "$(DATA_DIR)"
 	$(PY) -m mirror_app.studies.ablations drift --out $(CURDIR)/results/ablation-drift --records $(STUDY_RECORDS)/paper-laptop --data-dir "$(DATA_DIR)"
 	$(PY) -m mirror_app.studies.ablations skew --out $(CURDIR)/results/ablation-skew --records $(STUDY_RECORDS)/skew --data-dir "$(DATA_DIR)"

@@ -28,6 +28,7 @@ from data.cache import RelabelledCache, VideoMaskedCache
 from data.partition import AUDIO, AUDIOVISUAL, Partition, audio_only_at, missing_video_rows, parse_schedule
 from mirror_app.core.config import RunConfig
 from mirror_app.core.groups import TEACHER_PREFIX, flatten, get_groups, group_sizes, set_groups, unflatten
+from mirror_app.core.heads import Calibration
 from mirror_app.core.models import DualEncoder
 from mirror_app.core.privacy import hides_client_values
 
@@ -264,10 +265,6 @@ class GroupClient(NumPyClient):
     def train_kwargs(self, ws: Workspace, seed: int) -> dict:
         """Keyword arguments of the local loop (mirror_app.core.training.run_epochs) from the run config."""
         s = self.settings
-        present = None
-        if s.restricted_softmax:
-            present = torch.zeros(ws.cache.num_classes, dtype=torch.bool, device=ws.device)
-            present[self.held_classes(ws.cache)] = True
         return dict(
             epochs=s.local_epochs,
             batch_size=s.batch_size,
@@ -276,8 +273,19 @@ class GroupClient(NumPyClient):
             device=ws.device,
             seed=seed,
             mu=s.mu,
-            present=present,
+            calibration=self.calibration(ws),
         )
+
+    def calibration(self, ws: Workspace) -> Calibration | None:
+        """This client's calibrated label loss (run config ``loss-calibration``, ``restricted-softmax``; core.heads),
+        from its own count of each class; None for the plain cross-entropy."""
+        s = self.settings
+        kind = "restricted" if s.restricted_softmax else s.loss_calibration
+        if kind == "none":
+            return None
+        labels = ws.cache.labels[self.partition.indices]
+        counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=ws.cache.num_classes)
+        return Calibration(kind, counts.float().to(ws.device), tau=s.fedlc_tau, alpha=s.fedrs_alpha)
 
 
 class AudioClient(GroupClient):

@@ -4,9 +4,8 @@ tasks of its own keeps them in its folder (strategies/fedcmi/client.py, strategi
 
 from __future__ import annotations
 
-from mirror_app.core.distillation import TEACHERS
+from mirror_app.core.distillation import TEACHER_FREE, TEACHERS
 from mirror_app.core.groups import (
-    AUDIO_ENCODER,
     AUDIO_HEAD,
     AUDIO_MODEL,
     AV_MODEL,
@@ -60,7 +59,8 @@ def run_distill(client: GroupClient, ws: Workspace, received: dict, seed: int) -
     """Phase 2: the audio student (audio encoder + head) learns from the frozen teacher (run config
     ``distill-objective``, ``distill-teacher``); it reports the share of its samples the distillation covered."""
     s = client.settings
-    missing = [g for g in TEACHERS[s.distill_teacher].groups if TEACHER_PREFIX + g not in received]
+    read = () if s.distill_objective in TEACHER_FREE else TEACHERS[s.distill_teacher].groups
+    missing = [g for g in read if TEACHER_PREFIX + g not in received]
     if missing:  # the workspace's teacher would keep stale weights for these
         raise TaskError(f"distill-teacher {s.distill_teacher!r} reads the teacher's {missing}, which were not sent")
     client.load(ws.model, received)
@@ -99,4 +99,4 @@ TRAIN_UNIMODAL = Task(
 )
 # clips without video: skipped (the audiovisual teacher needs the frame); the teacher groups sent are those
 # run config distill-teacher reads (DistillationPhase), checked by the task
-DISTILL = Task(run_distill, needs=(*AUDIO_MODEL, TEACHER_PREFIX + AUDIO_ENCODER), video=True)
+DISTILL = Task(run_distill, needs=AUDIO_MODEL, video=True)

@@ -54,6 +54,7 @@ def _build_workspace(
     fold: int,
     clips_per_class: int,
     generate: bool = True,
+    heads: tuple[tuple[str, str], ...] = (),
 ) -> Workspace:
     # torch's thread count follows OMP_NUM_THREADS, which Ray sets to the client's share
     # (client-resources-num-cpus, Flower's default 2); a SuperNode's ClientApp uses the device's cores
@@ -61,7 +62,9 @@ def _build_workspace(
     shapes = (cache.audio.shape[1:], cache.video.shape[1:])
 
     def make():
-        return build_model(cache.num_classes, *shapes, audio_backbone, video_backbone, embed_dim).to(dev)
+        return build_model(cache.num_classes, *shapes, audio_backbone, video_backbone, embed_dim, heads=dict(heads)).to(
+            dev
+        )
 
     def make_base(seed: int, audio_pretrained: str = "", video_pretrained: str = ""):  # as the server's (CPU)
         return initial_model(
@@ -73,6 +76,7 @@ def _build_workspace(
             seed,
             audio_pretrained,
             video_pretrained,
+            heads=dict(heads),
         )
 
     dev = resolve_device(device)
@@ -91,6 +95,7 @@ def _workspace(
     fold: int = 1,
     clips_per_class: int = 250,
     generate: bool = True,
+    heads: tuple[tuple[str, str], ...] = (),
 ) -> tuple[Workspace, bool]:
     """This run's dataset (memory-mapped) and models, built once per worker process and reused: (workspace,
     whether this call built it).
@@ -110,6 +115,7 @@ def _workspace(
         device,
         int(fold),
         int(clips_per_class),
+        heads,
     )
     with _workspaces_lock:
         ws = _workspaces.get(key)
@@ -119,7 +125,7 @@ def _workspace(
         for old in [k for k in _workspaces if k[0] != key[0]]:
             del _workspaces[old]
         ws = _workspaces[key] = _build_workspace(
-            dataset, data_dir, audio_backbone, video_backbone, embed_dim, device, fold, clips_per_class, generate
+            dataset, data_dir, audio_backbone, video_backbone, embed_dim, device, fold, clips_per_class, generate, heads
         )
         while len(_workspaces) > MAX_WORKSPACES:
             _workspaces.popitem(last=False)
@@ -201,6 +207,7 @@ def make_client(context: Context):
         cfg.fold,
         cfg.embedded_clips_per_class,
         generate,
+        tuple(sorted(cfg.head_kinds.items())),
     )
     part = _node_partition(context, cfg, str(ws.cache.path), pid, num)
     modality = str(node.get("modality", part.modality))

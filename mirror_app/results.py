@@ -281,7 +281,17 @@ class Curves:
 
 
 class RunRecorder:
-    SAVED = ("metrics", "clients", "per_class", "timeline", "pending", "means", "partitions", "attack")  # resume.pt
+    SAVED = (  # resume.pt
+        "metrics",
+        "clients",
+        "per_class",
+        "per_class_dev",
+        "timeline",
+        "pending",
+        "means",
+        "partitions",
+        "attack",
+    )
 
     def __init__(self, run_dir: Path, config: dict, classes: list[str], tensorboard: bool = False):
         self.dir = Path(run_dir)
@@ -297,6 +307,7 @@ class RunRecorder:
         self.metrics: list[dict] = []
         self.clients: list[dict] = []
         self.per_class: list[dict] = []
+        self.per_class_dev: list[dict] = []
         self.timeline: list[dict] = []
         self.pending: dict[str, float] = {}  # counts of rounds without evaluation, for the next row
         self.means: dict[str, list[float]] = {}  # MEAN_STATS of rounds without evaluation, for the next row
@@ -368,8 +379,12 @@ class RunRecorder:
             self.metrics.append(row)
             for name, f1 in zip(self.classes, metrics.get("audio_per_class_f1", [])):
                 self.per_class.append({"round": server_round, "class": name, "f1": f1})
+            for name, f1 in zip(self.classes, metrics.get("dev_audio_per_class_f1", [])):
+                self.per_class_dev.append({"round": server_round, "class": name, "f1": f1})
             write_csv(self.dir / "metrics.csv", self.metrics, metric_columns(self.metrics))
             write_csv(self.dir / "per_class_f1.csv", self.per_class, ["round", "class", "f1"])
+            if self.per_class_dev:  # the same on the dev split: what selects classes without looking at test
+                write_csv(self.dir / "per_class_f1_dev.csv", self.per_class_dev, ["round", "class", "f1"])
             line += f"  audio top-1 {metrics['audio_top1']:.3f}  AV top-1 {metrics['av_top1']:.3f}"
             if "dev_audio_top1" in metrics:
                 line += f"  dev audio top-1 {metrics['dev_audio_top1']:.3f}"

@@ -80,6 +80,7 @@ def make_components(context: Context) -> ServerAppComponents:
         cfg.embed_dim,
         cfg.seed,
         *pretrained,
+        heads=cfg.head_kinds,
     )
     model = strategy_cls.server_model(model, cfg, cache.classes)
     teacher = None
@@ -95,7 +96,9 @@ def make_components(context: Context) -> ServerAppComponents:
         log(INFO, "resuming %s after round %d", recorder.dir, saved["round"])
     log(INFO, "writing results to %s", recorder.dir)
     eval_model = strategy_cls.server_model(
-        build_model(cache.num_classes, *shapes, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim),
+        build_model(
+            cache.num_classes, *shapes, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim, heads=cfg.head_kinds
+        ),
         cfg,
         cache.classes,
     )

@@ -13,24 +13,28 @@ from typing import Any
 
 from mirror_app.core.config import ConfigError, RunConfig
 
-from .align import ModalityAlign
+from .align import ModalityAlign, ModalityAlignETF, ModalityAlignRandom
 from .base import Instruction, Phase, PhasedStrategy
 from .distillation import FederatedDistillation
 from .fedcmi import FedCMI
 from .harmony import Harmony
-from .modality_mirror import ModalityMirror, ModalityMirrorAgreement
-from .multifl import ModalityAwareFedAvg, MultiFLAudioHead
+from .modality_mirror import ModalityMirror, ModalityMirrorAgreement, ModalityMirrorControl
+from .multifl import ModalityAwareFedAvg, MultiFLAudioHead, MultiFLAudioHeadProx
 from .unifl import UniFL
 
 STRATEGIES: dict[str, type[PhasedStrategy]] = {
     "modality-mirror": ModalityMirror,
     "modality-mirror-agreement": ModalityMirrorAgreement,
+    "modality-mirror-control": ModalityMirrorControl,
     "harmony": Harmony,
     "multifl": ModalityAwareFedAvg,
     "multifl-av-head": MultiFLAudioHead,
+    "multifl-av-head-prox": MultiFLAudioHeadProx,
     "unifl": UniFL,
     "fedcmi": FedCMI,
     "modality-align": ModalityAlign,
+    "modality-align-random": ModalityAlignRandom,
+    "modality-align-etf": ModalityAlignETF,
     "distill": FederatedDistillation,
 }
 ALIASES = {"modality-aware-fedavg": "multifl"}  # other names run config ``strategy`` accepts
@@ -92,6 +96,10 @@ __all__ = [
     "Instruction",
     "ModalityMirror",
     "ModalityMirrorAgreement",
+    "ModalityMirrorControl",
+    "MultiFLAudioHeadProx",
+    "ModalityAlignRandom",
+    "ModalityAlignETF",
     "ModalityAwareFedAvg",
     "MultiFLAudioHead",
     "FederatedDistillation",

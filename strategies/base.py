@@ -32,6 +32,7 @@ from clients.base import GROUP_SIZES, Task, group_examples
 from data.partition import AUDIO, AUDIOVISUAL, attacked_partitions
 from mirror_app.core.config import ConfigError, RunConfig
 from mirror_app.core.groups import (
+    AUDIO_HEAD,
     AUDIO_MODEL,
     AV_MODEL,
     GROUPS,
@@ -98,12 +99,21 @@ class PhasedStrategy(Protection, FedAvg):
     compared: ClassVar[bool] = False  # one of the methods of the comparison (`make table1`)
     # a row of Table 1 that is this project's, not the paper's (a stronger baseline, a method of our own)
     beyond_paper: ClassVar[bool] = False
+    # Table 1's group of rows: "paper" (the paper's method), "baseline" (its baselines), "related" (related
+    # methods), "project" (this project's additions and controls)
+    family: ClassVar[str] = "related"
     # run config this method fixes (a registered variant of another method, e.g. its phase 1 read another way);
     # strategies.resolve_config applies it and refuses a run config that asks for another value
     settings: ClassVar[dict[str, Any]] = {}
     # the groups of the audio-only model this method evaluates and exports (state keys of the main slot)
     audio_groups: ClassVar[tuple[str, ...]] = AUDIO_MODEL
     audio_model_text: ClassVar[str] = "audio encoder + audio head."  # what that model is, for the model card
+    audio_classifier: ClassVar[str] = AUDIO_HEAD  # the group that classifies the audio embedding (a recipe's row)
+
+    @classmethod
+    def outside_information(cls, cfg: RunConfig) -> str:
+        """What the method knows beyond the clients' clips ('' for nothing): a recipe's row."""
+        return ""
 
     @classmethod
     def server_model(cls, model, cfg: RunConfig, classes: list[str]):

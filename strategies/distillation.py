@@ -15,7 +15,7 @@ from __future__ import annotations
 from clients.tasks import DISTILL as DISTILL_TASK
 from clients.tasks import DISTILL_KEPT, TRAIN_AUDIO
 from mirror_app.core.config import ConfigError, RunConfig
-from mirror_app.core.distillation import TEACHERS
+from mirror_app.core.distillation import TEACHER_FREE, TEACHERS
 from mirror_app.core.groups import AUDIO_HEAD, AUDIO_MODEL, AV_MODEL, TEACHER_PREFIX
 
 from .base import AUDIOVISUAL, Instruction, Phase, PhasedStrategy
@@ -24,10 +24,11 @@ TEACHER_GROUPS = (*AV_MODEL, AUDIO_HEAD)  # what the server freezes when phase 2
 TRAIN_AUDIO_INS = Instruction("train-audio", send=AUDIO_MODEL, train=AUDIO_MODEL)
 
 
-def distill_instruction(teacher: str) -> Instruction:
-    """The phase-2 instruction for audiovisual clients: the student and the teacher groups ``teacher`` reads."""
-    groups = tuple(TEACHER_PREFIX + g for g in TEACHERS[teacher].groups)
-    return Instruction("distill", send=(*AUDIO_MODEL, *groups), train=AUDIO_MODEL)
+def distill_instruction(teacher: str, objective: str = "kl") -> Instruction:
+    """The phase-2 instruction for audiovisual clients: the student and the teacher groups ``teacher`` reads (none
+    for an objective that reads no teacher: the control)."""
+    read = () if objective in TEACHER_FREE else TEACHERS[teacher].groups
+    return Instruction("distill", send=(*AUDIO_MODEL, *(TEACHER_PREFIX + g for g in read)), train=AUDIO_MODEL)
 
 
 DISTILL = distill_instruction("fused")
@@ -37,14 +38,14 @@ class DistillationPhase(Phase):
     name = "distillation"
     reply_means = {DISTILL_KEPT: "distill_kept_share"}  # metrics.csv: the share of samples distilled
 
-    def __init__(self, teacher: str = "fused", audio_only_clients: bool = False) -> None:
+    def __init__(self, teacher: str = "fused", audio_only_clients: bool = False, objective: str = "kl") -> None:
         self.teacher = teacher
-        self.distill = distill_instruction(teacher)
+        self.distill = distill_instruction(teacher, objective)
         self.audio = TRAIN_AUDIO_INS if audio_only_clients else None
 
     @classmethod
     def of(cls, cfg: RunConfig) -> DistillationPhase:
-        return cls(cfg.distill_teacher, cfg.distill_audio_only_clients)
+        return cls(cfg.distill_teacher, cfg.distill_audio_only_clients, cfg.distill_objective)
 
     def instruction(self, modality: str) -> Instruction | None:
         return self.distill if modality == AUDIOVISUAL else self.audio

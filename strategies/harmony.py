@@ -47,6 +47,7 @@ class Harmony(PhasedStrategy):
     label = "Harmony"
     audio_model_text = "the stage-1 audio model (modality-wise FL)."
     compared = True
+    family = "baseline"
 
     def build_phases(self, cfg: RunConfig):
         phases = [(ModalityWisePhase(), cfg.num_server_rounds)]

@@ -25,6 +25,7 @@ class ModalityMirror(PhasedStrategy):
     phase1_label = "MultiFL (ModalityMirror's phase 1, same run)"
     audio_model_text = "the audio student distilled from the frozen audiovisual teacher in phase 2."
     compared = True
+    family = "paper"
 
     def build_phases(self, cfg: RunConfig):
         phases = [(ModalityAwarePhase.of(cfg), cfg.num_server_rounds)]
@@ -41,5 +42,20 @@ class ModalityMirrorAgreement(ModalityMirror):
     label = "ModalityMirror, agreement distillation"
     table_label = "ModalityMirror, agreement distillation (this project's)"
     beyond_paper = True
+    family = "project"
     settings = {"distill-objective": "agreement"}
     phase1_label = ""  # its phase 1 is ModalityMirror's (the objective acts in phase 2 only): already a row
+
+
+class ModalityMirrorControl(ModalityMirror):
+    """The phase-2 control: ModalityMirror's phase 2 exactly (the same audiovisual clients, rounds, optimiser and
+    student, the audio model phase 1 left) trained on labels alone, with no teacher (``distill-objective = 'ce'``).
+    Every gain credited to a teacher is the objective's difference from this row, paired by seed and rate."""
+
+    label = "Phase-2 control: labels alone, no teacher"
+    table_label = "Control: ModalityMirror's phase 2 on labels alone, no teacher (this project's)"
+    beyond_paper = True
+    family = "project"
+    settings = {"distill-objective": "ce"}
+    phase1_label = ""
+    audio_model_text = "the audio model trained on the audiovisual clients' labels alone in phase 2 (the control)."

@@ -49,6 +49,7 @@ class ModalityAwarePhase(Phase):
 class ModalityAwareFedAvg(PhasedStrategy):
     """Paper Algorithm 1 for the whole round budget, ``num-server-rounds + distill-rounds``."""
 
+    family = "baseline"
     client_tasks = PHASE_TASKS
     label = "MultiFL"
     table_label = "MultiFL (same total budget)"
@@ -64,4 +65,15 @@ class MultiFLAudioHead(ModalityAwareFedAvg):
     label = "MultiFL, AV clients train the audio head"
     table_label = "MultiFL, audiovisual clients also train the audio head (stronger than the paper's baseline)"
     beyond_paper = True
+    family = "project"
     settings = {"av-trains-audio-head": True}
+
+
+class MultiFLAudioHeadProx(MultiFLAudioHead):
+    """MultiFL with audiovisual clients training the audio head, plus FedCMI's proximal term (mu 0.01): the control
+    that separates FedCMI's idea (cross-modal infiltration) from two parts of its recipe, every client training the
+    audio classifier and a proximal term."""
+
+    label = "MultiFL, AV clients train the audio head, FedCMI's proximal term"
+    table_label = "Control: MultiFL, every client trains the audio head, with FedCMI's proximal term (this project's)"
+    settings = {"av-trains-audio-head": True, "mu": 0.01}

@@ -30,6 +30,7 @@ class UniFL(PhasedStrategy):
     label = "UniFL"
     audio_model_text = "the audio-only clients' audio model (audio encoder + audio head)."
     compared = True
+    family = "baseline"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -98,8 +98,15 @@ def tiny_federation(
     from mirror_app.core.config import RunConfig
     from mirror_app.core.models import build_model, initial_model
 
+    settings = RunConfig.from_dict(
+        {"local-epochs": 1, "batch-size": 8, "lr": 1e-3, "seed": seed, "missing-rate": missing_rate}
+        | {"data-dir": run_data_dir(cache)}
+        | {k.replace("_", "-"): v for k, v in config.items()}
+    )
+
     def make():
-        return build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], seed=seed)
+        shapes = (cache.audio.shape[1:], cache.video.shape[1:])
+        return build_model(cache.num_classes, *shapes, seed=seed, heads=settings.head_kinds)
 
     def make_base(base_seed: int, audio_pretrained: str = "", video_pretrained: str = ""):
         return initial_model(
@@ -112,14 +119,10 @@ def tiny_federation(
             base_seed,
             audio_pretrained,
             video_pretrained,
+            heads=settings.head_kinds,
         )
 
     ws = Workspace(cache, make(), make(), torch.device("cpu"), make_base=make_base)
-    settings = RunConfig.from_dict(
-        {"local-epochs": 1, "batch-size": 8, "lr": 1e-3, "seed": seed, "missing-rate": missing_rate}
-        | {"data-dir": run_data_dir(cache)}
-        | {k.replace("_", "-"): v for k, v in config.items()}
-    )
     tasks = all_client_tasks()
     manager = SimpleClientManager()
     proxies = {}

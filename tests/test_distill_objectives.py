@@ -228,7 +228,7 @@ def test_a_client_refuses_a_teacher_whose_groups_were_not_sent(cache, tmp_path):
 
 def test_bad_distillation_settings_are_one_line_naming_what_is_allowed():
     for key, value, allowed in [
-        ("distill-objective", "mse", "one of ['kl', 'kd', 'dkd', 'agreement']"),
+        ("distill-objective", "mse", "one of ['kl', 'kd', 'dkd', 'agreement', 'ce']"),
         ("distill-teacher", "video", "one of ['fused', 'audio-branch', 'best-per-sample']"),
         ("distill-alpha", 1.5, "a fraction in [0, 1]"),
         ("dkd-beta", -1.0, "a number >= 0"),

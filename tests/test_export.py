@@ -62,13 +62,22 @@ def run_in_process(
     pretrained = cfg.pretrained_files(cache.spec)  # as the ServerApp (and every node's make_base) resolve them
     model = cls.server_model(
         initial_model(
-            cache.num_classes, *shapes, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim, cfg.seed, *pretrained
+            cache.num_classes,
+            *shapes,
+            cfg.audio_backbone,
+            cfg.video_backbone,
+            cfg.embed_dim,
+            cfg.seed,
+            *pretrained,
+            heads=cfg.head_kinds,
         ),
         cfg,
         cache.classes,
     )
     eval_model = cls.server_model(
-        build_model(cache.num_classes, *shapes, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim),
+        build_model(
+            cache.num_classes, *shapes, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim, heads=cfg.head_kinds
+        ),
         cfg,
         cache.classes,
     )
@@ -82,7 +91,8 @@ def run_in_process(
         recorder.finish(metrics, [(phase.name, rounds) for phase, rounds in s.phases])
         return run_dir
     # 300 clips per client, reading the run's data-dir (its pretrained encoders) like the server
-    manager, _ = tiny_federation(cache, 12, missing_rate=0.5, data_dir=str(data_dir))
+    remedies = {k.replace("-", "_"): v for k, v in overrides.items() if k in ("classifier", "loss-calibration")}
+    manager, _ = tiny_federation(cache, 12, missing_rate=0.5, data_dir=str(data_dir), **remedies)
     params = s.initialize_parameters(manager)
     s.evaluate(0, params)
     for r in range(1, s.total_rounds + 1):
@@ -153,6 +163,23 @@ def test_export_ships_the_audio_model_the_method_evaluates(strategy, tmp_path, d
         card = (folder / "MODEL_CARD.md").read_text()
         assert "one seed of one deployment (real SuperNodes)" in card
         assert "the encoders started from random weights (audio) and pretrained: video-cnn-small-d64-img32.pt" in card
+
+
+@pytest.mark.parametrize("classifier", ["etf", "fixed-random"])
+def test_a_fixed_classifier_is_exported_inside_the_graph(classifier, tmp_path, data_dir, embedded):
+    """A run with a fixed classifier (FedETF's frame, FedBABU's random head) exports it inside the ONNX graph: the
+    exported model scores the test split as the run's own last evaluation did, and the card names the remedy."""
+    from mirror_app.model.export import export
+
+    run = run_in_process(
+        tmp_path, data_dir, embedded, "multifl", classifier=classifier, **{"loss-calibration": "fedlc"}
+    )
+    meta = export(run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert onnx_top1(run / "export", embedded) == pytest.approx(summary["last"]["audio_top1"], abs=1.5 / 1000)
+    assert meta["parity"]["onnxruntime_max_abs_diff"] <= 1e-4
+    card = (run / "export" / "MODEL_CARD.md").read_text()
+    assert f"classifier {classifier} on the audio and fusion heads, label loss fedlc" in card
 
 
 def test_export_of_the_paper_scale_audio_transformer_has_a_fixed_time_axis(tmp_path, data_dir):

@@ -12,6 +12,7 @@ from clients.tasks import TRAIN_AUDIO
 from data.partition import AUDIO, Partition
 from mirror_app.core.config import RunConfig
 from mirror_app.core.groups import AUDIO_MODEL, get_groups
+from mirror_app.core.heads import Calibration
 from mirror_app.core.models import build_model
 from mirror_app.core.training import Batch, label_ce
 
@@ -19,10 +20,10 @@ from mirror_app.core.training import Batch, label_ce
 def test_label_ce_is_the_cross_entropy_over_the_present_classes():
     logits = torch.randn(6, 5)
     labels = torch.tensor([0, 2, 2, 0, 2, 0])
-    present = torch.tensor([True, False, True, False, False])
+    counts = torch.tensor([3.0, 0.0, 3.0, 0.0, 0.0])  # the classes the client holds
     full = label_ce(logits, Batch(logits, None, labels))
     assert torch.isclose(full, F.cross_entropy(logits, labels))
-    restricted = label_ce(logits, Batch(logits, None, labels, present))
+    restricted = label_ce(logits, Batch(logits, None, labels, Calibration("restricted", counts)))
     subset = F.cross_entropy(logits[:, [0, 2]], torch.tensor([0, 1, 1, 0, 1, 0]))
     assert torch.isclose(restricted, subset) and not torch.isclose(restricted, full)
 

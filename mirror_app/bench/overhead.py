@@ -43,7 +43,15 @@ def bare_loop(cfg, num_partitions: int, rounds: int) -> list[dict]:
     device = resolve_device(cfg.device)
 
     def make(seed=None):
-        return build_model(cache.num_classes, *shapes, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim, seed=seed)
+        return build_model(
+            cache.num_classes,
+            *shapes,
+            cfg.audio_backbone,
+            cfg.video_backbone,
+            cfg.embed_dim,
+            seed=seed,
+            heads=cfg.head_kinds,
+        )
 
     state = dict(get_groups(make(cfg.seed), GROUPS))
     ws = Workspace(cache=cache, model=make().to(device), teacher=make().to(device), device=device)

@@ -45,8 +45,9 @@ def clip_flops(cfg, shapes: tuple, num_classes: int) -> dict[str, float]:
     from mirror_app.core.distillation import distillation_loss
     from mirror_app.core.models import build_model
 
-    model = build_model(num_classes, *shapes, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim, seed=0)
-    teacher = build_model(num_classes, *shapes, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim, seed=1)
+    args = (num_classes, *shapes, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim)
+    model = build_model(*args, seed=0, heads=cfg.head_kinds)
+    teacher = build_model(*args, seed=1, heads=cfg.head_kinds)
     batch = 2
     audio, video = torch.randn(batch, *shapes[0]), torch.randn(batch, *shapes[1])
     labels = torch.zeros(batch, dtype=torch.long)

@@ -117,10 +117,16 @@ class RunConfig:
     video_pretrained: str
     lora_rank: int
     align_av_weight: float
+    align_anchors: str
     resume: str
     round_timeout: float
     partitioner: str
     restricted_softmax: bool
+    classifier: str
+    classifier_heads: str
+    loss_calibration: str
+    fedlc_tau: float
+    fedrs_alpha: float
     tensorboard: bool
 
     # ------------------------------------------------------------------ parsing
@@ -281,14 +287,45 @@ class RunConfig:
         self.validate_privacy()
         if self.align_av_weight < 0:
             raise _err("align-av-weight", self.align_av_weight, "a number >= 0")
+        if self.align_anchors not in ("text", "random", "etf"):
+            raise _err("align-anchors", self.align_anchors, "one of ['text', 'random', 'etf']")
         if self.round_timeout < 0:
             raise _err("round-timeout", self.round_timeout, "seconds >= 0 (0: wait for every client)")
         if self.resume and not self.resolve(self.resume).is_dir():
             raise _err("resume", self.resume, "the folder of an interrupted run (under output-dir)")
         if self.seed < 0:
             raise _err("seed", self.seed, "an integer >= 0")
+        self.validate_heads()
         if self.init_checkpoint and not self.resolve(self.init_checkpoint).is_file():
             raise _err("init-checkpoint", self.init_checkpoint, "a path to an existing model.pt")
+
+    def validate_heads(self) -> None:
+        """The classifier remedies for label skew (core.heads)."""
+        from .heads import CALIBRATIONS, CLASSIFIERS, HEADS
+
+        if self.classifier not in CLASSIFIERS:
+            raise _err("classifier", self.classifier, f"one of {list(CLASSIFIERS)}")
+        named = [h.strip() for h in self.classifier_heads.split(",") if h.strip()]
+        if not named or any(h not in HEADS for h in named):
+            raise _err("classifier-heads", self.classifier_heads, f"comma-separated names among {list(HEADS)}")
+        if self.loss_calibration not in CALIBRATIONS:
+            raise _err("loss-calibration", self.loss_calibration, f"one of {list(CALIBRATIONS)}")
+        if self.restricted_softmax and self.loss_calibration != "none":
+            raise _err(
+                "loss-calibration",
+                self.loss_calibration,
+                "'none' with restricted-softmax (both calibrate the clients' label loss: choose one)",
+            )
+        if not self.fedlc_tau > 0:
+            raise _err("fedlc-tau", self.fedlc_tau, "a number > 0")
+        if not 0 <= self.fedrs_alpha <= 1:
+            raise _err("fedrs-alpha", self.fedrs_alpha, "a fraction in [0, 1]")
+
+    @property
+    def head_kinds(self) -> dict[str, str]:
+        """The classifier of the audio head and of the fusion head (``build_model``'s ``heads``)."""
+        named = {h.strip() for h in self.classifier_heads.split(",")}
+        return {h: (self.classifier if h in named else "linear") for h in ("audio", "fusion")}
 
     def validate_missingness(self) -> None:
         """Per-sample missing video, the availability schedule and test-time missing video."""

@@ -17,6 +17,10 @@ of the samples the distillation term covered (every sample except for ``agreemen
 * ``dkd``: decoupled KD (Zhao et al., CVPR 2022; mdistiller's form): the cross-entropy plus
   ``dkd-alpha x`` TCKD (the binary target / non-target split of the two distributions) ``+ dkd-beta x`` NCKD
   (the KL over the non-target classes, renormalised), each times T^2.
+* ``ce``: the control, no teacher at all: the student's label cross-entropy alone, on the same clients, clips,
+  rounds and optimiser as every objective, from the same student (the audio model phase 1 left). The teacher is
+  neither sent nor read (``TEACHER_FREE``). What an objective adds to phase 2 beyond more training on labels is
+  its difference from this.
 * ``agreement`` (after C2KD, Huo et al., CVPR 2024): per sample, Kendall's tau between the teacher's and the
   student's rankings of the non-target classes; only samples with tau above ``agreement-tau`` are distilled,
   and only on the non-target classes (NCKD), always beside the cross-entropy:
@@ -41,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from .groups import AUDIO_ENCODER, AUDIO_HEAD, AV_MODEL
+from .heads import calibrated_ce
 
 # phase 2's divergence between the softened teacher (p^M) and student (p^A) in the ``kl`` objective
 DIVERGENCES = ("forward", "reverse", "symmetric")
@@ -57,6 +62,12 @@ class DistillSettings:
     dkd_alpha: float = 1.0  # dkd: weight of the target-class term (TCKD)
     dkd_beta: float = 8.0  # dkd: weight of the non-target-class term (NCKD)
     tau: float = 0.0  # agreement: Kendall's tau a sample needs to be distilled
+    calibration: Any = None  # the client's calibrated label loss (core.heads.Calibration), for the label terms
+
+
+def label_ce(s: torch.Tensor, y: torch.Tensor, cfg: DistillSettings) -> torch.Tensor:
+    """The label cross-entropy an objective mixes in, calibrated where the run calibrates the clients' label loss."""
+    return calibrated_ce(s, y, cfg.calibration)
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -71,6 +82,7 @@ def distillation_loss(
     temperature: float,
     ce_weight: float = 0.0,
     divergence: str = "forward",
+    calibration=None,
 ) -> torch.Tensor:
     """The ``kl`` objective's loss: T^2 x a divergence between the softened teacher p^M = softmax(teacher / T)
     and student p^A = softmax(student / T), mean over the batch, plus ``ce_weight`` x the student's
@@ -91,7 +103,7 @@ def distillation_loss(
         terms.append(F.kl_div(log_t, log_s, reduction="batchmean", log_target=True))
     loss = sum(terms) / len(terms) * (t * t)
     if ce_weight > 0:
-        loss = loss + ce_weight * F.cross_entropy(student_logits, labels)
+        loss = loss + ce_weight * calibrated_ce(student_logits, labels, calibration)
     return cast(torch.Tensor, loss)
 
 
@@ -100,12 +112,13 @@ def _everyone(labels: torch.Tensor) -> torch.Tensor:
 
 
 def kl_objective(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg: DistillSettings):
-    return distillation_loss(s, t, y, cfg.temperature, cfg.ce_weight, cfg.divergence), _everyone(y)
+    loss = distillation_loss(s, t, y, cfg.temperature, cfg.ce_weight, cfg.divergence, cfg.calibration)
+    return loss, _everyone(y)
 
 
 def kd_objective(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg: DistillSettings):
     kd = distillation_loss(s, t, y, cfg.temperature, 0.0, "forward")
-    return cfg.alpha * kd + (1 - cfg.alpha) * F.cross_entropy(s, y), _everyone(y)
+    return cfg.alpha * kd + (1 - cfg.alpha) * label_ce(s, y, cfg), _everyone(y)
 
 
 def non_target(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -137,7 +150,7 @@ def tckd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temperature: float) 
 
 def dkd_objective(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg: DistillSettings):
     decoupled = cfg.dkd_alpha * tckd(s, t, y, cfg.temperature) + cfg.dkd_beta * nckd(s, t, y, cfg.temperature)
-    return F.cross_entropy(s, y) + decoupled.mean(), _everyone(y)
+    return label_ce(s, y, cfg) + decoupled.mean(), _everyone(y)
 
 
 def kendall_tau(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -157,16 +170,23 @@ def agreement_objective(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg: 
     with torch.no_grad():
         kept = kendall_tau(non_target(t, y), non_target(s.detach(), y)) > cfg.tau
     distilled = (nckd(s, t, y, cfg.temperature) * kept).mean()
-    return (1 - cfg.alpha) * F.cross_entropy(s, y) + cfg.alpha * distilled, kept
+    return (1 - cfg.alpha) * label_ce(s, y, cfg) + cfg.alpha * distilled, kept
 
 
-Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, DistillSettings], tuple[torch.Tensor, torch.Tensor]]
+def ce_objective(s: torch.Tensor, t: torch.Tensor | None, y: torch.Tensor, cfg: DistillSettings):
+    """The control: the label cross-entropy alone (``t`` is never read; the distillation term covers nothing)."""
+    return label_ce(s, y, cfg), torch.zeros_like(y, dtype=torch.bool)
+
+
+Objective = Callable[[torch.Tensor, Any, torch.Tensor, DistillSettings], tuple[torch.Tensor, torch.Tensor]]
 OBJECTIVES: dict[str, Objective] = {
     "kl": kl_objective,
     "kd": kd_objective,
     "dkd": dkd_objective,
     "agreement": agreement_objective,
+    "ce": ce_objective,
 }
+TEACHER_FREE = ("ce",)  # objectives that read no teacher: phase 2 sends none
 
 
 @dataclass(frozen=True)

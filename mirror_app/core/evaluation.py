@@ -134,7 +134,7 @@ class Evaluator:
         }
         if self.dev.size:
             dev = evaluate(self.model, self.cache, self.dev, device=self.device, parts=("audio",))
-            out |= {f"dev_{k}": dev[k] for k in ("audio_top1", "audio_top5", "audio_macro_f1")}
+            out |= {f"dev_{k}": dev[k] for k in ("audio_top1", "audio_top5", "audio_macro_f1", "audio_per_class_f1")}
         set_groups(self.model, av_state)
         av = predict(self.model, self.cache, self.indices, 256, self.device, with_video=True)
         m = classification_metrics(av, labels, self.cache.num_classes)

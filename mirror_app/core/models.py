@@ -9,20 +9,34 @@ one (``PhasedStrategy.server_model``, e.g. FedCMI's projectors, modality alignme
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
 from .backbones import AUDIO_ONLY_BACKBONES, BACKBONES
+from .heads import make_head
 from .pretrained import load_pretrained
 
 
 class DualEncoder(nn.Module):
-    def __init__(self, audio_encoder: nn.Module, video_encoder: nn.Module, embed_dim: int, num_classes: int):
+    """``heads``: the classifier of the audio head and of the fusion head by name (``core.heads``: linear,
+    fixed-random, etf; run config ``classifier``, ``classifier-heads``); linear where not named."""
+
+    def __init__(
+        self,
+        audio_encoder: nn.Module,
+        video_encoder: nn.Module,
+        embed_dim: int,
+        num_classes: int,
+        heads: Mapping[str, str] | None = None,
+    ):
         super().__init__()
+        heads = dict(heads or {})
         self.audio_encoder = audio_encoder
         self.video_encoder = video_encoder
-        self.fusion_head = nn.Linear(2 * embed_dim, num_classes)
-        self.audio_head = nn.Linear(embed_dim, num_classes)
+        self.fusion_head = make_head(heads.get("fusion", "linear"), 2 * embed_dim, num_classes)
+        self.audio_head = make_head(heads.get("audio", "linear"), embed_dim, num_classes)
         self.video_head = nn.Linear(embed_dim, num_classes)
 
     def audio_features(self, z: torch.Tensor) -> torch.Tensor:
@@ -54,8 +68,10 @@ def build_model(
     video_backbone: str = "cnn-small",
     embed_dim: int = 64,
     seed: int | None = None,
+    heads: Mapping[str, str] | None = None,
 ) -> DualEncoder:
-    """Make the dual encoder by backbone names; ``seed`` fixes the initial weights.
+    """Make the dual encoder by backbone names; ``seed`` fixes the initial weights; ``heads``: the audio and
+    fusion heads' classifier kinds (RunConfig.head_kinds; linear where not named).
 
     ``audio_shape``/``video_shape`` are one sample's feature shapes, e.g. (98, 40) and (3, 32, 32).
     """
@@ -76,6 +92,7 @@ def build_model(
         BACKBONES[video_backbone](tuple(video_shape), embed_dim),
         embed_dim,
         num_classes,
+        heads,
     )
 
 
@@ -89,6 +106,7 @@ def initial_model(
     seed: int,
     audio_pretrained: str = "",
     video_pretrained: str = "",
+    heads: Mapping[str, str] | None = None,
 ) -> DualEncoder:
     """The run's initial model: seeded weights plus the pretrained files, if any (paths, as
     ``RunConfig.pretrained_files`` resolves the run config's sources).
@@ -96,7 +114,9 @@ def initial_model(
     The server starts from it, and every node rebuilds the same weights from it where they
     must never travel (the frozen base of modality alignment).
     """
-    model = build_model(num_classes, audio_shape, video_shape, audio_backbone, video_backbone, embed_dim, seed=seed)
+    model = build_model(
+        num_classes, audio_shape, video_shape, audio_backbone, video_backbone, embed_dim, seed=seed, heads=heads
+    )
     if audio_pretrained:
         load_pretrained(model.audio_encoder, audio_pretrained, "audio-pretrained")
     if video_pretrained:

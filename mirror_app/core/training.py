@@ -10,10 +10,10 @@ from typing import cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .distillation import OBJECTIVES, TEACHERS, DistillSettings
+from .distillation import OBJECTIVES, TEACHER_FREE, TEACHERS, DistillSettings
+from .heads import Calibration, calibrated_ce
 from .models import DualEncoder
 
 
@@ -22,27 +22,21 @@ class Batch:
     audio: torch.Tensor
     video: torch.Tensor | None
     labels: torch.Tensor
-    present: torch.Tensor | None = None  # classes the client holds (restricted softmax), None: all classes
+    # the client's calibrated label loss (run config loss-calibration, restricted-softmax; core.heads), None: plain
+    calibration: Calibration | None = None
     has_video: torch.Tensor | None = None  # which clips have a frame (sample-missing-video); None: all of them
 
     def subset(self, keep: torch.Tensor) -> Batch:
         """The clips of ``keep`` (a boolean mask)."""
         video = None if self.video is None else self.video[keep]
-        return Batch(self.audio[keep], video, self.labels[keep], self.present, None)
+        return Batch(self.audio[keep], video, self.labels[keep], self.calibration, None)
 
 
 def label_ce(logits: torch.Tensor, b: Batch) -> torch.Tensor:
-    """Cross-entropy of ``logits`` against the batch's labels.
-
-    With ``b.present`` set (run config ``restricted-softmax``), the softmax runs over the classes
-    the client holds only: absent classes' logits are left out, so a client with 3 of 20 classes
-    does not push the other 17 down. Under strong label skew (Dirichlet alpha 0.1) and partial
-    participation this keeps the averaged heads from drifting towards the few classes of the
-    clients drawn in a round (restricted softmax, as in FedRS, Li and Zhan 2021, with alpha 0).
-    """
-    if b.present is not None:
-        logits = logits.masked_fill(~b.present, float("-inf"))
-    return F.cross_entropy(logits, b.labels)
+    """Cross-entropy of ``logits`` against the batch's labels, on the client's calibrated logits where the run
+    calibrates them (``b.calibration``: FedLC, FedRS, the balanced softmax, or the restricted softmax over the
+    classes the client holds; :mod:`.heads`). Every shared client loss, and every method's, goes through here."""
+    return calibrated_ce(logits, b.labels, b.calibration)
 
 
 def batches(
@@ -92,7 +86,7 @@ def run_epochs(
     device,
     seed: int,
     mu: float = 0.0,
-    present: torch.Tensor | None = None,
+    calibration: Calibration | None = None,
 ) -> float:
     params = [p for m in trainable for p in m.parameters() if p.requires_grad]  # frozen base weights stay out
     anchor = [p.detach().clone() for p in params] if mu > 0 else []
@@ -102,7 +96,7 @@ def run_epochs(
     total, count = 0.0, 0
     for _ in range(epochs):
         for b in batches(cache, indices, batch_size, with_video, device, rng):
-            b.present = present
+            b.calibration = calibration
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(b)
             if mu > 0:
@@ -204,14 +198,19 @@ def distill(
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    loss_of, teacher_of = OBJECTIVES[objective], TEACHERS[teacher_kind].logits
+    if kw.get("calibration") is not None:  # the objectives' label terms are calibrated like every label loss
+        import dataclasses
+
+        settings = dataclasses.replace(settings, calibration=kw["calibration"])
+    loss_of = OBJECTIVES[objective]
+    teacher_of = None if objective in TEACHER_FREE else TEACHERS[teacher_kind].logits
     counts = stats if stats is not None else {}
     counts.update(kept=0, seen=0)
 
     def loss_fn(b: Batch) -> torch.Tensor:
         assert b.video is not None  # distillation reads video (with_video=True below)
         with torch.no_grad():
-            target = teacher_of(teacher, b)
+            target = teacher_of(teacher, b) if teacher_of is not None else None
         loss, kept = loss_of(student.audio_logits(b.audio), target, b.labels, settings)
         counts["kept"] += int(kept.sum())
         counts["seen"] += len(b.labels)

@@ -134,6 +134,7 @@ def check_pretrained(cfg, cache, require: bool = False) -> tuple[str, str]:
             cfg.embed_dim,
             cfg.seed,
             *files,
+            heads=cfg.head_kinds,
         )
     except PretrainedError as exc:
         kind = "video" if "'video-pretrained'" in str(exc) else "audio"

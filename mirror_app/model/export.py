@@ -119,6 +119,7 @@ def audio_model(run: Run) -> AudioModel:
         cfg.video_backbone,
         cfg.embed_dim,
         seed=cfg.seed,
+        heads=cfg.head_kinds,  # a fixed classifier (an ETF, a frozen random head) is part of the exported graph
     )
     model = run.strategy.model_from_state(model, cfg, cache.classes, run.state)
     missing = [g for g in run.strategy.audio_groups if g not in run.state]
@@ -311,6 +312,12 @@ def write_card(run: Run, meta: dict, folder: Path) -> None:
         f"this method evaluates: {run.strategy.audio_model_text}",
         f"- **Backbone**: `{cfg.audio_backbone}`, embedding {cfg.embed_dim}; weights of the last round "
         f"({last_round}); {started}.",
+        f"- **Label-skew remedies**: classifier {cfg.classifier} on the "
+        + " and ".join(f"{h} head" for h in ("audio", "fusion") if cfg.head_kinds[h] == cfg.classifier).replace(
+            "audio head and fusion head", "audio and fusion heads"
+        )
+        + f", label loss {'restricted softmax' if cfg.restricted_softmax else cfg.loss_calibration}, aggregator "
+        f"{cfg.aggregator} (a fixed classifier is part of `model.onnx`).",
         f"- **Files**: `model.onnx` (opset {meta['onnx_opset']}), `model.ts` (TorchScript), `model.json` "
         "(front end, classes).",
         f"- **Input**: `features` (batch, {meta['input']['shape'][1]}, {fe['num_mel_bins']}): Kaldi log-mel fbank "

@@ -34,8 +34,8 @@ from pathlib import Path
 import pandas as pd
 
 from mirror_app.studies import distill as distill_study
+from mirror_app.studies import headdrift, security
 from mirror_app.studies import missingness as missing_study
-from mirror_app.studies import security
 from mirror_app.studies.readings import (
     FIDELITY_RATES,
     SKEW_BASE,
@@ -72,7 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Ablations that explain Table 1.")
     p.add_argument(
         "which",
-        choices=("teacher", "drift", "skew", "fig2", "fidelity", "robust", "privacy", "missingness", "distill"),
+        choices=(
+            "teacher",
+            "drift",
+            "skew",
+            "fig2",
+            "fidelity",
+            "robust",
+            "privacy",
+            "missingness",
+            "distill",
+            "head-drift",
+        ),
     )
     p.add_argument("--out", default="", help="results folder (default results/ablation-<which>)")
     p.add_argument("--preset", default=DEFAULT_PRESET)
@@ -98,6 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         default="agreement",
         choices=distill_study.OBJECTIVES,
         help="distill: the objective also run with the other teachers and with audio-only clients training",
+    )
+    p.add_argument(
+        "--methods",
+        default=",".join(headdrift.SCREEN_METHODS),
+        help="head-drift: the methods ('all': " + ", ".join(headdrift.FULL_METHODS) + ")",
+    )
+    p.add_argument(
+        "--remedies",
+        default=",".join(headdrift.REMEDIES),
+        help="head-drift: the remedies, comma-separated (a pair joined by '+', e.g. etf+fedlc)",
     )
     p.add_argument("--num-supernodes", type=int, default=100)
     p.add_argument("--timeout", type=float, default=3600)
@@ -136,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         if not fractions or not all(0 < f < 1 for f in fractions):
             raise SweepError(f"--fractions {args.fractions!r}: give attack fractions in (0, 1), comma-separated")
         attacks = security.attack_names(args.attacks)
+        methods = list(headdrift.FULL_METHODS) if args.methods == "all" else [m for m in args.methods.split(",") if m]
+        remedies = [r for r in args.remedies.split(",") if r]
+        for remedy in remedies:
+            headdrift.remedy_config(remedy)  # a ValueError names the unknown one
     except (SweepError, ValueError) as exc:
         print(f"ablations: {exc}", file=sys.stderr)
         return 2
@@ -150,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "privacy": lambda: security.privacy_clean_cells(args.rate, seeds),
         "missingness": lambda: missing_study.missingness_cells(seeds),
         "distill": lambda: distill_study.distill_cells(rates, seeds, args.best),
+        "head-drift": lambda: headdrift.headdrift_cells(methods, remedies, rates, seeds),
     }
     cells = plans[args.which]()
     if not args.report_only:
@@ -229,8 +255,16 @@ def main(argv: list[str] | None = None) -> int:
     elif args.which == "distill":
         markdown, frame = distill_study.distill_table(cells, out, rates)
         distill_study.distill_figure(frame, out, rates)
-        handover = distill_study.handover_csv(frame)
+        handover = distill_study.handover_csv(frame, out)
         write_csv(out / "handover.csv", handover.to_dict("records"), list(handover.columns))
+    elif args.which == "head-drift":
+        from mirror_app.core.config import RunConfig
+        from mirror_app.deploy.preflight import pairs_to_values, parse_pairs
+
+        cfg = RunConfig.from_dict(pairs_to_values(parse_pairs(run_config)))
+        central = _central(records, args.report_only, str(cfg.data_path))
+        markdown, frame = headdrift.headdrift_table(cells, out, cfg.num_server_rounds, central)
+        headdrift.headdrift_figure(frame, out)
     elif args.which == "fidelity":
         markdown, frame = fidelity_table(cells, out, rates, run_config, args.num_supernodes)
         fidelity_figure(frame, out, rates)
@@ -241,6 +275,22 @@ def main(argv: list[str] | None = None) -> int:
     for _, row in runs[runs["status"] == "failed"].iterrows():
         print(f"failed: {row['key']} (log: {row['log']})")
     return 0
+
+
+def _central(records: Path | None, report_only: bool, data_dir: str) -> dict | None:
+    """head-drift's centralised reference: from the records (``<records>/central/report.json``), else trained now
+    (unless ``report_only``) and kept there."""
+    path = records / "central" / "report.json" if records else None
+    if path is not None and path.is_file():
+        return json.loads(path.read_text())
+    if report_only:
+        return None
+    central = headdrift.central_reference(data_dir)
+    if records:
+        from mirror_app.studies.runs import record_report
+
+        record_report(central, "central", records)
+    return central
 
 
 if __name__ == "__main__":

@@ -1,21 +1,24 @@
-"""``python -m mirror_app.studies.ablations distill``: which distillation earns its phase.
+"""``python -m mirror_app.studies.ablations distill``: which distillation earns its phase, against its control.
 
-ModalityMirror under each distillation objective (``kl``, the paper's KL alone; ``kd``; ``dkd``; ``agreement``)
-with the fused teacher, under both readings of phase 1 (the paper's: audiovisual clients do not train the audio
-head; the stronger one: they do), then the ``--best`` objective with the audio-branch teacher, the best-per-sample
-teacher and audio-only clients training in phase 2 (the paper's reading); against MultiFL under both readings
-(its own run of the same 100 rounds, and ModalityMirror's phase 1 in the same run), Harmony and FedCMI. The
-preset (paper-laptop: 80 + 20 rounds, 10 of 100 clients a round) at missing rates 0.1 / 0.3 / 0.5.
+ModalityMirror under each distillation objective (``kl``, the paper's KL alone; ``kd``; ``dkd``; ``agreement``) and
+its control (``ce``: the same phase 2 on the same clients' labels alone, no teacher) with the fused teacher, under both
+readings of phase 1 (the paper's: audiovisual clients do not train the audio head; the stronger one: they do), then
+the ``--best`` objective with the audio-branch teacher, the best-per-sample teacher and audio-only clients training
+in phase 2 (the paper's reading); against MultiFL under both readings (its own run of the same 100 rounds, and
+ModalityMirror's phase 1 in the same run), Harmony and FedCMI. The preset (paper-laptop: 80 + 20 rounds, 10 of 100
+clients a round) at missing rates 0.1 / 0.3 / 0.5.
 
-The cells whose config is a registered method's (ModalityMirror, MultiFL, MultiFL with the audio head, Harmony,
-FedCMI) carry Table 1's keys, so a records folder shared with `make table1` serves both.
+The cells whose config is a registered method's (ModalityMirror, its agreement variant and its control, MultiFL,
+MultiFL with the audio head, Harmony, FedCMI) carry Table 1's keys, so a records folder shared with `make table1`
+serves both.
 
-``ablation.md``: the student against its own phase 1 and the baselines; the audio model's majority share at the
-end of phase 1 and at the first evaluation of phase 2 (a collapse at the start of distillation shows there), per
-run in ``handover.csv``; how much of the teacher's decisions its audio branch reproduces on the test clips
-(``audio_av_agreement`` at the end of phase 1) and the share of samples the ``agreement`` objective distilled;
-the per-class F1 change from phase 1 to the student, on the classes audio decided poorly in phase 1 and on the
-others (the paper's Fig. 2 claim). ``distill.png``: student and baselines against the missing rate.
+``ablation.md``: the student against its own phase 1 and the baselines; each objective minus the control, paired by
+seed and rate (the same phase 1), with the seeds' spread; how much of the teacher's decisions its audio branch
+reproduces (``audio_av_agreement`` at the end of phase 1) and the share of samples the ``agreement`` objective
+distilled; the two explanatory measures of mirror_app/studies/measures.py (which classes phase 2 moves, chosen on dev
+and measured on test; the majority share's rise at the hand-over against the run's own variation), each beside the
+same measure on placebo runs without any distillation. ``distill.png``: student and baselines against the missing
+rate; ``handover.csv``: the rise per run.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import pandas as pd
 
 from mirror_app.studies.runs import Cell, _save, collect
 
-OBJECTIVES = ("kl", "kd", "dkd", "agreement")
+OBJECTIVES = ("kl", "kd", "dkd", "agreement", "ce")  # ce: the control, phase 2 on labels alone (no teacher)
+CONTROL = "ce"
 RATES = (0.1, 0.3, 0.5)
 READINGS = {  # name -> (what it is, run config)
     "paper": ("the paper's reading: only audio-only clients train the audio head in phase 1", ""),
@@ -40,10 +44,16 @@ VARIANTS = {  # tag suffix -> (label, run config beside the objective), run unde
 }
 BASELINES = {"paper": ("multifl", "harmony", "fedcmi"), "stronger": ("multifl-av-head",)}
 MM = "modality-mirror"
-HANDOVER_SLACK = 0.1  # the target: the first phase-2 majority share at most the end of phase 1's plus this
+
+
+# the registered methods a cell of the paper's reading is (so Table 1's records serve this study too)
+REGISTERED = {"agreement": "modality-mirror-agreement", CONTROL: "modality-mirror-control"}
+MM_METHODS = (MM, *REGISTERED.values())
 
 
 def _mm_cell(rate: float, seed: int, objective: str, reading: str, variant: str = "") -> Cell:
+    if reading == "paper" and not variant and objective in REGISTERED:
+        return Cell(REGISTERED[objective], rate, seed)
     config = " ".join(
         c
         for c in (
@@ -71,6 +81,9 @@ def distill_cells(rates: list[float], seeds: list[int], best: str = "agreement")
 
 def _describe(cell: Cell) -> tuple[str, str, str]:
     """(reading, objective or method, variant) of a cell."""
+    registered = {m: o for o, m in REGISTERED.items()}
+    if cell.method in registered:
+        return "paper", registered[cell.method], ""
     if cell.method != MM:
         return ("stronger" if cell.method == "multifl-av-head" else "paper"), cell.method, ""
     parts = cell.tag.split("-") if cell.tag else []
@@ -96,23 +109,6 @@ def _phase_rows(out: Path, cell: Cell) -> tuple[dict, dict, float | None]:
     )
 
 
-def _per_class_change(out: Path, cell: Cell, p1_round, p2_round) -> pd.DataFrame | None:
-    """Per class: phase-1 F1 at its best-dev round, the student's at its best-dev round, and the change."""
-    path = out / "runs" / cell.key / "per_class_f1.csv"
-    if not path.is_file() or p1_round is None or p2_round is None or pd.isna(p1_round) or pd.isna(p2_round):
-        return None
-    f = pd.read_csv(path)
-    before = f[f["round"] == int(p1_round)].set_index("class")["f1"]
-    after = f[f["round"] == int(p2_round)].set_index("class")["f1"]
-    if before.empty or after.empty:
-        return None
-    frame = pd.DataFrame({"phase1_f1": before, "student_f1": after})
-    frame["change"] = frame["student_f1"] - frame["phase1_f1"]
-    # the classes audio decided poorly: the lower half of the classes by phase-1 F1 (ties by class order)
-    frame["weak"] = frame["phase1_f1"].rank(method="first") <= len(frame) / 2
-    return frame
-
-
 def distill_frame(cells: list[Cell], out: Path) -> pd.DataFrame:
     """runs.csv's rows of ``cells`` with the study's columns: reading, objective, variant, phase-1 handover."""
     runs = collect(cells, out)
@@ -122,7 +118,7 @@ def distill_frame(cells: list[Cell], out: Path) -> pd.DataFrame:
     runs["variant"] = [d[2] for d in described]
     extra = []
     for cell in cells:
-        last1, first2, kept = _phase_rows(out, cell) if cell.method == MM else ({}, {}, None)
+        last1, first2, kept = _phase_rows(out, cell) if cell.method in MM_METHODS else ({}, {}, None)
         extra.append(
             {
                 "phase1_end_round": last1.get("round"),
@@ -137,9 +133,6 @@ def distill_frame(cells: list[Cell], out: Path) -> pd.DataFrame:
     runs = pd.concat([runs, pd.DataFrame(extra)], axis=1)
     runs["gain"] = pd.to_numeric(runs["best_dev_audio_top1"], errors="coerce") - pd.to_numeric(
         runs["phase1_best_dev_audio_top1"], errors="coerce"
-    )
-    runs["handover_rise"] = pd.to_numeric(runs["phase2_first_majority_share"], errors="coerce") - pd.to_numeric(
-        runs["phase1_end_majority_share"], errors="coerce"
     )
     return runs
 
@@ -184,7 +177,7 @@ def distill_table(cells: list[Cell], out: Path, rates: list[float]) -> tuple[str
             f"| method | {heads} |",
             "|" + " --- |" * (len(rates) + 1),
         ]
-        mm = ok[(ok["reading"] == reading) & (ok["method"] == MM)]
+        mm = ok[(ok["reading"] == reading) & ok["method"].isin(MM_METHODS)]
         for objective, variant in _rows(ok, reading):
             sel = ok[(ok["reading"] == reading) & (ok["objective"] == objective) & (ok["variant"] == variant)]
             row = []
@@ -200,39 +193,13 @@ def distill_table(cells: list[Cell], out: Path, rates: list[float]) -> tuple[str
             row = [_pct(base[np.isclose(base["missing_rate"], r)]["phase1_best_dev_audio_top1"]) for r in rates]
             lines.append("| MultiFL (ModalityMirror's phase 1, same run) | " + " | ".join(row) + " |")
         lines.append("")
-    lines += _handover_lines(ok, rates) + _agreement_lines(ok, rates) + _per_class_lines(ok, out, cells)
+    lines += _control_lines(ok, rates) + _agreement_lines(ok, rates) + _measure_lines(ok, out)
     lines += _verdict_lines(ok, rates)
     return "\n".join(lines) + "\n", runs
 
 
-def _handover_lines(ok: pd.DataFrame, rates: list[float]) -> list[str]:
-    mm = ok[ok["method"] == MM]
-    lines = [
-        "### Collapse at the start of phase 2",
-        "",
-        "The audio model's majority share (the share of test clips given its most predicted class) at the end of "
-        "phase 1 -> at the first evaluation of phase 2, in % (mean over seeds); then the runs whose share rose by "
-        f"more than {100 * HANDOVER_SLACK:.0f} points, of all. Per run: handover.csv.",
-        "",
-        "| reading | method | " + " | ".join(f"{r:g}" for r in rates) + " | rose > 10 points |",
-        "|" + " --- |" * (len(rates) + 3),
-    ]
-    for reading in READINGS:
-        for objective, variant in _rows(mm, reading):
-            sel = mm[(mm["reading"] == reading) & (mm["objective"] == objective) & (mm["variant"] == variant)]
-            row = []
-            for r in rates:
-                g = sel[np.isclose(sel["missing_rate"], r)]
-                row.append(f"{_pct(g['phase1_end_majority_share'])} -> {_pct(g['phase2_first_majority_share'])}")
-            rose = int((sel["handover_rise"] > HANDOVER_SLACK).sum())
-            lines.append(
-                f"| {reading} | {_label(objective, variant)} | " + " | ".join(row) + f" | {rose} of {len(sel)} |"
-            )
-    return lines + [""]
-
-
 def _agreement_lines(ok: pd.DataFrame, rates: list[float]) -> list[str]:
-    mm = ok[(ok["method"] == MM) & (ok["objective"] == "kl") & (ok["variant"] == "")]
+    mm = ok[ok["method"].isin(MM_METHODS) & (ok["objective"] == "kl") & (ok["variant"] == "")]
     lines = [
         "### How much of the teacher audio can reach",
         "",
@@ -246,7 +213,7 @@ def _agreement_lines(ok: pd.DataFrame, rates: list[float]) -> list[str]:
     ]
     for reading in READINGS:
         sel = mm[mm["reading"] == reading]
-        agree = ok[(ok["method"] == MM) & (ok["objective"] == "agreement") & (ok["reading"] == reading)]
+        agree = ok[ok["method"].isin(MM_METHODS) & (ok["objective"] == "agreement") & (ok["reading"] == reading)]
         agree = agree[agree["variant"] == ""]
         for label, frame, column in (
             ("teacher AV top-1", sel, "teacher_av_top1"),
@@ -258,90 +225,190 @@ def _agreement_lines(ok: pd.DataFrame, rates: list[float]) -> list[str]:
     return lines + [""]
 
 
-def _per_class_lines(ok: pd.DataFrame, out: Path, cells: list[Cell]) -> list[str]:
-    by_key = {c.key: c for c in cells}
-    mm = ok[ok["method"] == MM]
-    lines = [
-        "### Which classes distillation moves (the paper's Fig. 2 claim)",
-        "",
-        "Audio F1 change in points from phase 1 (its best-dev round) to the student (its best-dev round in phase "
-        "2), mean over classes and runs (all rates and seeds): on the classes audio decided poorly in phase 1 "
-        "(the lower half of the classes by phase-1 F1 in that run) and on the others.",
-        "",
-        "| reading | method | weak classes | strong classes |",
-        "| --- | --- | --- | --- |",
-    ]
+def _boundary(out: Path, ok: pd.DataFrame) -> int:
+    """The hand-over round of the study's runs (their num-server-rounds)."""
+    import json
+
+    for key in ok["key"]:
+        path = out / "runs" / key / "config.json"
+        if path.is_file():
+            return int(json.loads(path.read_text())["num-server-rounds"])
+    return 0
+
+
+def _measure_rows(ok: pd.DataFrame, out: Path) -> list[tuple[str, str, str, dict]]:
+    """(reading, row label, 'distillation' or 'placebo', its measures) for every row of the study: the objectives'
+    runs, and the placebo runs that have no distillation (the control, Harmony, MultiFL with the audio head)."""
+    from mirror_app.studies.measures import run_measures
+
+    boundary = _boundary(out, ok)
+    rows = []
     for reading in READINGS:
-        for objective, variant in _rows(mm, reading):
-            sel = mm[(mm["reading"] == reading) & (mm["objective"] == objective) & (mm["variant"] == variant)]
-            frames = [
-                _per_class_change(out, by_key[k], p1, p2)
-                for k, p1, p2 in zip(sel["key"], sel["phase1_best_dev_round"], sel["best_dev_round"])
-            ]
-            frames = [f for f in frames if f is not None]
-            if not frames:
+        for objective, variant in _rows(ok, reading):
+            if objective not in OBJECTIVES and objective not in PLACEBO_METHODS:
                 continue
-            both = pd.concat(frames)
-            weak, strong = both[both["weak"]]["change"], both[~both["weak"]]["change"]
-            lines.append(
-                f"| {reading} | {_label(objective, variant)} | {100 * weak.mean():+.1f} | {100 * strong.mean():+.1f} |"
-            )
-    return lines + [""]
+            sel = ok[(ok["reading"] == reading) & (ok["objective"] == objective) & (ok["variant"] == variant)]
+            changes, jumps = [], []
+            for key in sel["key"]:
+                change, jump = run_measures(out / "runs" / key, boundary)
+                changes += [change] if change is not None else []
+                jumps += [jump] if jump is not None else []
+            kind = "placebo" if objective == CONTROL or objective in PLACEBO_METHODS else "distillation"
+            rows.append((reading, _label(objective, variant), kind, {"changes": changes, "jumps": jumps}))
+    return rows
 
 
-def _verdict_lines(ok: pd.DataFrame, rates: list[float]) -> list[str]:
-    """The study's targets, each as met or not from the table's means."""
+PLACEBO_METHODS = ("harmony", "multifl-av-head")  # runs with no distillation at all, measured at the same boundary
 
-    def mean(sel: pd.DataFrame, column: str, r: float) -> float:
-        return float(pd.to_numeric(sel[np.isclose(sel["missing_rate"], r)][column], errors="coerce").mean())
 
-    lines = ["### Against the targets", ""]
-    multifl_on = ok[ok["method"] == "multifl-av-head"]
-    harmony = ok[ok["method"] == "harmony"]
-    for objective in OBJECTIVES:
-        strong = ok[(ok["reading"] == "stronger") & (ok["objective"] == objective) & (ok["variant"] == "")]
-        paper = ok[(ok["reading"] == "paper") & (ok["objective"] == objective) & (ok["variant"] == "")]
-        if strong.empty and paper.empty:
+def _measure_lines(ok: pd.DataFrame, out: Path) -> list[str]:
+    """The two explanatory measures, on the distillation rows and beside them on placebo rows (mirror_app/studies/
+    measures.py): kept as evidence only where the distillation rows stand apart from the placebo ones."""
+    rows = _measure_rows(ok, out)
+    lines = [
+        "### Which classes phase 2 moves, against placebo runs",
+        "",
+        "Test F1 change in points of the audio model between its best-dev round before the hand-over and its best-dev "
+        "round after it, mean over classes and runs (all rates and seeds): on the classes that were weak **by dev** "
+        "F1 before it (the lower half) and on the others; 'same split' chooses the weak classes on test itself, as "
+        "the earlier page did. Placebo rows have no teacher: the phase-2 control, and Harmony and MultiFL with the "
+        "audio head split at the same round. A gap (weak minus strong) that the placebo rows show too is regression "
+        "to the mean, not distillation.",
+        "",
+        "| reading | row | kind | weak classes | strong classes | weak minus strong | same split: weak / strong | "
+        "runs |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for reading, label, kind, m in rows:
+        c = m["changes"]
+        if not c:
             continue
-        gains = [mean(strong, "gain", r) for r in rates]
-        over = [mean(strong, "best_dev_audio_top1", r) - mean(multifl_on, "best_dev_audio_top1", r) for r in rates]
-        above_harmony = [
-            r for r in rates if mean(paper, "best_dev_audio_top1", r) > mean(harmony, "best_dev_audio_top1", r)
-        ]
-        rose = int((pd.concat([strong, paper])["handover_rise"] > HANDOVER_SLACK).sum())
+        weak, strong = np.array([x.weak for x in c]), np.array([x.strong for x in c])
+        naive_w, naive_s = np.mean([x.same_split_weak for x in c]), np.mean([x.same_split_strong for x in c])
+        gap = weak - strong
         lines.append(
-            f"- {objective}: stronger reading, gain over its phase 1 "
-            + ", ".join(f"{100 * g:+.1f}" for g in gains)
-            + " and over MultiFL with the audio head "
-            + ", ".join(f"{100 * o:+.1f}" for o in over)
-            + f" points at rates {', '.join(f'{r:g}' for r in rates)} "
-            + ("(target met)" if all(g >= 0.03 for g in gains) and all(o > 0 for o in over) else "(target not met)")
-            + f"; paper's reading above Harmony at {', '.join(f'{r:g}' for r in above_harmony) or 'no rate'}; "
-            + f"majority share rose > 10 points at the start of phase 2 in {rose} of "
-            f"{len(strong) + len(paper)} runs."
+            f"| {reading} | {label} | {kind} | {100 * weak.mean():+.1f} | {100 * strong.mean():+.1f} | "
+            f"{100 * gap.mean():+.1f} +- {100 * gap.std():.1f} | {100 * naive_w:+.1f} / {100 * naive_s:+.1f} | "
+            f"{len(c)} |"
+        )
+    lines += [
+        "",
+        "### Collapse at the hand-over, against placebo runs",
+        "",
+        "The rise of the audio model's majority share from the last evaluation before the hand-over to the first "
+        "after it, in points (mean over runs), and the runs in which it exceeds the run's own round-to-round "
+        "variation before the hand-over (its mean plus two standard deviations): a collapse the hand-over caused "
+        "shows in distillation rows more often than in placebo rows, which cross the same round without one.",
+        "",
+        "| reading | row | kind | rise at the hand-over | beyond the run's own variation |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for reading, label, kind, m in rows:
+        j = m["jumps"]
+        if not j:
+            continue
+        rise = np.array([x.jump for x in j])
+        lines.append(
+            f"| {reading} | {label} | {kind} | {100 * rise.mean():+.1f} +- {100 * rise.std():.1f} | "
+            f"{sum(x.collapse for x in j)} of {len(j)} |"
         )
     return lines + [""]
 
 
-def handover_csv(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per ModalityMirror run: the majority shares either side of the phase boundary, and whether it rose."""
-    mm = runs[(runs["method"] == MM) & (runs["status"] == "ok")]
-    columns = [
-        "key",
-        "reading",
-        "objective",
-        "variant",
-        "missing_rate",
-        "seed",
-        "phase1_end_round",
-        "phase1_end_majority_share",
-        "phase2_first_round",
-        "phase2_first_majority_share",
-        "handover_rise",
+def _control_lines(ok: pd.DataFrame, rates: list[float]) -> list[str]:
+    """Each objective's best-dev audio top-1 minus the control's, paired by seed and rate (the same phase 1)."""
+    lines = [
+        "### Each objective against the phase-2 control",
+        "",
+        "Best-dev audio top-1 of the student minus the control's (ModalityMirror's phase 2 on the same clients' "
+        "labels alone, no teacher) with the same reading, seed and missing rate, so the same phase 1: mean +- std "
+        "over seeds, in points; 'no measurable effect' where the mean is within one standard deviation of 0.",
+        "",
+        "| reading | objective | " + " | ".join(f"{r:g}" for r in rates) + " |",
+        "|" + " --- |" * (len(rates) + 2),
     ]
-    frame = mm[columns].copy()
-    frame["collapsed_at_handover"] = frame["handover_rise"] > HANDOVER_SLACK
-    return frame
+    for reading in READINGS:
+        control = ok[(ok["reading"] == reading) & (ok["objective"] == CONTROL) & (ok["variant"] == "")]
+        if control.empty:
+            continue
+        for objective, variant in _rows(ok, reading):
+            if objective not in OBJECTIVES or objective == CONTROL:
+                continue
+            sel = ok[(ok["reading"] == reading) & (ok["objective"] == objective) & (ok["variant"] == variant)]
+            cells = []
+            for r in rates:
+                mine = sel[np.isclose(sel["missing_rate"], r)].set_index("seed")["best_dev_audio_top1"]
+                base = control[np.isclose(control["missing_rate"], r)].set_index("seed")["best_dev_audio_top1"]
+                both = mine.index.intersection(base.index)
+                if not len(both):
+                    cells.append("n/a")
+                    continue
+                diff = 100 * (pd.to_numeric(mine[both]) - pd.to_numeric(base[both]))
+                spread = float(diff.std(ddof=0)) if len(diff) > 1 else float("nan")
+                verdict = " (no measurable effect)" if len(diff) > 1 and abs(diff.mean()) <= spread else ""
+                cells.append(f"{diff.mean():+.1f} +- {spread:.1f}{verdict}")
+            lines.append(f"| {reading} | {_label(objective, variant)} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _verdict_lines(ok: pd.DataFrame, rates: list[float]) -> list[str]:
+    """The study's questions, answered from the table's paired differences: which objective beats the phase-2
+    control, at which rate and by how much (beyond the seeds' spread), and whether the best student beats MultiFL
+    with the audio head trained by every client."""
+
+    def paired(a: pd.DataFrame, b: pd.DataFrame, r: float) -> pd.Series:
+        x = a[np.isclose(a["missing_rate"], r)].set_index("seed")["best_dev_audio_top1"]
+        y = b[np.isclose(b["missing_rate"], r)].set_index("seed")["best_dev_audio_top1"]
+        both = x.index.intersection(y.index)
+        return 100 * (pd.to_numeric(x[both]) - pd.to_numeric(y[both]))
+
+    lines = ["### What the differences say", ""]
+    multifl_on = ok[ok["method"] == "multifl-av-head"]
+    for reading in READINGS:
+        control = ok[(ok["reading"] == reading) & (ok["objective"] == CONTROL) & (ok["variant"] == "")]
+        for objective in OBJECTIVES:
+            if objective == CONTROL:
+                continue
+            sel = ok[(ok["reading"] == reading) & (ok["objective"] == objective) & (ok["variant"] == "")]
+            if sel.empty or control.empty:
+                continue
+            beats, said = [], []
+            for r in rates:
+                d = paired(sel, control, r)
+                if len(d) < 2:
+                    continue
+                said.append(f"{d.mean():+.1f} at {r:g}")
+                if d.mean() > d.std(ddof=0):
+                    beats.append(f"{r:g}")
+            over = [paired(sel, multifl_on, r) for r in rates]
+            above = [f"{r:g}" for r, d in zip(rates, over) if len(d) > 1 and d.mean() > d.std(ddof=0)]
+            lines.append(
+                f"- {reading} reading, {objective}: against the control {', '.join(said) or 'n/a'} points; beyond the "
+                f"seeds' spread at {', '.join(beats) or 'no rate'}; above MultiFL with the audio head (beyond the "
+                f"spread) at {', '.join(above) or 'no rate'}."
+            )
+    return lines + [""]
+
+
+def handover_csv(runs: pd.DataFrame, out: Path) -> pd.DataFrame:
+    """Per ModalityMirror run: the majority share's rise across the hand-over and the run's own threshold
+    (mirror_app/studies/measures.py)."""
+    from mirror_app.studies.measures import handover_jump
+
+    mm = runs[runs["method"].isin(MM_METHODS) & (runs["status"] == "ok")]
+    boundary = _boundary(out, mm)
+    rows = []
+    for _, row in mm.iterrows():
+        jump = handover_jump(pd.read_csv(out / "runs" / row["key"] / "metrics.csv"), boundary)
+        rows.append(
+            {
+                **{k: row[k] for k in ("key", "reading", "objective", "variant", "missing_rate", "seed")},
+                "rise": None if jump is None else jump.jump,
+                "threshold": None if jump is None else jump.threshold,
+                "beyond_own_variation": None if jump is None else jump.collapse,
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def distill_figure(runs: pd.DataFrame, out: Path, rates: list[float]) -> Path | None:

@@ -224,6 +224,15 @@ REPORTS = (
         extra=("handover.csv",),
     ),
     Report(
+        "head-drift",
+        "Label skew: the remedies that keep the heads from drifting",
+        "python -m mirror_app.studies.ablations head-drift --rates 0.3 --seeds 0,1 --records docs/records/head-drift",
+        "head-drift",
+        "mirror_app.studies.ablations",
+        ("head-drift", "--rates", "0.3", "--seeds", "0,1", "--records", "docs/records/head-drift"),
+        figures=("head_drift.png",),
+    ),
+    Report(
         "fidelity",
         "Fidelity: the paper's ambiguous readings",
         "python -m mirror_app.studies.ablations fidelity --seeds 0,1,2 --records docs/records/paper-laptop",
@@ -509,7 +518,20 @@ def generated_files() -> dict[Path, bytes]:
     for name, body in blocks.items():
         readme = replace_block(readme, name, body)
     out[ROOT / "README.md"] = readme.encode()
+    methods = DOCS / "methods.md"
+    out[methods] = replace_block(methods.read_text(), "recipes", table1_recipes()).encode()
     return out
+
+
+def table1_recipes() -> str:
+    """docs/methods.md's recipes: each Table 1 method's, from the resolved config of its first record."""
+    from mirror_app.studies.recipes import recipe_table, recorded_configs
+    from mirror_app.studies.sweep import METHODS
+
+    folder = RECORDS / "paper-laptop"
+    keys = {m: [f"{m}-mr{r:g}-s{s}" for r in (0.3, 0.1, 0.5) for s in (0, 1, 2)] for m in METHODS}
+    configs = recorded_configs(folder, keys)
+    return recipe_table(configs) if configs else "(no Table 1 records yet)\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -192,7 +192,7 @@ def run_cells(
 RECORD_FILES = ("config.json", "metrics.csv", "summary.json")  # summary.json last: it marks a record complete
 
 
-GZIPPED = ("per_class_f1.csv",)  # kept as <name>.gz
+GZIPPED = ("per_class_f1.csv", "per_class_f1_dev.csv")  # kept as <name>.gz
 
 
 def _copy_atomic(src: Path, dst: Path, compress: bool = False) -> None:

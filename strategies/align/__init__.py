@@ -1,5 +1,5 @@
 """Modality alignment with federated broadcasting: server part, client tasks, model and loss, text anchors."""
 
-from .server import ModalityAlign
+from .server import ModalityAlign, ModalityAlignETF, ModalityAlignRandom
 
-__all__ = ["ModalityAlign"]
+__all__ = ["ModalityAlign", "ModalityAlignRandom", "ModalityAlignETF"]

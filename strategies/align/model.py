@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mirror_app.core.groups import get_groups
+from mirror_app.core.heads import calibrated_ce
 from mirror_app.core.models import DualEncoder
 from mirror_app.core.training import run_epochs
 
@@ -172,17 +173,22 @@ def contrastive_pair_loss(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor)
 
 
 def align_loss(
-    model: AlignModel, audio: torch.Tensor, video: torch.Tensor | None, labels: torch.Tensor, av_weight: float
+    model: AlignModel,
+    audio: torch.Tensor,
+    video: torch.Tensor | None,
+    labels: torch.Tensor,
+    av_weight: float,
+    calibration=None,
 ) -> torch.Tensor:
     """Contrastive alignment to the class anchors: cross-entropy over the scaled cosine
     similarity of each embedding to every anchor (the anchors of the other classes are the
-    negatives). With video: the same for video, plus ``av_weight`` x the symmetric InfoNCE
-    between the audio and video embeddings of the same clips."""
+    negatives), calibrated where the run calibrates the clients' label loss (core.heads). With video: the same for
+    video, plus ``av_weight`` x the symmetric InfoNCE between the audio and video embeddings of the same clips."""
     za = model.audio_embed(audio)
-    loss = F.cross_entropy(model.audio_proj.scale() * za @ model.text_anchors.T, labels)
+    loss = calibrated_ce(model.audio_proj.scale() * za @ model.text_anchors.T, labels, calibration)
     if video is not None:
         zv = model.video_embed(video)
-        loss = loss + F.cross_entropy(model.video_proj.scale() * zv @ model.text_anchors.T, labels)
+        loss = loss + calibrated_ce(model.video_proj.scale() * zv @ model.text_anchors.T, labels, calibration)
         if av_weight > 0 and len(labels) > 1:
             loss = loss + av_weight * contrastive_pair_loss(za, zv, model.audio_proj.scale())
     return loss
@@ -196,7 +202,7 @@ def train_align(model: AlignModel, cache, indices, *, with_video: bool, av_weigh
         trainable += [model.video_encoder, model.video_proj]
     return run_epochs(
         model,
-        lambda b: align_loss(model, b.audio, b.video, b.labels, av_weight),
+        lambda b: align_loss(model, b.audio, b.video, b.labels, av_weight, b.calibration),
         trainable,
         cache,
         indices,

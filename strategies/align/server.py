@@ -31,6 +31,7 @@ from .model import (
     ALIGN_AV_TRAIN,
     ALIGN_GROUPS,
     AUDIO_BASE,
+    AUDIO_PROJ,
     TEXT_ANCHORS,
     base_fingerprint,
     build_align_model,
@@ -46,10 +47,37 @@ class AlignPhase(Phase):
         return Instruction("align-av", send=ALIGN_AV_SEND, train=ALIGN_AV_TRAIN)
 
 
+def class_anchors_of(kind: str, classes: list[str], seed: int) -> np.ndarray:
+    """The fixed class anchors (classes x 384) by run config ``align-anchors``: ``text``, the sentence encoder's
+    embeddings of the readable class names; ``random``, seeded unit vectors; ``etf``, a simplex ETF (pairwise
+    cosine -1 / (K - 1)). The last two separate "a fixed classifier" from "what the text encoder knows"."""
+    import torch
+
+    from mirror_app.core.heads import simplex_etf
+
+    from .text import TEXT_DIM
+
+    if kind == "text":
+        from .text import TEXT_ENCODER, class_anchors  # the text encoder lives on the server only
+
+        anchors = class_anchors(classes)
+        log(INFO, "text anchors: %d classes x %d dims from %s", *anchors.shape, TEXT_ENCODER)
+        return anchors
+    generator = torch.Generator().manual_seed(seed)
+    if kind == "random":
+        raw = torch.randn(len(classes), TEXT_DIM, generator=generator)
+        anchors = torch.nn.functional.normalize(raw, dim=1).numpy()
+    else:
+        anchors = simplex_etf(len(classes), TEXT_DIM, generator).T.numpy()
+    log(INFO, "%s anchors: %d classes x %d dims (no text encoder)", kind, *anchors.shape)
+    return np.ascontiguousarray(anchors, dtype=np.float32)
+
+
 class ModalityAlign(PhasedStrategy):
     model_groups = ALIGN_GROUPS
     audio_groups = (AUDIO_BASE,) + ALIGN_AUDIO_SEND  # base encoder + adapters, projection, class anchors
     client_tasks = ALIGN_TASKS
+    audio_classifier = AUDIO_PROJ  # the projection onto the fixed anchors
     label = "ModalityAlign (text anchors + LoRA)"
     compared = True
 
@@ -65,11 +93,18 @@ class ModalityAlign(PhasedStrategy):
 
     @classmethod
     def server_model(cls, model, cfg: RunConfig, classes: list[str]):
-        from .text import TEXT_ENCODER, class_anchors  # the text encoder lives on the server only
-
-        anchors = class_anchors(classes)
-        log(INFO, "text anchors: %d classes x %d dims from %s", *anchors.shape, TEXT_ENCODER)
+        anchors = class_anchors_of(cfg.align_anchors, classes, cfg.seed)
         return build_align_model(model, anchors, cfg.lora_rank, seed=cfg.seed)
+
+    @classmethod
+    def outside_information(cls, cfg: RunConfig) -> str:
+        """What the method knows beyond the clients' clips: with text anchors, the class names, through a frozen
+        sentence encoder of about 22 M parameters."""
+        if cfg.align_anchors == "text":
+            from .text import TEXT_ENCODER
+
+            return f"the class names, embedded by a frozen sentence encoder ({TEXT_ENCODER}, about 22 M parameters)"
+        return ""
 
     def __init__(self, cfg: RunConfig, model, *args, **kwargs) -> None:
         super().__init__(cfg, model, *args, **kwargs)
@@ -84,3 +119,26 @@ class ModalityAlign(PhasedStrategy):
 
     def av_model_state(self) -> dict:
         return {g: self.state[g] for g in ALIGN_GROUPS}
+
+
+class ModalityAlignRandom(ModalityAlign):
+    """ModalityAlign with seeded random unit anchors in place of the text anchors (same frozen base, same LoRA):
+    the control that separates a fixed classifier from what the text encoder knows."""
+
+    label = "ModalityAlign, random anchors (control)"
+    table_label = "Control: ModalityAlign with random anchors, no text encoder (this project's)"
+    beyond_paper = True
+    family = "project"
+    compared = True
+    settings = {"align-anchors": "random"}
+
+
+class ModalityAlignETF(ModalityAlign):
+    """ModalityAlign with a simplex ETF as anchors (maximally separated, no text): the second such control."""
+
+    label = "ModalityAlign, simplex-ETF anchors (control)"
+    table_label = "Control: ModalityAlign with simplex-ETF anchors, no text encoder (this project's)"
+    beyond_paper = True
+    family = "project"
+    compared = True
+    settings = {"align-anchors": "etf"}

