@@ -47,7 +47,7 @@ from mirror_app.core.config import ATTACKS, RunConfig
 from mirror_app.core.groups import unflatten
 from mirror_app.core.privacy import IDENTITY, REPLY_NEEDS, floating, hides_client_values, local_release, sensitivity
 
-from .base import LABEL_PERMUTATION, group_examples, received_groups
+from .base import FIXED_ARRAYS, GROUP_EXAMPLES, LABEL_PERMUTATION, group_examples, received_groups
 
 COUNT_FACTOR = 100  # inflate-count: reported examples x this
 
@@ -159,13 +159,31 @@ def attack_mod(msg: Message, context: Context, call_next) -> Message:
     return reply
 
 
+def fixed_positions(names: list[str], sizes: list[int], text) -> set[int]:
+    """Positions, in a reply's flat list of arrays (``names``' groups of ``sizes`` arrays each), of the arrays the
+    server says nothing trains (``fixed-arrays``: 'group:i,j;...')."""
+    per_group = {}
+    for item in (t for t in str(text or "").split(";") if t):
+        group, _, positions = item.rpartition(":")
+        per_group[group] = {int(p) for p in positions.split(",") if p}
+    out, start = set(), 0
+    for name, size in zip(names, sizes):
+        out |= {start + i for i in per_group.get(name, ())}
+        start += size
+    return out
+
+
 def disclosed(metrics: dict, cfg: RunConfig) -> dict:
     """The reply metrics the run's mode lets the server see: all of them in plain runs and under central DP (the
     server is trusted there); under local DP and secure aggregation only the client's identity and which groups its
     reply carries (``core.privacy.IDENTITY``, ``REPLY_NEEDS``): no loss, timing, count or refusal reason."""
     if not hides_client_values(cfg.dp, cfg.secure_aggregation):
         return dict(metrics)
-    return {k: v for k, v in metrics.items() if k in (*IDENTITY, *REPLY_NEEDS, "task")}
+    out = {k: v for k, v in metrics.items() if k in (*IDENTITY, *REPLY_NEEDS, "task")}
+    untrained = [item for item in str(metrics.get(GROUP_EXAMPLES, "")).split(",") if item.endswith(":0")]
+    if untrained:  # which sent groups it could not train (no clip with a frame): names, no count
+        out[GROUP_EXAMPLES] = ",".join(untrained)
+    return out
 
 
 class GroupLocalDpMod(LocalDpMod):
@@ -205,7 +223,8 @@ class GroupLocalDpMod(LocalDpMod):
         names = [n for n in str(res.metrics.get("groups", "")).split(",") if n]
         sent = parameters_to_ndarrays(res.parameters)
         before = [a for name in names for a in received[name]]
-        floats = floating(sent)
+        fixed = fixed_positions(names, [len(received[n]) for n in names], fit_ins.config.get(FIXED_ARRAYS, ""))
+        floats = [i for i in floating(sent) if i not in fixed]  # a fixed classifier is never released
         released = local_release([sent[i] - before[i] for i in floats], self.clipping_norm, self.std, self.rng)
         for i, step in zip(floats, released):
             sent[i] = (before[i] + step).astype(sent[i].dtype)
@@ -265,8 +284,15 @@ def _secure_encoded(call_next):
         layout = secure.parse_layout(str(config[secure.LAYOUT]))
         slot = str(config.get(secure.SLOT, ""))
         names = [n for n in str(res.metrics.get("groups", "")).split(",") if n]
+        untrained = [g for g, n in group_examples(res.metrics).items() if n == 0]
+        if res.metrics.get("refused") or untrained or not names:
+            # the server counted this client among the contributors of its groups: a vector of zeros would let a
+            # group be summed from fewer than secure-min-clients real updates; leaving the round instead makes
+            # SecAgg+ treat it as dropped, and the server checks the survivors before it unmasks
+            why = res.metrics.get("refused") or f"it could not train {untrained or 'any group'}"
+            raise RuntimeError(f"secure aggregation: this client leaves the round: {why}")
         updates, weights = {}, {}
-        if names and not res.metrics.get("refused"):
+        if names:
             received = received_groups(parameters_to_ndarrays(fit_ins.parameters), config)
             sent = parameters_to_ndarrays(res.parameters)
             lists = unflatten(sent, names, [len(received[n]) for n in names])

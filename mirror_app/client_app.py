@@ -187,14 +187,16 @@ def make_client(context: Context):
             raise ValueError(f"node config 'num-threads' = {threads} is invalid: an integer >= 1")
         torch.set_num_threads(threads)
     data_dir = str(node.get("data-dir") or cfg.data_path)
+    from clients.mods import simulated
+
+    generate = simulated() or str(node.get("make-embedded", "false")).lower() == "true"
+    if generate and cfg.dataset == "embedded":  # a demonstration node makes its folder and the data in it
+        Path(data_dir).expanduser().mkdir(parents=True, exist_ok=True)
     if "data-dir" in node and not Path(data_dir).expanduser().is_dir():
         raise ValueError(
             f"node config 'data-dir' = {data_dir!r} does not exist: give the folder that holds this node's prepared "
             "data (make prepare ... DATA_DIR=<folder>)"
         )
-    from clients.mods import simulated
-
-    generate = simulated() or str(node.get("make-embedded", "false")).lower() == "true"
     ws, built = _workspace(
         context.run_id,
         cfg.strategy,

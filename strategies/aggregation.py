@@ -159,8 +159,10 @@ class GroupAggregator:
     groups the current round aggregated by the median for want of contributors, and ``kept`` the indices of the
     contributions Krum kept, per group (the strategy clears both every round)."""
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, fixed: dict[str, set[int]] | None = None) -> None:
         self.cfg = cfg
+        # per state key, the positions of the arrays nothing trains (core.heads.fixed_keys): a DP release keeps them
+        self.fixed = fixed or {}
         self.inner: dict[str, FedAvg] = {}
         self.fallbacks: set[str] = set()
         self.kept: dict[str, list[int]] = {}
@@ -226,7 +228,8 @@ class GroupAggregator:
         never NumPy's global one: the operating system's entropy (:func:`noise_generator`). Integer arrays
         (counters) keep their value: they are never released."""
         cfg = self.cfg
-        floats = _floating(current)
+        fixed = self.fixed.get(key, set())
+        floats = [i for i in _floating(current) if i not in fixed]  # a fixed classifier is never released
         if denominator is None:  # fixed-size draws: the contributors that arrived
             denominator = len(contributions)
         if not floats or denominator <= 0:

@@ -28,7 +28,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
-from clients.base import GROUP_SIZES, Task, group_examples
+from clients.base import FIXED_ARRAYS, GROUP_SIZES, Task, group_examples
 from data.partition import AUDIO, AUDIOVISUAL, attacked_partitions
 from mirror_app.core.config import ConfigError, RunConfig
 from mirror_app.core.groups import (
@@ -166,7 +166,8 @@ class PhasedStrategy(Protection, FedAvg):
         self.federation_check: Callable[[int], str] | None = None
         self.simulated = True  # simulated nodes (the ServerApp says when they are deployed ones)
         self.initial_encoders: dict[str, str] = {}  # what the encoders started from (the ServerApp says)
-        self.aggregator = GroupAggregator(cfg)
+        self.fixed = self.fixed_positions(model)
+        self.aggregator = GroupAggregator(cfg, self.fixed)
         self.ledger = (
             PrivacyLedger(cfg.dp, cfg.dp_noise_multiplier, cfg.dp_delta, cfg.dp_sampling) if cfg.dp != "off" else None
         )
@@ -194,7 +195,9 @@ class PhasedStrategy(Protection, FedAvg):
         the run's privacy ledger records them: the pre-run check's epsilon for ``dp-target-epsilon``
         (``core.privacy.spent`` with the run's ``dp-sampling``). Local DP: one unsampled Gaussian per release of the
         client that could release most often (every round its modality trains), the bound the run guarantees before
-        it draws anyone (``spent`` at q = 1)."""
+        it draws anyone (``spent`` at q = 1). Every trained group counts here, a fixed classifier's too (the run's
+        ledger leaves out a group nothing trains: :meth:`released_groups`), so the plan's epsilon is never below the
+        ledger's."""
         from mirror_app.core.privacy import effective_multiplier
 
         audio = int(round(cfg.missing_rate * num_clients))
@@ -211,6 +214,34 @@ class PhasedStrategy(Protection, FedAvg):
             sigma = effective_multiplier(cfg.dp_noise_multiplier, cfg.dp, groups)
             plan += [(sigma, eligible, cfg.clients_per_round)] * rounds
         return plan
+
+    def fixed_positions(self, model) -> dict[str, set[int]]:
+        """Per state key (slots included), the positions in its list of arrays of those nothing trains (a fixed
+        classifier: core.heads.fixed_keys); clients are told them (fit config ``fixed-arrays``)."""
+        from mirror_app.core.groups import group_keys
+        from mirror_app.core.heads import fixed_keys
+
+        fixed = fixed_keys(model)
+        if not fixed:
+            return {}
+        out: dict[str, set[int]] = {}
+        for g in self.model_groups:
+            positions = {i for i, k in enumerate(group_keys(model, g)) if k in fixed}
+            if positions:
+                out[g] = positions
+        return out | {slot + g: p for g, p in out.items() for slot in (AV_SLOT,)}
+
+    def released_groups(self, ins: Instruction) -> int:
+        """How many of ``ins``'s trained groups a client's update releases: those with an array something trains (a
+        fixed random head's group releases nothing), at least one."""
+        full = [g for g in ins.train if len(self.fixed.get(ins.slot + g, ())) == len(self.state[ins.slot + g])]
+        return max(len(ins.train) - len(full), 1)
+
+    def fixed_text(self, groups: tuple[str, ...], slot: str = "") -> str:
+        """The fit config ``fixed-arrays``: 'group:i,j;...' for ``groups`` (by name, without the slot)."""
+        return ";".join(
+            f"{g}:{','.join(map(str, sorted(self.fixed[slot + g])))}" for g in groups if slot + g in self.fixed
+        )
 
     @property
     def total_rounds(self) -> int:
@@ -289,7 +320,7 @@ class PhasedStrategy(Protection, FedAvg):
         # G, the most groups one update spans, over every client the round could have drawn (not only the drawn)
         present = {p.get("modality") for p in self.properties.values()} or {AUDIO, AUDIOVISUAL}
         possible = [phase.instruction(m) for m in (AUDIO, AUDIOVISUAL) if m in present]
-        self._release = (max((len(ins.train) for ins in possible if ins), default=1), pool)
+        self._release = (max((self.released_groups(ins) for ins in possible if ins), default=1), pool)
         self._drawn = list(chosen)
         if self.cfg.dp == "central":
             self._denominators = self.central_denominators(phase, chosen, pool)
@@ -317,6 +348,7 @@ class PhasedStrategy(Protection, FedAvg):
                 GROUP_SIZES: sizes,
                 "server-round": server_round,
                 "phase": phase.name,
+                **({FIXED_ARRAYS: self.fixed_text(ins.train, ins.slot)} if self.fixed else {}),
                 **self.fit_config_extra(),
                 **({**secure, SECURE_SLOT: ins.slot} if secure else {}),
             }

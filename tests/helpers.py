@@ -165,7 +165,9 @@ def tiny_strategy(cls, cache: FeatureCache, tmp: Path, recorder: bool = True, ev
     cfg = RunConfig.from_dict(raw)
 
     def make(seed=None):
-        return build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], seed=seed)
+        return build_model(
+            cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], seed=seed, heads=cfg.head_kinds
+        )
 
     rec = RunRecorder(tmp / "out" / "run", cfg.to_dict(), cache.classes) if recorder else None
     ev = Evaluator(cls.server_model(make(), cfg, cache.classes), cache, torch.device("cpu")) if evaluator else None

@@ -93,8 +93,11 @@ def test_poisson_draws_vary_as_binomial_and_fixed_draws_do_not():
     counts = np.array([len(draw_clients(0, r, eligible, 10, poisson=True)) for r in range(1, 3001)])
     # Binomial(100, 0.1): mean 10, variance 9 (standard errors over 3000 draws: 0.055 and about 0.24)
     assert counts.mean() == pytest.approx(10, abs=0.25) and counts.var() == pytest.approx(9, abs=1.0)
-    assert (counts == 0).sum() >= 0 and counts.min() < 5 < 15 < counts.max()
+    assert counts.min() < 5 < 15 < counts.max()
     assert {len(draw_clients(0, r, eligible, 10)) for r in range(1, 200)} == {10}
+    # a small pool at a low rate draws nobody in about (1 - 0.1) ** 10 = 35 % of rounds (standard error 1.5 %)
+    few = np.array([len(draw_clients(0, r, eligible[:10], 1, poisson=True)) for r in range(1, 1001)])
+    assert (few == 0).mean() == pytest.approx(0.9**10, abs=0.05)
 
 
 # ---------------------------------------------------------------------------------------- central DP, as it is run
@@ -420,3 +423,40 @@ def test_the_lower_bound_formula_on_worked_cases():
     assert epsilon_lower_bound(500, 1000, 500, 1000, 1e-5, 0.95) == 0.0  # a coin flip separates nothing
     perfect = epsilon_lower_bound(0, 1000, 0, 1000, 1e-5, 0.95)
     assert perfect == pytest.approx(math.log((1 - 1e-5 - 0.003682) / 0.003682), abs=0.01)  # CP: 1 - 0.025^(1/1000)
+
+
+# ------------------------------------------------------------------------------------------ a fixed classifier
+@pytest.mark.parametrize("classifier", ["etf", "fixed-random"])
+def test_central_dp_never_noises_a_fixed_classifier(classifier, cache, tmp_path, monkeypatch):
+    """The ETF frame (FedETF) and a fixed random head (FedBABU) are never trained: a DP release keeps them exactly,
+    while every trained array takes the noise."""
+    from strategies import census
+
+    strategy, manager = central_strategy(cache, tmp_path, **{"dp-noise-multiplier": 1.0, "classifier": classifier})
+    assert strategy.fixed and set(strategy.fixed) >= {"audio_head", "fusion_head"}
+    before = {k: [a.copy() for a in v] for k, v in strategy.state.items()}
+    monkeypatch.setattr(census, "draw_clients", lambda *args, **kwargs: [])
+    strategy.configure_fit(1, None, manager)
+    for key, positions in strategy.fixed.items():
+        if key not in before:
+            continue
+        for i, (a, b) in enumerate(zip(strategy.state[key], before[key])):
+            if i in positions:
+                assert np.array_equal(a, b), (key, i)
+            elif np.issubdtype(a.dtype, np.floating):
+                assert np.abs(a - b).max() > 0, (key, i)
+
+
+def test_local_dp_sends_a_fixed_array_back_as_received():
+    trained = [a + 1 if np.issubdtype(a.dtype, np.floating) else a for a in RECEIVED]
+    metrics = {"groups": "audio_encoder,audio_head", "modality": "audiovisual", "partition-id": 0}
+    msg = train_message()
+    ins = compat.recorddict_to_fitins(msg.content, True)
+    ins.config["fixed-arrays"] = "audio_head:0"  # the head's only array (position 2 of the flat reply) is fixed
+    fixed_msg = Message(compat.fitins_to_recorddict(ins, True), dst_node_id=1, message_type=MessageType.TRAIN)
+    reply = compat.recorddict_to_fitres(
+        mods.local_dp_mod(fixed_msg, context(LOCAL), replying(trained, metrics)).content, True
+    )
+    sent = parameters_to_ndarrays(reply.parameters)
+    assert np.array_equal(sent[2], RECEIVED[2])
+    assert not np.array_equal(sent[0], RECEIVED[0])  # a trained array is released (clipped and noised)

@@ -70,6 +70,7 @@ class ETFHead(nn.Module):
     scaled by a learnable temperature."""
 
     etf: torch.Tensor
+    fixed_buffers = ("etf",)  # never released: no client changes it, and DP must not noise it (fixed_keys)
 
     def __init__(self, in_features: int, num_classes: int) -> None:
         super().__init__()
@@ -81,6 +82,18 @@ class ETFHead(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.scale * F.normalize(self.proj(z), dim=1) @ self.etf
+
+
+def fixed_keys(model: nn.Module) -> set[str]:
+    """The state-dict keys of ``model`` that nothing trains: parameters with ``requires_grad`` off (a fixed random
+    head) and the buffers a module declares fixed (``fixed_buffers``: the ETF frame). A round must leave them as they
+    are: the server keeps its value under DP and secure aggregation, and a local-DP client sends them back as
+    received."""
+    keys = {name for name, p in model.named_parameters() if not p.requires_grad}
+    for prefix, module in model.named_modules():
+        for buffer in getattr(module, "fixed_buffers", ()):
+            keys.add(f"{prefix}.{buffer}" if prefix else buffer)
+    return keys
 
 
 def make_head(kind: str, in_features: int, num_classes: int) -> nn.Module:

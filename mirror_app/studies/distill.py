@@ -343,7 +343,10 @@ def _control_lines(ok: pd.DataFrame, rates: list[float]) -> list[str]:
                 if not len(both):
                     cells.append("n/a")
                     continue
-                diff = 100 * (pd.to_numeric(mine[both]) - pd.to_numeric(base[both]))
+                diff = (100 * (pd.to_numeric(mine[both]) - pd.to_numeric(base[both]))).dropna()
+                if not len(diff):
+                    cells.append("n/a")
+                    continue
                 spread = float(diff.std(ddof=0)) if len(diff) > 1 else float("nan")
                 verdict = " (no measurable effect)" if len(diff) > 1 and abs(diff.mean()) <= spread else ""
                 cells.append(f"{diff.mean():+.1f} +- {spread:.1f}{verdict}")
@@ -360,7 +363,7 @@ def _verdict_lines(ok: pd.DataFrame, rates: list[float]) -> list[str]:
         x = a[np.isclose(a["missing_rate"], r)].set_index("seed")["best_dev_audio_top1"]
         y = b[np.isclose(b["missing_rate"], r)].set_index("seed")["best_dev_audio_top1"]
         both = x.index.intersection(y.index)
-        return 100 * (pd.to_numeric(x[both]) - pd.to_numeric(y[both]))
+        return (100 * (pd.to_numeric(x[both]) - pd.to_numeric(y[both]))).dropna()
 
     lines = ["### What the differences say", ""]
     multifl_on = ok[ok["method"] == "multifl-av-head"]

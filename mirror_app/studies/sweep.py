@@ -197,10 +197,16 @@ def control_differences(runs: pd.DataFrame, rates) -> str:
             if not len(both):
                 cells.append("n/a")
                 continue
-            diff = 100 * (
-                pd.to_numeric(mine.loc[both, "best_dev_audio_top1"])
-                - pd.to_numeric(theirs.loc[both, "best_dev_audio_top1"])
+            diff = (
+                100
+                * (
+                    pd.to_numeric(mine.loc[both, "best_dev_audio_top1"])
+                    - pd.to_numeric(theirs.loc[both, "best_dev_audio_top1"])
+                ).dropna()
             )
+            if not len(diff):
+                cells.append("n/a")
+                continue
             spread = float(diff.std(ddof=0)) if len(diff) > 1 else float("nan")
             none = " (no measurable effect)" if len(diff) > 1 and abs(diff.mean()) <= spread else ""
             cells.append(f"{diff.mean():+.1f} +- {spread:.1f}{none} (n = {len(diff)})")
