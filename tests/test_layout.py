@@ -98,14 +98,20 @@ def test_the_sweep_takes_its_methods_and_labels_from_the_registry():
 
     assert sweep.METHODS == (
         "modality-mirror",
-        "modality-mirror-agreement",
         "harmony",
         "multifl",
-        "multifl-av-head",
         "unifl",
         "fedcmi",
         "modality-align",
+        "modality-mirror-agreement",
+        "modality-mirror-control",
+        "multifl-av-head",
+        "multifl-av-head-prox",
+        "modality-align-random",
+        "modality-align-etf",
     )
+    families = [STRATEGIES[m].family for m in sweep.METHODS]  # Table 1's rows grouped by family, in FAMILIES' order
+    assert families == sorted(families, key=list(sweep.FAMILIES).index)
     assert all(STRATEGIES[m].display_name() == sweep.LABELS[m] for m in sweep.METHODS)
     assert "distill" not in sweep.METHODS and "modality-aware-fedavg" not in sweep.METHODS  # alias, not a method
 
