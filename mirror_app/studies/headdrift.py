@@ -183,7 +183,56 @@ def headdrift_table(cells: list[Cell], out: Path, boundary: int, central: dict |
         + "; ".join(f"{name}, {label}" for name, (label, _) in REMEDIES.items())
         + ".",
     ]
+    lines += remedy_verdict(ok, central)
     return "\n".join(lines) + "\n", frame
+
+
+def remedy_verdict(ok: pd.DataFrame, central: dict | None) -> list[str]:
+    """Each remedy against none, paired by method, rate and seed (the same partitions and draws): the change of the
+    audio model's best-dev top-1 and of the AV model at the hand-over, and which remedy leaves the two models nearest
+    the centralised reference (the smallest sum of the two gaps) for each method."""
+    if ok.empty or "none" not in set(ok["remedy"]):
+        return []
+    frame = ok.assign(
+        audio=100 * pd.to_numeric(ok["audio_top1"], errors="coerce"),
+        av=100 * pd.to_numeric(ok["handover_av_top1"], errors="coerce"),
+    )
+    keys = ["method", "missing_rate", "seed"]
+    base = frame[frame["remedy"] == "none"].set_index(keys)[["audio", "av"]]
+    lines = [
+        "",
+        "Each remedy minus none, paired by method, rate and seed (points; mean +- std over the pairs):",
+        "",
+        "| remedy | pairs | audio top-1 change | AV top-1 at the hand-over change | both nearer central in |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for remedy in [r for r in dict.fromkeys(frame["remedy"]) if r != "none"]:
+        other = frame[frame["remedy"] == remedy].set_index(keys)[["audio", "av"]]
+        both = other.index.intersection(base.index)
+        if not len(both):
+            continue
+        diff = other.loc[both] - base.loc[both]
+        nearer = int(((diff["audio"] > 0) & (diff["av"] > 0)).sum())
+        lines.append(
+            f"| {remedy} | {len(both)} | {diff['audio'].mean():+.1f} +- {diff['audio'].std(ddof=0):.1f} | "
+            f"{diff['av'].mean():+.1f} +- {diff['av'].std(ddof=0):.1f} | {nearer} of {len(both)} |"
+        )
+    ref = 100 * (central["audio_top1"] + central["av_top1"]) if central else 200.0
+    gap = frame.assign(gap=ref - frame["audio"] - frame["av"]).groupby(["method", "remedy"])["gap"].mean()
+    best = {m: g.droplevel(0).idxmin() for m, g in gap.groupby(level=0)}
+    winners = set(best.values())
+    lines += [
+        "",
+        "Nearest the centralised reference (smallest mean of audio gap + AV gap) per method: "
+        + "; ".join(f"{m}: {r} ({gap[(m, r)]:.1f} points below)" for m, r in best.items())
+        + ". "
+        + (
+            f"The same remedy, {next(iter(winners))}, for every method."
+            if len(winners) == 1
+            else "No single remedy is nearest for every method."
+        ),
+    ]
+    return lines
 
 
 def headdrift_figure(frame: pd.DataFrame, out: Path) -> Path | None:
