@@ -129,3 +129,10 @@ def test_a_main_block_is_the_last_statement_of_its_module():
             if mains and mains[-1] != len(body) - 1:
                 late.append(f"{path.relative_to(ROOT)}:{body[mains[-1] + 1].lineno}")
     assert not late, "statements below the __main__ block: " + ", ".join(late)
+
+
+def test_the_heavy_first_order_names_test_files_that_exist():
+    from conftest import HEAVY_FIRST
+
+    assert len(set(HEAVY_FIRST)) == len(HEAVY_FIRST)
+    assert [name for name in HEAVY_FIRST if not (ROOT / "tests" / name).is_file()] == []
