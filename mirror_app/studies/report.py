@@ -100,6 +100,9 @@ def log_lines(metrics, total: int) -> list[str]:
     return lines
 
 
+PHASE2_SAID = "What phase 2 did:"
+
+
 def default_run(records: Path) -> tuple[str, dict[str, bytes]]:
     """The page of `make run`'s recorded run: its last log line of each phase, then the audio model by the
     evaluation protocol's rules."""
@@ -124,7 +127,18 @@ def default_run(records: Path) -> tuple[str, dict[str, bytes]]:
             f"{r['av_top1']:.3f} |"
         )
     first, second = summary["phases"]["modality-aware-fl"], summary["phases"]["distillation"]
+    change = second["audio_top1"] - first["audio_top1"]
     lines += [
+        "",
+        f"{PHASE2_SAID} the audio model's test top-1 went from {first['audio_top1']:.3f} at the end of phase 1 to "
+        f"{second['audio_top1']:.3f} at the end of phase 2 ({change:+.3f}): "
+        + (
+            "distillation lifted it."
+            if change > 0.005
+            else "distillation lowered it."
+            if change < -0.005
+            else "distillation left it where phase 1 ended."
+        ),
         "",
         f"The audio model's majority share (the share of test clips given its most predicted class): "
         f"{first['audio_majority_share']:.2f} at the end of phase 1, {second['first']['audio_majority_share']:.2f} at "
@@ -510,7 +524,12 @@ def generated_files() -> dict[Path, bytes]:
     default = pages.get("default-run", "")
     excerpt = default.split("```", 2)[1].strip("\n") if default.count("```") >= 2 else ""
     blocks = {
-        "default run": f"```\n{excerpt}\n```\n" if excerpt else "(no recorded default run yet)\n",
+        "default run": (
+            f"```\n{excerpt}\n```\n\n"
+            + "".join(line + "\n" for line in default.splitlines() if line.startswith(PHASE2_SAID))
+            if excerpt
+            else "(no recorded default run yet)\n"
+        ),
         "results": section(pages.get("table1", ""), "Beside the paper") or "(no Table 1 records yet)\n",
         "distill": subsections(pages.get("distill", ""), DISTILL_EXCERPT) or "(no distillation records yet)\n",
         "studies": studies_table(counts),

@@ -1,0 +1,40 @@
+"""The default run's page says what phase 2 did to the audio model, from the record, whichever way it went."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from mirror_app.studies.report import PHASE2_SAID, default_run
+
+
+def _phase(round_: int, audio: float) -> dict:
+    row = {"round": round_, "audio_top1": audio, "audio_top5": 0.5, "audio_macro_f1": 0.1, "av_top1": 0.7}
+    row["audio_majority_share"] = 0.3
+    return row | {"best_dev": row, "first": row}
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "said"),
+    [(0.251, 0.251, "left it where phase 1 ended"), (0.20, 0.26, "lifted it"), (0.26, 0.20, "lowered it")],
+)
+def test_the_page_says_what_phase_2_did(tmp_path, before, after, said):
+    run = tmp_path / "run"
+    run.mkdir()
+    summary = {
+        "schedule": [{"rounds": 2}, {"rounds": 1}],
+        "phases": {"modality-aware-fl": _phase(2, before), "distillation": _phase(3, after)},
+        "best_dev": _phase(3, after),
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    metrics = pd.DataFrame(
+        {"round": [0, 1, 2, 3], "phase_index": [1, 1, 1, 2], "phase": ["modality-aware-fl"] * 3 + ["distillation"],
+         "audio_top1": [0.05, 0.1, before, after], "av_top1": [0.1, 0.5, 0.7, 0.7], "dev_audio_top1": 0.2}
+    )  # fmt: skip
+    metrics.to_csv(run / "metrics.csv", index=False)
+    text, _ = default_run(tmp_path)
+    (line,) = [x for x in text.splitlines() if x.startswith(PHASE2_SAID)]
+    assert f"from {before:.3f} at the end of phase 1 to {after:.3f} at the end of phase 2" in line
+    assert line.endswith(f"distillation {said}.")
