@@ -126,7 +126,8 @@ def headdrift_frame(cells: list[Cell], out: Path, boundary: int) -> pd.DataFrame
     for cell in cells:
         folder = out / "runs" / cell.key
         rows.append(run_row(folder, boundary) if (folder / "summary.json").is_file() else {})
-    return pd.concat([runs, pd.DataFrame(rows, index=runs.index)], axis=1)
+    measures = pd.DataFrame(rows, index=runs.index)
+    return pd.concat([runs.drop(columns=[c for c in measures.columns if c in runs.columns]), measures], axis=1)
 
 
 def _mean(values) -> str:
@@ -178,7 +179,7 @@ def headdrift_table(cells: list[Cell], out: Path, boundary: int, central: dict |
         f"In %, mean +- std over the runs ({', '.join(f'{r:g}' for r in rates)} missing rate; seeds as the runs "
         "column counts); 'below central': the reference minus the run's (smaller is nearer). The hand-over is round "
         f"{boundary}, the end of ModalityMirror's phase 1 (for the other methods, the same round of their run). The "
-        "majority share is the share of test clips given the audio model's most predicted class (0.05 is uniform on "
+        "majority share is the share of test clips given the audio model's most predicted class (5 % is uniform on "
         "the stratified test split). Remedies: "
         + "; ".join(f"{name}, {label}" for name, (label, _) in REMEDIES.items())
         + ".",
