@@ -20,9 +20,11 @@ def test_a_pair_of_remedies_joins_both_configs_and_an_unknown_one_is_named():
 
 
 def test_the_screening_is_every_remedy_for_each_method_rate_and_seed():
-    cells = headdrift.headdrift_cells(list(headdrift.SCREEN_METHODS), list(headdrift.REMEDIES), [0.3], [0, 1])
-    assert len(cells) == 3 * 6 * 2 and len({c.key for c in cells}) == len(cells)
-    assert {c.tag for c in cells} == {f"hd-{r}" for r in headdrift.REMEDIES}
+    cells = headdrift.headdrift_cells(list(headdrift.SCREEN_METHODS), list(headdrift.SCREEN_REMEDIES), [0.3], [0, 1])
+    assert len(cells) == 3 * 7 * 2 and len({c.key for c in cells}) == len(cells)
+    assert {c.tag for c in cells} == {f"hd-{r}" for r in headdrift.REMEDIES} | {"hd-etf+fedlc"}
+    (pair,) = {c.config for c in cells if c.tag == "hd-etf+fedlc"}
+    assert "classifier='etf'" in pair and "loss-calibration='fedlc'" in pair
 
 
 def _row(method, remedy, seed, audio, av):

@@ -117,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--remedies",
-        default=",".join(headdrift.REMEDIES),
-        help="head-drift: the remedies, comma-separated (a pair joined by '+', e.g. etf+fedlc)",
+        default=",".join(headdrift.SCREEN_REMEDIES),
+        help="head-drift: the remedies, comma-separated (a pair joined by '+', e.g. etf+fedlc; default: each "
+        "remedy and the best pair)",
     )
     p.add_argument("--num-supernodes", type=int, default=100)
     p.add_argument("--timeout", type=float, default=3600)
