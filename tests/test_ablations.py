@@ -44,6 +44,23 @@ def test_the_laptop_preset_is_the_papers_local_training():
     assert laptop["audio-pretrained"] == laptop["video-pretrained"] == "auto"
 
 
+def test_the_heads_preset_is_the_laptop_preset_with_the_screened_remedies_and_resolves():
+    import tomllib
+
+    from mirror_app.core.config import RunConfig
+    from mirror_app.studies.headdrift import BEST_PAIR, remedy_config
+
+    laptop = tomllib.loads((ROOT / "conf" / "paper-laptop.toml").read_text())
+    heads = tomllib.loads((ROOT / "conf" / "paper-laptop-heads.toml").read_text())
+    added = {k: v for k, v in heads.items() if laptop.get(k) != v}
+    assert set(laptop) <= set(heads) and all(heads[k] == v for k, v in laptop.items())
+    _, config = remedy_config(BEST_PAIR)  # the pair the screening found, as its cells ran it
+    screened = dict(pair.split("=", 1) for pair in config.split())
+    assert added == {k: v.strip("'") for k, v in screened.items() if v.strip("'") not in ("linear", "none", "fedavg")}
+    cfg = RunConfig.from_dict({k: v for k, v in heads.items() if not k.endswith("-pretrained")})
+    assert (cfg.classifier, cfg.loss_calibration) == ("etf", "fedlc")
+
+
 def test_a_study_refuses_to_run_when_auto_finds_no_encoder(data_dir, tmp_path):
     """'auto' would start a cell from random weights where make pretrain has not run: a study, whose cells must all
     start from the same encoders, stops before running any with one line naming the folder and the fix."""
