@@ -46,9 +46,8 @@ GROUP_SIZES = "group-sizes"  # fit config: arrays per sent group, comma-separate
 # num_examples (a frame-using task under sample-missing-video: the clips with a frame), 0 for a sent group the
 # client could not train and did not return
 GROUP_EXAMPLES = "group-examples"
-FIXED_ARRAYS = (
-    "fixed-arrays"  # fit config: per trained group, the positions of the arrays nothing trains (DP keeps them)
-)
+# fit config: per trained group, the positions of the arrays nothing trains ('group:i,j;...'; DP keeps them)
+FIXED_ARRAYS = "fixed-arrays"
 LABEL_PERMUTATION = "label-permutation"  # fit config: train on labels permuted by this seed (a label-flip attacker)
 
 

@@ -180,9 +180,9 @@ def disclosed(metrics: dict, cfg: RunConfig) -> dict:
     if not hides_client_values(cfg.dp, cfg.secure_aggregation):
         return dict(metrics)
     out = {k: v for k, v in metrics.items() if k in (*IDENTITY, *REPLY_NEEDS, "task")}
-    untrained = [item for item in str(metrics.get(GROUP_EXAMPLES, "")).split(",") if item.endswith(":0")]
+    untrained = [g for g, n in group_examples(metrics).items() if n == 0]
     if untrained:  # which sent groups it could not train (no clip with a frame): names, no count
-        out[GROUP_EXAMPLES] = ",".join(untrained)
+        out[GROUP_EXAMPLES] = ",".join(f"{g}:0" for g in untrained)
     return out
 
 

@@ -229,7 +229,7 @@ class PhasedStrategy(Protection, FedAvg):
             positions = {i for i, k in enumerate(group_keys(model, g)) if k in fixed}
             if positions:
                 out[g] = positions
-        return out | {slot + g: p for g, p in out.items() for slot in (AV_SLOT,)}
+        return out | {AV_SLOT + g: p for g, p in out.items()}  # and in the separate AV model's slot
 
     def released_groups(self, ins: Instruction) -> int:
         """How many of ``ins``'s trained groups a client's update releases: those with an array something trains (a

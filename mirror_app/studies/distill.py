@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mirror_app.studies.runs import Cell, _save, collect
+from mirror_app.studies.runs import Cell, _save, collect, difference_cell, paired_points
 
 OBJECTIVES = ("kl", "kd", "dkd", "agreement", "ce")  # ce: the control, phase 2 on labels alone (no teacher)
 CONTROL = "ce"
@@ -335,21 +335,7 @@ def _control_lines(ok: pd.DataFrame, rates: list[float]) -> list[str]:
             if objective not in OBJECTIVES or objective == CONTROL:
                 continue
             sel = ok[(ok["reading"] == reading) & (ok["objective"] == objective) & (ok["variant"] == variant)]
-            cells = []
-            for r in rates:
-                mine = sel[np.isclose(sel["missing_rate"], r)].set_index("seed")["best_dev_audio_top1"]
-                base = control[np.isclose(control["missing_rate"], r)].set_index("seed")["best_dev_audio_top1"]
-                both = mine.index.intersection(base.index)
-                if not len(both):
-                    cells.append("n/a")
-                    continue
-                diff = (100 * (pd.to_numeric(mine[both]) - pd.to_numeric(base[both]))).dropna()
-                if not len(diff):
-                    cells.append("n/a")
-                    continue
-                spread = float(diff.std(ddof=0)) if len(diff) > 1 else float("nan")
-                verdict = " (no measurable effect)" if len(diff) > 1 and abs(diff.mean()) <= spread else ""
-                cells.append(f"{diff.mean():+.1f} +- {spread:.1f}{verdict}")
+            cells = [difference_cell(paired_points(sel, control, r)) for r in rates]
             lines.append(f"| {reading} | {_label(objective, variant)} | " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -358,12 +344,6 @@ def _verdict_lines(ok: pd.DataFrame, rates: list[float]) -> list[str]:
     """The study's questions, answered from the table's paired differences: which objective beats the phase-2
     control, at which rate and by how much (beyond the seeds' spread), and whether the best student beats MultiFL
     with the audio head trained by every client."""
-
-    def paired(a: pd.DataFrame, b: pd.DataFrame, r: float) -> pd.Series:
-        x = a[np.isclose(a["missing_rate"], r)].set_index("seed")["best_dev_audio_top1"]
-        y = b[np.isclose(b["missing_rate"], r)].set_index("seed")["best_dev_audio_top1"]
-        both = x.index.intersection(y.index)
-        return (100 * (pd.to_numeric(x[both]) - pd.to_numeric(y[both]))).dropna()
 
     lines = ["### What the differences say", ""]
     multifl_on = ok[ok["method"] == "multifl-av-head"]
@@ -377,13 +357,13 @@ def _verdict_lines(ok: pd.DataFrame, rates: list[float]) -> list[str]:
                 continue
             beats, said = [], []
             for r in rates:
-                d = paired(sel, control, r)
+                d = paired_points(sel, control, r)
                 if len(d) < 2:
                     continue
                 said.append(f"{d.mean():+.1f} at {r:g}")
                 if d.mean() > d.std(ddof=0):
                     beats.append(f"{r:g}")
-            over = [paired(sel, multifl_on, r) for r in rates]
+            over = [paired_points(sel, multifl_on, r) for r in rates]
             above = [f"{r:g}" for r, d in zip(rates, over) if len(d) > 1 and d.mean() > d.std(ddof=0)]
             lines.append(
                 f"- {reading} reading, {objective}: against the control {', '.join(said) or 'n/a'} points; beyond the "

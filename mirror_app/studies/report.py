@@ -128,17 +128,11 @@ def default_run(records: Path) -> tuple[str, dict[str, bytes]]:
         )
     first, second = summary["phases"]["modality-aware-fl"], summary["phases"]["distillation"]
     change = second["audio_top1"] - first["audio_top1"]
+    did = "lifted it" if change > 0.005 else "lowered it" if change < -0.005 else "left it where phase 1 ended"
     lines += [
         "",
         f"{PHASE2_SAID} the audio model's test top-1 went from {first['audio_top1']:.3f} at the end of phase 1 to "
-        f"{second['audio_top1']:.3f} at the end of phase 2 ({change:+.3f}): "
-        + (
-            "distillation lifted it."
-            if change > 0.005
-            else "distillation lowered it."
-            if change < -0.005
-            else "distillation left it where phase 1 ended."
-        ),
+        f"{second['audio_top1']:.3f} at the end of phase 2 ({change:+.3f}): distillation {did}.",
         "",
         f"The audio model's majority share (the share of test clips given its most predicted class): "
         f"{first['audio_majority_share']:.2f} at the end of phase 1, {second['first']['audio_majority_share']:.2f} at "

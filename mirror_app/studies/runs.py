@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mirror_app.deploy.preflight import pairs_to_values, parse_pairs
@@ -536,3 +537,22 @@ def flwr_runner(link, num_supernodes: int, extra_config: str, timeout: float):
         return res.returncode == 0
 
     return run
+
+
+def paired_points(a: pd.DataFrame, b: pd.DataFrame, rate: float, column: str = "best_dev_audio_top1") -> pd.Series:
+    """100 x (``a``'s ``column`` minus ``b``'s), paired by seed at missing rate ``rate`` (so from the same phase 1 and
+    partitions), in points; a seed missing from either side, or without a value, is left out."""
+    x = a[np.isclose(a["missing_rate"], rate)].set_index("seed")[column]
+    y = b[np.isclose(b["missing_rate"], rate)].set_index("seed")[column]
+    both = x.index.intersection(y.index)
+    return (100 * (pd.to_numeric(x[both], errors="coerce") - pd.to_numeric(y[both], errors="coerce"))).dropna()
+
+
+def difference_cell(diff: pd.Series, count: bool = False) -> str:
+    """A paired difference as a table cell: mean +- std over the pairs, '(no measurable effect)' where the mean is
+    within one standard deviation of 0; 'n/a' without a pair; ``count`` adds the number of pairs."""
+    if diff.empty:
+        return "n/a"
+    spread = float(diff.std(ddof=0)) if len(diff) > 1 else float("nan")
+    none = " (no measurable effect)" if len(diff) > 1 and abs(diff.mean()) <= spread else ""
+    return f"{diff.mean():+.1f} +- {spread:.1f}{none}" + (f" (n = {len(diff)})" if count else "")

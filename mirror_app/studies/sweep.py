@@ -34,7 +34,9 @@ from mirror_app.studies.runs import (
     _save,
     check_folders,
     collect,
+    difference_cell,
     flwr_runner,
+    paired_points,
     resolved_config,
     restore_records,
     run_recorded,
@@ -189,27 +191,8 @@ def control_differences(runs: pd.DataFrame, rates) -> str:
         "|" + " --- |" * (len(rates) + 1),
     ]
     for method in ("modality-mirror", "modality-mirror-agreement"):
-        cells = []
-        for r in rates:
-            mine = ok[(ok["method"] == method) & np.isclose(ok["missing_rate"], r)].set_index("seed")
-            theirs = control[np.isclose(control["missing_rate"], r)].set_index("seed")
-            both = mine.index.intersection(theirs.index)
-            if not len(both):
-                cells.append("n/a")
-                continue
-            diff = (
-                100
-                * (
-                    pd.to_numeric(mine.loc[both, "best_dev_audio_top1"])
-                    - pd.to_numeric(theirs.loc[both, "best_dev_audio_top1"])
-                ).dropna()
-            )
-            if not len(diff):
-                cells.append("n/a")
-                continue
-            spread = float(diff.std(ddof=0)) if len(diff) > 1 else float("nan")
-            none = " (no measurable effect)" if len(diff) > 1 and abs(diff.mean()) <= spread else ""
-            cells.append(f"{diff.mean():+.1f} +- {spread:.1f}{none} (n = {len(diff)})")
+        mine = ok[ok["method"] == method]
+        cells = [difference_cell(paired_points(mine, control, r), count=True) for r in rates]
         lines.append(f"| {LABELS.get(method, method)} minus the control | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

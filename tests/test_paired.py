@@ -1,0 +1,27 @@
+"""The paired differences every study reports against its control: paired by seed at one rate, gaps left out."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from mirror_app.studies.runs import difference_cell, paired_points
+
+
+def _runs(values: dict[int, float | None], rate: float = 0.3) -> pd.DataFrame:
+    return pd.DataFrame({"seed": list(values), "missing_rate": rate, "best_dev_audio_top1": list(values.values())})
+
+
+def test_pairs_by_seed_at_the_rate_and_leaves_out_what_one_side_lacks():
+    a = pd.concat([_runs({0: 0.20, 1: 0.30, 2: None}), _runs({0: 0.9}, rate=0.5)])
+    b = _runs({0: 0.10, 1: 0.25, 3: 0.5})
+    diff = paired_points(a, b, 0.3)
+    assert diff.round(6).to_dict() == {0: 10.0, 1: 5.0}  # seed 2 has no value, seed 3 no partner, 0.5 another rate
+    assert difference_cell(diff) == "+7.5 +- 2.5"
+    assert difference_cell(diff, count=True) == "+7.5 +- 2.5 (n = 2)"
+
+
+def test_a_mean_within_one_spread_is_no_measurable_effect_and_no_pair_is_na():
+    diff = paired_points(_runs({0: 0.22, 1: 0.19}), _runs({0: 0.20, 1: 0.20}), 0.3)
+    assert difference_cell(diff) == "+0.5 +- 1.5 (no measurable effect)"
+    assert difference_cell(paired_points(_runs({0: 0.2}), _runs({1: 0.2}), 0.3)) == "n/a"
+    assert difference_cell(paired_points(_runs({0: 0.3}), _runs({0: 0.2}), 0.3)) == "+10.0 +- nan"
