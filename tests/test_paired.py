@@ -25,3 +25,28 @@ def test_a_mean_within_one_spread_is_no_measurable_effect_and_no_pair_is_na():
     assert difference_cell(diff) == "+0.5 +- 1.5 (no measurable effect)"
     assert difference_cell(paired_points(_runs({0: 0.2}), _runs({1: 0.2}), 0.3)) == "n/a"
     assert difference_cell(paired_points(_runs({0: 0.3}), _runs({0: 0.2}), 0.3)) == "+10.0 +- nan"
+
+
+def test_table1_pairs_each_student_against_the_control_and_against_multifl_with_the_audio_head():
+    from mirror_app.studies.sweep import control_differences
+
+    def rows(method: str, values: dict[int, float]) -> pd.DataFrame:
+        return _runs(values).assign(method=method, status="ok")
+
+    runs = pd.concat(
+        [
+            rows("modality-mirror", {0: 0.20, 1: 0.30}),
+            rows("modality-mirror-agreement", {0: 0.25, 1: 0.27}),
+            rows("modality-mirror-control", {0: 0.10, 1: 0.20}),
+            rows("multifl-av-head", {0: 0.30, 1: 0.30}),
+        ]
+    )
+    control = control_differences(runs, [0.3])
+    assert "| ModalityMirror minus the control | +10.0 +- 0.0 (n = 2) |" in control
+    assert "agreement distillation minus the control | +11.0 +- 4.0 (n = 2) |" in control
+    multifl = control_differences(runs, [0.3], "multifl-av-head")
+    assert (
+        "| ModalityMirror minus MultiFL, AV clients train the audio head | -5.0 +- 5.0 (no measurable effect) (n = 2) |"
+        in multifl
+    )
+    assert control_differences(runs[runs["method"] != "multifl-av-head"], [0.3], "multifl-av-head") == ""

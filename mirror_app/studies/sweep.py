@@ -179,21 +179,38 @@ def paper_comparison(runs: pd.DataFrame, rates) -> str:
     return "\n".join(lines) + "\n"
 
 
-def control_differences(runs: pd.DataFrame, rates) -> str:
-    """Each ModalityMirror row's best-dev audio top-1 minus the phase-2 control's, paired by seed and rate (the same
-    phase 1), mean +- std in points; '(no measurable effect)' where the mean is within one standard deviation of 0."""
+STUDENTS = ("modality-mirror", "modality-mirror-agreement")  # the rows whose audio model is a distilled student
+REFERENCES = {  # what each student is paired against, and why (Table 1's closing sections)
+    "modality-mirror-control": (
+        "Against the phase-2 control",
+        "the control (its phase 2 on the same clients' labels alone, no teacher) with the same seed and missing rate, "
+        "so the same phase 1",
+    ),
+    "multifl-av-head": (
+        "Against MultiFL with the audio head",
+        "MultiFL with the audio head trained by every client (no distillation, as many rounds in all) with the same "
+        "seed and missing rate, so the same partitions and client draws",
+    ),
+}
+
+
+def control_differences(runs: pd.DataFrame, rates, reference: str = "modality-mirror-control") -> str:
+    """Each ModalityMirror row's best-dev audio top-1 minus ``reference``'s (the phase-2 control by default), paired by
+    seed and rate, mean +- std in points; '(no measurable effect)' where the mean is within one standard deviation of
+    0. Empty when the reference has no finished run."""
     ok = runs[runs["status"] == "ok"]
-    control = ok[ok["method"] == "modality-mirror-control"]
-    if control.empty:
+    other = ok[ok["method"] == reference]
+    if other.empty:
         return ""
     lines = [
         "| method | " + " | ".join(f"{r:g}" for r in rates) + " |",
         "|" + " --- |" * (len(rates) + 1),
     ]
-    for method in ("modality-mirror", "modality-mirror-agreement"):
+    name = "the control" if reference == "modality-mirror-control" else LABELS.get(reference, reference)
+    for method in STUDENTS:
         mine = ok[ok["method"] == method]
-        cells = [difference_cell(paired_points(mine, control, r), count=True) for r in rates]
-        lines.append(f"| {LABELS.get(method, method)} minus the control | " + " | ".join(cells) + " |")
+        cells = [difference_cell(paired_points(mine, other, r), count=True) for r in rates]
+        lines.append(f"| {LABELS.get(method, method)} minus {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -409,13 +426,13 @@ def main(argv: list[str] | None = None) -> int:
         "ActivityNet rows are not) and this project's on the embedded data, best dev (mean +- std over seeds).\n\n"
         + paper_comparison(runs, rates)
     )
-    control = control_differences(runs, rates)
-    if control:
-        markdown += (
-            "\n## Against the phase-2 control\n\nBest-dev audio top-1 of each ModalityMirror row minus that of the "
-            "control (its phase 2 on the same clients' labels alone, no teacher) with the same seed and missing rate, "
-            "so the same phase 1: mean +- std over seeds, in points.\n\n" + control
-        )
+    for reference, (title, what) in REFERENCES.items():
+        differences = control_differences(runs, rates, reference)
+        if differences:
+            markdown += (
+                f"\n## {title}\n\nBest-dev audio top-1 of each ModalityMirror row minus that of {what}: mean +- std "
+                "over seeds, in points.\n\n" + differences
+            )
     from mirror_app.studies.recipes import recipe_table, recorded_configs
 
     keys = {m: [c.key for c in cells if c.method == m] for m in dict.fromkeys(c.method for c in cells)}
