@@ -138,16 +138,19 @@ deploy-local: venv
 ## missing rates 0.1/0.3/0.5 x 3 seeds, best-dev and last-round tables, figures. A run recorded in RECORDS (the
 ## repository's records by default) is taken as done when its resolved config is today's: RECORDS= measures every run
 ## again (about 2 minutes a run on 2 cores), RECORDS=<folder> keeps your own; TABLE1_PRESET=conf/<other>.toml runs
-## another preset (into results/table1-<other>; give it its own RECORDS folder)
+## another preset (into results/table1-<other>; give it its own RECORDS folder), its page adding each method's change
+## from the default preset's records (TABLE1_AGAINST)
 TABLE1_RATES ?= 0.1,0.3,0.5
 TABLE1_PRESET ?= conf/paper-laptop.toml
 RECORDS ?= $(CURDIR)/docs/records/paper-laptop
-TABLE1_OUT = results/table1$(if $(filter conf/paper-laptop.toml,$(TABLE1_PRESET)),,-$(basename $(notdir $(TABLE1_PRESET))))
+TABLE1_DEFAULT = $(filter conf/paper-laptop.toml,$(TABLE1_PRESET))
+TABLE1_OUT = results/table1$(if $(TABLE1_DEFAULT),,-$(basename $(notdir $(TABLE1_PRESET))))
+TABLE1_AGAINST ?= $(if $(TABLE1_DEFAULT),,$(CURDIR)/docs/records/paper-laptop)
 #> table1 | 10 s; RECORDS= 3.6 h | DATA_DIR: data, encoders | Table 1 from docs/records (RECORDS= runs its 108 cells again)
 table1: venv $(PRETRAINED_FILES)
 	$(PY) -m mirror_app.studies.sweep --out $(CURDIR)/$(TABLE1_OUT) --preset $(TABLE1_PRESET) --rates $(TABLE1_RATES) \
 		--fig3-rates $(TABLE1_RATES) --seeds 0,1,2 --num-supernodes $(NUM_CLIENTS) --run-config "$(RUN_CONFIG)" \
-		--data-dir "$(DATA_DIR)" $(if $(RECORDS),--records $(RECORDS))
+		--data-dir "$(DATA_DIR)" $(if $(RECORDS),--records $(RECORDS)) $(if $(TABLE1_AGAINST),--against $(TABLE1_AGAINST))
 
 ## table1-quick: the same with one seed and no records (about a third of the time)
 #> table1-quick | 50 min | DATA_DIR: data, encoders | Table 1 with one seed, no records (24 runs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -54,3 +55,54 @@ def test_the_verdict_pairs_each_remedy_with_none_by_seed_and_names_the_nearest_p
 
 def test_without_a_none_run_there_is_no_verdict():
     assert headdrift.remedy_verdict(pd.DataFrame([_row("multifl", "etf", 0, 0.2, 0.5)]), None) == []
+
+
+def _run(folder, audio: float, av_at_80: float, majority_at_80: float) -> None:
+    """A finished run folder as the sweep leaves it: evaluations every 5 rounds to 100, the hand-over at 80."""
+    import json
+
+    import pandas as pd
+
+    folder.mkdir(parents=True)
+    rounds = list(range(5, 101, 5))
+    pd.DataFrame(
+        {
+            "round": rounds,
+            "av_top1": [av_at_80 if r == 80 else 0.01 for r in rounds],
+            "audio_majority_share": [majority_at_80 if r == 80 else 0.9 for r in rounds],
+        }
+    ).to_csv(folder / "metrics.csv", index=False)
+    (folder / "config.json").write_text(json.dumps({"num-server-rounds": 80}))
+    (folder / "summary.json").write_text(json.dumps({"best_dev": {"audio_top1": audio}}))
+
+
+def test_a_sweep_against_another_presets_records_pairs_by_key_and_counts_runs_under_the_target(tmp_path):
+    from mirror_app.studies.headdrift import against_table
+    from mirror_app.studies.runs import Cell
+
+    cells = [Cell("multifl", 0.3, 0), Cell("multifl", 0.3, 1), Cell("harmony", 0.3, 0)]
+    mine, other = tmp_path / "runs", tmp_path / "records"
+    _run(mine / "multifl-mr0.3-s0", 0.30, 0.80, 0.10)
+    _run(mine / "multifl-mr0.3-s1", 0.26, 0.70, 0.20)
+    _run(other / "multifl-mr0.3-s0", 0.20, 0.50, 0.50)
+    _run(other / "multifl-mr0.3-s1", 0.20, 0.50, 0.40)
+    _run(mine / "harmony-mr0.3-s0", 0.25, 0.60, 0.12)  # no partner in the other records: left out
+    table = against_table(mine, other, cells)
+    # audio +10 and +6 points, AV at round 80 +30 and +20, majority 0.15 / 0.45 on average, one run below 0.15
+    assert "| MultiFL | 2 | +8.0 +- 2.0 | +25.0 +- 5.0 | 0.15 / 0.45 | 1 of 2 |" in table
+    assert "| all | 2 |" in table and "Harmony" not in table
+    assert against_table(mine, tmp_path / "nothing", cells) == ""
+
+
+def test_the_sweep_refuses_an_against_folder_that_is_not_there(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "mirror_app.studies.sweep", "--methods", "multifl", "--rates", "0.3", "--seeds", "0",
+         "--fig3-rates", "0.3", "--report-only", "--out", str(tmp_path / "out"), "--against", str(tmp_path / "none")],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == f"sweep: --against {tmp_path / 'none'}: no such folder of run records"
+    assert not (tmp_path / "out").exists()

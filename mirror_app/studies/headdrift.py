@@ -258,3 +258,50 @@ def headdrift_figure(frame: pd.DataFrame, out: Path) -> Path | None:
     ax.set(xlabel="audio majority share at the hand-over (%)", ylabel="AV top-1 at the hand-over (%)")
     ax.legend(fontsize=7)
     return _save(fig, out / "head_drift.png")
+
+
+# ------------------------------------------------------------------------------- a whole sweep against another
+MAJORITY_TARGET = 0.15  # the head-drift issue's target for the audio majority share at the end of phase 1
+
+
+def against_table(runs: Path, other: Path, cells: list[Cell]) -> str:
+    """The same sweep under two presets (``runs``: this one's finished runs, ``other``: a records folder of the
+    other's, by the same keys), paired by method, rate and seed (the same partitions): per method, this preset's
+    change of the audio model's best-dev top-1 and of the audiovisual model at the hand-over (each run's
+    ``num-server-rounds``), the audio majority share there under both, and how many of this preset's runs bring it
+    below ``MAJORITY_TARGET``. Empty when no cell has a run in both."""
+    from mirror_app.studies.sweep import LABELS
+
+    rows = []
+    for cell in cells:
+        mine, theirs = runs / cell.key, other / cell.key
+        if not ((mine / "summary.json").is_file() and (theirs / "summary.json").is_file()):
+            continue
+        boundary = int(json.loads((mine / "config.json").read_text())["num-server-rounds"])
+        a, b = run_row(mine, boundary), run_row(theirs, boundary)
+        rows.append(
+            {
+                "method": cell.method,
+                "audio": 100 * (a["audio_top1"] - b["audio_top1"]),
+                "av": 100 * (a["handover_av_top1"] - b["handover_av_top1"]),
+                "majority": a["handover_majority"],
+                "majority_other": b["handover_majority"],
+            }
+        )
+    if not rows:
+        return ""
+    frame = pd.DataFrame(rows)
+    lines = [
+        "| method | pairs | audio top-1 (best dev) change | AV top-1 at the hand-over change | audio majority share at "
+        f"the hand-over, this / other | runs below {MAJORITY_TARGET:g} |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    groups = [(LABELS.get(m, m), g) for m, g in frame.groupby("method", sort=False)] + [("all", frame)]
+    for label, g in groups:
+        below = int((g["majority"] < MAJORITY_TARGET).sum())
+        lines.append(
+            f"| {label} | {len(g)} | {g['audio'].mean():+.1f} +- {g['audio'].std(ddof=0):.1f} | "
+            f"{g['av'].mean():+.1f} +- {g['av'].std(ddof=0):.1f} | {g['majority'].mean():.2f} / "
+            f"{g['majority_other'].mean():.2f} | {below} of {len(g)} |"
+        )
+    return "\n".join(lines) + "\n"

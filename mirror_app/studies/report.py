@@ -236,6 +236,8 @@ REPORTS = (
             *SEEDS,
             "--records",
             "docs/records/paper-laptop-heads",
+            "--against",
+            LAPTOP,
         ),
         "table1.md",
         ("fig3_missing_rate.png", "fig2_per_class_f1.png", "curves.png"),

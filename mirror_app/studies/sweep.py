@@ -358,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run nothing: write the table and figures from the runs finished so far",
     )
+    p.add_argument(
+        "--against",
+        default="",
+        help="the records of the same sweep under another preset (docs/records/paper-laptop): the page adds each "
+        "method's change from it, paired by rate and seed",
+    )
     args = p.parse_args(argv)
 
     def floats(text):
@@ -390,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     out = Path(args.out).expanduser().resolve()
     records = Path(args.records).expanduser().resolve() if args.records else None
+    against = Path(args.against).expanduser().resolve() if args.against else None
+    if against is not None and not against.is_dir():
+        print(f"sweep: --against {args.against}: no such folder of run records", file=sys.stderr)
+        return 2
     try:
         check_folders(out, records, {"run-config": run_config, "num-supernodes": args.num_supernodes})
     except SweepError as exc:
@@ -433,6 +443,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"\n## {title}\n\nBest-dev audio top-1 of each ModalityMirror row minus that of {what}: mean +- std "
                 "over seeds, in points.\n\n" + differences
             )
+    if against is not None:
+        from mirror_app.studies.headdrift import MAJORITY_TARGET, against_table
+
+        changes = against_table(out / "runs", against, cells)
+        markdown += (
+            f"\n## Against {against.name}\n\nThis sweep's runs minus those of the same method, rate and seed in "
+            f"{args.against} (the same partitions and client draws), in points: mean +- std over the pairs. The "
+            "hand-over is the end of phase 1 (round num-server-rounds; for a one-phase method, the same round); the "
+            "majority share is the share of test clips given the audio model's most predicted class there (0.05 is "
+            f"uniform), and the last column counts this sweep's runs that bring it below {MAJORITY_TARGET:g}.\n\n"
+            + (changes or "(no cell has a run in both yet)\n")
+        )
     from mirror_app.studies.recipes import recipe_table, recorded_configs
 
     keys = {m: [c.key for c in cells if c.method == m] for m in dict.fromkeys(c.method for c in cells)}
