@@ -144,8 +144,7 @@ def _mean(values) -> str:
 def headdrift_table(cells: list[Cell], out: Path, boundary: int, central: dict | None) -> tuple[str, pd.DataFrame]:
     """Per method and remedy (all rates and seeds given): the audio model's best-dev top-1, the audiovisual model at
     the hand-over, the audio majority share there and late, and the distances from the centralised reference."""
-    from mirror_app.studies.sweep import LABELS
-    from strategies import STRATEGIES
+    from strategies import STRATEGIES, compared_methods
 
     frame = headdrift_frame(cells, out, boundary)
     ok = frame[frame["status"] == "ok"]
@@ -167,7 +166,7 @@ def headdrift_table(cells: list[Cell], out: Path, boundary: int, central: dict |
     methods = [m for m in FULL_METHODS if m in set(ok["method"])] + sorted(set(ok["method"]) - set(FULL_METHODS))
     remedies = list(dict.fromkeys(c.tag.removeprefix("hd-") for c in cells))
     for method in methods:
-        label = STRATEGIES[method].display_name() if method in STRATEGIES else LABELS.get(method, method)
+        label = STRATEGIES[method].display_name() if method in STRATEGIES else compared_methods().get(method, method)
         for remedy in remedies:
             g = ok[(ok["method"] == method) & (ok["remedy"] == remedy)]
             if g.empty:
@@ -270,7 +269,7 @@ def against_table(runs: Path, other: Path, cells: list[Cell]) -> str:
     change of the audio model's best-dev top-1 and of the audiovisual model at the hand-over (each run's
     ``num-server-rounds``), the audio majority share there under both, and how many of this preset's runs bring it
     below ``MAJORITY_TARGET``. Empty when no cell has a run in both."""
-    from mirror_app.studies.sweep import LABELS
+    from strategies import compared_methods
 
     rows = []
     for cell in cells:
@@ -296,7 +295,7 @@ def against_table(runs: Path, other: Path, cells: list[Cell]) -> str:
         f"the hand-over, this / other | runs below {MAJORITY_TARGET:g} |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    groups = [(LABELS.get(m, m), g) for m, g in frame.groupby("method", sort=False)] + [("all", frame)]
+    groups = [(compared_methods().get(m, m), g) for m, g in frame.groupby("method", sort=False)] + [("all", frame)]
     for label, g in groups:
         below = int((g["majority"] < MAJORITY_TARGET).sum())
         lines.append(
