@@ -495,6 +495,8 @@ def test_ablations_command_records_what_finished_before_an_interrupt_and_resumes
     ran: list[str] = []
 
     def fake(cell: Cell, output_dir: Path, log: Path) -> bool:
+        # each finished run is recorded as it finishes, not only when the sweep ends (a sweep killed outright)
+        assert {p.name for p in (tmp_path / "r").glob("*-mr*")} >= set(ran)
         if len(ran) == 3 and stop:
             raise KeyboardInterrupt  # Ctrl-C during the 4th run
         ran.append(cell.key)

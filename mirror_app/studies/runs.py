@@ -149,10 +149,12 @@ def run_cells(
     out: Path,
     runner: Callable[[Cell, Path, Path], bool],
     expected: Callable[[Cell], dict] | None = None,
+    on_finished: Callable[[Cell], object] | None = None,
 ) -> pd.DataFrame:
     """Run every cell not finished yet; ``runner(cell, output_dir, log) -> ok``. Returns runs.csv. A run finished
     earlier is taken as the cell's only if its resolved config is ``expected(cell)`` (:func:`check_finished`),
-    checked for every cell before anything runs."""
+    checked for every cell before anything runs. ``on_finished(cell)``: called as each run finishes (its record is
+    kept then, so a sweep killed outright loses at most the run under way)."""
     from tqdm import tqdm
 
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -178,6 +180,8 @@ def run_cells(
         if ok and len(done) == 1:
             shutil.rmtree(final, ignore_errors=True)
             done[0].rename(final)  # only a finished run is ever moved into runs/
+            if on_finished is not None:
+                on_finished(cell)
         shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(out / "staging", ignore_errors=True)
     from mirror_app.results import write_csv
@@ -335,13 +339,16 @@ def run_recorded(
     with_clients: set[str] = frozenset(),
 ) -> pd.DataFrame:
     """:func:`run_cells` with run records: the cells recorded in ``records`` are restored as finished (once each
-    record's resolved config is checked), and every run finished here is recorded there afterwards, also when the
-    sweep is stopped (Ctrl-C, SIGTERM); ``with_clients``: the cells whose clients.csv the record keeps too."""
+    record's resolved config is checked), and every run finished here is recorded there as it finishes, and again
+    at the end for any finished before (a stopped sweep's, Ctrl-C or SIGTERM); ``with_clients``: the cells whose
+    clients.csv the record keeps too."""
     if records is None:
         return run_cells(cells, out, runner, expected)
     restore_records(cells, out, records, expected)
     try:
-        return run_cells(cells, out, runner, expected)
+        return run_cells(
+            cells, out, runner, expected, on_finished=lambda cell: save_records([cell], out, records, with_clients)
+        )
     finally:
         save_records(cells, out, records, with_clients)
 
