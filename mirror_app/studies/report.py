@@ -254,6 +254,24 @@ REPORTS = (
         extra=("handover.csv",),
     ),
     Report(
+        "distill-heads",
+        "Distillation again, under the remedies for label skew (conf/paper-laptop-heads.toml)",
+        "python -m mirror_app.studies.ablations distill --seeds 0,1,2 --best agreement "
+        "--preset conf/paper-laptop-heads.toml --records docs/records/paper-laptop-heads",
+        "paper-laptop-heads",
+        "mirror_app.studies.ablations",
+        _ablation(
+            "distill",
+            "docs/records/paper-laptop-heads",
+            "--best",
+            "agreement",
+            "--preset",
+            "conf/paper-laptop-heads.toml",
+        ),  # fmt: skip
+        figures=("distill.png",),
+        extra=("handover.csv",),
+    ),
+    Report(
         "head-drift",
         "Label skew: the remedies that keep the heads from drifting",
         "python -m mirror_app.studies.ablations head-drift --rates 0.3 --seeds 0,1 --records docs/records/head-drift",
