@@ -415,6 +415,7 @@ def distill_figure(runs: pd.DataFrame, out: Path, rates: list[float]) -> Path | 
             ax.plot(rates, values, style, label=_label(objective, variant).replace("ModalityMirror, ", "MM "))
         ax.set(xlabel="missing rate", title=meaning, xticks=list(rates))
         ax.title.set_fontsize(8)
-        ax.legend(fontsize=6)
+        if ax.lines:  # a reading with no finished run yet has nothing to name
+            ax.legend(fontsize=6)
     axes[0][0].set_ylabel("best-dev audio top-1 (%)")
     return _save(fig, out / "distill.png")
