@@ -51,7 +51,9 @@ def test_plain_make_prints_every_target_with_its_cost_and_installs_nothing():
 
 def test_make_report_needs_no_encoder_and_no_data_on_an_empty_home(tmp_path):
     """What the README says runs nothing reads only the records: with HOME empty (no ~/.cache/modality-mirror) the
-    reports are still what the repository holds."""
+    reports are still what the repository holds: docs/results/*, docs/configuration.md's key table, docs/methods.md's
+    recipes and README.md's results are exactly what `make report` makes of the records and pyproject.toml (run
+    `make report` after changing either), and docs/results holds nothing else."""
     env = user_env(HOME=str(tmp_path))
     res = subprocess.run(
         [sys.executable, "-m", "mirror_app.studies.report", "--check"],

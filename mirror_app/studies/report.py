@@ -594,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     from mirror_app.results import atomic_write
 
     stale = []
-    for path, content in generated_files().items():
+    made = generated_files()
+    for path, content in made.items():
         if path.is_file() and path.read_bytes() == content:
             continue
         stale.append(path)
@@ -603,7 +604,15 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write(path, lambda tmp, content=content: tmp.write_bytes(content))
     for path in stale:
         print(f"{'out of date' if args.check else 'wrote'}: {path.relative_to(ROOT)}")
-    return 1 if args.check and stale else 0
+    extra = orphans(made, RESULTS)
+    for path in extra:  # a page or figure of a study that no longer makes it: stale, whatever it says
+        print(f"not made by make report (delete it): {path.relative_to(ROOT)}")
+    return 1 if args.check and (stale or extra) else 0
+
+
+def orphans(made: dict[Path, bytes], folder: Path) -> list[Path]:
+    """The files of ``folder`` (docs/results) that ``make report`` does not write."""
+    return sorted(p for p in folder.iterdir() if p not in made) if folder.is_dir() else []
 
 
 if __name__ == "__main__":
