@@ -557,9 +557,12 @@ def paired_points(a: pd.DataFrame, b: pd.DataFrame, rate: float, column: str = "
 
 def difference_cell(diff: pd.Series, count: bool = False) -> str:
     """A paired difference as a table cell: mean +- std over the pairs, '(no measurable effect)' where the mean is
-    within one standard deviation of 0; 'n/a' without a pair; ``count`` adds the number of pairs."""
+    within one standard deviation of 0; 'n/a' without a pair; one pair has no spread and says so; ``count`` adds the
+    number of pairs."""
     if diff.empty:
         return "n/a"
-    spread = float(diff.std(ddof=0)) if len(diff) > 1 else float("nan")
-    none = " (no measurable effect)" if len(diff) > 1 and abs(diff.mean()) <= spread else ""
+    if len(diff) == 1:
+        return f"{diff.mean():+.1f} (one pair: no spread)"
+    spread = float(diff.std(ddof=0))
+    none = " (no measurable effect)" if abs(diff.mean()) <= spread else ""
     return f"{diff.mean():+.1f} +- {spread:.1f}{none}" + (f" (n = {len(diff)})" if count else "")
