@@ -33,7 +33,15 @@ def trainable_audio_parameters(cls, cfg) -> tuple[int, int]:
         cfg = dataclasses.replace(cfg, align_anchors="random")
     from mirror_app.core.groups import group_keys
 
-    server = cls.server_model(model, cfg, names)
+    import logging
+
+    flower = logging.getLogger("flwr")
+    level = flower.level
+    flower.setLevel(logging.WARNING)  # a count, not a run: no server log lines (anchors made) in the report's output
+    try:
+        server = cls.server_model(model, cfg, names)
+    finally:
+        flower.setLevel(level)
     params = dict(server.named_parameters())
     keys = {k for g in cls.audio_groups for k in group_keys(server, g) if k in params}  # buffers are not counted
     trainable = sum(params[k].numel() for k in keys if params[k].requires_grad)
