@@ -31,9 +31,9 @@ def trainable_audio_parameters(cls, cfg) -> tuple[int, int]:
         import dataclasses
 
         cfg = dataclasses.replace(cfg, align_anchors="random")
-    from mirror_app.core.groups import group_keys
-
     import logging
+
+    from mirror_app.core.groups import group_keys
 
     flower = logging.getLogger("flwr")
     level = flower.level
