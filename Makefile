@@ -55,10 +55,9 @@ run: venv
 
 ## test: lint (ruff), format check, import contracts (import-linter), types of the core (mypy), then the
 ## whole suite (unit tests and end-to-end `flwr run` tests; a deprecated Flower API fails it), in TEST_WORKERS
-## processes (pytest-xdist; one test file per process at a time; TEST_WORKERS=0 runs it in this one; 3 on 2 cores,
-## since the end-to-end tests spend much of their time waiting on Flower's polls)
-TEST_WORKERS ?= 3
-#> test | 15 min | temporary folders only | lint, then every test in 3 processes (end-to-end flwr run included)
+## processes (pytest-xdist; one test file per process at a time; TEST_WORKERS=0 runs it in this one)
+TEST_WORKERS ?= 2
+#> test | 15 min | temporary folders only | lint, then every test in 2 processes (end-to-end flwr run included)
 test: venv lint
 	$(PY) -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) --durations=15 tests
 
