@@ -146,6 +146,7 @@ def headdrift_table(cells: list[Cell], out: Path, boundary: int, central: dict |
     the hand-over, the audio majority share there and late, and the distances from the centralised reference."""
     from strategies import STRATEGIES, compared_methods
 
+    labels = compared_methods()
     frame = headdrift_frame(cells, out, boundary)
     ok = frame[frame["status"] == "ok"]
     rates = sorted(set(ok["missing_rate"])) if len(ok) else []
@@ -166,7 +167,7 @@ def headdrift_table(cells: list[Cell], out: Path, boundary: int, central: dict |
     methods = [m for m in FULL_METHODS if m in set(ok["method"])] + sorted(set(ok["method"]) - set(FULL_METHODS))
     remedies = list(dict.fromkeys(c.tag.removeprefix("hd-") for c in cells))
     for method in methods:
-        label = STRATEGIES[method].display_name() if method in STRATEGIES else compared_methods().get(method, method)
+        label = STRATEGIES[method].display_name() if method in STRATEGIES else labels.get(method, method)
         for remedy in remedies:
             g = ok[(ok["method"] == method) & (ok["remedy"] == remedy)]
             if g.empty:
@@ -295,7 +296,8 @@ def against_table(runs: Path, other: Path, cells: list[Cell]) -> str:
         f"the hand-over, this / other | runs below {MAJORITY_TARGET:g} |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    groups = [(compared_methods().get(m, m), g) for m, g in frame.groupby("method", sort=False)] + [("all", frame)]
+    labels = compared_methods()
+    groups = [(labels.get(m, m), g) for m, g in frame.groupby("method", sort=False)] + [("all", frame)]
     for label, g in groups:
         below = int((g["majority"] < MAJORITY_TARGET).sum())
         lines.append(
