@@ -168,6 +168,12 @@ def _ablation(which: str, records: str, *args: str) -> tuple[str, ...]:
     return (which, *SEEDS, "--records", records, *args)
 
 
+def _table1(preset: str, records: str, *args: str) -> tuple[str, ...]:
+    """The sweep's arguments for Table 1 under ``preset`` (make table1's rates and seeds)."""
+    return ("--preset", preset, "--rates", "0.1,0.3,0.5", "--fig3-rates", "0.1,0.3,0.5", *SEEDS, "--records", records,
+            *args)  # fmt: skip
+
+
 REPORTS = (
     Report(
         "bench",
@@ -206,17 +212,7 @@ REPORTS = (
         "make table1",
         "paper-laptop",
         "mirror_app.studies.sweep",
-        (
-            "--preset",
-            "conf/paper-laptop.toml",
-            "--rates",
-            "0.1,0.3,0.5",
-            "--fig3-rates",
-            "0.1,0.3,0.5",
-            *SEEDS,
-            "--records",
-            LAPTOP,
-        ),
+        _table1("conf/paper-laptop.toml", LAPTOP),
         "table1.md",
         ("fig3_missing_rate.png", "fig2_per_class_f1.png", "curves.png"),
     ),
@@ -226,19 +222,7 @@ REPORTS = (
         "make table1 TABLE1_PRESET=conf/paper-laptop-heads.toml RECORDS=docs/records/paper-laptop-heads",
         "paper-laptop-heads",
         "mirror_app.studies.sweep",
-        (
-            "--preset",
-            "conf/paper-laptop-heads.toml",
-            "--rates",
-            "0.1,0.3,0.5",
-            "--fig3-rates",
-            "0.1,0.3,0.5",
-            *SEEDS,
-            "--records",
-            "docs/records/paper-laptop-heads",
-            "--against",
-            LAPTOP,
-        ),
+        _table1("conf/paper-laptop-heads.toml", "docs/records/paper-laptop-heads", "--against", LAPTOP),
         "table1.md",
         ("fig3_missing_rate.png", "fig2_per_class_f1.png", "curves.png"),
     ),
@@ -267,7 +251,7 @@ REPORTS = (
             "agreement",
             "--preset",
             "conf/paper-laptop-heads.toml",
-        ),  # fmt: skip
+        ),
         figures=("distill.png",),
         extra=("handover.csv",),
     ),
