@@ -139,11 +139,15 @@ def run_timeline(run_dir: Path) -> pd.DataFrame:
 
 
 def round_breakdown(run_dir: Path, first: int, last: int) -> dict[str, float]:
-    """Median seconds of each of ROUND_STEPS over rounds ``first``..``last``, and of the whole round
-    (``recorded`` to ``recorded``)."""
-    wide = run_timeline(run_dir).loc[first:last]
+    """Median seconds of each of ROUND_STEPS over rounds ``first``..``last``, of the whole round (``recorded``
+    to ``recorded``), and from one evaluation to the next (``evaluated`` to ``evaluated``: what metrics.csv's
+    ``seconds`` counts, stamped before the round's records are written, which a phase's checkpoint lengthens)."""
+    timeline = run_timeline(run_dir)
+    evaluated = timeline["evaluated"].diff()
+    wide = timeline.loc[first:last]
     out = {name: float((wide[b] - wide[a]).median()) for name, a, b in ROUND_STEPS}
     out["round"] = float((wide["recorded"] - wide["recorded@prev"]).median())
+    out["evaluated to evaluated"] = float(evaluated.loc[first:last].median())
     return out
 
 
