@@ -51,3 +51,28 @@ def test_table1_pairs_each_student_against_the_control_and_against_multifl_with_
         in multifl
     )
     assert control_differences(runs[runs["method"] != "multifl-av-head"], [0.3], "multifl-av-head") == ""
+
+
+def test_the_distillation_verdict_names_only_rates_where_an_objective_beats_its_reference_beyond_the_spread():
+    from mirror_app.studies.distill import _verdict_lines
+
+    def rows(objective: str, method: str, by_rate: dict[float, dict[int, float]]) -> pd.DataFrame:
+        parts = [_runs(values, rate) for rate, values in by_rate.items()]
+        return pd.concat(parts).assign(reading="paper", objective=objective, variant="", method=method)
+
+    control = {0.1: {0: 0.20, 1: 0.20}, 0.3: {0: 0.30, 1: 0.30}}
+    ok = pd.concat(
+        [
+            rows("ce", "modality-mirror-control", control),
+            # +5 +- 1 at 0.1 (beats the control), -3 +- 1 at 0.3 (below it: not a win, however clear)
+            rows("kl", "modality-mirror", {0.1: {0: 0.24, 1: 0.26}, 0.3: {0: 0.26, 1: 0.28}}),
+            rows("multifl-av-head", "multifl-av-head", {0.1: {0: 0.22, 1: 0.23}, 0.3: {0: 0.40, 1: 0.40}}),
+        ]
+    )
+    lines = _verdict_lines(ok, [0.1, 0.3])
+    (kl,) = [line for line in lines if line.startswith("- paper reading, kl:")]
+    assert kl == (
+        "- paper reading, kl: against the control +5.0 at 0.1, -3.0 at 0.3 points; above the control by more than the "
+        "seeds' spread at 0.1; above MultiFL with the audio head by more than the spread at 0.1."
+    )
+    assert not [line for line in lines if ", ce:" in line]  # the control is not judged against itself

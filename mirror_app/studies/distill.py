@@ -366,9 +366,9 @@ def _verdict_lines(ok: pd.DataFrame, rates: list[float]) -> list[str]:
             over = [paired_points(sel, multifl_on, r) for r in rates]
             above = [f"{r:g}" for r, d in zip(rates, over) if len(d) > 1 and d.mean() > d.std(ddof=0)]
             lines.append(
-                f"- {reading} reading, {objective}: against the control {', '.join(said) or 'n/a'} points; beyond the "
-                f"seeds' spread at {', '.join(beats) or 'no rate'}; above MultiFL with the audio head (beyond the "
-                f"spread) at {', '.join(above) or 'no rate'}."
+                f"- {reading} reading, {objective}: against the control {', '.join(said) or 'n/a'} points; above the "
+                f"control by more than the seeds' spread at {', '.join(beats) or 'no rate'}; above MultiFL with the "
+                f"audio head by more than the spread at {', '.join(above) or 'no rate'}."
             )
     return lines + [""]
 
