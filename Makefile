@@ -53,7 +53,7 @@ run: venv
 	$(PY) -m mirror_app.run --pretrain --num-supernodes $(NUM_CLIENTS) $(if $(PRESET),--preset $(PRESET)) \
 		--output-dir '$(OUTPUT_DIR)' --data-dir '$(DATA_DIR)' --run-config "$(RUN_CONFIG)"
 
-## test: lint (ruff), format check, import contracts (import-linter), types of the core (mypy), then the
+## test: lint (ruff), format check, import contracts (import-linter), types of the core and the benchmarks (mypy), then the
 ## whole suite (unit tests and end-to-end `flwr run` tests; a deprecated Flower API fails it), in TEST_WORKERS
 ## processes (pytest-xdist; one test file per process at a time; TEST_WORKERS=0 runs it in this one)
 TEST_WORKERS ?= 2
@@ -67,7 +67,7 @@ test: venv lint
 report: venv
 	$(PY) -m mirror_app.studies.report
 
-## lint: ruff check, ruff format --check, lint-imports (layers, no cycles), mypy on mirror_app/core
+## lint: ruff check, ruff format --check, lint-imports (layers, no cycles), mypy on mirror_app/core and mirror_app/bench
 #> lint | 1 min | nothing | ruff, ruff format --check, import contracts, mypy
 lint: venv
 	$(VENV)/bin/ruff check .

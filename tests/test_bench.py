@@ -215,3 +215,16 @@ def test_the_scale_report_states_each_target_against_its_figure(tmp_path):
     assert "| peak PSS at 30,000 / at 100 <= 1.5x | 1.62x | **not met** |" in md
     assert "| 10,000 | sampled (40, 0.4 %) |" in md and "9.5 s; no node asked" in md
     assert figure(report, tmp_path).stat().st_size > 1000
+
+
+def test_a_clips_flops_count_each_task_on_the_runs_own_model():
+    from mirror_app.bench.paper import clip_flops
+    from strategies import resolve_config
+
+    cfg, _ = resolve_config({"strategy": "modality-mirror"})
+    flops = clip_flops(cfg, ((100, 64), (3, 32, 32)), 20)
+    assert set(flops) == {"train-av", "train-audio", "distill", "evaluation"}
+    # the audiovisual step trains both encoders; distillation adds the frozen teacher's forward to the audio step
+    assert 0 < flops["train-audio"] < flops["distill"] < flops["train-av"]
+    longer = clip_flops(cfg, ((200, 64), (3, 32, 32)), 20)  # twice the audio frames: more work for every task
+    assert all(longer[k] > flops[k] for k in flops)

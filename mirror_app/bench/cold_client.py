@@ -21,7 +21,12 @@ from mirror_app.deploy.preflight import pairs_to_values, parse_pairs
 
 
 def cold_call(run_config: str, partition: int, partitions: int, threads: int) -> dict:
-    node = {"partition-id": partition, "num-partitions": partitions, "num-threads": threads, "modality": "audiovisual"}
+    node: dict[str, bool | float | int | str] = {
+        "partition-id": partition,
+        "num-partitions": partitions,
+        "num-threads": threads,
+        "modality": "audiovisual",
+    }
     context = Context(
         run_id=1, node_id=1, node_config=node, state=RecordDict(), run_config=pairs_to_values(parse_pairs(run_config))
     )

@@ -45,9 +45,15 @@ def clip_flops(cfg, shapes: tuple, num_classes: int) -> dict[str, float]:
     from mirror_app.core.distillation import distillation_loss
     from mirror_app.core.models import build_model
 
-    args = (num_classes, *shapes, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim)
-    model = build_model(*args, seed=0, heads=cfg.head_kinds)
-    teacher = build_model(*args, seed=1, heads=cfg.head_kinds)
+    audio_shape, video_shape = shapes
+
+    def make(seed: int):
+        return build_model(
+            num_classes, audio_shape, video_shape, cfg.audio_backbone, cfg.video_backbone, cfg.embed_dim,
+            seed=seed, heads=cfg.head_kinds,
+        )  # fmt: skip
+
+    model, teacher = make(0), make(1)
     batch = 2
     audio, video = torch.randn(batch, *shapes[0]), torch.randn(batch, *shapes[1])
     labels = torch.zeros(batch, dtype=torch.long)

@@ -67,7 +67,7 @@ def run_bench(
     from mirror_app.core.config import RunConfig
     from mirror_app.deploy.launch import SuperLink, interrupt_on_signals
     from mirror_app.deploy.preflight import pairs_to_values, parse_pairs, with_defaults
-    from mirror_app.results import atomic_write, megabytes_per_round
+    from mirror_app.results import atomic_write
 
     if rounds < 2:
         raise BenchError(f"--rounds {rounds} is too few: at least 2 (round 1 includes start-up)")
@@ -150,7 +150,7 @@ def run_bench(
                 "bare_rounds_s": bare_rounds,
                 "flwr_steps": round_breakdown(main["run_dir"], 2, rounds),
                 "bare_steps": {k: float(np.median([b[k] for b in bare[1:]])) for k in bare[0]},
-                "bytes_per_round": 1e6 * megabytes_per_round(main["metrics"]),
+                "bytes_per_round": 1e6 * _megabytes(main["metrics"]),
             }
             steps = startup_breakdown(main["run_dir"], main["flwr_run_at"])
             report["startup"] |= {
@@ -272,3 +272,13 @@ def main(argv: list[str] | None = None) -> int:
         record_report(report, "bench", Path(args.records))
     print(markdown(report))
     return 0
+
+
+def _megabytes(metrics) -> float:
+    """The timed run's megabytes per round; every run of this app records its bytes, so none is a fault."""
+    from mirror_app.results import megabytes_per_round
+
+    mb = megabytes_per_round(metrics)
+    if mb is None:
+        raise BenchError("the timed run's metrics.csv has no byte counts")
+    return mb
