@@ -121,8 +121,10 @@ def test_the_deployment_rows_name_where_a_deployed_round_goes():
 def test_a_cold_client_call_is_timed_in_a_fresh_process(data_dir):
     """What a deployed SuperNode's fresh ClientApp process pays: the first training call carries torch's
     first-use costs (importing torch._dynamo, about a second), the next one only the training."""
+    from data import load_dataset
     from mirror_app.bench.overhead import cold_call_seconds
 
+    load_dataset("embedded", data_dir)  # the data a deployed node finds prepared (not left to another test)
     out = cold_call_seconds(f"data-dir='{data_dir}' local-epochs=1", partitions=4, threads=1)
     assert set(out) == {"make_client_s", "first_fit_s", "second_fit_s", "dynamo_import_s"}
     assert out["make_client_s"] > 0 and out["second_fit_s"] > 0 and out["dynamo_import_s"] > 0

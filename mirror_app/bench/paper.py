@@ -55,7 +55,7 @@ def clip_flops(cfg, shapes: tuple, num_classes: int) -> dict[str, float]:
 
     model, teacher = make(0), make(1)
     batch = 2
-    audio, video = torch.randn(batch, *shapes[0]), torch.randn(batch, *shapes[1])
+    audio, video = torch.randn(batch, *audio_shape), torch.randn(batch, *video_shape)
     labels = torch.zeros(batch, dtype=torch.long)
 
     def count(step) -> float:

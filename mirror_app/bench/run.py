@@ -67,7 +67,7 @@ def run_bench(
     from mirror_app.core.config import RunConfig
     from mirror_app.deploy.launch import SuperLink, interrupt_on_signals
     from mirror_app.deploy.preflight import pairs_to_values, parse_pairs, with_defaults
-    from mirror_app.results import atomic_write
+    from mirror_app.results import atomic_write, megabytes_per_round
 
     if rounds < 2:
         raise BenchError(f"--rounds {rounds} is too few: at least 2 (round 1 includes start-up)")
@@ -138,6 +138,9 @@ def run_bench(
             bare = bare_loop(cfg, num_supernodes, rounds)
             bare_rounds = [b["round_s"] for b in bare]
             flwr_s, bare_s = float(train_rounds.median()), float(np.median(bare_rounds[1:]))
+            megabytes = megabytes_per_round(main["metrics"])
+            if megabytes is None:  # every run of this app records its bytes: none is a fault
+                raise BenchError("the timed run's metrics.csv has no byte counts")
             ok = main["clients"][main["clients"]["status"] == "ok"]
             train_sum = ok.groupby("round")["train_seconds"].sum().loc[2:rounds]
             report["rounds"] = {
@@ -150,7 +153,7 @@ def run_bench(
                 "bare_rounds_s": bare_rounds,
                 "flwr_steps": round_breakdown(main["run_dir"], 2, rounds),
                 "bare_steps": {k: float(np.median([b[k] for b in bare[1:]])) for k in bare[0]},
-                "bytes_per_round": 1e6 * _megabytes(main["metrics"]),
+                "bytes_per_round": 1e6 * megabytes,
             }
             steps = startup_breakdown(main["run_dir"], main["flwr_run_at"])
             report["startup"] |= {
@@ -272,13 +275,3 @@ def main(argv: list[str] | None = None) -> int:
         record_report(report, "bench", Path(args.records))
     print(markdown(report))
     return 0
-
-
-def _megabytes(metrics) -> float:
-    """The timed run's megabytes per round; every run of this app records its bytes, so none is a fault."""
-    from mirror_app.results import megabytes_per_round
-
-    mb = megabytes_per_round(metrics)
-    if mb is None:
-        raise BenchError("the timed run's metrics.csv has no byte counts")
-    return mb
