@@ -37,7 +37,7 @@ class ModalityMirror(PhasedStrategy):
 class ModalityMirrorAgreement(ModalityMirror):
     """ModalityMirror whose phase 2 distils only where the teacher's and the student's rankings agree, beside the
     label cross-entropy (``distill-objective = 'agreement'``, after C2KD): this project's, not the paper's. On the
-    embedded data it is the objective whose student gains most over its own phase 1 (docs/results/distill.md)."""
+    embedded data neither it nor any other objective beats the phase-2 control (docs/results/distill.md)."""
 
     label = "ModalityMirror, agreement distillation"
     table_label = "ModalityMirror, agreement distillation (this project's)"

@@ -587,3 +587,22 @@ def test_krum_kept_table_counts_the_attackers_among_the_updates_krum_kept(tmp_pa
     lines = [line for line in security.krum_kept_table(cells, tmp_path).splitlines() if line.startswith("| label")]
     # 3 updates kept, 2 of them the round-1 attacker's; attackers' share of those rounds' clients: (0.25 x 2 + 0.5) / 3
     assert lines == ["| label-flip | 0.2 | modality-aware-fl | 1 | 3 | 66.7 | 33.3 |"]
+
+
+def test_make_table1_measures_the_preset_and_records_that_table1_md_is_printed_from():
+    """README's `make table1` and docs/results/table1.md name the same preset and records folder (and the page on
+    plain linear heads, the command that prints it): a change of Table 1's preset cannot leave one behind."""
+    from mirror_app.studies.report import REPORTS
+
+    pages = {r.name: r for r in REPORTS}
+    for name, variables in (("table1", []), ("table1-linear", ["TABLE1_PRESET=conf/paper-laptop.toml"])):
+        report = pages[name]
+        assert report.command == " ".join(["make table1", *variables])
+        res = subprocess.run(["make", "-n", "table1", *variables], cwd=ROOT, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        argv = report.argv
+        preset, records = argv[argv.index("--preset") + 1], argv[argv.index("--records") + 1]
+        assert f"--preset {preset} " in res.stdout and f"--records {ROOT / records} " in res.stdout + " "
+        assert records == f"docs/records/{report.records}"
+        against = argv[argv.index("--against") + 1] if "--against" in argv else None
+        assert (f"--against {ROOT / against}" in res.stdout) if against else "--against" not in res.stdout

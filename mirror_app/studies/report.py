@@ -161,7 +161,8 @@ def bench_page(name: str, module_name: str = "") -> Callable[[Path], tuple[str, 
 
 
 SEEDS = ("--seeds", "0,1,2")
-LAPTOP = "docs/records/paper-laptop"
+LAPTOP = "docs/records/paper-laptop"  # plain linear heads
+HEADS, HEADS_PRESET = "docs/records/paper-laptop-heads", "conf/paper-laptop-heads.toml"  # Table 1's preset
 
 
 def _ablation(which: str, records: str, *args: str) -> tuple[str, ...]:
@@ -210,6 +211,16 @@ REPORTS = (
         "table1",
         "Table 1: the comparison at a laptop budget",
         "make table1",
+        "paper-laptop-heads",
+        "mirror_app.studies.sweep",
+        _table1(HEADS_PRESET, HEADS, "--against", LAPTOP),
+        "table1.md",
+        ("fig3_missing_rate.png", "fig2_per_class_f1.png", "curves.png"),
+    ),
+    Report(
+        "table1-linear",
+        "Table 1 with plain linear heads, before the remedies for label skew (conf/paper-laptop.toml)",
+        "make table1 TABLE1_PRESET=conf/paper-laptop.toml",
         "paper-laptop",
         "mirror_app.studies.sweep",
         _table1("conf/paper-laptop.toml", LAPTOP),
@@ -217,41 +228,24 @@ REPORTS = (
         ("fig3_missing_rate.png", "fig2_per_class_f1.png", "curves.png"),
     ),
     Report(
-        "table1-heads",
-        "Table 1 again, under the remedies for label skew (conf/paper-laptop-heads.toml)",
-        "make table1 TABLE1_PRESET=conf/paper-laptop-heads.toml RECORDS=docs/records/paper-laptop-heads",
-        "paper-laptop-heads",
-        "mirror_app.studies.sweep",
-        _table1("conf/paper-laptop-heads.toml", "docs/records/paper-laptop-heads", "--against", LAPTOP),
-        "table1.md",
-        ("fig3_missing_rate.png", "fig2_per_class_f1.png", "curves.png"),
-    ),
-    Report(
         "distill",
         "Distillation that earns its phase: objectives, teachers, readings",
+        "python -m mirror_app.studies.ablations distill --seeds 0,1,2 --best agreement "
+        "--preset conf/paper-laptop-heads.toml --records docs/records/paper-laptop-heads",
+        "paper-laptop-heads",
+        "mirror_app.studies.ablations",
+        _ablation("distill", HEADS, "--best", "agreement", "--preset", HEADS_PRESET),
+        figures=("distill.png",),
+        extra=("handover.csv",),
+    ),
+    Report(
+        "distill-linear",
+        "Distillation with plain linear heads, before the remedies for label skew (conf/paper-laptop.toml)",
         "python -m mirror_app.studies.ablations distill --seeds 0,1,2 --best agreement "
         "--records docs/records/paper-laptop",
         "paper-laptop",
         "mirror_app.studies.ablations",
         _ablation("distill", LAPTOP, "--best", "agreement"),
-        figures=("distill.png",),
-        extra=("handover.csv",),
-    ),
-    Report(
-        "distill-heads",
-        "Distillation again, under the remedies for label skew (conf/paper-laptop-heads.toml)",
-        "python -m mirror_app.studies.ablations distill --seeds 0,1,2 --best agreement "
-        "--preset conf/paper-laptop-heads.toml --records docs/records/paper-laptop-heads",
-        "paper-laptop-heads",
-        "mirror_app.studies.ablations",
-        _ablation(
-            "distill",
-            "docs/records/paper-laptop-heads",
-            "--best",
-            "agreement",
-            "--preset",
-            "conf/paper-laptop-heads.toml",
-        ),
         figures=("distill.png",),
         extra=("handover.csv",),
     ),
@@ -565,7 +559,7 @@ def table1_recipes() -> str:
     from mirror_app.studies.recipes import recipe_table, recorded_configs
     from mirror_app.studies.sweep import METHODS
 
-    folder = RECORDS / "paper-laptop"
+    folder = RECORDS / "paper-laptop-heads"
     keys = {m: [f"{m}-mr{r:g}-s{s}" for r in (0.3, 0.1, 0.5) for s in (0, 1, 2)] for m in METHODS}
     configs = recorded_configs(folder, keys)
     return recipe_table(configs) if configs else "(no Table 1 records yet)\n"
