@@ -163,3 +163,24 @@ def test_make_runs_tool_runs_on_a_superlink_of_its_own_and_leaves_nothing_behind
         and any(str(scratch) in part for part in p.info["cmdline"] or [])
     ]
     assert not left, left
+
+
+def test_the_app_package_flwr_run_ships_holds_the_code_and_not_the_records():
+    """What `flwr run .` builds from this checkout (Flower's own builder and pyproject's fab-include/fab-exclude):
+    every module of the four packages, the presets and the example plugin method, and nothing of docs/, whose
+    thousands of run records would otherwise approach Flower's 10 MB limit on a package as studies are added."""
+    import io
+    import zipfile
+
+    from flwr.cli.build import build_fab_from_disk
+    from flwr.common.constant import FAB_MAX_SIZE
+
+    fab = build_fab_from_disk(ROOT)
+    names = set(zipfile.ZipFile(io.BytesIO(fab)).namelist())
+    assert not [n for n in names if n.startswith("docs/")]
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    code = [p for p in tracked if p.split("/")[0] in ("mirror_app", "strategies", "clients", "data", "conf")]
+    assert code and not [p for p in code if p.endswith((".py", ".toml")) and p not in names]
+    assert "tests/plugin_method.py" in names and "LICENSE" in names
+    records = sum((ROOT / p).stat().st_size for p in tracked if p.startswith("docs/records/"))
+    assert len(fab) < FAB_MAX_SIZE / 5 < records  # the records alone would take more than a fifth of the limit
