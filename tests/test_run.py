@@ -165,11 +165,13 @@ def test_make_runs_tool_runs_on_a_superlink_of_its_own_and_leaves_nothing_behind
     assert not left, left
 
 
-def test_the_app_package_flwr_run_ships_holds_the_code_and_not_the_records():
-    """What `flwr run .` builds from this checkout (Flower's own builder and pyproject's fab-include/fab-exclude):
+def test_the_app_package_flwr_run_ships_holds_the_code_and_not_the_records(tmp_path):
+    """What `flwr run .` builds from this checkout (Flower's own builder and pyproject's fab-include):
     every module of the four packages, the presets and the example plugin method, and nothing of docs/, whose
-    thousands of run records would otherwise approach Flower's 10 MB limit on a package as studies are added."""
+    thousands of run records would otherwise approach Flower's 10 MB limit on a package as studies are added; and
+    a copy of the code alone builds too."""
     import io
+    import shutil
     import zipfile
 
     from flwr.cli.build import build_fab_from_disk
@@ -181,6 +183,11 @@ def test_the_app_package_flwr_run_ships_holds_the_code_and_not_the_records():
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     code = [p for p in tracked if p.split("/")[0] in ("mirror_app", "strategies", "clients", "data", "conf")]
     assert code and not [p for p in code if p.endswith((".py", ".toml")) and p not in names]
-    assert "tests/plugin_method.py" in names and "LICENSE" in names
+    assert "tests/plugin_method.py" in names and not [n for n in names if n.endswith(".md")]
     records = sum((ROOT / p).stat().st_size for p in tracked if p.startswith("docs/records/"))
     assert len(fab) < FAB_MAX_SIZE / 5 < records  # the records alone would take more than a fifth of the limit
+    copy = tmp_path / "app"  # a copy of the code alone, as a device might hold: the patterns still resolve
+    for package in ("mirror_app", "strategies", "clients", "data"):
+        shutil.copytree(ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    assert "mirror_app/server_app.py" in zipfile.ZipFile(io.BytesIO(build_fab_from_disk(copy))).namelist()
