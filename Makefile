@@ -142,9 +142,10 @@ deploy-local: venv
 ## 2 minutes a run on 2 cores), RECORDS=<folder> keeps your own; TABLE1_PRESET=conf/<other>.toml runs another preset
 ## (into results/table1-<other>, recorded in docs/records/<other> unless RECORDS says otherwise)
 TABLE1_RATES ?= 0.1,0.3,0.5
-TABLE1_PRESET ?= conf/paper-laptop-heads.toml
+LAPTOP_PRESET = conf/paper-laptop-heads.toml
+TABLE1_PRESET ?= $(LAPTOP_PRESET)
 RECORDS ?= $(CURDIR)/docs/records/$(basename $(notdir $(TABLE1_PRESET)))
-TABLE1_DEFAULT = $(filter conf/paper-laptop-heads.toml,$(TABLE1_PRESET))
+TABLE1_DEFAULT = $(filter $(LAPTOP_PRESET),$(TABLE1_PRESET))
 TABLE1_OUT = results/table1$(if $(TABLE1_DEFAULT),,-$(basename $(notdir $(TABLE1_PRESET))))
 TABLE1_AGAINST ?= $(if $(TABLE1_DEFAULT),$(CURDIR)/docs/records/paper-laptop)
 #> table1 | 10 s; RECORDS= 3.6 h | DATA_DIR: data, encoders | Table 1 from docs/records (RECORDS= runs its 108 cells again)
@@ -156,7 +157,7 @@ table1: venv $(PRETRAINED_FILES)
 ## table1-quick: the same with one seed and no records (about a third of the time)
 #> table1-quick | 50 min | DATA_DIR: data, encoders | Table 1 with one seed, no records (36 runs)
 table1-quick: venv $(PRETRAINED_FILES)
-	$(PY) -m mirror_app.studies.sweep --out $(CURDIR)/results/table1-quick --preset conf/paper-laptop-heads.toml \
+	$(PY) -m mirror_app.studies.sweep --out $(CURDIR)/results/table1-quick --preset $(LAPTOP_PRESET) \
 		--rates $(TABLE1_RATES) --fig3-rates $(TABLE1_RATES) --seeds 0 --num-supernodes $(NUM_CLIENTS) \
 		--run-config "$(RUN_CONFIG)" --data-dir "$(DATA_DIR)"
 
@@ -167,7 +168,7 @@ table1-quick: venv $(PRETRAINED_FILES)
 STUDY_RECORDS ?= $(CURDIR)/docs/records
 #> ablations | 3.2 h | DATA_DIR: data, encoders | every study, measuring the 89 cells docs/records lacks (2 min each)
 ablations: venv $(PRETRAINED_FILES)
-	$(PY) -m mirror_app.studies.ablations distill --seeds 0,1,2 --best agreement --preset conf/paper-laptop-heads.toml --out $(CURDIR)/results/ablation-distill --records $(STUDY_RECORDS)/paper-laptop-heads --data-dir "$(DATA_DIR)"
+	$(PY) -m mirror_app.studies.ablations distill --seeds 0,1,2 --best agreement --preset $(LAPTOP_PRESET) --out $(CURDIR)/results/ablation-distill --records $(STUDY_RECORDS)/$(basename $(notdir $(LAPTOP_PRESET))) --data-dir "$(DATA_DIR)"
 	$(PY) -m mirror_app.studies.ablations fidelity --seeds 0,1,2 --out $(CURDIR)/results/ablation-fidelity --records $(STUDY_RECORDS)/paper-laptop --data-dir "$(DATA_DIR)"
 	$(PY) -m mirror_app.studies.ablations missingness --seeds 0,1,2 --out $(CURDIR)/results/ablation-missingness --records $(STUDY_RECORDS)/paper-laptop --data-dir "$(DATA_DIR)"
 	$(PY) -m mirror_app.studies.ablations head-drift --rates 0.3 --seeds 0,1 --out $(CURDIR)/results/ablation-head-drift --records $(STUDY_RECORDS)/head-drift --data-dir "$(DATA_DIR)"

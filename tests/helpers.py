@@ -11,6 +11,19 @@ from flwr.server.client_proxy import ClientProxy
 
 from data.cache import TEST, TRAIN, FeatureCache, ensure_cache
 
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("mirror_app", "strategies", "clients", "data")  # the project's packages (pyproject's [tool.setuptools])
+
+
+def copy_packages(dest: Path) -> Path:
+    """A copy of the project's packages (without bytecode) under ``dest``: the code alone, as a device holds it."""
+    import shutil
+
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
 TINY_CLASSES = 4
 TINY = 192  # ast-tiny's width (SSAST tiny224): 12 blocks of 3 heads
 SMALL = 384

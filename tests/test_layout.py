@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import PACKAGES, copy_packages
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("mirror_app", "strategies", "clients", "data")
 # where Flower 1.42 documents its app-facing names; a name that lives in one of these is imported from it
 DOCUMENTED = ("flwr.app", "flwr.clientapp", "flwr.serverapp")
 # the one compat module allowed: the Message <-> FitIns/FitRes conversion that Flower's own client mods
@@ -80,8 +80,7 @@ def test_import_contracts_catch_an_upward_import_and_a_cycle(tmp_path, file, lin
     copy = tmp_path / "repo"
     copy.mkdir()
     shutil.copy(ROOT / "pyproject.toml", copy)
-    for package in PACKAGES:
-        shutil.copytree(ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_packages(copy)
     target = copy / file
     target.write_text(target.read_text() + "\n" + line)
     if contract == "no import cycles":  # make data.cache import data.partition back

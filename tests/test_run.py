@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import run_tool
+from helpers import PACKAGES, copy_packages, run_tool
 
 from mirror_app.deploy.launch import SuperLink, TracebackFilter, failure_reason
 
@@ -181,13 +181,12 @@ def test_the_app_package_flwr_run_ships_holds_the_code_and_not_the_records(tmp_p
     names = set(zipfile.ZipFile(io.BytesIO(fab)).namelist())
     assert not [n for n in names if n.startswith("docs/")]
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    code = [p for p in tracked if p.split("/")[0] in ("mirror_app", "strategies", "clients", "data", "conf")]
+    code = [p for p in tracked if p.split("/")[0] in (*PACKAGES, "conf")]
     assert code and not [p for p in code if p.endswith((".py", ".toml")) and p not in names]
     assert "tests/plugin_method.py" in names and not [n for n in names if n.endswith(".md")]
     records = sum((ROOT / p).stat().st_size for p in tracked if p.startswith("docs/records/"))
     assert len(fab) < FAB_MAX_SIZE / 5 < records  # the records alone would take more than a fifth of the limit
     copy = tmp_path / "app"  # a copy of the code alone, as a device might hold: the patterns still resolve
-    for package in ("mirror_app", "strategies", "clients", "data"):
-        shutil.copytree(ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_packages(copy)
     shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
     assert "mirror_app/server_app.py" in zipfile.ZipFile(io.BytesIO(build_fab_from_disk(copy))).namelist()

@@ -5,15 +5,14 @@ quantisation, also in a round in which one client of eight fails after it shared
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from helpers import copy_packages
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("mirror_app", "strategies", "clients", "data")
 
 # The project's ClientApp with one more mod, outermost: partition 3 fails when it is handed its training
 # instruction in round 1, i.e. after SecAgg+'s setup and key-sharing stages (the only messages that carry the
@@ -48,8 +47,7 @@ def dying_project(tmp_path_factory) -> Path:
     """A copy of the project whose ClientApp is :data:`DYING_APP`."""
     copy = tmp_path_factory.mktemp("dying") / "project"
     copy.mkdir()
-    for package in PACKAGES:
-        shutil.copytree(ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
+    copy_packages(copy)
     (copy / "dying_app.py").write_text(DYING_APP)
     text = (ROOT / "pyproject.toml").read_text()
     assert 'clientapp = "mirror_app.client_app:app"' in text

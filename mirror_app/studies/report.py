@@ -559,7 +559,7 @@ def table1_recipes() -> str:
     from mirror_app.studies.recipes import recipe_table, recorded_configs
     from mirror_app.studies.sweep import METHODS
 
-    folder = RECORDS / "paper-laptop-heads"
+    folder = RECORDS / next(r.records for r in REPORTS if r.name == "table1")  # the records Table 1 is printed from
     keys = {m: [f"{m}-mr{r:g}-s{s}" for r in (0.3, 0.1, 0.5) for s in (0, 1, 2)] for m in METHODS}
     configs = recorded_configs(folder, keys)
     return recipe_table(configs) if configs else "(no Table 1 records yet)\n"
