@@ -52,13 +52,17 @@ def test_the_heads_preset_is_the_laptop_preset_with_the_screened_remedies_and_re
 
     laptop = tomllib.loads((ROOT / "conf" / "paper-laptop.toml").read_text())
     heads = tomllib.loads((ROOT / "conf" / "paper-laptop-heads.toml").read_text())
-    added = {k: v for k, v in heads.items() if laptop.get(k) != v}
-    assert set(laptop) <= set(heads) and all(heads[k] == v for k, v in laptop.items())
+    from mirror_app.core.config import defaults
+
+    changed = {k: v for k, v in heads.items() if laptop.get(k) != v}
+    assert set(laptop) == set(heads)
     _, config = remedy_config(BEST_PAIR)  # the pair the screening found, as its cells ran it
     screened = dict(pair.split("=", 1) for pair in config.split())
-    assert added == {k: v.strip("'") for k, v in screened.items() if v.strip("'") not in ("linear", "none", "fedavg")}
+    assert changed == {k: v.strip("'") for k, v in screened.items() if v.strip("'") not in ("linear", "none", "fedavg")}
+    assert {k: laptop[k] for k in changed} == {"classifier": "linear", "loss-calibration": "none"}  # the paper's
     cfg = RunConfig.from_dict({k: v for k, v in heads.items() if not k.endswith("-pretrained")})
     assert (cfg.classifier, cfg.loss_calibration) == ("etf", "fedlc")
+    assert {k: defaults()[k] for k in changed} == changed  # the app's defaults are the pair (make run runs it)
 
 
 def test_a_study_refuses_to_run_when_auto_finds_no_encoder(data_dir, tmp_path):

@@ -139,13 +139,15 @@ def test_a_strategy_must_declare_the_client_tasks_its_phases_name(tmp_path):
 
 def test_clients_run_only_the_tasks_of_their_kind_that_the_method_declares(tmp_path):
     from clients import TaskError
+    from mirror_app.core.config import RunConfig
     from mirror_app.core.groups import AUDIO_MODEL, AV_MODEL, flatten, get_groups
     from mirror_app.core.models import build_model
     from strategies import ModalityMirror
 
     cache = tiny_cache(tmp_path / "c")
     manager, proxies = tiny_federation(cache, 4, missing_rate=0.5)
-    model = build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], seed=0)
+    heads = RunConfig.from_dict({}).head_kinds  # the clients' (the defaults')
+    model = build_model(cache.num_classes, cache.audio.shape[1:], cache.video.shape[1:], seed=0, heads=heads)
     by_kind = {p.client.modality: p.client for p in proxies.values()}
     audio, av = by_kind["audio"], by_kind["audiovisual"]
     audio.tasks = av.tasks = ModalityMirror.client_tasks

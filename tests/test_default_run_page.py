@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from mirror_app.studies.report import PHASE2_SAID, default_run
+from mirror_app.studies.report import CONTROL, CONTROL_SAID, PHASE2_SAID, default_run
 
 
 def _phase(round_: int, audio: float) -> dict:
@@ -37,4 +37,37 @@ def test_the_page_says_what_phase_2_did(tmp_path, before, after, said):
     text, _ = default_run(tmp_path)
     (line,) = [x for x in text.splitlines() if x.startswith(PHASE2_SAID)]
     assert f"from {before:.3f} at the end of phase 1 to {after:.3f} at the end of phase 2" in line
-    assert line.endswith(f"distillation {said}.")
+    assert line.endswith(f"phase 2 {said}.")
+    assert not any(x.startswith(CONTROL_SAID) for x in text.splitlines())  # no control recorded: none said
+
+
+def _record(folder, strategy: str, before: float, after: float) -> None:
+    folder.mkdir()
+    summary = {
+        "schedule": [{"rounds": 2}, {"rounds": 1}],
+        "phases": {"modality-aware-fl": _phase(2, before), "distillation": _phase(3, after)},
+        "best_dev": _phase(3, after),
+    }
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "config.json").write_text(json.dumps({"strategy": strategy}))
+    metrics = pd.DataFrame(
+        {"round": [0, 2, 3], "phase_index": [1, 1, 2], "phase": ["modality-aware-fl"] * 2 + ["distillation"],
+         "audio_top1": [0.05, before, after], "av_top1": [0.1, 0.7, 0.7], "dev_audio_top1": 0.2}
+    )  # fmt: skip
+    metrics.to_csv(folder / "metrics.csv", index=False)
+
+
+@pytest.mark.parametrize(
+    ("control", "said"),
+    [(0.30, "the teacher added that"), (0.45, "the control ended higher"), (0.378, "not the teacher")],
+)
+def test_a_recorded_control_says_what_the_teacher_added(tmp_path, control, said):
+    """The control (phase 2 on labels alone) sorts before or after the default run by name: it is told apart by its
+    strategy, and the page gives the default run's lines and the difference of the two ends of phase 2."""
+    _record(tmp_path / "modality-mirror-mr0.3-s0", "modality-mirror", 0.315, 0.378)
+    _record(tmp_path / "modality-mirror-control-mr0.3-s0", CONTROL, 0.315, control)
+    text, _ = default_run(tmp_path)
+    (line,) = [x for x in text.splitlines() if x.startswith(PHASE2_SAID)]
+    assert "to 0.378 at the end of phase 2 (+0.063)" in line
+    (line,) = [x for x in text.splitlines() if x.startswith(CONTROL_SAID)]
+    assert f"went from 0.315 to {control:.3f}" in line and f"{0.378 - control:+.3f}; " in line and said in line

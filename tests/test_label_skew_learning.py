@@ -84,7 +84,7 @@ def run_in_process(data_dir: Path, rounds: int, **overrides) -> tuple[list[dict]
     shapes = (cache.audio.shape[1:], cache.video.shape[1:])
 
     def make(seed=None):
-        return build_model(cache.num_classes, *shapes, embed_dim=cfg.embed_dim, seed=seed)
+        return build_model(cache.num_classes, *shapes, embed_dim=cfg.embed_dim, seed=seed, heads=cfg.head_kinds)
 
     ws = Workspace(cache, make(), make(), torch.device("cpu"))
     cls = resolve_strategy(cfg.strategy)
@@ -109,12 +109,21 @@ def run_in_process(data_dir: Path, rounds: int, **overrides) -> tuple[list[dict]
     return rows, parts
 
 
-def test_label_skewed_partitions_learn_above_chance_and_do_not_collapse(skewed_cache):
-    """10 clients, 4 per round, 12 rounds, restricted softmax (README, "Label skew"): the audiovisual model
-    reaches at least 3x chance and predicts more than one class, although most clients hold 1-2 classes."""
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        {"restricted-softmax": True, "classifier": "linear", "loss-calibration": "none"},
+        {},  # the defaults: FedETF's fixed heads, FedLC's calibrated loss
+    ],
+    ids=["restricted-softmax-linear", "defaults-etf-fedlc"],
+)
+def test_label_skewed_partitions_learn_above_chance_and_do_not_collapse(skewed_cache, recipe):
+    """10 clients, 4 per round, 12 rounds, restricted softmax with linear heads (docs/datasets.md, "Label skew"), or
+    the defaults: the audiovisual model reaches at least 3x chance and predicts more than one class, although most
+    clients hold 1-2 classes."""
     from data import load_dataset
 
-    rows, parts = run_in_process(skewed_cache, rounds=12, **{"restricted-softmax": True, "clients-per-round": 4})
+    rows, parts = run_in_process(skewed_cache, rounds=12, **recipe, **{"clients-per-round": 4})
     labels = load_dataset("manifest", skewed_cache).labels
     classes_per_client = sorted(np.unique(labels[p.indices]).size for p in parts)
     assert classes_per_client[len(parts) // 2] <= 2  # strong label skew: the median client holds 1-2 classes

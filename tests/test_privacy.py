@@ -329,6 +329,20 @@ def test_secure_encoding_sums_to_the_weighted_mean_of_each_group_over_its_client
     assert secure.quantization_range(10) == 2**28 and 10 * secure.quantization_range(10) < secure.MODULUS
 
 
+def test_a_secure_sum_keeps_a_scalar_parameter_an_array():
+    """An ETF head's temperature is a 0-d parameter: its decoded mean is a 0-d array of its dtype, which a
+    checkpoint can save (a NumPy scalar crashed the run at its first checkpoint)."""
+    current = {"head": [np.array(10.0, np.float32), np.zeros(3, np.float32)]}
+    layout = [("head", 4)]
+    updates = [{"head": [np.array(d), np.full(3, d)]} for d in (0.5, 1.5)]
+    vectors = [secure.encode(layout, "", u, {"head": 10}, 10.0, 8.0)[0] for u in updates]
+    new, _ = secure.decode(np.sum(vectors, axis=0), layout, current)
+    temperature = new["head"][0]
+    assert isinstance(temperature, np.ndarray) and temperature.shape == () and temperature.dtype == np.float32
+    assert float(temperature) == pytest.approx(11.0, rel=1e-5)
+    np.testing.assert_allclose(new["head"][1], np.full(3, 1.0), rtol=1e-5)
+
+
 def test_the_strategy_takes_one_sum_per_round_and_refuses_individual_updates(cache, tmp_path):
     manager, proxies = tiny_federation(cache, 4, missing_rate=0.5)
     strategy = tiny_strategy(

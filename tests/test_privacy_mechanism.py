@@ -142,9 +142,12 @@ def test_a_poisson_round_that_draws_nobody_still_releases_noise_and_is_counted(c
     monkeypatch.setattr(census, "draw_clients", lambda *args, **kwargs: [])
     assert strategy.configure_fit(1, None, manager) == []
     assert len(strategy.ledger.rounds) == 1 and strategy.ledger.epsilon() > 0
+    assert strategy.fixed["audio_head"] and strategy.fixed["fusion_head"]  # the defaults' fixed ETF frames
     for key in ("audio_encoder", "audio_head", "video_encoder", "fusion_head"):
-        moved = [a - b for a, b in zip(strategy.state[key], before[key]) if np.issubdtype(a.dtype, np.floating)]
-        assert all(np.abs(m).max() > 0 for m in moved), key  # noise, divided by the group's expected count
+        pairs = [(i, a - b) for i, (a, b) in enumerate(zip(strategy.state[key], before[key]))]
+        moved = [m for i, m in pairs if np.issubdtype(m.dtype, np.floating) and i not in strategy.fixed.get(key, ())]
+        assert moved and all(np.abs(m).max() > 0 for m in moved), key  # noise, divided by the group's expected count
+        assert all(not m.any() for i, m in pairs if i in strategy.fixed.get(key, ())), key  # a fixed frame: no noise
 
 
 def test_a_zero_update_or_none_at_all_never_crashes_central_dp():

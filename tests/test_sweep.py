@@ -271,6 +271,28 @@ def test_a_finished_run_or_record_under_another_resolved_config_is_refused_namin
     assert not (tmp_path / "c" / "runs" / cell.key).exists()
 
 
+def test_a_key_whose_default_changed_is_read_at_the_default_it_was_added_with():
+    """A run made before ``classifier`` existed ran linear heads: its record still counts as a linear-heads run
+    (a preset that pins linear), and as changed for a cell that expects today's default; its recipe says linear."""
+    from mirror_app.core.config import defaults
+    from mirror_app.studies.recipes import recipe_table
+    from mirror_app.studies.runs import BEFORE_KEY, as_recorded, config_changes, resolved_config
+
+    table = defaults()
+    assert set(BEFORE_KEY) <= set(table)
+    assert {k for k in BEFORE_KEY if table[k] != BEFORE_KEY[k]} == set(BEFORE_KEY)  # only keys whose default changed
+    full = resolved_config(Cell("multifl", 0.3, 0), "")  # today's defaults
+    for key, first in BEFORE_KEY.items():
+        older = {k: v for k, v in full.items() if k != key}  # made before the key existed
+        assert config_changes(older, full | {key: first}) == []
+        assert config_changes(older, full) == [key]
+        assert config_changes(full, full) == []
+    older = {k: v for k, v in full.items() if k not in BEFORE_KEY}
+    assert as_recorded(older)["classifier"] == "linear" and as_recorded({"classifier": "etf"})["classifier"] == "etf"
+    linear, today = recipe_table({"multifl": as_recorded(older)}), recipe_table({"multifl": older})
+    assert "| linear | cross-entropy |" in linear and "| etf | cross-entropy, fedlc |" in today
+
+
 def test_report_only_tables_finished_runs_and_marks_the_rest_not_run(tmp_path):
     cells = plan(["modality-mirror", "harmony"], [0.3], [0, 1])
     calls: list = []

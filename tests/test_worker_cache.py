@@ -14,6 +14,7 @@ from flwr.app import Context, RecordDict
 from helpers import tiny_cache
 
 from mirror_app import client_app
+from mirror_app.core.config import RunConfig
 from mirror_app.core.groups import AUDIO_MODEL, flatten, get_groups
 from mirror_app.core.models import build_model
 from strategies.fedcmi.model import FEDCMI_AV, FedCMIModel
@@ -53,6 +54,7 @@ def fit(client, groups: tuple[str, ...], task: str, server_round: int = 1):
         client.workspace.cache.audio.shape[1:],
         client.workspace.cache.video.shape[1:],
         seed=0,
+        heads=RunConfig.from_dict({}).head_kinds,  # the run config names no classifier: the defaults'
     )  # the server's initial model
     if task.startswith("fedcmi"):
         model = FedCMIModel(model)

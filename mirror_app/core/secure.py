@@ -120,6 +120,7 @@ def decode(
         for a in current[key]:
             step = mean[at : at + a.size].reshape(a.shape)
             at += a.size
-            arrays.append((a + step).astype(a.dtype) if np.issubdtype(a.dtype, np.floating) else a.copy())
+            # np.asarray: a 0-d array (an ETF head's temperature) plus a step is a NumPy scalar, not an array
+            arrays.append(np.asarray(a + step, dtype=a.dtype) if np.issubdtype(a.dtype, np.floating) else a.copy())
         out[key] = arrays
     return out, summed

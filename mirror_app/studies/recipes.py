@@ -99,12 +99,14 @@ def recipe_table(configs: dict[str, dict]) -> str:
 
 def recorded_configs(folder: Path, keys: dict[str, list[str]]) -> dict[str, dict]:
     """method -> the resolved config of its first finished run among ``keys`` (method -> run folder names) in
-    ``folder`` (a study's runs, or records)."""
+    ``folder`` (a study's runs, or records), with the keys it predates at the values it ran with."""
+    from mirror_app.studies.runs import as_recorded
+
     out = {}
     for method, names in keys.items():
         for name in names:
             path = folder / name / "config.json"
             if path.is_file():
-                out[method] = json.loads(path.read_text())
+                out[method] = as_recorded(json.loads(path.read_text()))
                 break
     return out

@@ -112,14 +112,30 @@ def resolved_config(cell: Cell, extra_config: str) -> dict:
     return {k: v for k, v in cfg.to_dict().items() if k not in CONFIG_IGNORED}
 
 
+# keys whose default changed after they were added, and the default each was added with: a run made before the key
+# existed ran with that value (not today's default)
+BEFORE_KEY = {
+    "classifier": "linear",  # the default until the head-drift study made etf the default
+    "loss-calibration": "none",  # the default until the head-drift study made fedlc the default
+}
+
+
+def as_recorded(config: dict) -> dict:
+    """A run's resolved config (its config.json) with every ``BEFORE_KEY`` key it predates at the value it ran
+    with, so that resolving it again (today's defaults filling the keys it lacks) gives the run it was."""
+    return BEFORE_KEY | config
+
+
 def config_changes(found: dict, expected: dict) -> list[str]:
     """The keys whose values differ between a finished run's config.json and the config expected of it. A key the
     run's config.json lacks was added to ``[tool.flwr.app.config]`` after the run: it counts as unchanged when the
-    value expected is its default, since a new key's default keeps the behaviour the project had before it (the
-    rule every knob here follows)."""
+    value expected is the default it was added with, since a new key's first default keeps the behaviour the
+    project had before it (the rule every knob here follows): ``BEFORE_KEY``'s value for a key whose default
+    changed since, today's default for the rest."""
     from mirror_app.core.config import defaults
 
     table = defaults()
+    found = as_recorded(found)
     new_keys = {k for k in set(expected) - set(found) if k in table and expected[k] == table[k]}
     keys = (set(found) | set(expected)) - set(CONFIG_IGNORED) - new_keys
     return sorted(k for k in keys if found.get(k, "<absent>") != expected.get(k, "<absent>"))
