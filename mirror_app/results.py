@@ -490,6 +490,24 @@ def load_resume_state(run_dir: Path, config: dict) -> dict:
     return saved
 
 
+def apply_checkpoint(model: torch.nn.Module, path: str | Path, groups: tuple[str, ...]) -> dict | None:
+    """Load the groups of ``model.pt`` at ``path`` that ``groups`` names into ``model`` (run config
+    'init-checkpoint'); returns its teacher groups. A checkpoint whose groups do not fit the model (another
+    classifier, backbone or embedding size) is a ConfigError naming the key, not a failure inside a round."""
+    from mirror_app.core.config import ConfigError
+    from mirror_app.core.groups import set_groups
+
+    state, teacher = load_checkpoint(path)
+    try:
+        set_groups(model, {g: a for g, a in state.items() if g in groups})
+    except ValueError as exc:
+        raise ConfigError(
+            f"run config 'init-checkpoint' = {str(path)!r} does not fit this run's model ({exc}): give the "
+            "classifier, classifier-heads, backbones and embed-dim of the run that wrote it"
+        ) from None
+    return teacher
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict, dict | None]:
     """``model.pt`` -> (state groups, teacher groups or None) as numpy arrays."""
     payload = torch.load(path, map_location="cpu", weights_only=True)

@@ -24,10 +24,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from mirror_app.core.config import ConfigError
 from mirror_app.core.evaluation import Evaluator
-from mirror_app.core.groups import set_groups
 from mirror_app.core.models import build_model, initial_model
 from mirror_app.core.training import resolve_device
-from mirror_app.results import STARTUP_ROUND, RunRecorder, load_checkpoint, load_resume_state
+from mirror_app.results import STARTUP_ROUND, RunRecorder, apply_checkpoint, load_resume_state
 from strategies import resolve_config
 
 
@@ -84,10 +83,8 @@ def make_components(context: Context) -> ServerAppComponents:
     )
     model = strategy_cls.server_model(model, cfg, cache.classes)
     teacher = None
-    if cfg.init_checkpoint:
-        state, teacher = load_checkpoint(cfg.resolve(cfg.init_checkpoint))
-        groups = strategy_cls.model_groups  # method-specific slots are skipped
-        set_groups(model, {g: a for g, a in state.items() if g in groups})
+    if cfg.init_checkpoint:  # method-specific slots are skipped
+        teacher = apply_checkpoint(model, cfg.resolve(cfg.init_checkpoint), tuple(strategy_cls.model_groups))
     if saved is None:
         run_name = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.strategy.rsplit('.', 1)[-1]}-run{context.run_id}"
         recorder = RunRecorder(out_root / run_name, cfg.to_dict(), cache.classes, tensorboard=cfg.tensorboard)

@@ -114,6 +114,34 @@ def test_more_clients_per_round_than_nodes(tmp_path, monkeypatch):
         strategy.configure_fit(1, strategy.initialize_parameters(manager), manager)
 
 
+def test_a_checkpoint_of_other_heads_is_refused_before_the_run_naming_the_key(tmp_path):
+    """A model.pt made with linear heads does not fit a run with the defaults' ETF heads: the pre-run check says so
+    in one line naming 'init-checkpoint', where the ServerApp would have failed inside its start; the same heads
+    load."""
+    import torch
+
+    from mirror_app.core.groups import GROUPS, get_groups
+    from mirror_app.core.models import build_model
+    from mirror_app.deploy.preflight import check_pretrained
+
+    cache = tiny_cache(tmp_path / "c")
+    shapes = (cache.audio.shape[1:], cache.video.shape[1:])
+    for classifier in ("linear", "etf"):
+        heads = RunConfig.from_dict({"classifier": classifier}).head_kinds
+        state = get_groups(build_model(cache.num_classes, *shapes, seed=0, heads=heads), GROUPS)
+        payload = {"state": {g: [torch.from_numpy(a.copy()) for a in arrays] for g, arrays in state.items()}}
+        torch.save(payload, tmp_path / f"{classifier}.pt")
+    data = {"data-dir": str(tmp_path / "c"), "audio-pretrained": "none", "video-pretrained": "none"}
+    cfg = RunConfig.from_dict(data | {"init-checkpoint": str(tmp_path / "linear.pt")})
+    assert cfg.classifier == "etf"
+    with pytest.raises(ConfigError, match=r"'init-checkpoint' = .*linear.pt' does not fit this run's model \(group"):
+        check_pretrained(cfg, cache)
+    check_pretrained(RunConfig.from_dict(data | {"init-checkpoint": str(tmp_path / "etf.pt")}), cache)
+    check_pretrained(
+        RunConfig.from_dict(data | {"init-checkpoint": str(tmp_path / "linear.pt"), "classifier": "linear"}), cache
+    )
+
+
 def test_distill_alone_needs_a_checkpoint(tmp_path):
     cache = tiny_cache(tmp_path / "c")
     with pytest.raises(ConfigError, match="'init-checkpoint'"):

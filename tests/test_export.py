@@ -187,6 +187,22 @@ def test_a_fixed_classifier_is_exported_inside_the_graph(classifier, tmp_path, d
     assert f"classifier {classifier} on the audio and fusion heads, label loss fedlc" in card
 
 
+def test_a_run_made_before_the_classifier_key_exports_with_the_linear_heads_it_ran(tmp_path, data_dir, embedded):
+    """A run whose config.json predates ``classifier`` and ``loss-calibration`` ran linear heads and plain
+    cross-entropy (core.config.BEFORE_KEY), not today's defaults: its export rebuilds those heads."""
+    from mirror_app.model.export import export
+
+    run = run_in_process(
+        tmp_path, data_dir, embedded, "multifl", train=False, **{"classifier": "linear", "loss-calibration": "none"}
+    )
+    config = json.loads((run / "config.json").read_text())
+    older = {k: v for k, v in config.items() if k not in ("classifier", "classifier-heads", "loss-calibration")}
+    (run / "config.json").write_text(json.dumps(older))
+    export(run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert onnx_top1(run / "export", embedded) == pytest.approx(summary["last"]["audio_top1"], abs=1.5 / 1000)
+
+
 def test_export_of_the_paper_scale_audio_transformer_has_a_fixed_time_axis(tmp_path, data_dir):
     from mirror_app.model.export import export
 

@@ -271,12 +271,12 @@ def test_a_finished_run_or_record_under_another_resolved_config_is_refused_namin
     assert not (tmp_path / "c" / "runs" / cell.key).exists()
 
 
-def test_a_key_whose_default_changed_is_read_at_the_default_it_was_added_with():
+def test_a_key_whose_default_changed_is_read_at_the_default_it_was_added_with(tmp_path):
     """A run made before ``classifier`` existed ran linear heads: its record still counts as a linear-heads run
     (a preset that pins linear), and as changed for a cell that expects today's default; its recipe says linear."""
-    from mirror_app.core.config import defaults
+    from mirror_app.core.config import BEFORE_KEY, as_recorded, defaults
     from mirror_app.studies.recipes import recipe_table
-    from mirror_app.studies.runs import BEFORE_KEY, as_recorded, config_changes, resolved_config
+    from mirror_app.studies.runs import config_changes, resolved_config
 
     table = defaults()
     assert set(BEFORE_KEY) <= set(table)
@@ -291,6 +291,15 @@ def test_a_key_whose_default_changed_is_read_at_the_default_it_was_added_with():
     assert as_recorded(older)["classifier"] == "linear" and as_recorded({"classifier": "etf"})["classifier"] == "etf"
     linear, today = recipe_table({"multifl": as_recorded(older)}), recipe_table({"multifl": older})
     assert "| linear | cross-entropy |" in linear and "| etf | cross-entropy, fedlc |" in today
+    # the readers of records: the recipes' and the pages' config tables
+    from mirror_app.studies.recipes import recorded_configs
+    from mirror_app.studies.report import config_lines
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(older))
+    assert recorded_configs(tmp_path, {"multifl": ["old"]})["multifl"]["classifier"] == "linear"
+    lines = config_lines(tmp_path, ["old"])
+    assert 'classifier = "linear"' in lines and 'loss-calibration = "none"' in lines
 
 
 def test_report_only_tables_finished_runs_and_marks_the_rest_not_run(tmp_path):

@@ -583,6 +583,20 @@ def _defaults_of(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read the run-config defaults [tool.flwr.app.config] from {path} ({exc})") from None
 
 
+# keys whose default changed after they were added, and the default each was added with: a run made before the key
+# existed ran with that value (not today's default)
+BEFORE_KEY = {
+    "classifier": "linear",  # the default until the head-drift study made etf the default
+    "loss-calibration": "none",  # the default until the head-drift study made fedlc the default
+}
+
+
+def as_recorded(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's resolved config (its config.json) with every ``BEFORE_KEY`` key it predates at the value it ran
+    with, so that resolving it again (today's defaults filling the keys it lacks) gives the run it was."""
+    return BEFORE_KEY | config
+
+
 def defaults() -> dict[str, Any]:
     """``[tool.flwr.app.config]`` of the app's pyproject.toml: every key and its default, as written."""
     return dict(_defaults_of(PYPROJECT))

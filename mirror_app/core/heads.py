@@ -4,7 +4,7 @@ method.
 
 Heads (``classifier``; ``classifier-heads`` says which of the audio head and the fusion head take it):
 
-* ``linear``: ``nn.Linear``, trained (every method's default).
+* ``linear``: ``nn.Linear``, trained (the paper's; the default until the head-drift study chose ``etf``).
 * ``fixed-random`` (FedBABU, Oh, Kim and Yun, ICLR 2022): the same ``nn.Linear``, randomly initialised by the
   server's seed (PyTorch's default init, with a bias) and never trained: the clients learn the body under it, so
   no round's draw of labels can tip it.

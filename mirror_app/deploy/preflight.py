@@ -125,7 +125,7 @@ def check_pretrained(cfg, cache, require: bool = False) -> tuple[str, str]:
         for (key, value), file in zip(values.items(), files):
             if require and value == AUTO and not file:
                 raise PretrainedError(f"run config '{key}' = 'auto' finds no encoder in {cfg.pretrained_dir}")
-        initial_model(
+        model = initial_model(
             cache.num_classes,
             cache.audio.shape[1:],
             cache.video.shape[1:],
@@ -151,4 +151,9 @@ def check_pretrained(cfg, cache, require: bool = False) -> tuple[str, str]:
             f"writes {fitting}, which {kind}-pretrained='auto' uses; or start from random weights with "
             f"{kind}-pretrained='none'"
         ) from None
+    if cfg.init_checkpoint:  # its shared groups must fit the run's model, as the ServerApp will load them
+        from mirror_app.core.groups import GROUPS
+        from mirror_app.results import apply_checkpoint
+
+        apply_checkpoint(model, cfg.resolve(cfg.init_checkpoint), GROUPS)
     return files

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             print("figure:", figure)
             return 0
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        if args.which == "skew":  # the defaults' local training on 20 clients, not the preset
+        if args.which == "skew":  # the defaults' local training, linear heads, on 20 clients, not the preset
             run_config = study_run_config("", override_pairs(SKEW_BASE, args.run_config), args.data_dir)
             args.num_supernodes = 20
         else:

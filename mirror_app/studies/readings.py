@@ -10,7 +10,7 @@ finished run is never redone) and write ``runs.csv``, ``ablation.md`` and a figu
 ``--out``. ``fig2`` reads a finished Table 1 sweep and draws the paper's Figure 2: the change
 in per-class audio F1 from MultiFL to ModalityMirror and from Harmony to ModalityMirror, with
 the classes grouped by sound source. ``skew`` runs MultiFL on 20 clients under alpha 0.1 with the
-default local training for 60 rounds, from scratch or pretrained, with plain or restricted
+default local training and plain linear heads for 60 rounds, from scratch or pretrained, with plain or restricted
 softmax, with 5 or 10 clients per round: what a user's own label-skewed dataset needs (docs/datasets.md, "Label skew").
 ``fidelity`` runs ModalityMirror under ``distill-divergence`` forward and reverse and MultiFL, each with
 ``av-trains-audio-head`` false and true, plus Harmony as the reference, at missing rates 0.1 / 0.3 / 0.5; its

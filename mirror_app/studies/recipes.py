@@ -100,7 +100,7 @@ def recipe_table(configs: dict[str, dict]) -> str:
 def recorded_configs(folder: Path, keys: dict[str, list[str]]) -> dict[str, dict]:
     """method -> the resolved config of its first finished run among ``keys`` (method -> run folder names) in
     ``folder`` (a study's runs, or records), with the keys it predates at the values it ran with."""
-    from mirror_app.studies.runs import as_recorded
+    from mirror_app.core.config import as_recorded
 
     out = {}
     for method, names in keys.items():

@@ -105,6 +105,16 @@ CONTROL_SAID = "Against its control:"
 CONTROL = "modality-mirror-control"  # the default run's control: phase 2 on the labels alone, no teacher
 
 
+def _config_differences(a: Path, b: Path) -> list[str]:
+    """The keys whose values differ between two records' resolved configs (a key a record predates at the value it
+    ran with), without those that may differ between machines."""
+    from mirror_app.core.config import as_recorded
+    from mirror_app.studies.runs import CONFIG_IGNORED
+
+    x, y = (as_recorded(json.loads((r / "config.json").read_text())) for r in (a, b))
+    return sorted(k for k in set(x) | set(y) if k not in CONFIG_IGNORED and x.get(k) != y.get(k))
+
+
 def default_run(records: Path) -> tuple[str, dict[str, bytes]]:
     """The page of `make run`'s recorded run: its last log line of each phase, then the audio model by the
     evaluation protocol's rules; where its control (``make run RUN_CONFIG="strategy='modality-mirror-control'"``)
@@ -147,23 +157,32 @@ def default_run(records: Path) -> tuple[str, dict[str, bytes]]:
         f"{first['audio_majority_share']:.2f} at the end of phase 1, {second['first']['audio_majority_share']:.2f} at "
         f"phase 2's first evaluation, {second['audio_majority_share']:.2f} at its last.",
     ]
-    for control in controls[:1]:
+    if len(controls) > 1:
+        raise ValueError(f"{records} holds {len(controls)} control records ({CONTROL}); keep one beside the run")
+    for control in controls:
+        differ = set(_config_differences(run, control)) - {"strategy", "distill-objective"}
+        if differ:
+            raise ValueError(
+                f"{control} was run with other settings than {run.name} ({', '.join(sorted(differ))}): record the "
+                "run and its control with the same run config"
+            )
         phases = json.loads((control / "summary.json").read_text())["phases"]
         start, end = phases["modality-aware-fl"], phases["distillation"]
         gain = end["audio_top1"] - start["audio_top1"]
         teacher = second["audio_top1"] - end["audio_top1"]
+        reason = ": phase 2's rise comes from its training on labels, not from the teacher" if change > 0.005 else ""
         if teacher > 0.005:
-            said = "the teacher added that beyond phase 2's label training"
+            said = f"distillation ended {teacher:.3f} above training on labels alone: what the teacher added"
         elif teacher < -0.005:
-            said = "the control ended higher: the rise comes from phase 2's training on labels, not from the teacher"
+            said = f"distillation ended {-teacher:.3f} below training on labels alone{reason}"
         else:
-            said = "the same, so the rise is phase 2's label training, not the teacher"
+            said = f"distillation ended where training on labels alone did{reason}"
         lines += [
             "",
             f"{CONTROL_SAID} the same run with phase 2 on the labels alone and no teacher (`make run "
             f"RUN_CONFIG=\"strategy='{CONTROL}'\"`, recorded beside it) went from {start['audio_top1']:.3f} to "
-            f"{end['audio_top1']:.3f} ({gain:+.3f}). The default run's end of phase 2 minus the control's: "
-            f"{teacher:+.3f}; {said} (one seed; the distillation study pairs three seeds at three missing rates).",
+            f"{end['audio_top1']:.3f} ({gain:+.3f}); {said} (one seed; the distillation study pairs three seeds at "
+            "three missing rates).",
         ]
     return "\n".join(lines) + "\n", {}
 
@@ -389,7 +408,8 @@ def provenance(records: Path, keys: list[str]) -> list[str]:
 
 def config_lines(records: Path, keys: list[str]) -> list[str]:
     """The resolved run config of every cell: the keys all share, then per cell the keys that differ."""
-    from mirror_app.studies.runs import CONFIG_IGNORED, as_recorded
+    from mirror_app.core.config import as_recorded
+    from mirror_app.studies.runs import CONFIG_IGNORED
 
     configs = {}
     for key in keys:

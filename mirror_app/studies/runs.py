@@ -112,27 +112,13 @@ def resolved_config(cell: Cell, extra_config: str) -> dict:
     return {k: v for k, v in cfg.to_dict().items() if k not in CONFIG_IGNORED}
 
 
-# keys whose default changed after they were added, and the default each was added with: a run made before the key
-# existed ran with that value (not today's default)
-BEFORE_KEY = {
-    "classifier": "linear",  # the default until the head-drift study made etf the default
-    "loss-calibration": "none",  # the default until the head-drift study made fedlc the default
-}
-
-
-def as_recorded(config: dict) -> dict:
-    """A run's resolved config (its config.json) with every ``BEFORE_KEY`` key it predates at the value it ran
-    with, so that resolving it again (today's defaults filling the keys it lacks) gives the run it was."""
-    return BEFORE_KEY | config
-
-
 def config_changes(found: dict, expected: dict) -> list[str]:
     """The keys whose values differ between a finished run's config.json and the config expected of it. A key the
     run's config.json lacks was added to ``[tool.flwr.app.config]`` after the run: it counts as unchanged when the
     value expected is the default it was added with, since a new key's first default keeps the behaviour the
-    project had before it (the rule every knob here follows): ``BEFORE_KEY``'s value for a key whose default
+    project had before it (the rule every knob here follows): ``core.config.BEFORE_KEY``'s value for a key whose default
     changed since, today's default for the rest."""
-    from mirror_app.core.config import defaults
+    from mirror_app.core.config import as_recorded, defaults
 
     table = defaults()
     found = as_recorded(found)
@@ -148,8 +134,10 @@ def check_finished(run_dir: Path, cell: Cell, expected: Callable[[Cell], dict] |
     path = run_dir / "config.json"
     if expected is None or not path.is_file():
         return
+    from mirror_app.core.config import as_recorded
+
     want = expected(cell)
-    found = json.loads(path.read_text())
+    found = as_recorded(json.loads(path.read_text()))  # a key it predates at the value it ran with
     changed = config_changes(found, want)
     if changed:
         diff = ", ".join(f"{k}: {found.get(k, '<absent>')!r} -> {want.get(k, '<absent>')!r}" for k in changed[:5])
