@@ -151,9 +151,11 @@ def check_pretrained(cfg, cache, require: bool = False) -> tuple[str, str]:
             f"writes {fitting}, which {kind}-pretrained='auto' uses; or start from random weights with "
             f"{kind}-pretrained='none'"
         ) from None
-    if cfg.init_checkpoint:  # its shared groups must fit the run's model, as the ServerApp will load them
+    if cfg.init_checkpoint:  # the groups the ServerApp will load that this dual encoder has must fit it
         from mirror_app.core.groups import GROUPS
         from mirror_app.results import apply_checkpoint
+        from strategies import resolve_strategy
 
-        apply_checkpoint(model, cfg.resolve(cfg.init_checkpoint), GROUPS)
+        groups = tuple(g for g in resolve_strategy(cfg.strategy).model_groups if g in GROUPS)
+        apply_checkpoint(model, cfg.resolve(cfg.init_checkpoint), groups)
     return files
