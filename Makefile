@@ -57,7 +57,7 @@ run: venv
 ## whole suite (unit tests and end-to-end `flwr run` tests; a deprecated Flower API fails it), in TEST_WORKERS
 ## processes (pytest-xdist; one test file per process at a time; TEST_WORKERS=0 runs it in this one)
 TEST_WORKERS ?= 2
-#> test | 15 min | temporary folders only | lint, then every test in 2 processes (end-to-end flwr run included)
+#> test | 20 min | temporary folders only | lint, then every test in 2 processes (end-to-end flwr run included)
 test: venv lint
 	$(PY) -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) --durations=15 tests
 
