@@ -597,6 +597,13 @@ def as_recorded(config: dict[str, Any]) -> dict[str, Any]:
     return BEFORE_KEY | config
 
 
+def read_config(path: Path) -> dict[str, Any]:
+    """A run's or a record's config.json, as the run ran it (:func:`as_recorded`)."""
+    import json
+
+    return as_recorded(json.loads(Path(path).read_text()))
+
+
 def defaults() -> dict[str, Any]:
     """``[tool.flwr.app.config]`` of the app's pyproject.toml: every key and its default, as written."""
     return dict(_defaults_of(PYPROJECT))

@@ -74,7 +74,7 @@ class Run:
 
 def load_run(run_dir: str | Path, data_dir: str = "") -> Run:
     """A finished run's config, summary, weights and dataset; an ExportError for anything missing."""
-    from mirror_app.core.config import ConfigError, as_recorded
+    from mirror_app.core.config import ConfigError, read_config
     from mirror_app.results import load_checkpoint
     from strategies import resolve_config
 
@@ -85,7 +85,7 @@ def load_run(run_dir: str | Path, data_dir: str = "") -> Run:
         if not (run / name).is_file():
             hint = " (the run did not finish; phase checkpoints are not exported)" if name != "config.json" else ""
             raise ExportError(f"run folder {run} has no {name}{hint}")
-    config = as_recorded(json.loads((run / "config.json").read_text()))  # a run before a key: the value it ran with
+    config = read_config(run / "config.json")  # a key the run predates: the value it ran with
     # weights come from model.pt: files the run started from need not exist here
     raw = {**config, "audio-pretrained": "", "video-pretrained": "", "init-checkpoint": "", "resume": ""}
     if data_dir:

@@ -8,7 +8,6 @@ carries it (``make report``), so that no two rows differ in a way the page does 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from data.partition import AUDIO, AUDIOVISUAL
@@ -100,13 +99,13 @@ def recipe_table(configs: dict[str, dict]) -> str:
 def recorded_configs(folder: Path, keys: dict[str, list[str]]) -> dict[str, dict]:
     """method -> the resolved config of its first finished run among ``keys`` (method -> run folder names) in
     ``folder`` (a study's runs, or records), with the keys it predates at the values it ran with."""
-    from mirror_app.core.config import as_recorded
+    from mirror_app.core.config import read_config
 
     out = {}
     for method, names in keys.items():
         for name in names:
             path = folder / name / "config.json"
             if path.is_file():
-                out[method] = as_recorded(json.loads(path.read_text()))
+                out[method] = read_config(path)
                 break
     return out

@@ -105,29 +105,19 @@ CONTROL_SAID = "Against its control:"
 CONTROL = "modality-mirror-control"  # the default run's control: phase 2 on the labels alone, no teacher
 
 
-def _config_differences(a: Path, b: Path) -> list[str]:
-    """The keys whose values differ between two records' resolved configs (a key a record predates at the value it
-    ran with), without those that may differ between machines."""
-    from mirror_app.core.config import as_recorded
-    from mirror_app.studies.runs import CONFIG_IGNORED
-
-    x, y = (as_recorded(json.loads((r / "config.json").read_text())) for r in (a, b))
-    return sorted(k for k in set(x) | set(y) if k not in CONFIG_IGNORED and x.get(k) != y.get(k))
-
-
 def default_run(records: Path) -> tuple[str, dict[str, bytes]]:
     """The page of `make run`'s recorded run: its last log line of each phase, then the audio model by the
     evaluation protocol's rules; where its control (``make run RUN_CONFIG="strategy='modality-mirror-control'"``)
     is recorded beside it, what phase 2 did there, and the difference: what the teacher added."""
     import pandas as pd
 
-    def strategy(run: Path) -> str:
-        path = run / "config.json"
-        return json.loads(path.read_text()).get("strategy", "") if path.is_file() else ""
+    from mirror_app.core.config import read_config
+    from mirror_app.studies.runs import config_changes
 
     done = [p for p in sorted(records.iterdir()) if (p / "summary.json").is_file()]
-    (run,) = [p for p in done if strategy(p) != CONTROL]
-    controls = [p for p in done if strategy(p) == CONTROL]
+    configs = {p: read_config(p / "config.json") if (p / "config.json").is_file() else {} for p in done}
+    (run,) = [p for p in done if configs[p].get("strategy") != CONTROL]
+    controls = [p for p in done if configs[p].get("strategy") == CONTROL]
     summary = json.loads((run / "summary.json").read_text())
     metrics = pd.read_csv(run / "metrics.csv")
     total = int(sum(step["rounds"] for step in summary["schedule"]))
@@ -160,7 +150,7 @@ def default_run(records: Path) -> tuple[str, dict[str, bytes]]:
     if len(controls) > 1:
         raise ValueError(f"{records} holds {len(controls)} control records ({CONTROL}); keep one beside the run")
     for control in controls:
-        differ = set(_config_differences(run, control)) - {"strategy", "distill-objective"}
+        differ = set(config_changes(configs[control], configs[run])) - {"strategy", "distill-objective"}
         if differ:
             raise ValueError(
                 f"{control} was run with other settings than {run.name} ({', '.join(sorted(differ))}): record the "
@@ -408,15 +398,14 @@ def provenance(records: Path, keys: list[str]) -> list[str]:
 
 def config_lines(records: Path, keys: list[str]) -> list[str]:
     """The resolved run config of every cell: the keys all share, then per cell the keys that differ."""
-    from mirror_app.core.config import as_recorded
+    from mirror_app.core.config import read_config
     from mirror_app.studies.runs import CONFIG_IGNORED
 
     configs = {}
     for key in keys:
         path = records / key / "config.json"
         if path.is_file():
-            found = as_recorded(json.loads(path.read_text()))
-            configs[key] = {k: v for k, v in found.items() if k not in CONFIG_IGNORED}
+            configs[key] = {k: v for k, v in read_config(path).items() if k not in CONFIG_IGNORED}
     if not configs:
         return ["(no record holds its resolved config)"]
     every = set.intersection(*(set(c) for c in configs.values()))

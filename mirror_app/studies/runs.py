@@ -134,10 +134,10 @@ def check_finished(run_dir: Path, cell: Cell, expected: Callable[[Cell], dict] |
     path = run_dir / "config.json"
     if expected is None or not path.is_file():
         return
-    from mirror_app.core.config import as_recorded
+    from mirror_app.core.config import read_config
 
     want = expected(cell)
-    found = as_recorded(json.loads(path.read_text()))  # a key it predates at the value it ran with
+    found = read_config(path)
     changed = config_changes(found, want)
     if changed:
         diff = ", ".join(f"{k}: {found.get(k, '<absent>')!r} -> {want.get(k, '<absent>')!r}" for k in changed[:5])
